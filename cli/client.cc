@@ -1,0 +1,36 @@
+#include "cli/client.h"
+
+#include <fmt/format.h>
+
+#include "net/access.h"
+
+namespace hq::cli {
+
+OutputMode GlobalOptions::mode() const {
+  if (output_mode == "json") return OutputMode::kJson;
+  if (output_mode == "quiet") return OutputMode::kQuiet;
+  return OutputMode::kCli;
+}
+
+Result<Client> Client::connect(const GlobalOptions& options) {
+  fs::path dir = options.resolved_server_dir();
+  auto access = net::read_access_file(access_file_path(dir));
+  if (!access) return access.error();
+  auto client = net::SyncClient::connect(access->host, access->client_port, wire::Role::CLIENT,
+                                         access->client_key);
+  if (!client) {
+    return Error{fmt::format("cannot reach the server of '{}' at {}:{} (is it running?): {}",
+                             dir.string(), access->host, access->client_port, client.message())};
+  }
+  return Client(std::move(*client));
+}
+
+Result<net::Message> Client::call(capnp::MessageBuilder& request) {
+  auto response = client_->call(request);
+  if (!response) return Error{"lost the server: " + response.message()};
+  auto root = response->root<wire::ClientResponse>();
+  if (root.isError()) return Error{root.getError().cStr()};
+  return response;
+}
+
+}  // namespace hq::cli

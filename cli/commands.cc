@@ -1,0 +1,488 @@
+#include "cli/commands.h"
+
+#include <unistd.h>
+
+#include <iostream>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "cli/print.h"
+#include "common/placeholders.h"
+#include "common/time.h"
+#include "net/convert.h"
+
+namespace hq::cli {
+namespace {
+
+using nlohmann::json;
+
+void print_json(const json& j) { std::cout << j.dump(2) << "\n"; }
+
+// "last", "all" or an id set such as "1-3,7".
+void set_job_selector(const std::string& text, wire::JobSelector::Builder out) {
+  if (text == "all") return out.setAll();
+  if (text == "last") return out.setLast();
+  IdSet ids = must(IdSet::parse(text), fmt::format("invalid job selector '{}' (use an id, "
+                                                   "a range such as 1-4, last or all)",
+                                                   text));
+  net::to_wire(ids, out.initIds(ids.ranges().size()));
+}
+
+template <typename Enum>
+std::vector<Enum> parse_states(const std::string& filter, const char* what) {
+  static const std::vector<std::string> kNames = {"waiting", "running",  "finished",
+                                                  "failed",  "canceled", "aborted"};
+  std::vector<Enum> states;
+  if (filter.empty()) return states;
+  size_t pos = 0;
+  while (pos <= filter.size()) {
+    size_t comma = filter.find(',', pos);
+    if (comma == std::string::npos) comma = filter.size();
+    std::string name = filter.substr(pos, comma - pos);
+    auto it = std::find(kNames.begin(), kNames.end(), name);
+    if (it == kNames.end()) {
+      throw CommandError{fmt::format("unknown {} state '{}' in --filter (use {})", what, name,
+                                     fmt::join(kNames, ", "))};
+    }
+    states.push_back(static_cast<Enum>(it - kNames.begin()));
+    pos = comma + 1;
+  }
+  return states;
+}
+
+std::string current_dir() {
+  std::error_code ec;
+  auto cwd = fs::current_path(ec);
+  return ec ? std::string(".") : cwd.string();
+}
+
+std::string time_text(int64_t ms) { return ms ? format_iso8601(ms) : ""; }
+
+std::string duration_text(int64_t start, int64_t end) {
+  if (!start) return "";
+  int64_t stop = end ? end : unix_millis_now();
+  return format_duration(Millis(std::max<int64_t>(stop - start, 0)));
+}
+
+// Prints the final state of waited jobs; exit 0 only when all finished.
+int report_waited(const GlobalOptions& g, capnp::List<wire::JobSummary>::Reader jobs) {
+  bool all_ok = true;
+  json out = json::array();
+  uint32_t n_finished = 0, n_failed = 0, n_canceled = 0;
+  for (auto job : jobs) {
+    auto st = job.getState();
+    if (st == wire::JobState::FINISHED) {
+      ++n_finished;
+    } else {
+      all_ok = false;
+      if (st == wire::JobState::CANCELED) {
+        ++n_canceled;
+      } else {
+        ++n_failed;
+      }
+    }
+    out.push_back(job_json(job));
+  }
+  switch (g.mode()) {
+    case OutputMode::kJson:
+      print_json(out);
+      break;
+    case OutputMode::kQuiet:
+      break;
+    case OutputMode::kCli:
+      if (jobs.size() == 0) {
+        std::cout << "No jobs to wait for\n";
+      } else {
+        std::cout << fmt::format("Wait finished: {} job(s) finished, {} failed, {} canceled\n",
+                                 n_finished, n_failed, n_canceled);
+      }
+      break;
+  }
+  return all_ok ? 0 : 1;
+}
+
+int wait_for(const GlobalOptions& g, Client& client, const std::string& selector) {
+  capnp::MallocMessageBuilder request;
+  set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobWait());
+  auto response = must(client.call(request));
+  return report_waited(g, response.root<wire::ClientResponse>().getJobs());
+}
+
+}  // namespace
+
+JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,
+                                        std::vector<std::string>& warnings) {
+  if (o.program.empty()) throw CommandError{"no program to run: hq submit [OPTIONS] -- PROGRAM"};
+  if (o.cpus == 0) throw CommandError{"--cpus must be at least 1"};
+  JobDescriptionSpec job;
+  job.name = o.name.empty() ? fs::path(o.program[0]).filename().string() : o.name;
+  job.task_ids =
+      o.array.empty() ? IdSet::single(0) : must(IdSet::parse(o.array), "invalid --array");
+  // Duplicate ids would make two tasks with one id.
+  if (job.task_ids.normalized().size() != job.task_ids.size()) {
+    throw CommandError{fmt::format("invalid --array '{}': an id is listed twice", o.array)};
+  }
+  job.priority = o.priority;
+  job.stream = o.stream.empty() ? "" : fs::absolute(o.stream).string();
+  TaskBodySpec& body = job.body;
+  body.program = o.program;
+  body.cpus = o.cpus;
+  body.submit_dir = submit_dir;
+  body.cwd = o.cwd ? *o.cwd : submit_dir;
+  auto output = [&](const std::optional<std::string>& given, const char* ext) -> std::string {
+    if (!given) return fmt::format("%{{CWD}}/job-%{{JOB_ID}}/%{{TASK_ID}}.{}", ext);
+    if (*given == "none") return "";
+    return *given;
+  };
+  body.stdout_path = output(o.stdout_path, "stdout");
+  body.stderr_path = output(o.stderr_path, "stderr");
+  for (const auto& [flag, pattern] : {std::pair{"--cwd", body.cwd},
+                                      {"--stdout", body.stdout_path},
+                                      {"--stderr", body.stderr_path}}) {
+    for (const auto& name : unknown_placeholders(pattern)) {
+      warnings.push_back(
+          fmt::format("unknown placeholder %{{{}}} in {} is left as written", name, flag));
+    }
+  }
+  for (const auto& kv : o.env) {
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      throw CommandError{fmt::format("invalid --env '{}': expected KEY=VALUE", kv)};
+    }
+    body.env.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+  return job;
+}
+
+int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
+  std::vector<std::string> warnings;
+  JobDescriptionSpec job = make_job_description(o, current_dir(), warnings);
+  for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  net::to_wire(job, request.initRoot<wire::ClientRequest>().initSubmit());
+  auto response = must(client.call(request));
+  JobId id = response.root<wire::ClientResponse>().getSubmitted();
+  switch (g.mode()) {
+    case OutputMode::kJson:
+      if (!o.wait) print_json({{"id", id}});
+      break;
+    case OutputMode::kQuiet:
+      std::cout << id << "\n";
+      break;
+    case OutputMode::kCli:
+      std::cout << fmt::format("Job submitted successfully, job ID: {}\n", id);
+      break;
+  }
+  if (!o.wait) return 0;
+  return wait_for(g, client, std::to_string(id));
+}
+
+int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter) {
+  auto states = parse_states<wire::JobState>(filter, "job");
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().setJobList();
+  auto response = must(client.call(request));
+  auto jobs = response.root<wire::ClientResponse>().getJobs();
+  auto shown = [&](wire::JobState s) {
+    if (!states.empty()) return std::find(states.begin(), states.end(), s) != states.end();
+    return all || s == wire::JobState::WAITING || s == wire::JobState::RUNNING ||
+           s == wire::JobState::OPENED;
+  };
+  json out = json::array();
+  Table table({"ID", "NAME", "STATE", "TASKS"});
+  for (auto job : jobs) {
+    if (!shown(job.getState())) continue;
+    out.push_back(job_json(job));
+    table.add({std::to_string(job.getId()), job.getName().cStr(), state_name(job.getState()),
+               counts_text(job.getCounts())});
+  }
+  if (g.mode() == OutputMode::kJson) {
+    print_json(out);
+  } else if (g.mode() == OutputMode::kQuiet) {
+    for (auto& j : out) std::cout << j["id"] << "\n";
+  } else if (out.empty()) {
+    std::cout << (all || !states.empty() ? "No jobs\n"
+                                         : "No waiting or running jobs (use --all to see all)\n");
+  } else {
+    std::cout << table.render();
+  }
+  return 0;
+}
+
+int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobInfo());
+  auto response = must(client.call(request));
+  auto details = response.root<wire::ClientResponse>().getJobDetails();
+  if (details.size() == 0) throw CommandError{fmt::format("no job matches '{}'", selector)};
+  json out = json::array();
+  std::string text;
+  for (auto d : details) {
+    auto s = d.getSummary();
+    auto desc = d.getDescription();
+    auto body = desc.getBody();
+    std::vector<std::string> program;
+    for (auto a : body.getProgram()) program.emplace_back(a.cStr());
+    auto ids = must(net::from_wire(desc.getTaskIds()));
+    json j = job_json(s);
+    j["program"] = program;
+    j["task_ids"] = ids.to_string();
+    j["cpus"] = body.getCpus();
+    j["priority"] = desc.getPriority();
+    j["cwd"] = body.getCwd().cStr();
+    j["stdout"] = body.getStdout().cStr();
+    j["stderr"] = body.getStderr().cStr();
+    j["submit_dir"] = body.getSubmitDir().cStr();
+    out.push_back(j);
+    if (!text.empty()) text += "\n";
+    text += render_pairs({
+        {"ID", std::to_string(s.getId())},
+        {"Name", s.getName().cStr()},
+        {"State", state_name(s.getState())},
+        {"Tasks", fmt::format("{} ({})", ids.size(), counts_text(s.getCounts()))},
+        {"Task ids", ids.to_string()},
+        {"Program", fmt::format("{}", fmt::join(program, " "))},
+        {"CPUs per task", std::to_string(body.getCpus())},
+        {"Priority", std::to_string(desc.getPriority())},
+        {"Working directory", body.getCwd().cStr()},
+        {"Stdout", body.getStdout().size() ? body.getStdout().cStr() : "none"},
+        {"Stderr", body.getStderr().size() ? body.getStderr().cStr() : "none"},
+        {"Submitted", time_text(s.getSubmitTime())},
+        {"Finished", time_text(s.getEndTime())},
+        {"Duration", duration_text(s.getSubmitTime(), s.getEndTime())},
+    });
+  }
+  if (g.mode() == OutputMode::kJson) {
+    print_json(out.size() == 1 ? out[0] : out);
+  } else if (g.mode() == OutputMode::kCli) {
+    std::cout << text;
+  }
+  return 0;
+}
+
+int cmd_job_cancel(const GlobalOptions& g, const std::string& selector) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobCancel());
+  auto response = must(client.call(request));
+  auto results = response.root<wire::ClientResponse>().getCanceled();
+  if (results.size() == 0) throw CommandError{fmt::format("no job matches '{}'", selector)};
+  json out = json::array();
+  for (auto r : results) {
+    out.push_back({{"id", r.getJob()}, {"canceled_tasks", r.getCanceledTasks()}});
+    if (g.mode() == OutputMode::kCli) {
+      if (r.getAlreadyDone()) {
+        std::cout << fmt::format("Job {}: nothing to cancel, all its tasks have ended\n",
+                                 r.getJob());
+      } else {
+        std::cout << fmt::format("Job {} canceled ({} task(s))\n", r.getJob(),
+                                 r.getCanceledTasks());
+      }
+    }
+  }
+  if (g.mode() == OutputMode::kJson) print_json(out);
+  return 0;
+}
+
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector) {
+  Client client = must(Client::connect(g));
+  return wait_for(g, client, selector);
+}
+
+namespace {
+
+JobId resolve_job(Client& client, const std::string& job) {
+  if (job != "last") {
+    auto ids = must(IdSet::parse(job), fmt::format("invalid job id '{}'", job));
+    if (ids.size() != 1) throw CommandError{fmt::format("'{}' names more than one job", job)};
+    return ids.ranges()[0].start;
+  }
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().initJobInfo().setLast();
+  auto response = must(client.call(request));
+  auto details = response.root<wire::ClientResponse>().getJobDetails();
+  if (details.size() == 0) throw CommandError{"there is no job yet"};
+  return details[0].getSummary().getId();
+}
+
+int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_text,
+                const std::string& tasks, const std::string& filter, bool detailed) {
+  auto states = parse_states<wire::TaskState>(filter, "task");
+  JobId job = resolve_job(client, job_text);
+  capnp::MallocMessageBuilder request;
+  auto query = request.initRoot<wire::ClientRequest>().initTaskList();
+  query.setJob(job);
+  if (!tasks.empty()) {
+    IdSet ids = must(IdSet::parse(tasks), "invalid task selection");
+    net::to_wire(ids, query.initTasks(ids.ranges().size()));
+  }
+  auto st = query.initStates(states.size());
+  for (size_t i = 0; i < states.size(); ++i) st.set(i, states[i]);
+  auto response = must(client.call(request));
+  auto list = response.root<wire::ClientResponse>().getTasks();
+  json out = json::array();
+  Table table({"TASK", "STATE", "WORKER", "INSTANCE", "STARTED", "DURATION", "ERROR"});
+  std::string text;
+  for (auto t : list) {
+    out.push_back(task_json(t));
+    std::string worker = t.getWorker() ? std::to_string(t.getWorker()) : "";
+    table.add({std::to_string(t.getId()), state_name(t.getState()), worker,
+               std::to_string(t.getInstance()), time_text(t.getStartTime()),
+               duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
+    if (!text.empty()) text += "\n";
+    text += render_pairs({{"Job", std::to_string(job)},
+                          {"Task", std::to_string(t.getId())},
+                          {"State", state_name(t.getState())},
+                          {"Instance", std::to_string(t.getInstance())},
+                          {"Worker", worker},
+                          {"Started", time_text(t.getStartTime())},
+                          {"Finished", time_text(t.getEndTime())},
+                          {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
+                          {"Error", t.getError().cStr()}});
+  }
+  if (g.mode() == OutputMode::kJson) {
+    print_json(out);
+  } else if (g.mode() == OutputMode::kCli) {
+    std::cout << (detailed ? text : table.render());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int cmd_task_list(const GlobalOptions& g, const std::string& job, const std::string& tasks,
+                  const std::string& filter) {
+  Client client = must(Client::connect(g));
+  return print_tasks(g, client, job, tasks, filter, false);
+}
+
+int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::string& tasks) {
+  Client client = must(Client::connect(g));
+  return print_tasks(g, client, job, tasks, "", true);
+}
+
+namespace {
+
+int print_workers(const GlobalOptions& g, capnp::List<wire::WorkerSummary>::Reader workers,
+                  bool all, bool detailed) {
+  json out = json::array();
+  Table table({"ID", "STATE", "HOSTNAME", "CPUS", "RUNNING", "STARTED", "END REASON"});
+  std::string text;
+  for (auto w : workers) {
+    if (!all && !w.getConnected()) continue;
+    out.push_back(worker_json(w));
+    table.add({std::to_string(w.getId()), w.getConnected() ? "running" : "offline",
+               w.getHostname().cStr(), std::to_string(w.getCpus()),
+               std::to_string(w.getRunningTasks()), time_text(w.getConnectTime()),
+               w.getEndReason().cStr()});
+    if (!text.empty()) text += "\n";
+    text += render_pairs({{"ID", std::to_string(w.getId())},
+                          {"State", w.getConnected() ? "running" : "offline"},
+                          {"Hostname", w.getHostname().cStr()},
+                          {"Address", w.getAddress().cStr()},
+                          {"CPUs", std::to_string(w.getCpus())},
+                          {"Running tasks", std::to_string(w.getRunningTasks())},
+                          {"Work directory", w.getWorkDir().cStr()},
+                          {"Started", time_text(w.getConnectTime())},
+                          {"Ended", time_text(w.getEndTime())},
+                          {"End reason", w.getEndReason().cStr()}});
+  }
+  if (g.mode() == OutputMode::kJson) {
+    print_json(detailed && out.size() == 1 ? out[0] : out);
+  } else if (g.mode() == OutputMode::kQuiet) {
+    for (auto& j : out) std::cout << j["id"] << "\n";
+  } else if (detailed) {
+    std::cout << text;
+  } else if (out.empty()) {
+    std::cout << (all ? "No workers\n" : "No connected workers (use --all to see all)\n");
+  } else {
+    std::cout << table.render();
+  }
+  return 0;
+}
+
+}  // namespace
+
+int cmd_worker_list(const GlobalOptions& g, bool all) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().setWorkerList();
+  auto response = must(client.call(request));
+  return print_workers(g, response.root<wire::ClientResponse>().getWorkers(), all, false);
+}
+
+int cmd_worker_info(const GlobalOptions& g, uint32_t id) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().setWorkerInfo(id);
+  auto response = must(client.call(request));
+  return print_workers(g, response.root<wire::ClientResponse>().getWorkers(), true, true);
+}
+
+int cmd_worker_stop(const GlobalOptions& g, const std::string& selector) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  auto sel = request.initRoot<wire::ClientRequest>().initWorkerStop();
+  if (selector == "all") {
+    sel.setAll();
+  } else {
+    IdSet ids = must(IdSet::parse(selector), fmt::format("invalid worker selector '{}' (use an "
+                                                         "id, a range such as 1-4, or all)",
+                                                         selector));
+    net::to_wire(ids, sel.initIds(ids.ranges().size()));
+  }
+  auto response = must(client.call(request));
+  auto workers = response.root<wire::ClientResponse>().getWorkers();
+  json out = json::array();
+  for (auto w : workers) {
+    out.push_back(w.getId());
+    if (g.mode() == OutputMode::kCli) std::cout << fmt::format("Worker {} stopped\n", w.getId());
+  }
+  if (g.mode() == OutputMode::kJson) print_json(out);
+  if (g.mode() == OutputMode::kCli && workers.size() == 0) std::cout << "No workers to stop\n";
+  return 0;
+}
+
+int cmd_server_info(const GlobalOptions& g) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().setServerInfo();
+  auto response = must(client.call(request));
+  auto info = response.root<wire::ClientResponse>().getServerInfo();
+  json j = {{"server_uid", info.getServerUid().cStr()},
+            {"host", info.getHost().cStr()},
+            {"client_port", info.getClientPort()},
+            {"worker_port", info.getWorkerPort()},
+            {"pid", info.getPid()},
+            {"version", info.getVersion().cStr()},
+            {"server_dir", info.getServerDir().cStr()},
+            {"started_at", format_iso8601(info.getStartTime())}};
+  if (g.mode() == OutputMode::kJson) {
+    print_json(j);
+  } else if (g.mode() == OutputMode::kCli) {
+    std::cout << render_pairs({{"Server UID", info.getServerUid().cStr()},
+                               {"Host", info.getHost().cStr()},
+                               {"Client port", std::to_string(info.getClientPort())},
+                               {"Worker port", std::to_string(info.getWorkerPort())},
+                               {"PID", std::to_string(info.getPid())},
+                               {"Version", info.getVersion().cStr()},
+                               {"Server directory", info.getServerDir().cStr()},
+                               {"Started", format_iso8601(info.getStartTime())}});
+  }
+  return 0;
+}
+
+int cmd_server_stop(const GlobalOptions& g) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().setServerStop();
+  must(client.call(request));
+  if (g.mode() == OutputMode::kCli) std::cout << "Server stopped\n";
+  return 0;
+}
+
+}  // namespace hq::cli

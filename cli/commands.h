@@ -1,0 +1,47 @@
+#pragma once
+// The client commands. Each connects, asks, prints and returns the process exit code; failures
+// throw CommandError.
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cli/client.h"
+#include "common/job_spec.h"
+
+namespace hq::cli {
+
+struct SubmitOptions {
+  std::string name;
+  std::string array;
+  uint32_t cpus = 1;
+  int32_t priority = 0;
+  std::optional<std::string> cwd;
+  std::optional<std::string> stdout_path;
+  std::optional<std::string> stderr_path;
+  std::vector<std::string> env;
+  std::string stream;
+  bool wait = false;
+  std::vector<std::string> program;
+};
+
+int cmd_submit(const GlobalOptions& g, const SubmitOptions& o);
+int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter);
+int cmd_job_info(const GlobalOptions& g, const std::string& selector);
+int cmd_job_cancel(const GlobalOptions& g, const std::string& selector);
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector);
+int cmd_task_list(const GlobalOptions& g, const std::string& job, const std::string& tasks,
+                  const std::string& filter);
+int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::string& tasks);
+int cmd_worker_list(const GlobalOptions& g, bool all);
+int cmd_worker_info(const GlobalOptions& g, uint32_t id);
+int cmd_worker_stop(const GlobalOptions& g, const std::string& selector);
+int cmd_server_info(const GlobalOptions& g);
+int cmd_server_stop(const GlobalOptions& g);
+
+// Builds the job description of `hq submit` (exposed for tests). Warnings (unknown
+// placeholders) are appended to `warnings`.
+JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,
+                                        std::vector<std::string>& warnings);
+
+}  // namespace hq::cli

@@ -1,0 +1,231 @@
+// The `hq` binary: the server, the worker and every client command.
+
+#include <algorithm>
+#include <iostream>
+#include <string_view>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+#include "common/log.h"
+#include "server/server.h"
+#include "worker/daemon.h"
+
+namespace hq::cli {
+namespace {
+
+// Parses a duration option's text or fails with a message naming the flag.
+Millis duration_option(const std::string& flag, const std::string& text) {
+  auto d = parse_duration(text);
+  if (!d) throw CommandError{fmt::format("invalid {}: {}", flag, d.message())};
+  return *d;
+}
+
+// Options of `hq submit` and the global ones that take a value.
+bool takes_value(std::string_view option) {
+  static const std::string_view kValued[] = {
+      "--name",   "--array", "--cpus",   "--priority",   "--cwd",         "--stdout",
+      "--stderr", "--env",   "--stream", "--server-dir", "--output-mode", "--log-level"};
+  if (option.find('=') != std::string_view::npos) return false;
+  return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
+}
+
+// `hq [job] submit [OPTIONS] [--] PROGRAM ARGS...`: the program and its arguments are cut off
+// before CLI11 parses, so that the program's own options are never taken for hq's. Returns the
+// arguments left for CLI11.
+std::vector<std::string> split_submit_program(const std::vector<std::string>& args,
+                                              std::vector<std::string>& program) {
+  std::vector<std::string> words;  // the subcommand path so far
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    bool in_submit = !words.empty() && words.back() == "submit";
+    if (in_submit && a == "--") {
+      program.assign(args.begin() + i + 1, args.end());
+      return {args.begin(), args.begin() + i};
+    }
+    if (!a.empty() && a[0] == '-') {
+      if (takes_value(a)) ++i;
+      continue;
+    }
+    if (in_submit) {
+      program.assign(args.begin() + i, args.end());
+      return {args.begin(), args.begin() + i};
+    }
+    words.push_back(a);
+    bool submit_path = (words.size() == 1 && (a == "submit" || a == "job")) ||
+                       (words.size() == 2 && words[0] == "job" && a == "submit");
+    if (!submit_path) break;
+  }
+  return args;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"hq: a crash-resilient task runtime for HPC clusters"};
+  app.require_subcommand(1);
+  app.fallthrough();
+  GlobalOptions g;
+  app.add_option("--server-dir", g.server_dir,
+                 "Server directory (default: $HQ_SERVER_DIR, else ~/.hq-server)")
+      ->envname("HQ_SERVER_DIR");
+  app.add_option("--output-mode", g.output_mode, "How to print results: cli, json or quiet")
+      ->envname("HQ_OUTPUT_MODE")
+      ->check(CLI::IsMember({"cli", "json", "quiet"}));
+  app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  int code = 0;
+
+  // --- server ---
+  auto* server = app.add_subcommand("server", "Start, stop and inspect the server");
+  server->require_subcommand(1);
+  auto* server_start = server->add_subcommand("start", "Run the server in the foreground");
+  std::string host, heartbeat = "8s";
+  uint16_t client_port = 0, worker_port = 0;
+  server_start->add_option("--host", host, "Hostname that clients and workers connect to");
+  server_start->add_option("--client-port", client_port, "Port for clients (default: any free)");
+  server_start->add_option("--worker-port", worker_port, "Port for workers (default: any free)");
+  server_start->add_option("--heartbeat", heartbeat,
+                           "How often workers must report; 3 missed heartbeats lose a worker");
+  server_start->callback([&] {
+    server::ServerOptions o;
+    o.server_dir = g.resolved_server_dir();
+    o.host = host;
+    o.client_port = client_port;
+    o.worker_port = worker_port;
+    o.heartbeat = duration_option("--heartbeat", heartbeat);
+    if (o.heartbeat.count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
+    code = server::run_server(o);
+  });
+  server->add_subcommand("stop", "Stop the server")->callback([&] { code = cmd_server_stop(g); });
+  server->add_subcommand("info", "Show the server's address, ports and identity")->callback([&] {
+    code = cmd_server_info(g);
+  });
+
+  // --- worker ---
+  auto* worker = app.add_subcommand("worker", "Start, stop and inspect workers");
+  worker->require_subcommand(1);
+  auto* worker_start = worker->add_subcommand("start", "Run a worker in the foreground");
+  uint32_t cpus = 0;
+  std::string hostname, idle_timeout, work_dir, cancel_grace = "1s";
+  worker_start->add_option("--cpus", cpus, "Number of CPUs (default: all this process may use)")
+      ->check(CLI::PositiveNumber);
+  worker_start->add_option("--hostname", hostname, "Name shown for this worker");
+  worker_start->add_option("--idle-timeout", idle_timeout,
+                           "Stop after this long without tasks (e.g. 5m)");
+  worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
+  worker_start->callback([&] {
+    worker::WorkerOptions o;
+    o.server_dir = g.resolved_server_dir();
+    o.cpus = cpus;
+    o.hostname = hostname;
+    if (!idle_timeout.empty()) o.idle_timeout = duration_option("--idle-timeout", idle_timeout);
+    o.work_dir = work_dir;
+    o.cancel_grace = duration_option("--cancel-grace", cancel_grace);
+    code = worker::run_worker(o);
+  });
+  bool worker_all = false;
+  auto* worker_list = worker->add_subcommand("list", "List connected workers");
+  worker_list->add_flag("--all", worker_all, "Include disconnected workers");
+  worker_list->callback([&] { code = cmd_worker_list(g, worker_all); });
+  uint32_t worker_id = 0;
+  auto* worker_info = worker->add_subcommand("info", "Show one worker");
+  worker_info->add_option("id", worker_id, "Worker id")->required();
+  worker_info->callback([&] { code = cmd_worker_info(g, worker_id); });
+  std::string worker_selector;
+  auto* worker_stop = worker->add_subcommand("stop", "Stop workers; their tasks run elsewhere");
+  worker_stop->add_option("selector", worker_selector, "Worker id, range (1-3) or all")->required();
+  worker_stop->callback([&] { code = cmd_worker_stop(g, worker_selector); });
+
+  // --- submit / job submit ---
+  SubmitOptions submit;
+  auto add_submit = [&](CLI::App* parent, const std::string& name) {
+    auto* s = parent->add_subcommand(name, "Submit a job: hq submit [OPTIONS] -- PROGRAM ARGS...");
+    s->add_option("--name", submit.name, "Job name (default: the program's name)");
+    s->add_option("--array", submit.array, "Task ids, e.g. 1-10,20,30-40:2 (default: one task 0)");
+    s->add_option("--cpus", submit.cpus, "CPUs per task")->check(CLI::PositiveNumber);
+    s->add_option("--priority", submit.priority, "Higher runs first");
+    s->add_option("--cwd", submit.cwd, "Working directory of tasks (placeholders allowed)");
+    s->add_option("--stdout", submit.stdout_path,
+                  "Stdout path or 'none' (default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout)");
+    s->add_option("--stderr", submit.stderr_path,
+                  "Stderr path or 'none' (default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr)");
+    s->add_option("--env", submit.env, "KEY=VALUE for the tasks; repeatable")->take_last();
+    s->add_flag("--wait", submit.wait, "Wait until the job ends (exit code as `hq job wait`)");
+    s->footer("The program and its arguments follow the options, best after `--`.");
+    s->callback([&] { code = cmd_submit(g, submit); });
+  };
+  add_submit(&app, "submit");
+
+  // --- job ---
+  auto* job = app.add_subcommand("job", "Submit, list, inspect, cancel and wait for jobs");
+  job->require_subcommand(1);
+  add_submit(job, "submit");
+  bool job_all = false;
+  std::string job_filter, job_selector;
+  auto* job_list = job->add_subcommand("list", "List jobs (by default those not yet complete)");
+  job_list->add_flag("--all", job_all, "Show all jobs");
+  job_list->add_option("--filter", job_filter,
+                       "Only jobs in these states: waiting,running,finished,failed,canceled");
+  job_list->callback([&] { code = cmd_job_list(g, job_all, job_filter); });
+  auto* job_info = job->add_subcommand("info", "Show jobs in detail");
+  job_info->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
+  job_info->callback([&] { code = cmd_job_info(g, job_selector); });
+  auto* job_cancel = job->add_subcommand("cancel", "Cancel jobs; running tasks are killed");
+  job_cancel->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
+  job_cancel->callback([&] { code = cmd_job_cancel(g, job_selector); });
+  auto* job_wait = job->add_subcommand(
+      "wait",
+      "Wait until jobs end. Exit code 0 when every waited job finished, 1 when any failed or "
+      "was canceled");
+  job_wait->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
+  job_wait->callback([&] { code = cmd_job_wait(g, job_selector); });
+
+  // --- task ---
+  auto* task = app.add_subcommand("task", "Inspect tasks");
+  task->require_subcommand(1);
+  std::string task_job, task_ids, task_filter;
+  auto* task_list = task->add_subcommand("list", "List the tasks of a job");
+  task_list->add_option("job", task_job, "Job id or last")->required();
+  task_list->add_option("--tasks", task_ids, "Only these task ids, e.g. 1-5,9");
+  task_list->add_option("--filter", task_filter,
+                        "Only tasks in these states: waiting,running,finished,failed,canceled");
+  task_list->callback([&] { code = cmd_task_list(g, task_job, task_ids, task_filter); });
+  auto* task_info = task->add_subcommand("info", "Show tasks of a job in detail");
+  task_info->add_option("job", task_job, "Job id or last")->required();
+  task_info->add_option("tasks", task_ids, "Task ids, e.g. 1-5,9")->required();
+  task_info->callback([&] { code = cmd_task_info(g, task_job, task_ids); });
+
+  for (CLI::App* sub : app.get_subcommands({})) {
+    sub->fallthrough();
+    for (CLI::App* leaf : sub->get_subcommands({})) leaf->fallthrough();
+  }
+
+  std::vector<std::string> args(argv, argv + argc);
+  args = split_submit_program(args, submit.program);
+  std::reverse(args.begin(), args.end());
+  args.pop_back();  // CLI11 takes the arguments without the program name, in reverse
+  try {
+    app.parse(args);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return code;
+}
+
+}  // namespace
+}  // namespace hq::cli
+
+int main(int argc, char** argv) {
+  // Logging is set up before parsing so that the daemons log from their first line.
+  std::string level = "info";
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::string_view(argv[i]) == "--log-level") level = argv[i + 1];
+  }
+  hq::init_logging(level);
+  try {
+    return hq::cli::run(argc, argv);
+  } catch (const hq::cli::CommandError& e) {
+    std::cerr << "error: " << e.message << "\n";
+    return e.exit_code;
+  }
+}

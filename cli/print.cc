@@ -1,0 +1,145 @@
+#include "cli/print.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "common/time.h"
+
+namespace hq::cli {
+
+std::string Table::render() const {
+  std::vector<size_t> width(header_.size(), 0);
+  auto measure = [&](const std::vector<std::string>& row) {
+    for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
+      width[i] = std::max(width[i], row[i].size());
+    }
+  };
+  measure(header_);
+  for (const auto& row : rows_) measure(row);
+  auto line = [&](const std::vector<std::string>& row) {
+    std::string out;
+    for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
+      out += row[i];
+      if (i + 1 < row.size()) out += std::string(width[i] - row[i].size() + 2, ' ');
+    }
+    out += '\n';
+    return out;
+  };
+  std::string out = line(header_);
+  for (const auto& row : rows_) out += line(row);
+  return out;
+}
+
+std::string render_pairs(const std::vector<std::pair<std::string, std::string>>& pairs) {
+  size_t width = 0;
+  for (const auto& [k, v] : pairs) width = std::max(width, k.size());
+  std::string out;
+  for (const auto& [k, v] : pairs) out += fmt::format("{:<{}}  {}\n", k + ":", width + 1, v);
+  return out;
+}
+
+const char* state_name(wire::TaskState s) {
+  switch (s) {
+    case wire::TaskState::WAITING:
+      return "waiting";
+    case wire::TaskState::RUNNING:
+      return "running";
+    case wire::TaskState::FINISHED:
+      return "finished";
+    case wire::TaskState::FAILED:
+      return "failed";
+    case wire::TaskState::CANCELED:
+      return "canceled";
+    case wire::TaskState::ABORTED:
+      return "aborted";
+  }
+  return "unknown";
+}
+
+const char* state_name(wire::JobState s) {
+  switch (s) {
+    case wire::JobState::WAITING:
+      return "waiting";
+    case wire::JobState::RUNNING:
+      return "running";
+    case wire::JobState::FINISHED:
+      return "finished";
+    case wire::JobState::FAILED:
+      return "failed";
+    case wire::JobState::CANCELED:
+      return "canceled";
+    case wire::JobState::ABORTED:
+      return "aborted";
+    case wire::JobState::OPENED:
+      return "opened";
+  }
+  return "unknown";
+}
+
+nlohmann::json counts_json(wire::TaskCounts::Reader c) {
+  return {{"waiting", c.getWaiting()}, {"running", c.getRunning()},   {"finished", c.getFinished()},
+          {"failed", c.getFailed()},   {"canceled", c.getCanceled()}, {"aborted", c.getAborted()}};
+}
+
+std::string counts_text(wire::TaskCounts::Reader c) {
+  std::string out;
+  auto add = [&](const char* name, uint32_t n) {
+    if (n) out += fmt::format("{}{} {}", out.empty() ? "" : ", ", name, n);
+  };
+  add("running", c.getRunning());
+  add("waiting", c.getWaiting());
+  add("finished", c.getFinished());
+  add("failed", c.getFailed());
+  add("canceled", c.getCanceled());
+  add("aborted", c.getAborted());
+  return out.empty() ? "none" : out;
+}
+
+namespace {
+nlohmann::json time_json(int64_t ms) {
+  if (ms == 0) return nullptr;
+  return format_iso8601(ms);
+}
+}  // namespace
+
+nlohmann::json job_json(wire::JobSummary::Reader job) {
+  const auto& c = job.getCounts();
+  return {{"id", job.getId()},
+          {"name", job.getName().cStr()},
+          {"state", state_name(job.getState())},
+          {"task_count", c.getWaiting() + c.getRunning() + c.getFinished() + c.getFailed() +
+                             c.getCanceled() + c.getAborted()},
+          {"task_counts", counts_json(c)},
+          {"submitted_at", time_json(job.getSubmitTime())},
+          {"finished_at", time_json(job.getEndTime())}};
+}
+
+nlohmann::json task_json(wire::TaskInfo::Reader task) {
+  nlohmann::json j = {
+      {"id", task.getId()},
+      {"state", state_name(task.getState())},
+      {"instance", task.getInstance()},
+      {"worker", task.getWorker() ? nlohmann::json(task.getWorker()) : nullptr},
+      {"error", task.hasError() && task.getError().size() ? nlohmann::json(task.getError().cStr())
+                                                          : nullptr},
+      {"started_at", time_json(task.getStartTime())},
+      {"finished_at", time_json(task.getEndTime())}};
+  return j;
+}
+
+nlohmann::json worker_json(wire::WorkerSummary::Reader w) {
+  return {
+      {"id", w.getId()},
+      {"hostname", w.getHostname().cStr()},
+      {"state", w.getConnected() ? "running" : "offline"},
+      {"cpus", w.getCpus()},
+      {"running_tasks", w.getRunningTasks()},
+      {"address", w.getAddress().cStr()},
+      {"work_dir", w.getWorkDir().cStr()},
+      {"started_at", time_json(w.getConnectTime())},
+      {"ended_at", time_json(w.getEndTime())},
+      {"end_reason", w.getEndReason().size() ? nlohmann::json(w.getEndReason().cStr()) : nullptr}};
+}
+
+}  // namespace hq::cli

@@ -1,0 +1,38 @@
+#pragma once
+// Printing for people (aligned tables) and for scripts (JSON with stable field names).
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "net/protocol.capnp.h"
+
+namespace hq::cli {
+
+// A plain text table: a header row, then rows, columns aligned.
+class Table {
+ public:
+  explicit Table(std::vector<std::string> header) : header_(std::move(header)) {}
+  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  std::string render() const;
+
+ private:
+  std::vector<std::string> header_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+// "key: value" lines, keys aligned.
+std::string render_pairs(const std::vector<std::pair<std::string, std::string>>& pairs);
+
+const char* state_name(wire::TaskState s);
+const char* state_name(wire::JobState s);
+
+nlohmann::json counts_json(wire::TaskCounts::Reader c);
+nlohmann::json job_json(wire::JobSummary::Reader job);
+nlohmann::json task_json(wire::TaskInfo::Reader task);
+nlohmann::json worker_json(wire::WorkerSummary::Reader worker);
+// "RUNNING 2, FINISHED 5" style, only non-zero counts.
+std::string counts_text(wire::TaskCounts::Reader c);
+
+}  // namespace hq::cli

@@ -1,0 +1,262 @@
+# The hq wire protocol: every message between the server, its workers and its clients.
+# Sent in Cap'n Proto's standard stream framing over TLS 1.3 with a pre-shared key.
+# Never renumber or reuse a field; add new ones at the end of a struct or union.
+@0xac75ee85bcfce4e4;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("hq::wire");
+
+# Bumped whenever a peer of an older version could misread a message.
+const protocolVersion :UInt32 = 1;
+
+enum Role {
+  client @0;
+  worker @1;
+}
+
+# First message on every connection, from the connecting side.
+struct Hello {
+  version @0 :UInt32;
+  role @1 :Role;
+}
+
+# The server's answer to Hello. When ok is false the server closes the connection after it.
+struct HelloReply {
+  ok @0 :Bool;
+  error @1 :Text;
+  version @2 :UInt32;
+  serverUid @3 :Text;
+}
+
+struct IdRange {
+  start @0 :UInt32;
+  end @1 :UInt32;   # inclusive
+  step @2 :UInt32;
+}
+
+struct KeyValue {
+  key @0 :Text;
+  value @1 :Text;
+}
+
+enum TaskState {
+  waiting @0;
+  running @1;
+  finished @2;
+  failed @3;
+  canceled @4;
+  aborted @5;
+}
+
+enum JobState {
+  waiting @0;
+  running @1;
+  finished @2;
+  failed @3;
+  canceled @4;
+  aborted @5;
+  opened @6;
+}
+
+# What a task runs; shared by all tasks of a job. Paths may hold placeholders.
+struct TaskBody {
+  program @0 :List(Text);   # argv; argv[0] is looked up in PATH
+  env @1 :List(KeyValue);
+  cwd @2 :Text;             # pattern; the worker creates it when missing
+  stdout @3 :Text;          # pattern; empty means discard
+  stderr @4 :Text;          # pattern; empty means discard
+  submitDir @5 :Text;
+  cpus @6 :UInt32;
+}
+
+struct JobDescription {
+  name @0 :Text;
+  taskIds @1 :List(IdRange);
+  priority @2 :Int32;
+  body @3 :TaskBody;
+  stream @4 :Text;          # output stream directory; empty: per-task files
+}
+
+# --- Client <-> server ------------------------------------------------------------------------
+
+struct JobSelector {
+  union {
+    all @0 :Void;
+    last @1 :Void;
+    ids @2 :List(IdRange);
+  }
+}
+
+struct TaskCounts {
+  waiting @0 :UInt32;
+  running @1 :UInt32;
+  finished @2 :UInt32;
+  failed @3 :UInt32;
+  canceled @4 :UInt32;
+  aborted @5 :UInt32;
+}
+
+struct JobSummary {
+  id @0 :UInt32;
+  name @1 :Text;
+  state @2 :JobState;
+  counts @3 :TaskCounts;
+  submitTime @4 :Int64;     # Unix ms
+  endTime @5 :Int64;        # Unix ms, 0 while not complete
+}
+
+struct JobDetail {
+  summary @0 :JobSummary;
+  description @1 :JobDescription;
+}
+
+struct TaskInfo {
+  id @0 :UInt32;
+  state @1 :TaskState;
+  instance @2 :UInt32;
+  worker @3 :UInt32;        # the last worker that ran it, 0 for none
+  error @4 :Text;
+  startTime @5 :Int64;
+  endTime @6 :Int64;
+}
+
+struct TaskQuery {
+  job @0 :UInt32;
+  tasks @1 :List(IdRange);  # empty: all tasks
+  states @2 :List(TaskState);   # empty: all states
+}
+
+struct WorkerSummary {
+  id @0 :UInt32;
+  hostname @1 :Text;
+  cpus @2 :UInt32;
+  connected @3 :Bool;
+  connectTime @4 :Int64;
+  endTime @5 :Int64;
+  endReason @6 :Text;
+  runningTasks @7 :UInt32;
+  workDir @8 :Text;
+  address @9 :Text;
+}
+
+struct WorkerSelector {
+  union {
+    all @0 :Void;
+    ids @1 :List(IdRange);
+  }
+}
+
+struct ServerInfo {
+  serverUid @0 :Text;
+  host @1 :Text;
+  clientPort @2 :UInt16;
+  workerPort @3 :UInt16;
+  pid @4 :Int32;
+  startTime @5 :Int64;
+  version @6 :Text;
+  serverDir @7 :Text;
+}
+
+struct ClientRequest {
+  union {
+    submit @0 :JobDescription;
+    jobList @1 :Void;
+    jobInfo @2 :JobSelector;
+    jobCancel @3 :JobSelector;
+    jobWait @4 :JobSelector;
+    taskList @5 :TaskQuery;
+    workerList @6 :Void;
+    workerInfo @7 :UInt32;
+    workerStop @8 :WorkerSelector;
+    serverInfo @9 :Void;
+    serverStop @10 :Void;
+  }
+}
+
+struct CancelResult {
+  job @0 :UInt32;
+  canceledTasks @1 :UInt32;
+  alreadyDone @2 :Bool;     # nothing was left to cancel
+}
+
+struct ClientResponse {
+  union {
+    error @0 :Text;
+    submitted @1 :UInt32;             # the new job's id
+    jobs @2 :List(JobSummary);        # jobList, jobWait (final states)
+    jobDetails @3 :List(JobDetail);   # jobInfo
+    canceled @4 :List(CancelResult);
+    tasks @5 :List(TaskInfo);
+    workers @6 :List(WorkerSummary);  # workerList, workerInfo, workerStop (the stopped ones)
+    serverInfo @7 :ServerInfo;
+    ok @8 :Void;
+  }
+}
+
+# --- Worker <-> server ------------------------------------------------------------------------
+
+struct TaskKey {
+  job @0 :UInt32;
+  task @1 :UInt32;
+  instance @2 :UInt32;
+}
+
+struct WorkerRegistration {
+  hostname @0 :Text;
+  cpus @1 :UInt32;
+  workDir @2 :Text;
+}
+
+struct RegistrationReply {
+  workerId @0 :UInt32;
+  serverUid @1 :Text;
+  heartbeatMs @2 :UInt32;   # send at least one message this often
+}
+
+# A job's body, sent once to each worker before its first task of that job.
+struct JobBody {
+  job @0 :UInt32;
+  body @1 :TaskBody;
+  stream @2 :Text;
+}
+
+struct Assignment {
+  jobs @0 :List(JobBody);
+  tasks @1 :List(TaskKey);
+}
+
+struct ToWorker {
+  union {
+    registered @0 :RegistrationReply;
+    assign @1 :Assignment;
+    cancel @2 :List(TaskKey);     # kill these if running, drop them if queued
+    retract @3 :List(TaskKey);    # give these back if they have not started
+    stop @4 :Void;                # kill everything and exit
+  }
+}
+
+struct TaskEvent {
+  key @0 :TaskKey;
+  time @1 :Int64;           # Unix ms on the worker
+}
+
+struct TaskFailure {
+  key @0 :TaskKey;
+  time @1 :Int64;
+  error @2 :Text;
+}
+
+# Everything a worker reports; an empty one is a heartbeat.
+struct WorkerEvents {
+  started @0 :List(TaskEvent);
+  finished @1 :List(TaskEvent);
+  failed @2 :List(TaskFailure);
+  retracted @3 :List(TaskKey);  # given back, never started
+}
+
+struct FromWorker {
+  union {
+    register @0 :WorkerRegistration;
+    events @1 :WorkerEvents;
+  }
+}

@@ -1,0 +1,104 @@
+#pragma once
+// Private to scheduler/: how one job's tasks are stored. A job of N tasks costs one 32-byte
+// TaskSlot per task plus a few bytes per id range; nothing is allocated per task beyond that,
+// except an error string for each failed task.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/id_set.h"
+#include "common/ids.h"
+#include "common/result.h"
+#include "scheduler/scheduler.h"
+
+namespace hq::sched {
+
+// TaskSlot::flags.
+inline constexpr uint8_t kHeld = 1;        // a worker holds it (queued, running, or ended by a
+                                           // cancel and not yet reported by the worker)
+inline constexpr uint8_t kRetracting = 2;  // a retraction was sent and not answered yet
+
+// Everything the scheduler keeps per task.
+struct TaskSlot {
+  int64_t start_time = 0;  // 0: not started (in this instance)
+  int64_t end_time = 0;    // 0: not ended
+  WorkerId worker = 0;     // the holder while kHeld; else the last worker that held it, or 0
+  InstanceId instance = 0;
+  uint32_t held_pos = 0;  // index in the holder's held list; meaningful only while kHeld
+  uint16_t crashes = 0;   // times a worker was lost while running it (saturates)
+  TaskState state = TaskState::kWaiting;
+  uint8_t flags = 0;
+};
+static_assert(sizeof(TaskSlot) == 32, "TaskSlot is part of the memory budget per task");
+
+// A job's task ids as sorted, disjoint ranges, mapping ids to dense indices 0..size()-1 (in
+// increasing id order) and back in O(log ranges).
+class TaskIdMap {
+ public:
+  // Fails on an empty set, a zero step, a reversed range, or an id listed twice.
+  static Result<TaskIdMap> build(const IdSet& ids);
+
+  uint32_t size() const { return first_.empty() ? 0 : first_.back(); }
+  const std::vector<IdRange>& ranges() const { return ranges_; }
+  // The index of the first id of ranges()[r]; first_index(ranges().size()) == size().
+  uint32_t first_index(size_t r) const { return first_[r]; }
+  // index < size().
+  TaskId id_at(uint32_t index) const;
+  std::optional<uint32_t> index_of(TaskId id) const;
+
+ private:
+  std::vector<IdRange> ranges_;  // sorted, disjoint, end == last(), step 1 for single ids
+  std::vector<uint32_t> first_;  // ranges_.size() + 1 entries
+};
+
+class Job {
+ public:
+  Job(JobId job_id, uint32_t job_cpus, int32_t job_priority, TaskIdMap task_ids);
+
+  const JobId id;
+  const uint32_t cpus;
+  const int32_t priority;
+  bool open = false;  // more tasks may come (open jobs): complete jobs are kOpened
+  const TaskIdMap ids;
+  std::vector<TaskSlot> slots;  // by index
+  TaskCounts counts;
+  std::unordered_map<uint32_t, std::string> errors;  // by index, failed tasks only
+  bool in_ready_set = false;                         // owned by the scheduler's ready set
+  bool completion_noted = false;  // reported (or to be reported) by take_completed_jobs
+
+  uint32_t size() const { return static_cast<uint32_t>(slots.size()); }
+  void set_state(TaskSlot& slot, TaskState to);
+
+  // --- Ready queue: the waiting tasks no worker holds ----------------------------------------
+  // Requeued tasks (put back) in increasing id order, then fresh ones (never assigned) in
+  // increasing id order through a cursor.
+  uint32_t ready() const { return static_cast<uint32_t>(requeued_.size()) + (size() - fresh_); }
+  struct Next {
+    uint32_t index;
+    TaskId id;
+  };
+  // ready() > 0.
+  Next take_ready();
+  // The task at `index` is waiting again and held by nobody.
+  void put_back(uint32_t index);
+  // Every ready task leaves the queue (the caller changes their states).
+  void clear_ready();
+  // Tasks at indices >= fresh_begin() were never taken from the queue.
+  uint32_t fresh_begin() const { return fresh_; }
+  const std::vector<uint32_t>& requeued() const { return requeued_; }
+  // Aborts when the queue's own structure is broken; see Scheduler::check_invariants.
+  void check_queue() const;
+
+ private:
+  uint32_t fresh_ = 0;
+  uint32_t fresh_range_ = 0;        // the range holding index fresh_ (ranges().size() at the end)
+  std::vector<uint32_t> requeued_;  // min-heap of indices
+};
+
+// Prints the message and aborts: for broken invariants only.
+[[noreturn]] void invariant_failed(const std::string& message);
+
+}  // namespace hq::sched

@@ -1,0 +1,165 @@
+#pragma once
+// The scheduler: the job and task model, resource accounting, queues and assignment.
+// Pure logic: no I/O, no clocks, no threads. Events go in as calls (times are arguments), and
+// decisions come out as return values, so it can be driven deterministically by tests and
+// benchmarks with millions of tasks.
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "common/id_set.h"
+#include "common/ids.h"
+#include "common/result.h"
+
+namespace hq::sched {
+
+// Numbering matches wire::TaskState.
+enum class TaskState : uint8_t { kWaiting, kRunning, kFinished, kFailed, kCanceled, kAborted };
+// Numbering matches wire::JobState.
+enum class JobState : uint8_t {
+  kWaiting,
+  kRunning,
+  kFinished,
+  kFailed,
+  kCanceled,
+  kAborted,
+  kOpened
+};
+
+const char* to_string(TaskState s);
+const char* to_string(JobState s);
+
+// Tasks of a job per state, indexed by TaskState.
+struct TaskCounts {
+  uint32_t by_state[6] = {};
+  uint32_t operator[](TaskState s) const { return by_state[static_cast<int>(s)]; }
+  uint32_t total() const;
+  // No task is waiting or running.
+  bool complete() const;
+};
+
+// running > waiting > failed > aborted > canceled > finished; an open job with nothing left to do
+// is kOpened.
+JobState derive_job_state(const TaskCounts& counts, bool open = false);
+
+struct JobSpec {
+  JobId id = 0;
+  IdSet task_ids;  // any order; duplicates are an error
+  uint32_t cpus = 1;
+  int32_t priority = 0;  // higher first
+};
+
+struct Assignment {
+  WorkerId worker = 0;
+  TaskKey key;
+};
+
+struct Decisions {
+  std::vector<Assignment> assign;   // send these tasks to these workers
+  std::vector<Assignment> retract;  // ask these workers to give these tasks back
+  bool empty() const { return assign.empty() && retract.empty(); }
+};
+
+// What the server may read about one task.
+struct TaskView {
+  TaskId id = 0;
+  TaskState state = TaskState::kWaiting;
+  InstanceId instance = 0;
+  WorkerId worker = 0;  // holding it now, or the last one that ran it; 0 for none
+  bool queued = false;  // held by a worker that has not reported its start yet
+  int64_t start_time = 0;
+  int64_t end_time = 0;
+  const std::string* error = nullptr;  // failed tasks only; valid until the next call
+};
+
+struct SchedulerConfig {
+  // A worker may hold queued tasks up to this many CPUs beyond its own count, so that it never
+  // idles waiting for a round trip. 1.0: as many as it has.
+  double queue_factor = 1.0;
+};
+
+class Job;
+struct WorkerSlot;
+
+class Scheduler {
+ public:
+  explicit Scheduler(SchedulerConfig config = {});
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // --- Workers --------------------------------------------------------------------------------
+  // Fails when the id is already known (connected or removed).
+  Status add_worker(WorkerId id, uint32_t cpus);
+  // The worker is gone. Tasks it was running or held queued go back to waiting with instance + 1;
+  // canceled tasks it still held are released. Returns the tasks put back (with their new
+  // instance).
+  std::vector<TaskKey> remove_worker(WorkerId id);
+
+  // --- Jobs -----------------------------------------------------------------------------------
+  // Fails on a known job id, an empty or duplicated id set, or zero CPUs.
+  Status add_job(const JobSpec& spec);
+  // Every task not yet ended becomes canceled at `now`. Returns the ones held by workers, which
+  // the server must tell to kill them (they keep occupying the worker until it reports their
+  // end).
+  std::vector<Assignment> cancel_job(JobId id, int64_t now);
+
+  // --- Worker reports -------------------------------------------------------------------------
+  // Each returns false, and changes nothing, when the report is stale or unknown: another
+  // instance, a task the worker does not hold, or (for start) one already ended.
+  // A report for a canceled task only releases the worker's resources.
+  bool task_started(WorkerId worker, TaskKey key, int64_t time);
+  bool task_finished(WorkerId worker, TaskKey key, int64_t time);
+  bool task_failed(WorkerId worker, TaskKey key, int64_t time, std::string error);
+  // The worker gave back a queued task it never started: waiting again, same instance.
+  bool task_retracted(WorkerId worker, TaskKey key);
+
+  // --- Decisions ------------------------------------------------------------------------------
+  // Assigns waiting tasks to workers with room (priority first, then lower job id, then lower
+  // task id; requeued tasks of a job before its fresh ones), and retracts queued tasks from
+  // overloaded workers when another worker idles. Assigned tasks are held by their worker from
+  // now on.
+  Decisions schedule();
+
+  // Jobs that became complete (no waiting or running task) since the last call, in id order.
+  std::vector<JobId> take_completed_jobs();
+
+  // --- Queries --------------------------------------------------------------------------------
+  bool has_job(JobId id) const;
+  JobId last_job_id() const;           // 0 when there is none
+  std::vector<JobId> job_ids() const;  // increasing
+  TaskCounts counts(JobId id) const;
+  JobState job_state(JobId id) const;
+  uint32_t job_cpus(JobId id) const;
+  // Calls f(const TaskView&) for every task of the job in increasing task id order.
+  void for_each_task(JobId id, const std::function<void(const TaskView&)>& f) const;
+  // The task, if the job has it.
+  std::optional<TaskView> task(JobId job, TaskId task) const;
+  // Tasks held by the worker (queued or running, canceled ones not yet ended included).
+  uint32_t held_tasks(WorkerId id) const;
+  uint32_t running_tasks(WorkerId id) const;  // held tasks in state kRunning
+  // Held tasks the worker has not reported started (queued; canceled ones excluded).
+  uint32_t queued_tasks(WorkerId id) const;
+  // Waiting tasks that no worker holds, over all jobs: what schedule() may still assign.
+  uint32_t waiting_tasks() const;
+  // How many times a worker was lost while running the task; 0 for an unknown task.
+  uint32_t crash_count(JobId job, TaskId task) const;
+
+  // Aborts with a message when an internal invariant does not hold: counts match states, every
+  // held task is held by exactly the worker it names, worker CPU use equals the sum of its tasks'
+  // CPUs and stays within its limit, queues hold exactly the waiting tasks. O(size): for tests.
+  void check_invariants() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hq::sched

@@ -1,0 +1,316 @@
+// The client-facing half of the server: one handler per ClientRequest.
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "server/server_state.h"
+
+namespace hq::server {
+void Server::on_client(std::shared_ptr<net::Connection> connection) {
+  if (stopping_) return connection->close();
+  clients_.insert(connection);
+  std::weak_ptr<net::Connection> weak = connection;
+  connection->start(
+      [this, weak](net::Message& message) {
+        if (auto c = weak.lock()) on_client_request(c, message);
+      },
+      [this, weak](const std::string&) {
+        if (auto c = weak.lock()) clients_.erase(c);
+      });
+}
+
+void Server::reply_error(net::Connection& connection, const std::string& error) {
+  capnp::MallocMessageBuilder reply;
+  reply.initRoot<wire::ClientResponse>().setError(error);
+  connection.send(reply);
+}
+
+void Server::on_client_request(const std::shared_ptr<net::Connection>& connection,
+                               net::Message& message) {
+  auto request = message.root<wire::ClientRequest>();
+  net::Connection& c = *connection;
+  switch (request.which()) {
+    case wire::ClientRequest::SUBMIT:
+      return handle_submit(c, request.getSubmit());
+    case wire::ClientRequest::JOB_LIST:
+      return handle_job_list(c);
+    case wire::ClientRequest::JOB_INFO:
+      return handle_job_info(c, request.getJobInfo());
+    case wire::ClientRequest::JOB_CANCEL:
+      return handle_job_cancel(c, request.getJobCancel());
+    case wire::ClientRequest::JOB_WAIT:
+      return handle_job_wait(connection, request.getJobWait());
+    case wire::ClientRequest::TASK_LIST:
+      return handle_task_list(c, request.getTaskList());
+    case wire::ClientRequest::WORKER_LIST: {
+      std::vector<WorkerId> ids;
+      for (const auto& [id, w] : workers_) ids.push_back(id);
+      return handle_worker_list(c, ids);
+    }
+    case wire::ClientRequest::WORKER_INFO: {
+      WorkerId id = request.getWorkerInfo();
+      if (!workers_.count(id)) return reply_error(c, fmt::format("worker {} not found", id));
+      return handle_worker_list(c, {id});
+    }
+    case wire::ClientRequest::WORKER_STOP:
+      return handle_worker_stop(c, request.getWorkerStop());
+    case wire::ClientRequest::SERVER_INFO:
+      return handle_server_info(c);
+    case wire::ClientRequest::SERVER_STOP: {
+      capnp::MallocMessageBuilder reply;
+      reply.initRoot<wire::ClientResponse>().setOk();
+      c.send(reply);
+      spdlog::info("stop requested by a client");
+      asio::post(io_, [this] { stop(); });
+      return;
+    }
+  }
+  reply_error(c, "unknown request (is this client newer than the server?)");
+}
+
+// --- Jobs -------------------------------------------------------------------------------------
+
+void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader description) {
+  auto job = net::from_wire(description);
+  if (!job) return reply_error(c, "invalid job: " + job.message());
+  if (job->body.program.empty()) return reply_error(c, "invalid job: no program to run");
+  if (job->body.cpus == 0) return reply_error(c, "invalid job: a task needs at least 1 CPU");
+  if (job->task_ids.empty()) return reply_error(c, "invalid job: no task ids");
+
+  JobId id = last_job_id_ + 1;
+  sched::JobSpec spec;
+  spec.id = id;
+  spec.task_ids = job->task_ids;
+  spec.cpus = job->body.cpus;
+  spec.priority = job->priority;
+  if (auto st = scheduler_.add_job(spec); !st)
+    return reply_error(c, "invalid job: " + st.message());
+  last_job_id_ = id;
+  JobRecord& record = jobs_[id];
+  record.description = std::move(*job);
+  record.submit_time = unix_millis_now();
+  spdlog::debug("job {} submitted: {} task(s)", id, record.description.task_ids.size());
+
+  capnp::MallocMessageBuilder reply;
+  reply.initRoot<wire::ClientResponse>().setSubmitted(id);
+  c.send(reply);
+  request_schedule();
+}
+
+std::vector<JobId> Server::select_jobs(wire::JobSelector::Reader selector) const {
+  std::vector<JobId> ids;
+  switch (selector.which()) {
+    case wire::JobSelector::ALL:
+      for (const auto& [id, job] : jobs_) ids.push_back(id);
+      break;
+    case wire::JobSelector::LAST:
+      if (last_job_id_ != 0 && jobs_.count(last_job_id_)) ids.push_back(last_job_id_);
+      break;
+    case wire::JobSelector::IDS:
+      // Walks the known jobs inside each range, so "1-4000000000" costs what exists.
+      for (auto r : selector.getIds()) {
+        if (r.getStep() == 0) continue;
+        for (auto it = jobs_.lower_bound(r.getStart());
+             it != jobs_.end() && it->first <= r.getEnd(); ++it) {
+          if ((it->first - r.getStart()) % r.getStep() == 0) ids.push_back(it->first);
+        }
+      }
+      break;
+  }
+  return ids;
+}
+
+void Server::fill_job_summary(JobId id, wire::JobSummary::Builder out) const {
+  const JobRecord& job = jobs_.at(id);
+  sched::TaskCounts counts = scheduler_.counts(id);
+  out.setId(id);
+  out.setName(job.description.name);
+  out.setState(static_cast<wire::JobState>(scheduler_.job_state(id)));
+  auto c = out.initCounts();
+  c.setWaiting(counts[sched::TaskState::kWaiting]);
+  c.setRunning(counts[sched::TaskState::kRunning]);
+  c.setFinished(counts[sched::TaskState::kFinished]);
+  c.setFailed(counts[sched::TaskState::kFailed]);
+  c.setCanceled(counts[sched::TaskState::kCanceled]);
+  c.setAborted(counts[sched::TaskState::kAborted]);
+  out.setSubmitTime(job.submit_time);
+  out.setEndTime(job.end_time);
+}
+
+void Server::reply_job_summaries(net::Connection& c, const std::vector<JobId>& ids) {
+  capnp::MallocMessageBuilder reply;
+  auto list = reply.initRoot<wire::ClientResponse>().initJobs(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) fill_job_summary(ids[i], list[i]);
+  c.send(reply);
+}
+
+void Server::handle_job_list(net::Connection& c) {
+  std::vector<JobId> ids;
+  ids.reserve(jobs_.size());
+  for (const auto& [id, job] : jobs_) ids.push_back(id);
+  reply_job_summaries(c, ids);
+}
+
+void Server::handle_job_info(net::Connection& c, wire::JobSelector::Reader selector) {
+  std::vector<JobId> ids = select_jobs(selector);
+  capnp::MallocMessageBuilder reply;
+  auto list = reply.initRoot<wire::ClientResponse>().initJobDetails(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    fill_job_summary(ids[i], list[i].initSummary());
+    net::to_wire(jobs_.at(ids[i]).description, list[i].initDescription());
+  }
+  c.send(reply);
+}
+
+void Server::handle_job_cancel(net::Connection& c, wire::JobSelector::Reader selector) {
+  std::vector<JobId> ids = select_jobs(selector);
+  int64_t now = unix_millis_now();
+  capnp::MallocMessageBuilder reply;
+  auto list = reply.initRoot<wire::ClientResponse>().initCanceled(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    sched::TaskCounts before = scheduler_.counts(ids[i]);
+    std::vector<sched::Assignment> held = scheduler_.cancel_job(ids[i], now);
+    sched::TaskCounts after = scheduler_.counts(ids[i]);
+    uint32_t canceled = after[sched::TaskState::kCanceled] - before[sched::TaskState::kCanceled];
+    list[i].setJob(ids[i]);
+    list[i].setCanceledTasks(canceled);
+    list[i].setAlreadyDone(canceled == 0);
+    send_cancels(held);
+    if (canceled) spdlog::info("job {} canceled: {} task(s)", ids[i], canceled);
+  }
+  c.send(reply);
+  after_state_change();
+}
+
+void Server::handle_job_wait(const std::shared_ptr<net::Connection>& c,
+                             wire::JobSelector::Reader selector) {
+  waiters_.push_back(Waiter{c, select_jobs(selector)});
+  notify_waiters();
+}
+
+void Server::notify_waiters() {
+  std::erase_if(waiters_, [this](const Waiter& waiter) {
+    auto c = waiter.connection.lock();
+    if (!c || !c->is_open()) return true;
+    for (JobId id : waiter.jobs) {
+      if (!scheduler_.counts(id).complete()) return false;
+    }
+    reply_job_summaries(*c, waiter.jobs);
+    return true;
+  });
+}
+
+void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query) {
+  JobId job = query.getJob();
+  if (!jobs_.count(job)) return reply_error(c, fmt::format("job {} not found", job));
+  uint32_t state_mask = 0;
+  for (auto s : query.getStates()) state_mask |= 1u << static_cast<unsigned>(s);
+  std::vector<sched::TaskView> views;
+  auto keep = [&](const sched::TaskView& v) {
+    if (state_mask == 0 || (state_mask & (1u << static_cast<unsigned>(v.state)))) {
+      views.push_back(v);
+      // The error pointer is only valid until the next scheduler call; copy below at once.
+    }
+  };
+  std::vector<std::string> errors;
+  if (query.getTasks().size() == 0) {
+    scheduler_.for_each_task(job, keep);
+  } else {
+    auto ids = net::from_wire(query.getTasks());
+    if (!ids) return reply_error(c, "invalid task selection: " + ids.message());
+    std::string missing;
+    ids->for_each([&](uint32_t id) {
+      if (auto v = scheduler_.task(job, id)) {
+        keep(*v);
+      } else if (missing.size() < 200) {
+        missing += (missing.empty() ? "" : ",") + std::to_string(id);
+      }
+    });
+    if (views.empty() && !missing.empty()) {
+      return reply_error(c, fmt::format("job {} has no task {}", job, missing));
+    }
+  }
+  capnp::MallocMessageBuilder reply;
+  auto list = reply.initRoot<wire::ClientResponse>().initTasks(views.size());
+  for (size_t i = 0; i < views.size(); ++i) {
+    const sched::TaskView& v = views[i];
+    list[i].setId(v.id);
+    list[i].setState(static_cast<wire::TaskState>(v.state));
+    list[i].setInstance(v.instance);
+    list[i].setWorker(v.worker);
+    if (v.error) list[i].setError(*v.error);
+    list[i].setStartTime(v.start_time);
+    list[i].setEndTime(v.end_time);
+  }
+  c.send(reply);
+}
+
+// --- Workers and the server -------------------------------------------------------------------
+
+void Server::fill_worker_summary(const WorkerRecord& w, wire::WorkerSummary::Builder out) const {
+  out.setId(w.id);
+  out.setHostname(w.hostname);
+  out.setCpus(w.cpus);
+  out.setConnected(w.connection != nullptr);
+  out.setConnectTime(w.connect_time);
+  out.setEndTime(w.end_time);
+  out.setEndReason(w.end_reason);
+  out.setRunningTasks(w.connection ? scheduler_.running_tasks(w.id) : 0);
+  out.setWorkDir(w.work_dir);
+  out.setAddress(w.address);
+}
+
+void Server::handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids) {
+  capnp::MallocMessageBuilder reply;
+  auto list = reply.initRoot<wire::ClientResponse>().initWorkers(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) fill_worker_summary(workers_.at(ids[i]), list[i]);
+  c.send(reply);
+}
+
+void Server::handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector) {
+  std::vector<WorkerId> ids;
+  if (selector.isAll()) {
+    for (const auto& [id, w] : workers_) {
+      if (w.connection) ids.push_back(id);
+    }
+  } else {
+    auto set = net::from_wire(selector.getIds());
+    if (!set) return reply_error(c, "invalid worker selection: " + set.message());
+    std::string unknown;
+    set->for_each([&](uint32_t id) {
+      auto it = workers_.find(id);
+      if (it == workers_.end()) {
+        unknown += (unknown.empty() ? "" : ", ") + std::to_string(id);
+      } else if (it->second.connection) {
+        ids.push_back(id);
+      }
+    });
+    if (!unknown.empty()) return reply_error(c, fmt::format("worker {} not found", unknown));
+  }
+  for (WorkerId id : ids) {
+    WorkerRecord& w = workers_.at(id);
+    w.stopping = true;
+    capnp::MallocMessageBuilder message;
+    message.initRoot<wire::ToWorker>().setStop();
+    w.connection->send(message);
+    spdlog::info("stopping worker {}", id);
+  }
+  handle_worker_list(c, ids);
+}
+
+void Server::handle_server_info(net::Connection& c) {
+  capnp::MallocMessageBuilder reply;
+  auto info = reply.initRoot<wire::ClientResponse>().initServerInfo();
+  info.setServerUid(access_.server_uid);
+  info.setHost(access_.host);
+  info.setClientPort(access_.client_port);
+  info.setWorkerPort(access_.worker_port);
+  info.setPid(access_.pid);
+  info.setStartTime(start_time_);
+  info.setVersion(HQ_VERSION);
+  info.setServerDir(options_.server_dir.string());
+  c.send(reply);
+}
+
+}  // namespace hq::server

@@ -1,0 +1,296 @@
+#include "server/server.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "server/server_state.h"
+
+namespace hq::server {
+namespace {
+
+std::string local_hostname() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0) return "localhost";
+  return name;
+}
+
+}  // namespace
+
+Server::Server(asio::io_context& io, ServerOptions options)
+    : io_(io), options_(std::move(options)), signals_(io, SIGINT, SIGTERM), heartbeat_timer_(io) {}
+
+Server::~Server() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+Status Server::start() {
+  std::error_code ec;
+  fs::create_directories(options_.server_dir, ec);
+  if (ec) {
+    return Status::error(fmt::format("cannot create server directory '{}': {}",
+                                     options_.server_dir.string(), ec.message()));
+  }
+  fs::permissions(options_.server_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+
+  // The lock is held for the life of the process and released by the kernel when it dies, so a
+  // directory whose server was killed is free again at once.
+  fs::path lock_path = lock_file_path(options_.server_dir);
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0) {
+    return Status::error(
+        fmt::format("cannot open lock file '{}': {}", lock_path.string(), std::strerror(errno)));
+  }
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    std::string who;
+    if (auto access = net::read_access_file(access_file_path(options_.server_dir))) {
+      who = fmt::format(" (pid {}, listening on {}:{})", access->pid, access->host,
+                        access->client_port);
+    }
+    return Status::error(fmt::format(
+        "a server is already running in '{}'{}; stop it with `hq server stop` or use another "
+        "--server-dir",
+        options_.server_dir.string(), who));
+  }
+
+  access_ = net::new_access_record(options_.host.empty() ? local_hostname() : options_.host);
+  auto clients = net::Listener::bind(io_, "0.0.0.0", options_.client_port, wire::Role::CLIENT,
+                                     access_.client_key, access_.server_uid);
+  if (!clients) return Status::error("cannot listen for clients: " + clients.message());
+  auto workers = net::Listener::bind(io_, "0.0.0.0", options_.worker_port, wire::Role::WORKER,
+                                     access_.worker_key, access_.server_uid);
+  if (!workers) return Status::error("cannot listen for workers: " + workers.message());
+  client_listener_ = std::move(*clients);
+  worker_listener_ = std::move(*workers);
+  access_.client_port = client_listener_->port();
+  access_.worker_port = worker_listener_->port();
+  access_.pid = static_cast<int>(::getpid());
+  start_time_ = access_.start_time = unix_millis_now();
+  if (auto st = net::write_access_file(access_file_path(options_.server_dir), access_); !st) {
+    return st;
+  }
+
+  client_listener_->start([this](std::shared_ptr<net::Connection> c) { on_client(std::move(c)); });
+  worker_listener_->start([this](std::shared_ptr<net::Connection> c) { on_worker(std::move(c)); });
+  signals_.async_wait([this](const std::error_code& error, int signal) {
+    if (error) return;
+    spdlog::info("received signal {}, stopping", signal);
+    stop();
+  });
+  check_heartbeats();
+  spdlog::info("server {} started in '{}': clients on {}:{}, workers on {}:{}", access_.server_uid,
+               options_.server_dir.string(), access_.host, access_.client_port, access_.host,
+               access_.worker_port);
+  return Status::ok();
+}
+
+void Server::stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  if (client_listener_) client_listener_->stop();
+  if (worker_listener_) worker_listener_->stop();
+  signals_.cancel();
+  heartbeat_timer_.cancel();
+  for (auto& [id, w] : workers_) {
+    if (w.connection) w.connection->close();
+  }
+  for (const auto& c : clients_) c->close();
+  // Peers that do not finish the TLS shutdown must not keep the process alive.
+  auto backstop = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(2));
+  backstop->async_wait([backstop, this](const std::error_code&) { io_.stop(); });
+  spdlog::info("server stopped");
+}
+
+// --- Workers ----------------------------------------------------------------------------------
+
+void Server::on_worker(std::shared_ptr<net::Connection> connection) {
+  if (stopping_) return connection->close();
+  // The id is 0 until the worker registers.
+  auto id = std::make_shared<WorkerId>(0);
+  std::weak_ptr<net::Connection> weak = connection;
+  connection->start(
+      [this, weak, id](net::Message& message) {
+        if (auto c = weak.lock()) on_worker_message(c, id.get(), message);
+      },
+      [this, id](const std::string& reason) {
+        if (*id != 0) on_worker_lost(*id, reason.empty() ? "connection closed" : reason);
+      });
+}
+
+void Server::on_worker_message(std::shared_ptr<net::Connection> connection, WorkerId* id,
+                               net::Message& message) {
+  auto msg = message.root<wire::FromWorker>();
+  switch (msg.which()) {
+    case wire::FromWorker::REGISTER: {
+      if (*id != 0) throw std::runtime_error("worker registered twice");
+      auto reg = msg.getRegister();
+      if (reg.getCpus() == 0) throw std::runtime_error("worker registered with zero CPUs");
+      WorkerId wid = ++last_worker_id_;
+      *id = wid;
+      WorkerRecord& w = workers_[wid];
+      w.id = wid;
+      w.hostname = reg.getHostname().cStr();
+      w.cpus = reg.getCpus();
+      w.work_dir = reg.getWorkDir().cStr();
+      w.address = connection->remote_address();
+      w.connect_time = unix_millis_now();
+      w.connection = connection;
+      w.last_seen = asio::steady_timer::clock_type::now();
+      if (auto st = scheduler_.add_worker(wid, w.cpus); !st) {
+        throw std::runtime_error(st.message());
+      }
+      capnp::MallocMessageBuilder reply;
+      auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
+      registered.setWorkerId(wid);
+      registered.setServerUid(access_.server_uid);
+      registered.setHeartbeatMs(static_cast<uint32_t>(options_.heartbeat.count()));
+      connection->send(reply);
+      spdlog::info("worker {} connected from {} ({}, {} cpus)", wid, w.address, w.hostname, w.cpus);
+      request_schedule();
+      return;
+    }
+    case wire::FromWorker::EVENTS: {
+      if (*id == 0) throw std::runtime_error("worker sent events before registering");
+      WorkerRecord& w = workers_.at(*id);
+      w.last_seen = asio::steady_timer::clock_type::now();
+      handle_worker_events(w, msg.getEvents());
+      return;
+    }
+  }
+  throw std::runtime_error("unknown message from worker");
+}
+
+void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader events) {
+  bool changed = false;
+  for (auto e : events.getStarted()) {
+    changed |= scheduler_.task_started(w.id, net::from_wire(e.getKey()), e.getTime());
+  }
+  for (auto e : events.getFinished()) {
+    scheduler_.task_finished(w.id, net::from_wire(e.getKey()), e.getTime());
+    changed = true;
+  }
+  for (auto e : events.getFailed()) {
+    scheduler_.task_failed(w.id, net::from_wire(e.getKey()), e.getTime(), e.getError().cStr());
+    changed = true;
+  }
+  for (auto k : events.getRetracted()) {
+    scheduler_.task_retracted(w.id, net::from_wire(k));
+    changed = true;
+  }
+  if (changed) after_state_change();
+}
+
+void Server::on_worker_lost(WorkerId id, const std::string& reason) {
+  auto it = workers_.find(id);
+  if (it == workers_.end() || it->second.end_time != 0) return;
+  WorkerRecord& w = it->second;
+  w.end_time = unix_millis_now();
+  if (w.end_reason.empty()) w.end_reason = w.stopping ? "stopped" : reason;
+  w.connection.reset();
+  std::vector<TaskKey> requeued = scheduler_.remove_worker(id);
+  spdlog::info("worker {} lost: {}; {} task(s) back to waiting", id, w.end_reason, requeued.size());
+  after_state_change();
+}
+
+void Server::check_heartbeats() {
+  auto now = asio::steady_timer::clock_type::now();
+  auto limit = options_.heartbeat * options_.missed_heartbeats;
+  for (auto& [id, w] : workers_) {
+    if (w.connection && now - w.last_seen > limit) {
+      w.end_reason = fmt::format("missed heartbeats (silent for more than {})",
+                                 format_duration(std::chrono::duration_cast<Millis>(limit)));
+      w.connection->close();
+    }
+  }
+  heartbeat_timer_.expires_after(options_.heartbeat);
+  heartbeat_timer_.async_wait([this](const std::error_code& error) {
+    if (!error) check_heartbeats();
+  });
+}
+
+void Server::send_cancels(const std::vector<sched::Assignment>& held) {
+  std::map<WorkerId, std::vector<TaskKey>> by_worker;
+  for (const auto& a : held) by_worker[a.worker].push_back(a.key);
+  for (auto& [wid, keys] : by_worker) {
+    auto it = workers_.find(wid);
+    if (it == workers_.end() || !it->second.connection) continue;
+    capnp::MallocMessageBuilder message;
+    net::to_wire(keys, message.initRoot<wire::ToWorker>().initCancel(keys.size()));
+    it->second.connection->send(message);
+  }
+}
+
+// --- Scheduling -------------------------------------------------------------------------------
+
+void Server::after_state_change() {
+  for (JobId id : scheduler_.take_completed_jobs()) {
+    auto it = jobs_.find(id);
+    if (it != jobs_.end() && it->second.end_time == 0) it->second.end_time = unix_millis_now();
+  }
+  notify_waiters();
+  request_schedule();
+}
+
+void Server::request_schedule() {
+  if (schedule_pending_ || stopping_) return;
+  schedule_pending_ = true;
+  // Coalesces the events of one loop iteration into one scheduling pass.
+  asio::post(io_, [this] { run_schedule(); });
+}
+
+void Server::run_schedule() {
+  schedule_pending_ = false;
+  if (stopping_) return;
+  sched::Decisions decisions = scheduler_.schedule();
+  if (decisions.empty()) return;
+
+  std::map<WorkerId, std::vector<TaskKey>> assign;
+  for (const auto& a : decisions.assign) assign[a.worker].push_back(a.key);
+  for (auto& [wid, keys] : assign) {
+    WorkerRecord& w = workers_.at(wid);
+    std::vector<JobId> new_jobs;
+    for (const TaskKey& k : keys) {
+      if (w.known_jobs.insert(k.job).second) new_jobs.push_back(k.job);
+    }
+    capnp::MallocMessageBuilder message;
+    auto out = message.initRoot<wire::ToWorker>().initAssign();
+    auto jobs = out.initJobs(new_jobs.size());
+    for (size_t i = 0; i < new_jobs.size(); ++i) {
+      const JobRecord& job = jobs_.at(new_jobs[i]);
+      jobs[i].setJob(new_jobs[i]);
+      net::to_wire(job.description.body, jobs[i].initBody());
+      jobs[i].setStream(job.description.stream);
+    }
+    net::to_wire(keys, out.initTasks(keys.size()));
+    if (w.connection) w.connection->send(message);
+  }
+
+  std::map<WorkerId, std::vector<TaskKey>> retract;
+  for (const auto& a : decisions.retract) retract[a.worker].push_back(a.key);
+  for (auto& [wid, keys] : retract) {
+    WorkerRecord& w = workers_.at(wid);
+    capnp::MallocMessageBuilder message;
+    net::to_wire(keys, message.initRoot<wire::ToWorker>().initRetract(keys.size()));
+    if (w.connection) w.connection->send(message);
+  }
+}
+
+int run_server(const ServerOptions& options) {
+  asio::io_context io(1);
+  Server server(io, options);
+  if (auto st = server.start(); !st) {
+    spdlog::error("{}", st.message());
+    return 1;
+  }
+  io.run();
+  return 0;
+}
+
+}  // namespace hq::server

@@ -1,0 +1,111 @@
+#pragma once
+// Private to server/: the daemon's state, owned by its one io_context thread.
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include <asio.hpp>
+
+#include "common/job_spec.h"
+#include "net/access.h"
+#include "net/connection.h"
+#include "net/convert.h"
+#include "scheduler/scheduler.h"
+#include "server/server.h"
+
+namespace hq::server {
+
+struct JobRecord {
+  JobDescriptionSpec description;
+  int64_t submit_time = 0;
+  int64_t end_time = 0;  // set when the job completes
+};
+
+struct WorkerRecord {
+  WorkerId id = 0;
+  std::string hostname;
+  uint32_t cpus = 0;
+  std::string work_dir;
+  std::string address;
+  int64_t connect_time = 0;
+  int64_t end_time = 0;
+  std::string end_reason;  // empty while connected
+  std::shared_ptr<net::Connection> connection;
+  std::unordered_set<JobId> known_jobs;  // jobs whose body this worker has
+  asio::steady_timer::time_point last_seen;
+  bool stopping = false;  // asked to stop on purpose
+};
+
+// A client waiting for jobs to complete.
+struct Waiter {
+  std::weak_ptr<net::Connection> connection;
+  std::vector<JobId> jobs;
+};
+
+class Server {
+ public:
+  Server(asio::io_context& io, ServerOptions options);
+  ~Server();
+  // Takes the directory lock, binds, writes the access file. Errors name the cause.
+  Status start();
+  void stop();
+
+ private:
+  // server.cc
+  void on_client(std::shared_ptr<net::Connection> connection);
+  void on_worker(std::shared_ptr<net::Connection> connection);
+  void on_worker_message(std::shared_ptr<net::Connection> connection, WorkerId* id,
+                         net::Message& message);
+  void on_worker_lost(WorkerId id, const std::string& reason);
+  void handle_worker_events(WorkerRecord& worker, wire::WorkerEvents::Reader events);
+  void request_schedule();
+  void run_schedule();
+  void after_state_change();
+  void check_heartbeats();
+  void send_cancels(const std::vector<sched::Assignment>& held);
+
+  // client_api.cc
+  void on_client_request(const std::shared_ptr<net::Connection>& connection, net::Message& message);
+  void reply_error(net::Connection& connection, const std::string& error);
+  std::vector<JobId> select_jobs(wire::JobSelector::Reader selector) const;
+  void fill_job_summary(JobId id, wire::JobSummary::Builder out) const;
+  void fill_worker_summary(const WorkerRecord& w, wire::WorkerSummary::Builder out) const;
+  void handle_submit(net::Connection& c, wire::JobDescription::Reader description);
+  void handle_job_list(net::Connection& c);
+  void handle_job_info(net::Connection& c, wire::JobSelector::Reader selector);
+  void handle_job_cancel(net::Connection& c, wire::JobSelector::Reader selector);
+  void handle_job_wait(const std::shared_ptr<net::Connection>& c,
+                       wire::JobSelector::Reader selector);
+  void handle_task_list(net::Connection& c, wire::TaskQuery::Reader query);
+  void handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids);
+  void handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector);
+  void handle_server_info(net::Connection& c);
+  void reply_job_summaries(net::Connection& c, const std::vector<JobId>& ids);
+  void notify_waiters();
+
+  asio::io_context& io_;
+  ServerOptions options_;
+  net::AccessRecord access_;
+  int lock_fd_ = -1;
+  int64_t start_time_ = 0;
+  std::unique_ptr<net::Listener> client_listener_;
+  std::unique_ptr<net::Listener> worker_listener_;
+  asio::signal_set signals_;
+  asio::steady_timer heartbeat_timer_;
+  bool schedule_pending_ = false;
+  bool stopping_ = false;
+
+  sched::Scheduler scheduler_;
+  std::map<JobId, JobRecord> jobs_;
+  std::map<WorkerId, WorkerRecord> workers_;
+  JobId last_job_id_ = 0;
+  WorkerId last_worker_id_ = 0;
+  std::vector<Waiter> waiters_;
+  std::set<std::shared_ptr<net::Connection>> clients_;
+};
+
+}  // namespace hq::server

@@ -1,0 +1,61 @@
+"""The access file, keys and the server directory lock."""
+
+import json
+import os
+import stat
+
+from conftest import wait_until
+
+
+def test_access_file_is_private_and_has_two_keys(hq_env):
+    hq_env.start_server()
+    path = hq_env.server_dir / "access.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    access = json.loads(path.read_text())
+    assert len(access["client_key"]) == 64 and len(access["worker_key"]) == 64
+    assert access["client_key"] != access["worker_key"]
+    info = hq_env.json(["server", "info"])
+    assert info["server_uid"] == access["server_uid"]
+    assert info["client_port"] == access["client_port"]
+
+
+def test_wrong_key_is_refused(hq_env):
+    hq_env.start_server()
+    access = json.loads((hq_env.server_dir / "access.json").read_text())
+    bad_dir = hq_env.root / "bad"
+    bad_dir.mkdir()
+    forged = dict(access)
+    forged["client_key"] = "00" * 32
+    forged["worker_key"] = access["client_key"]  # the client key does not open the worker port
+    (bad_dir / "access.json").write_text(json.dumps(forged))
+    p = hq_env.run(["job", "list"], server_dir=bad_dir)
+    assert p.returncode != 0
+    assert "wrong key" in p.stderr or "handshake" in p.stderr
+    p = hq_env.run(["worker", "start"], server_dir=bad_dir, timeout=60)
+    assert p.returncode != 0
+    assert "handshake" in p.stderr or "wrong key" in p.stderr
+    # The server is unharmed and registered no worker.
+    assert hq_env.json(["worker", "list", "--all"]) == []
+
+
+def test_second_server_on_same_directory_fails(hq_env):
+    hq_env.start_server()
+    p = hq_env.run(["server", "start"], timeout=30)
+    assert p.returncode != 0
+    assert "already running" in p.stderr
+
+
+def test_no_server_gives_clear_error(hq_env):
+    p = hq_env.run(["job", "list"])
+    assert p.returncode != 0
+    assert "no access file" in p.stderr and "hq server start" in p.stderr
+
+
+def test_server_dir_flag_before_or_after_subcommand(hq_env):
+    other = hq_env.root / "other-server"
+    hq_env.start_server("--server-dir", str(other), wait=False)
+    wait_until(lambda: hq_env.run(["--server-dir", str(other), "server", "info"]).returncode == 0,
+               message="the server to answer")
+    a = hq_env.command(["--server-dir", str(other), "server", "info"])
+    b = hq_env.command(["server", "info", "--server-dir", str(other)])
+    assert a == b and str(other) in a

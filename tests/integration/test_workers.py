@@ -1,0 +1,108 @@
+"""Workers: loss, restart of tasks elsewhere, stop, idle timeout, heartbeats."""
+
+import signal
+
+from conftest import wait_until
+
+
+def test_killed_worker_tasks_run_again_elsewhere(hq_env):
+    hq_env.start_server()
+    w1 = hq_env.start_worker(cpus=2)
+    gate = hq_env.root / "gate"
+    job = hq_env.submit([
+        "--array", "1-2", "--", "bash", "-c",
+        f'echo $HQ_INSTANCE_ID > {hq_env.root}/inst-$HQ_TASK_ID-$HQ_INSTANCE_ID; '
+        f'while [ ! -e {gate} ]; do sleep 0.05; done'])
+    hq_env.wait_for_task_state(job, 1, "running")
+    hq_env.wait_for_task_state(job, 2, "running")
+    hq_env.kill(w1)
+    # The server notices the closed connection and puts both tasks back to waiting.
+    wait_until(lambda: all(t["state"] == "waiting" and t["instance"] == 1
+                           for t in hq_env.tasks(job)), message="tasks back to waiting")
+    w2 = hq_env.start_worker(cpus=2)
+    gate.touch()
+    assert hq_env.wait_job(job) == 0
+    for t in hq_env.tasks(job):
+        assert t["instance"] == 1 and t["worker"] == w2.worker_id
+        assert (hq_env.root / f"inst-{t['id']}-1").read_text() == "1\n"
+    workers = {w["id"]: w for w in hq_env.json(["worker", "list", "--all"])}
+    assert workers[w1.worker_id]["state"] == "offline"
+    assert workers[w1.worker_id]["end_reason"]
+
+
+def test_worker_stop_and_list(hq_env):
+    hq_env.start_server()
+    w1 = hq_env.start_worker(1, "--hostname", "node-a")
+    w2 = hq_env.start_worker(cpus=3)
+    listed = {w["id"]: w for w in hq_env.json(["worker", "list"])}
+    assert listed[w1.worker_id]["hostname"] == "node-a"
+    assert listed[w2.worker_id]["cpus"] == 3
+    info = hq_env.json(["worker", "info", str(w1.worker_id)])
+    assert info["id"] == w1.worker_id and info["state"] == "running"
+    out = hq_env.command(["worker", "stop", str(w1.worker_id)])
+    assert f"Worker {w1.worker_id} stopped" in out
+    assert w1.wait(timeout=30) == 0
+    wait_until(lambda: hq_env.connected_workers() == [w2.worker_id],
+               message="the stopped worker to disappear")
+    offline = hq_env.json(["worker", "info", str(w1.worker_id)])
+    assert offline["state"] == "offline" and offline["end_reason"] == "stopped"
+    err = hq_env.command(["worker", "info", "99"], expect_fail=True)
+    assert "worker 99 not found" in err
+    err = hq_env.command(["worker", "stop", "99"], expect_fail=True)
+    assert "worker 99 not found" in err
+
+
+def test_worker_stops_when_server_goes_away(hq_env):
+    server = hq_env.start_server()
+    w = hq_env.start_worker()
+    hq_env.kill(server)
+    assert w.wait(timeout=30) != 0
+    assert "lost the server" in hq_env.log_of(w) or "closed the connection" in hq_env.log_of(w)
+
+
+def test_server_stop_stops_workers(hq_env):
+    server = hq_env.start_server()
+    w = hq_env.start_worker()
+    hq_env.command(["server", "stop"])
+    assert server.wait(timeout=30) == 0
+    w.wait(timeout=30)
+
+
+def test_idle_timeout(hq_env):
+    hq_env.start_server()
+    w = hq_env.start_worker(1, "--idle-timeout", "300ms")
+    assert w.wait(timeout=30) == 0
+    assert "idle timeout" in hq_env.log_of(w)
+
+
+def test_silent_worker_is_lost_after_missed_heartbeats(hq_env):
+    hq_env.start_server("--heartbeat", "200ms")
+    w = hq_env.start_worker()
+    job = hq_env.submit(["--", "sleep", "300"])
+    hq_env.wait_for_task_state(job, 0, "running")
+    w.send_signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: hq_env.connected_workers() == [], timeout=30,
+                   message="the frozen worker to be declared lost")
+        [t] = hq_env.tasks(job)
+        assert t["state"] == "waiting" and t["instance"] == 1
+        info = hq_env.json(["worker", "info", str(w.worker_id)])
+        assert "heartbeat" in info["end_reason"]
+    finally:
+        w.send_signal(signal.SIGCONT)
+
+
+def test_cpu_accounting_limits_parallelism(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker(cpus=2)
+    log = hq_env.root / "cpus.log"
+    job = hq_env.submit(["--array", "1-6", "--cpus", "2", "--", "bash", "-c",
+                         f'echo "$HQ_CPUS" >> {log}'])
+    assert hq_env.wait_job(job) == 0
+    assert log.read_text().split() == ["0,1"] * 6
+    big = hq_env.submit(["--cpus", "3", "--", "true"])
+    # No worker has 3 CPUs: the task waits (a bigger worker may come).
+    hq_env.start_worker(cpus=1)
+    assert hq_env.tasks(big)[0]["state"] == "waiting"
+    hq_env.start_worker(cpus=4)
+    assert hq_env.wait_job(big) == 0

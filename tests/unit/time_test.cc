@@ -1,0 +1,38 @@
+#include "common/time.h"
+
+#include <gtest/gtest.h>
+
+namespace hq {
+namespace {
+
+TEST(Duration, ParsesUnits) {
+  EXPECT_EQ(parse_duration("500ms")->count(), 500);
+  EXPECT_EQ(parse_duration("30s")->count(), 30'000);
+  EXPECT_EQ(parse_duration("5m")->count(), 300'000);
+  EXPECT_EQ(parse_duration("2h")->count(), 7'200'000);
+  EXPECT_EQ(parse_duration("1h30m")->count(), 5'400'000);
+  EXPECT_EQ(parse_duration("1d")->count(), 86'400'000);
+  EXPECT_EQ(parse_duration("12")->count(), 12'000);
+}
+
+TEST(Duration, RejectsBadInput) {
+  for (const char* text : {"", "abc", "5x", "1h30", "-5s", "99999999999999999999s"}) {
+    auto d = parse_duration(text);
+    EXPECT_FALSE(d.is_ok()) << text;
+  }
+  EXPECT_NE(parse_duration("5x").message().find("unknown unit 'x'"), std::string::npos);
+}
+
+TEST(Duration, Formats) {
+  EXPECT_EQ(format_duration(Millis(250)), "250ms");
+  EXPECT_EQ(format_duration(Millis(61'000)), "1m 1s");
+  EXPECT_EQ(format_duration(Millis(3'600'000)), "1h 0m 0s");
+}
+
+TEST(Iso8601, FormatsUtcWithMillis) {
+  EXPECT_EQ(format_iso8601(0), "");
+  EXPECT_EQ(format_iso8601(1'700'000'000'123), "2023-11-14T22:13:20.123Z");
+}
+
+}  // namespace
+}  // namespace hq

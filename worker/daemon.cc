@@ -1,0 +1,395 @@
+#include "worker/daemon.h"
+
+#include <sched.h>
+#include <unistd.h>
+
+#include <deque>
+#include <unordered_map>
+#include <vector>
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "common/job_spec.h"
+#include "common/placeholders.h"
+#include "net/access.h"
+#include "net/connection.h"
+#include "net/convert.h"
+#include "worker/process.h"
+
+namespace hq::worker {
+namespace {
+
+std::string local_hostname() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof(name) - 1) != 0) return "localhost";
+  return name;
+}
+
+struct JobBody {
+  TaskBodySpec body;
+  std::string stream;
+};
+
+struct RunningTask {
+  TaskKey key;
+  pid_t pid = 0;
+  std::vector<uint32_t> cpus;  // indices
+  bool canceled = false;
+};
+
+// Resolves `path` against `base` unless it is absolute.
+std::string resolve(const std::string& base, const std::string& path) {
+  if (path.empty() || path[0] == '/') return path;
+  return (fs::path(base) / path).string();
+}
+
+class Worker {
+ public:
+  Worker(asio::io_context& io, WorkerOptions options)
+      : io_(io),
+        options_(std::move(options)),
+        runner_(io),
+        signals_(io, SIGINT, SIGTERM),
+        heartbeat_timer_(io),
+        idle_timer_(io) {}
+
+  Status start() {
+    auto access = net::read_access_file(access_file_path(options_.server_dir));
+    if (!access) return access.status();
+    if (options_.cpus == 0) options_.cpus = available_cpus();
+    if (options_.hostname.empty()) options_.hostname = local_hostname();
+    for (uint32_t i = 0; i < options_.cpus; ++i) free_cpus_.push_back(options_.cpus - 1 - i);
+    std::error_code ec;
+    if (options_.work_dir.empty()) {
+      options_.work_dir = fs::temp_directory_path() / fmt::format("hq-worker-{}", ::getpid());
+    }
+    fs::create_directories(options_.work_dir, ec);
+    if (ec) {
+      return Status::error(fmt::format("cannot create work directory '{}': {}",
+                                       options_.work_dir.string(), ec.message()));
+    }
+    signals_.async_wait([this](const std::error_code& error, int signal) {
+      if (!error) shutdown(fmt::format("received signal {}", signal), 0);
+    });
+    net::async_connect(io_, access->host, access->worker_port, wire::Role::WORKER,
+                       access->worker_key,
+                       [this](Result<net::Connected> connected) { on_connected(connected); });
+    return Status::ok();
+  }
+
+  int exit_code() const { return exit_code_; }
+
+ private:
+  void on_connected(Result<net::Connected>& connected) {
+    if (!connected) return shutdown("cannot connect to the server: " + connected.message(), 1);
+    connection_ = connected->connection;
+    connection_->start([this](net::Message& m) { on_message(m); },
+                       [this](const std::string& reason) {
+                         shutdown(reason.empty() ? "the server closed the connection"
+                                                 : "lost the server: " + reason,
+                                  stopping_on_request_ ? 0 : 1);
+                       });
+    capnp::MallocMessageBuilder message;
+    auto reg = message.initRoot<wire::FromWorker>().initRegister();
+    reg.setHostname(options_.hostname);
+    reg.setCpus(options_.cpus);
+    reg.setWorkDir(options_.work_dir.string());
+    connection_->send(message);
+  }
+
+  void on_message(net::Message& m) {
+    auto msg = m.root<wire::ToWorker>();
+    switch (msg.which()) {
+      case wire::ToWorker::REGISTERED: {
+        auto r = msg.getRegistered();
+        worker_id_ = r.getWorkerId();
+        server_uid_ = r.getServerUid().cStr();
+        heartbeat_ = Millis(std::max<uint32_t>(r.getHeartbeatMs(), 100));
+        spdlog::info("worker {} registered with server {} ({} cpus)", worker_id_, server_uid_,
+                     options_.cpus);
+        send_heartbeats();
+        update_idle();
+        return;
+      }
+      case wire::ToWorker::ASSIGN: {
+        auto a = msg.getAssign();
+        for (auto job : a.getJobs()) {
+          jobs_[job.getJob()] = JobBody{net::from_wire(job.getBody()), job.getStream().cStr()};
+        }
+        for (auto k : a.getTasks()) queue_.push_back(net::from_wire(k));
+        start_queued();
+        update_idle();
+        return;
+      }
+      case wire::ToWorker::CANCEL:
+        for (auto k : msg.getCancel()) cancel(net::from_wire(k));
+        update_idle();
+        return;
+      case wire::ToWorker::RETRACT:
+        for (auto k : msg.getRetract()) {
+          TaskKey key = net::from_wire(k);
+          if (remove_queued(key)) events_.retracted.push_back(key), flush_soon();
+        }
+        update_idle();
+        return;
+      case wire::ToWorker::STOP:
+        stopping_on_request_ = true;
+        return shutdown("stopped by the server", 0);
+    }
+    throw std::runtime_error("unknown message from the server");
+  }
+
+  bool remove_queued(const TaskKey& key) {
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (*it == key) {
+        queue_.erase(it);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void cancel(const TaskKey& key) {
+    if (remove_queued(key)) {
+      // Never started: giving it back releases its place on the server.
+      events_.retracted.push_back(key);
+      flush_soon();
+      return;
+    }
+    auto it = running_.find(key.ref());
+    if (it != running_.end() && it->second.key == key && !it->second.canceled) {
+      it->second.canceled = true;
+      runner_.terminate(it->second.pid, options_.cancel_grace);
+    }
+  }
+
+  uint32_t job_cpus(JobId job) const {
+    auto it = jobs_.find(job);
+    return it == jobs_.end() ? 1 : std::max<uint32_t>(it->second.body.cpus, 1);
+  }
+
+  void start_queued() {
+    while (!queue_.empty() && job_cpus(queue_.front().job) <= free_cpus_.size()) {
+      TaskKey key = queue_.front();
+      queue_.pop_front();
+      start_task(key);
+    }
+  }
+
+  void start_task(const TaskKey& key) {
+    auto job_it = jobs_.find(key.job);
+    int64_t now = unix_millis_now();
+    if (job_it == jobs_.end()) {
+      events_.failed.push_back({key, now, "the worker never received the job's description"});
+      return flush_soon();
+    }
+    const JobBody& job = job_it->second;
+    RunningTask task;
+    task.key = key;
+    for (uint32_t i = 0; i < std::max<uint32_t>(job.body.cpus, 1); ++i) {
+      task.cpus.push_back(free_cpus_.back());
+      free_cpus_.pop_back();
+    }
+    std::sort(task.cpus.begin(), task.cpus.end());
+    std::string cpu_list;
+    for (uint32_t c : task.cpus) cpu_list += (cpu_list.empty() ? "" : ",") + std::to_string(c);
+
+    PlaceholderValues values;
+    values.job_id = std::to_string(key.job);
+    values.task_id = std::to_string(key.task);
+    values.instance_id = std::to_string(key.instance);
+    values.submit_dir = job.body.submit_dir;
+    values.server_uid = server_uid_;
+    values.cwd = job.body.submit_dir;
+    std::string cwd = expand_placeholders(job.body.cwd, values);
+    if (cwd.empty()) cwd = job.body.submit_dir;
+    cwd = resolve(job.body.submit_dir, cwd);
+    values.cwd = cwd;
+
+    SpawnSpec spec;
+    spec.argv = job.body.program;
+    spec.cwd = cwd;
+    spec.stdout_path = resolve(cwd, expand_placeholders(job.body.stdout_path, values));
+    spec.stderr_path = resolve(cwd, expand_placeholders(job.body.stderr_path, values));
+    spec.env = job.body.env;
+    spec.env.emplace_back("HQ_JOB_ID", values.job_id);
+    spec.env.emplace_back("HQ_TASK_ID", values.task_id);
+    spec.env.emplace_back("HQ_INSTANCE_ID", values.instance_id);
+    spec.env.emplace_back("HQ_SUBMIT_DIR", job.body.submit_dir);
+    spec.env.emplace_back("HQ_SERVER_UID", server_uid_);
+    spec.env.emplace_back("HQ_WORKER_ID", std::to_string(worker_id_));
+    spec.env.emplace_back("HQ_CPUS", cpu_list);
+
+    auto pid =
+        runner_.spawn(spec, [this, ref = key.ref()](ExitStatus status) { on_exit(ref, status); });
+    if (!pid) {
+      release_cpus(task.cpus);
+      events_.failed.push_back({key, now, pid.message()});
+      return flush_soon();
+    }
+    task.pid = *pid;
+    running_[key.ref()] = std::move(task);
+    events_.started.push_back({key, now, {}});
+    flush_soon();
+  }
+
+  void on_exit(TaskRef ref, ExitStatus status) {
+    auto it = running_.find(ref);
+    if (it == running_.end()) return;
+    RunningTask task = std::move(it->second);
+    running_.erase(it);
+    release_cpus(task.cpus);
+    int64_t now = unix_millis_now();
+    if (status.success()) {
+      events_.finished.push_back({task.key, now, {}});
+    } else {
+      events_.failed.push_back({task.key, now, task.canceled ? "canceled" : describe_exit(status)});
+    }
+    flush_soon();
+    start_queued();
+    update_idle();
+  }
+
+  void release_cpus(const std::vector<uint32_t>& cpus) {
+    free_cpus_.insert(free_cpus_.end(), cpus.rbegin(), cpus.rend());
+  }
+
+  // Events of one loop iteration go out as one message.
+  void flush_soon() {
+    if (flush_pending_) return;
+    flush_pending_ = true;
+    asio::post(io_, [this] { flush(); });
+  }
+
+  void flush() {
+    flush_pending_ = false;
+    if (!connection_ || !connection_->is_open()) return;
+    capnp::MallocMessageBuilder message;
+    auto ev = message.initRoot<wire::FromWorker>().initEvents();
+    auto started = ev.initStarted(events_.started.size());
+    for (size_t i = 0; i < events_.started.size(); ++i) {
+      net::to_wire(events_.started[i].key, started[i].initKey());
+      started[i].setTime(events_.started[i].time);
+    }
+    auto finished = ev.initFinished(events_.finished.size());
+    for (size_t i = 0; i < events_.finished.size(); ++i) {
+      net::to_wire(events_.finished[i].key, finished[i].initKey());
+      finished[i].setTime(events_.finished[i].time);
+    }
+    auto failed = ev.initFailed(events_.failed.size());
+    for (size_t i = 0; i < events_.failed.size(); ++i) {
+      net::to_wire(events_.failed[i].key, failed[i].initKey());
+      failed[i].setTime(events_.failed[i].time);
+      failed[i].setError(events_.failed[i].error);
+    }
+    net::to_wire(events_.retracted, ev.initRetracted(events_.retracted.size()));
+    connection_->send(message);
+    events_ = {};
+    sent_since_heartbeat_ = true;
+  }
+
+  void send_heartbeats() {
+    if (!sent_since_heartbeat_) flush();
+    sent_since_heartbeat_ = false;
+    heartbeat_timer_.expires_after(heartbeat_);
+    heartbeat_timer_.async_wait([this](const std::error_code& error) {
+      if (!error) send_heartbeats();
+    });
+  }
+
+  void update_idle() {
+    if (!options_.idle_timeout) return;
+    bool idle = queue_.empty() && running_.empty();
+    if (!idle) {
+      idle_armed_ = false;
+      idle_timer_.cancel();
+      return;
+    }
+    if (idle_armed_) return;
+    idle_armed_ = true;
+    idle_timer_.expires_after(*options_.idle_timeout);
+    idle_timer_.async_wait([this](const std::error_code& error) {
+      if (error || !idle_armed_) return;
+      stopping_on_request_ = true;
+      shutdown("idle timeout reached", 0);
+    });
+  }
+
+  void shutdown(const std::string& reason, int code) {
+    if (shut_down_) return;
+    shut_down_ = true;
+    exit_code_ = code;
+    if (code == 0) {
+      spdlog::info("worker stopping: {}", reason);
+    } else {
+      spdlog::error("worker stopping: {}", reason);
+    }
+    runner_.kill_all();
+    signals_.cancel();
+    heartbeat_timer_.cancel();
+    idle_timer_.cancel();
+    if (connection_) connection_->close();
+    auto backstop = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(2));
+    backstop->async_wait([backstop, this](const std::error_code&) { io_.stop(); });
+  }
+
+  struct Event {
+    TaskKey key;
+    int64_t time;
+    std::string error;
+  };
+  struct Events {
+    std::vector<Event> started, finished, failed;
+    std::vector<TaskKey> retracted;
+  };
+
+  asio::io_context& io_;
+  WorkerOptions options_;
+  ProcessRunner runner_;
+  asio::signal_set signals_;
+  asio::steady_timer heartbeat_timer_;
+  asio::steady_timer idle_timer_;
+  std::shared_ptr<net::Connection> connection_;
+  WorkerId worker_id_ = 0;
+  std::string server_uid_;
+  Millis heartbeat_{8000};
+  std::unordered_map<JobId, JobBody> jobs_;
+  std::deque<TaskKey> queue_;
+  std::unordered_map<TaskRef, RunningTask> running_;
+  std::vector<uint32_t> free_cpus_;  // a stack; lowest index on top
+  Events events_;
+  bool flush_pending_ = false;
+  bool sent_since_heartbeat_ = false;
+  bool idle_armed_ = false;
+  bool stopping_on_request_ = false;
+  bool shut_down_ = false;
+  int exit_code_ = 0;
+};
+
+}  // namespace
+
+uint32_t available_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<uint32_t>(n);
+  }
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<uint32_t>(n) : 1;
+}
+
+int run_worker(const WorkerOptions& options) {
+  asio::io_context io(1);
+  Worker worker(io, options);
+  if (auto st = worker.start(); !st) {
+    spdlog::error("{}", st.message());
+    return 1;
+  }
+  io.run();
+  return worker.exit_code();
+}
+
+}  // namespace hq::worker

@@ -1,0 +1,63 @@
+#pragma once
+// Running task programs as child processes: each in its own process group, with its outputs
+// redirected to files, its exit reported on the worker's event loop (no thread per task).
+
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <asio.hpp>
+
+#include "common/result.h"
+#include "common/time.h"
+
+namespace hq::worker {
+
+struct SpawnSpec {
+  std::vector<std::string> argv;  // argv[0] is looked up in PATH
+  // Added to (and overriding) the worker's own environment.
+  std::vector<std::pair<std::string, std::string>> env;
+  std::string cwd;          // created (with parents) when missing; empty: the worker's cwd
+  std::string stdout_path;  // created with parents, truncated; empty: /dev/null
+  std::string stderr_path;  // the same; may equal stdout_path (then both share one file)
+};
+
+struct ExitStatus {
+  bool signaled = false;
+  int code = 0;    // exit code when !signaled
+  int signal = 0;  // signal number when signaled
+  bool success() const { return !signaled && code == 0; }
+};
+
+// "Program terminated with exit code 3" or "Program terminated by signal 9 (SIGKILL)"... the
+// user-facing error text of a failed task.
+std::string describe_exit(const ExitStatus& status);
+
+// Owns the children it spawned. Lives on one io_context thread; callbacks run there.
+class ProcessRunner {
+ public:
+  using ExitHandler = std::function<void(ExitStatus)>;
+
+  explicit ProcessRunner(asio::io_context& io);
+  ~ProcessRunner();  // kills every remaining child's group with SIGKILL
+
+  // Starts the program in a new process group. Fails with a message naming the cause when the
+  // program cannot be started ("cannot start 'foo': No such file or directory"), or the cwd or an
+  // output file cannot be created. `on_exit` runs once, when the child has exited and been reaped.
+  Result<pid_t> spawn(const SpawnSpec& spec, ExitHandler on_exit);
+  // Sends SIGINT to the child's group, then SIGKILL after `grace` if the child has not exited.
+  void terminate(pid_t pid, Millis grace);
+  // Sends SIGKILL to every child's group now.
+  void kill_all();
+  size_t running() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hq::worker
