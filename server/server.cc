@@ -11,18 +11,11 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/host.h"
 #include "server/server_state.h"
 
 namespace hq::server {
-namespace {
-
-std::string local_hostname() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof(name) - 1) != 0) return "localhost";
-  return name;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 Server::Server(asio::io_context& io, ServerOptions options)
     : io_(io), options_(std::move(options)), signals_(io, SIGINT, SIGTERM), heartbeat_timer_(io) {}
@@ -215,10 +208,18 @@ void Server::check_heartbeats() {
   });
 }
 
+namespace {
+
+std::map<WorkerId, std::vector<TaskKey>> by_worker(const std::vector<sched::Assignment>& list) {
+  std::map<WorkerId, std::vector<TaskKey>> out;
+  for (const auto& a : list) out[a.worker].push_back(a.key);
+  return out;
+}
+
+}  // namespace
+
 void Server::send_cancels(const std::vector<sched::Assignment>& held) {
-  std::map<WorkerId, std::vector<TaskKey>> by_worker;
-  for (const auto& a : held) by_worker[a.worker].push_back(a.key);
-  for (auto& [wid, keys] : by_worker) {
+  for (auto& [wid, keys] : by_worker(held)) {
     auto it = workers_.find(wid);
     if (it == workers_.end() || !it->second.connection) continue;
     capnp::MallocMessageBuilder message;
@@ -251,9 +252,7 @@ void Server::run_schedule() {
   sched::Decisions decisions = scheduler_.schedule();
   if (decisions.empty()) return;
 
-  std::map<WorkerId, std::vector<TaskKey>> assign;
-  for (const auto& a : decisions.assign) assign[a.worker].push_back(a.key);
-  for (auto& [wid, keys] : assign) {
+  for (auto& [wid, keys] : by_worker(decisions.assign)) {
     WorkerRecord& w = workers_.at(wid);
     std::vector<JobId> new_jobs;
     for (const TaskKey& k : keys) {
@@ -272,9 +271,7 @@ void Server::run_schedule() {
     if (w.connection) w.connection->send(message);
   }
 
-  std::map<WorkerId, std::vector<TaskKey>> retract;
-  for (const auto& a : decisions.retract) retract[a.worker].push_back(a.key);
-  for (auto& [wid, keys] : retract) {
+  for (auto& [wid, keys] : by_worker(decisions.retract)) {
     WorkerRecord& w = workers_.at(wid);
     capnp::MallocMessageBuilder message;
     net::to_wire(keys, message.initRoot<wire::ToWorker>().initRetract(keys.size()));

@@ -1,6 +1,5 @@
 #include "worker/daemon.h"
 
-#include <sched.h>
 #include <unistd.h>
 
 #include <deque>
@@ -11,6 +10,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/host.h"
 #include "common/job_spec.h"
 #include "common/placeholders.h"
 #include "net/access.h"
@@ -20,12 +20,6 @@
 
 namespace hq::worker {
 namespace {
-
-std::string local_hostname() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof(name) - 1) != 0) return "localhost";
-  return name;
-}
 
 struct JobBody {
   TaskBodySpec body;
@@ -369,17 +363,6 @@ class Worker {
 };
 
 }  // namespace
-
-uint32_t available_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0) return static_cast<uint32_t>(n);
-  }
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n > 0 ? static_cast<uint32_t>(n) : 1;
-}
 
 int run_worker(const WorkerOptions& options) {
   asio::io_context io(1);

@@ -23,7 +23,4 @@ struct WorkerOptions {
 // Returns the process exit code.
 int run_worker(const WorkerOptions& options);
 
-// The number of CPUs in this process's affinity mask.
-uint32_t available_cpus();
-
 }  // namespace hq::worker

@@ -1,0 +1,15 @@
+#pragma once
+// Facts about the machine this process runs on.
+
+#include <cstdint>
+#include <string>
+
+namespace hq {
+
+// This machine's hostname, or "localhost" when it cannot be read.
+std::string local_hostname();
+
+// The number of CPUs in this process's affinity mask (at least 1).
+uint32_t available_cpus();
+
+}  // namespace hq
