@@ -91,8 +91,14 @@ void Server::stop() {
   if (worker_listener_) worker_listener_->stop();
   signals_.cancel();
   heartbeat_timer_.cancel();
+  // Workers are told to stop, so that they end cleanly rather than as lost.
   for (auto& [id, w] : workers_) {
-    if (w.connection) w.connection->close();
+    if (!w.connection) continue;
+    w.stopping = true;
+    capnp::MallocMessageBuilder message;
+    message.initRoot<wire::ToWorker>().setStop();
+    w.connection->send(message);
+    w.connection->close();
   }
   for (const auto& c : clients_) c->close();
   // Peers that do not finish the TLS shutdown must not keep the process alive.

@@ -65,7 +65,8 @@ def test_server_stop_stops_workers(hq_env):
     w = hq_env.start_worker()
     hq_env.command(["server", "stop"])
     assert server.wait(timeout=30) == 0
-    w.wait(timeout=30)
+    assert w.wait(timeout=30) == 0
+    assert "stopped by the server" in hq_env.log_of(w)
 
 
 def test_idle_timeout(hq_env):
