@@ -17,7 +17,10 @@ namespace {
 
 using nlohmann::json;
 
-void print_json(const json& j) { std::cout << j.dump(2) << "\n"; }
+// Text that is not UTF-8 (a file name, say) is printed with replacement characters.
+void print_json(const json& j) {
+  std::cout << j.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+}
 
 // "last", "all" or an id set such as "1-3,7".
 void set_job_selector(const std::string& text, wire::JobSelector::Builder out) {
@@ -106,7 +109,11 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
   capnp::MallocMessageBuilder request;
   set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobWait());
   auto response = must(client.call(request));
-  return report_waited(g, response.root<wire::ClientResponse>().getJobs());
+  auto jobs = response.root<wire::ClientResponse>().getJobs();
+  if (jobs.size() == 0 && selector != "all") {
+    throw CommandError{fmt::format("no job matches '{}'", selector)};
+  }
+  return report_waited(g, jobs);
 }
 
 }  // namespace
@@ -257,7 +264,7 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
     });
   }
   if (g.mode() == OutputMode::kJson) {
-    print_json(out.size() == 1 ? out[0] : out);
+    print_json(out);
   } else if (g.mode() == OutputMode::kCli) {
     std::cout << text;
   }

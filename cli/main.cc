@@ -218,8 +218,11 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   // Logging is set up before parsing so that the daemons log from their first line.
   std::string level = "info";
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::string_view(argv[i]) == "--log-level") level = argv[i + 1];
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--") break;  // the task's own arguments follow
+    if (arg == "--log-level" && i + 1 < argc) level = argv[i + 1];
+    if (arg.starts_with("--log-level=")) level = arg.substr(12);
   }
   hq::init_logging(level);
   try {
@@ -227,5 +230,8 @@ int main(int argc, char** argv) {
   } catch (const hq::cli::CommandError& e) {
     std::cerr << "error: " << e.message << "\n";
     return e.exit_code;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
   }
 }

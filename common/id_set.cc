@@ -160,7 +160,11 @@ void IdSetBuilder::add(uint32_t id) {
   ranges_.push_back({id, id, 1});
 }
 
-void IdSetBuilder::add_range(const IdRange& r) {
+void IdSetBuilder::add_range(IdRange r) {
+  if (!ranges_.empty() && r.step == 1 && r.start <= ranges_.back().end) {
+    if (r.end <= ranges_.back().end) return;
+    r.start = ranges_.back().end + 1;  // the overlap is already in
+  }
   if (r.size() <= 2) {
     for (uint64_t id = r.start; id <= r.end; id += r.step) {
       if (ranges_.empty() || id > ranges_.back().end) add(static_cast<uint32_t>(id));
@@ -170,9 +174,9 @@ void IdSetBuilder::add_range(const IdRange& r) {
   if (!ranges_.empty()) {
     IdRange& back = ranges_.back();
     bool back_unit = back.step == 1 || back.start == back.end;
-    if (r.step == 1 && back_unit && r.start <= uint64_t{back.end} + 1) {
+    if (r.step == 1 && back_unit && r.start == uint64_t{back.end} + 1) {
       back.step = 1;
-      back.end = std::max(back.end, r.end);
+      back.end = r.end;
       return;
     }
   }

@@ -15,8 +15,8 @@ struct IdRange {
   uint32_t start = 0;
   uint32_t end = 0;
   uint32_t step = 1;
-  uint32_t size() const { return (end - start) / step + 1; }
-  uint32_t last() const { return start + (size() - 1) * step; }
+  uint64_t size() const { return uint64_t{end - start} / step + 1; }
+  uint32_t last() const { return static_cast<uint32_t>(start + (size() - 1) * step); }
   bool operator==(const IdRange&) const = default;
 };
 
@@ -62,9 +62,9 @@ class IdSet {
 class IdSetBuilder {
  public:
   void add(uint32_t id);
-  // Adds a whole range; its start must not be below the last id added, except that step-1
-  // ranges may overlap the previous range (they are merged).
-  void add_range(const IdRange& range);
+  // Adds a whole range; its start must not be below the last id added, except that a step-1
+  // range may overlap the previous range (the overlap is dropped).
+  void add_range(IdRange range);
   IdSet build() &&;
 
  private:

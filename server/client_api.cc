@@ -17,6 +17,7 @@ void Server::on_client(std::shared_ptr<net::Connection> connection) {
       },
       [this, weak](const std::string&) {
         if (auto c = weak.lock()) clients_.erase(c);
+        finish_stop_when_idle();
       });
 }
 
@@ -77,6 +78,11 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
   if (job->body.program.empty()) return reply_error(c, "invalid job: no program to run");
   if (job->body.cpus == 0) return reply_error(c, "invalid job: a task needs at least 1 CPU");
   if (job->task_ids.empty()) return reply_error(c, "invalid job: no task ids");
+  if (job->task_ids.size() > kMaxTasksPerJob) {
+    return reply_error(c, fmt::format("invalid job: {} tasks; a job holds at most {} (split it "
+                                      "into several jobs)",
+                                      job->task_ids.size(), kMaxTasksPerJob));
+  }
 
   JobId id = last_job_id_ + 1;
   sched::JobSpec spec;
@@ -205,7 +211,9 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
   JobId job = query.getJob();
   if (!jobs_.count(job)) return reply_error(c, fmt::format("job {} not found", job));
   uint32_t state_mask = 0;
-  for (auto s : query.getStates()) state_mask |= 1u << static_cast<unsigned>(s);
+  for (auto s : query.getStates()) {
+    if (static_cast<unsigned>(s) < 32) state_mask |= 1u << static_cast<unsigned>(s);
+  }
   std::vector<sched::TaskView> views;
   auto keep = [&](const sched::TaskView& v) {
     if (state_mask == 0 || (state_mask & (1u << static_cast<unsigned>(v.state)))) {
@@ -219,16 +227,18 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
   } else {
     auto ids = net::from_wire(query.getTasks());
     if (!ids) return reply_error(c, "invalid task selection: " + ids.message());
-    std::string missing;
-    ids->for_each([&](uint32_t id) {
-      if (auto v = scheduler_.task(job, id)) {
-        keep(*v);
-      } else if (missing.size() < 200) {
-        missing += (missing.empty() ? "" : ",") + std::to_string(id);
-      }
-    });
-    if (views.empty() && !missing.empty()) {
-      return reply_error(c, fmt::format("job {} has no task {}", job, missing));
+    if (ids->size() > scheduler_.counts(job).total()) {
+      // A selection larger than the job: walk the job, not the selection.
+      scheduler_.for_each_task(job, [&](const sched::TaskView& v) {
+        if (ids->contains(v.id)) keep(v);
+      });
+    } else {
+      ids->for_each([&](uint32_t id) {
+        if (auto v = scheduler_.task(job, id)) keep(*v);
+      });
+    }
+    if (views.empty() && state_mask == 0) {
+      return reply_error(c, fmt::format("job {} has no task {}", job, ids->to_string()));
     }
   }
   capnp::MallocMessageBuilder reply;
@@ -277,16 +287,16 @@ void Server::handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader
   } else {
     auto set = net::from_wire(selector.getIds());
     if (!set) return reply_error(c, "invalid worker selection: " + set.message());
-    std::string unknown;
-    set->for_each([&](uint32_t id) {
-      auto it = workers_.find(id);
-      if (it == workers_.end()) {
-        unknown += (unknown.empty() ? "" : ", ") + std::to_string(id);
-      } else if (it->second.connection) {
-        ids.push_back(id);
+    bool any_known = false;
+    for (const IdRange& r : set->ranges()) {
+      for (auto it = workers_.lower_bound(r.start); it != workers_.end() && it->first <= r.end;
+           ++it) {
+        if ((it->first - r.start) % r.step != 0) continue;
+        any_known = true;
+        if (it->second.connection) ids.push_back(it->first);
       }
-    });
-    if (!unknown.empty()) return reply_error(c, fmt::format("worker {} not found", unknown));
+    }
+    if (!any_known) return reply_error(c, fmt::format("worker {} not found", set->to_string()));
   }
   for (WorkerId id : ids) {
     WorkerRecord& w = workers_.at(id);

@@ -101,10 +101,19 @@ void Server::stop() {
     w.connection->close();
   }
   for (const auto& c : clients_) c->close();
+  finish_stop_when_idle();
   // Peers that do not finish the TLS shutdown must not keep the process alive.
   auto backstop = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(2));
   backstop->async_wait([backstop, this](const std::error_code&) { io_.stop(); });
   spdlog::info("server stopped");
+}
+
+void Server::finish_stop_when_idle() {
+  if (!stopping_ || !clients_.empty()) return;
+  for (const auto& [id, w] : workers_) {
+    if (w.connection) return;
+  }
+  io_.stop();
 }
 
 // --- Workers ----------------------------------------------------------------------------------
@@ -196,6 +205,7 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
   std::vector<TaskKey> requeued = scheduler_.remove_worker(id);
   spdlog::info("worker {} lost: {}; {} task(s) back to waiting", id, w.end_reason, requeued.size());
   after_state_change();
+  finish_stop_when_idle();
 }
 
 void Server::check_heartbeats() {

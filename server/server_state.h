@@ -19,6 +19,9 @@
 
 namespace hq::server {
 
+// Bounds the memory one submission can claim (about 32 bytes per task).
+inline constexpr uint64_t kMaxTasksPerJob = 100'000'000;
+
 struct JobRecord {
   JobDescriptionSpec description;
   int64_t submit_time = 0;
@@ -62,6 +65,8 @@ class Server {
                          net::Message& message);
   void on_worker_lost(WorkerId id, const std::string& reason);
   void handle_worker_events(WorkerRecord& worker, wire::WorkerEvents::Reader events);
+  // Ends the event loop once stop() has closed every connection.
+  void finish_stop_when_idle();
   void request_schedule();
   void run_schedule();
   void after_state_change();

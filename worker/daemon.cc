@@ -81,6 +81,7 @@ class Worker {
     connection_ = connected->connection;
     connection_->start([this](net::Message& m) { on_message(m); },
                        [this](const std::string& reason) {
+                         if (shut_down_) return io_.stop();  // our own close completed
                          shutdown(reason.empty() ? "the server closed the connection"
                                                  : "lost the server: " + reason,
                                   stopping_on_request_ ? 0 : 1);
@@ -320,11 +321,13 @@ class Worker {
     } else {
       spdlog::error("worker stopping: {}", reason);
     }
+    flush();  // reports of tasks that ended this turn must reach the server
     runner_.kill_all();
     signals_.cancel();
     heartbeat_timer_.cancel();
     idle_timer_.cancel();
-    if (connection_) connection_->close();
+    if (!connection_ || !connection_->is_open()) return io_.stop();
+    connection_->close();
     auto backstop = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(2));
     backstop->async_wait([backstop, this](const std::error_code&) { io_.stop(); });
   }

@@ -130,7 +130,8 @@ class HqEnv:
         return int(out.strip())
 
     def job(self, job_id):
-        return self.json(["job", "info", str(job_id)])
+        [job] = self.json(["job", "info", str(job_id)])
+        return job
 
     def tasks(self, job_id):
         return self.json(["task", "list", str(job_id)])

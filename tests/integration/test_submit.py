@@ -31,6 +31,9 @@ def test_array_with_sparse_ids(hq_env):
     assert all(t["state"] == "finished" for t in tasks)
     for i in expected:
         assert (hq_env.work / f"job-{job}" / f"{i}.stdout").read_text() == f"{job}:{i}:0\n"
+    # A selection far larger than the job is answered from the job's own tasks.
+    picked = hq_env.json(["task", "list", str(job), "--tasks", "2-4294967295"])
+    assert [t["id"] for t in picked] == [2, 3, 10, 20, 23, 26]
     assert sorted(os.listdir(hq_env.work / f"job-{job}")) == sorted(
         [f"{i}.stdout" for i in expected] + [f"{i}.stderr" for i in expected])
 
@@ -95,7 +98,7 @@ def test_json_and_quiet_output(hq_env):
     assert [(j["id"], j["state"]) for j in jobs] == [(1, "finished")]
     assert jobs[0]["task_counts"] == {"waiting": 0, "running": 0, "finished": 1, "failed": 0,
                                       "canceled": 0, "aborted": 0}
-    info = json.loads(hq_env.command(["job", "info", "1"], env={"HQ_OUTPUT_MODE": "json"}))
+    [info] = json.loads(hq_env.command(["job", "info", "1"], env={"HQ_OUTPUT_MODE": "json"}))
     assert info["id"] == 1 and info["name"] == "true" and info["program"] == ["true"]
     assert info["submitted_at"].endswith("Z") and info["finished_at"].endswith("Z")
     [task] = hq_env.json(["task", "list", "1"])
@@ -135,5 +138,7 @@ def test_bad_cli_input_is_reported(hq_env):
     assert "no job matches" in err
     err = hq_env.command(["task", "list", "7"], expect_fail=True)
     assert "job 7 not found" in err
+    err = hq_env.command(["submit", "--array", "1-200000000", "--", "true"], expect_fail=True)
+    assert "a job holds at most 100000000" in err
     # No job was created by the failed submissions.
     assert hq_env.json(["job", "list", "--all"]) == []

@@ -50,6 +50,8 @@ def test_worker_stop_and_list(hq_env):
     assert "worker 99 not found" in err
     err = hq_env.command(["worker", "stop", "99"], expect_fail=True)
     assert "worker 99 not found" in err
+    err = hq_env.command(["worker", "stop", "100-4000000000"], expect_fail=True)
+    assert "worker 100-4000000000 not found" in err
 
 
 def test_worker_stops_when_server_goes_away(hq_env):

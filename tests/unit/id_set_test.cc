@@ -69,6 +69,16 @@ TEST(IdSet, LargeRangeIsCompact) {
   // Overlapping unit ranges merge without listing their ids.
   IdSet merged = IdSet::parse("0-99999999,50-200000000,200000001").value().normalized();
   EXPECT_EQ(merged.to_string(), "0-200000001");
+  // The full 32-bit range has 2^32 ids.
+  EXPECT_EQ(IdSet::parse("0-4294967295")->size(), 4294967296u);
+}
+
+TEST(IdSet, NormalizedDropsDuplicatesOfOverlappingRanges) {
+  IdSet set = *IdSet::parse("1,3,3-5");
+  EXPECT_EQ(set.size(), 5u);
+  EXPECT_EQ(set.normalized().size(), 4u);
+  EXPECT_EQ(set.normalized().to_vector(), (std::vector<uint32_t>{1, 3, 4, 5}));
+  EXPECT_EQ(IdSet::parse("2-9,1-3,4")->normalized().to_string(), "1-9");
 }
 
 }  // namespace
