@@ -241,6 +241,11 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
       return reply_error(c, fmt::format("job {} has no task {}", job, ids->to_string()));
     }
   }
+  if (views.size() > kMaxTasksPerReply) {
+    return reply_error(c, fmt::format("{} tasks match, more than one answer holds ({}); narrow "
+                                      "the selection with --tasks or --filter",
+                                      views.size(), kMaxTasksPerReply));
+  }
   capnp::MallocMessageBuilder reply;
   auto list = reply.initRoot<wire::ClientResponse>().initTasks(views.size());
   for (size_t i = 0; i < views.size(); ++i) {

@@ -21,6 +21,9 @@ namespace hq::server {
 
 // Bounds the memory one submission can claim (about 32 bytes per task).
 inline constexpr uint64_t kMaxTasksPerJob = 100'000'000;
+// Keeps a task list answer well below the peer's message size limit (net/framing.h).
+// TODO(scale): page task lists instead.
+inline constexpr size_t kMaxTasksPerReply = 1'000'000;
 
 struct JobRecord {
   JobDescriptionSpec description;
