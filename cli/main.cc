@@ -8,6 +8,8 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
+#include "cli/journal_commands.h"
+#include "cli/output_commands.h"
 #include "common/log.h"
 #include "server/server.h"
 #include "worker/daemon.h"
@@ -194,6 +196,9 @@ int run(int argc, char** argv) {
   task_info->add_option("job", task_job, "Job id or last")->required();
   task_info->add_option("tasks", task_ids, "Task ids, e.g. 1-5,9")->required();
   task_info->callback([&] { code = cmd_task_info(g, task_job, task_ids); });
+
+  add_journal_commands(app, g, code);
+  add_output_commands(app, g, code);
 
   for (CLI::App* sub : app.get_subcommands({})) {
     sub->fallthrough();

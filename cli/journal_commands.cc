@@ -1,0 +1,417 @@
+#include "cli/journal_commands.h"
+
+#include <algorithm>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <unordered_map>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "cli/print.h"
+#include "common/time.h"
+#include "journal/journal.h"
+#include "scheduler/scheduler.h"
+
+namespace hq::cli {
+namespace {
+
+using journal::schema::Event;
+// Fields keep the order they are set in: "seq", "time", "event"; "type", "job", "task"...
+using json = nlohmann::ordered_json;
+
+std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+fs::path journal_path(const GlobalOptions& g, const std::string& flag) {
+  return flag.empty() ? journal_dir_path(g.resolved_server_dir()) : fs::absolute(flag);
+}
+
+// Opens the journal read-only; what recovery found damaged goes to stderr when `warn`.
+std::unique_ptr<journal::Journal> open_journal(const fs::path& path, bool warn = true) {
+  journal::Options options;
+  options.read_only = true;
+  auto opened = must(journal::Journal::open(path, options));
+  if (warn) {
+    for (const auto& line : opened->recovery().damage) std::cerr << "warning: " << line << "\n";
+  }
+  return opened;
+}
+
+void warn_damage(const journal::ReplayStats& stats) {
+  for (const auto& line : stats.damage) std::cerr << "warning: " << line << "\n";
+}
+
+json description_json(journal::schema::JobDescription::Reader d) {
+  auto body = d.getBody();
+  std::vector<std::string> program;
+  for (auto arg : body.getProgram()) program.push_back(text(arg));
+  json env = json::array();
+  for (auto kv : body.getEnv()) env.push_back({text(kv.getKey()), text(kv.getValue())});
+  auto spec = journal::from_record(d);
+  return {{"name", text(d.getName())},
+          {"task_ids", spec ? json(spec->task_ids.to_string()) : json(nullptr)},
+          {"priority", d.getPriority()},
+          {"program", program},
+          {"env", env},
+          {"cwd", text(body.getCwd())},
+          {"stdout", text(body.getStdout())},
+          {"stderr", text(body.getStderr())},
+          {"submit_dir", text(body.getSubmitDir())},
+          {"cpus", body.getCpus()},
+          {"stream", text(d.getStream())}};
+}
+
+// The event's own fields, "type" first.
+json event_json(Event::Reader e) {
+  json j = {{"type", journal::event_type_name(e.which())}};
+  if (j["type"] == "unknown") j["which"] = static_cast<int>(e.which());  // from a newer hq
+  auto task = [&](auto r) {
+    j["job"] = r.getJob();
+    j["task"] = r.getTask();
+    j["instance"] = r.getInstance();
+  };
+  switch (e.which()) {
+    case Event::SERVER_STARTED:
+      j["server_uid"] = text(e.getServerStarted().getServerUid());
+      j["version"] = text(e.getServerStarted().getVersion());
+      break;
+    case Event::JOB_SUBMITTED:
+      j["job"] = e.getJobSubmitted().getJob();
+      j["description"] = description_json(e.getJobSubmitted().getDescription());
+      break;
+    case Event::TASK_STARTED:
+      task(e.getTaskStarted());
+      j["worker"] = e.getTaskStarted().getWorker();
+      break;
+    case Event::TASK_FINISHED:
+      task(e.getTaskFinished());
+      break;
+    case Event::TASK_FAILED:
+      task(e.getTaskFailed());
+      j["error"] = text(e.getTaskFailed().getError());
+      break;
+    case Event::TASK_CANCELED:
+      task(e.getTaskCanceled());
+      break;
+    case Event::JOB_CANCELED:
+      j["job"] = e.getJobCanceled().getJob();
+      break;
+    case Event::TASK_REQUEUED:
+      task(e.getTaskRequeued());
+      j["crash_counter"] = e.getTaskRequeued().getCrashCounter();
+      break;
+    case Event::JOB_FORGOTTEN:
+      j["job"] = e.getJobForgotten().getJob();
+      break;
+    case Event::WORKER_CONNECTED: {
+      auto w = e.getWorkerConnected();
+      j["worker"] = w.getWorker();
+      j["hostname"] = text(w.getHostname());
+      j["cpus"] = w.getCpus();
+      j["work_dir"] = text(w.getWorkDir());
+      j["address"] = text(w.getAddress());
+      break;
+    }
+    case Event::WORKER_LOST:
+      j["worker"] = e.getWorkerLost().getWorker();
+      j["reason"] = text(e.getWorkerLost().getReason());
+      break;
+  }
+  return j;
+}
+
+// One NDJSON line: {"seq":..,"time":"ISO 8601","event":{"type":..,...}}.
+std::string record_line(journal::Seq seq, Event::Reader e) {
+  json j = {{"seq", seq}, {"time", format_iso8601(e.getTime())}, {"event", event_json(e)}};
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// One field as "name=value"; strings quoted when they need it.
+std::string pair_text(const std::string& key, const json& value) {
+  if (value.is_string()) {
+    const auto& s = value.get_ref<const std::string&>();
+    if (s.find_first_of(" \t\"=") == std::string::npos) return fmt::format("{}={}", key, s);
+  }
+  return fmt::format("{}={}", key, value.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+
+// The event's fields as "name=value" pairs, empty ones left out; a job description shortened to
+// what identifies it.
+std::string details_text(const json& fields) {
+  std::vector<std::string> parts;
+  for (const auto& [key, value] : fields.items()) {
+    if (key == "type" || (value.is_string() && value.get_ref<const std::string&>().empty())) {
+      continue;
+    }
+    if (key != "description") {
+      parts.push_back(pair_text(key, value));
+      continue;
+    }
+    for (const char* field : {"name", "task_ids", "cpus", "priority"}) {
+      parts.push_back(pair_text(field, value[field]));
+    }
+    std::vector<std::string> program = value["program"];
+    parts.push_back(pair_text("program", fmt::format("{}", fmt::join(program, " "))));
+  }
+  return fmt::format("{}", fmt::join(parts, " "));
+}
+
+std::string record_text(journal::Seq seq, Event::Reader e) {
+  return fmt::format("{:>8}  {}  {:<16}  {}", seq, format_iso8601(e.getTime()),
+                     journal::event_type_name(e.which()), details_text(event_json(e)));
+}
+
+int cmd_journal_replay(const GlobalOptions& g, const std::string& path_flag,
+                       std::optional<JobId> job, journal::Seq since) {
+  auto reader = open_journal(journal_path(g, path_flag));
+  const OutputMode mode = g.mode();
+  journal::ReplayOptions options;
+  options.from_seq = since;
+  options.job = job;
+  auto stats = must(reader->replay(options, [&](journal::Seq seq, Event::Reader e) {
+    if (mode == OutputMode::kJson) {
+      std::cout << record_line(seq, e) << '\n';
+    } else if (mode == OutputMode::kCli) {
+      std::cout << record_text(seq, e) << '\n';
+    }
+  }));
+  if (mode == OutputMode::kCli && stats.events == 0) std::cout << "No events\n";
+  std::cout.flush();
+  warn_damage(stats);
+  return 0;
+}
+
+int cmd_journal_export(const GlobalOptions& g, const std::string& path_flag) {
+  auto reader = open_journal(journal_path(g, path_flag));
+  auto stats = must(reader->replay(
+      {}, [&](journal::Seq seq, Event::Reader e) { std::cout << record_line(seq, e) << '\n'; }));
+  std::cout.flush();
+  warn_damage(stats);
+  return 0;
+}
+
+// --- report: the journal folded into final states ---
+
+using sched::TaskState;
+
+struct JobFold {
+  uint64_t total = 0;                    // tasks
+  TaskState rest = TaskState::kWaiting;  // the state of tasks without an entry in `tasks`
+  std::unordered_map<TaskId, TaskState> tasks;
+};
+
+bool ended(TaskState s) {
+  return s == TaskState::kFinished || s == TaskState::kFailed || s == TaskState::kCanceled;
+}
+
+class Fold {
+ public:
+  void apply(journal::Seq seq, Event::Reader e) {
+    ++events_;
+    ++by_type_[journal::event_type_name(e.which())];
+    if (events_ == 1) first_seq_ = seq;
+    last_seq_ = seq;
+    if (e.getTime()) {
+      first_time_ = first_time_ ? std::min(first_time_, e.getTime()) : e.getTime();
+      last_time_ = std::max(last_time_, e.getTime());
+    }
+    switch (e.which()) {
+      case Event::JOB_SUBMITTED: {
+        auto spec = journal::from_record(e.getJobSubmitted().getDescription());
+        jobs_[e.getJobSubmitted().getJob()].total = spec ? spec->task_ids.normalized().size() : 0;
+        break;
+      }
+      case Event::TASK_STARTED:
+        set(e.getTaskStarted().getJob(), e.getTaskStarted().getTask(), TaskState::kRunning);
+        break;
+      case Event::TASK_FINISHED:
+        set(e.getTaskFinished().getJob(), e.getTaskFinished().getTask(), TaskState::kFinished);
+        break;
+      case Event::TASK_FAILED:
+        set(e.getTaskFailed().getJob(), e.getTaskFailed().getTask(), TaskState::kFailed);
+        break;
+      case Event::TASK_CANCELED:
+        set(e.getTaskCanceled().getJob(), e.getTaskCanceled().getTask(), TaskState::kCanceled);
+        break;
+      case Event::TASK_REQUEUED:
+        set(e.getTaskRequeued().getJob(), e.getTaskRequeued().getTask(), TaskState::kWaiting);
+        break;
+      case Event::JOB_CANCELED:
+        if (JobFold* job = find(e.getJobCanceled().getJob())) {
+          job->rest = TaskState::kCanceled;
+          for (auto& [id, state] : job->tasks) {
+            if (!ended(state)) state = TaskState::kCanceled;
+          }
+        }
+        break;
+      case Event::JOB_FORGOTTEN:
+        if (jobs_.erase(e.getJobForgotten().getJob())) ++forgotten_;
+        break;
+      default:
+        break;
+    }
+  }
+
+  json to_json(const fs::path& path, uint64_t size, const journal::RecoveryInfo& recovery,
+               const journal::ReplayStats& stats, const std::vector<std::string>& damage) const {
+    std::map<std::string, uint64_t> task_states, job_states;
+    for (const auto& [id, job] : jobs_) {
+      sched::TaskCounts counts;
+      for (const auto& [task, state] : job.tasks) ++counts.by_state[static_cast<int>(state)];
+      uint64_t listed = job.tasks.size();
+      counts.by_state[static_cast<int>(job.rest)] +=
+          static_cast<uint32_t>(job.total > listed ? job.total - listed : 0);
+      for (int s = 0; s < 6; ++s) {
+        if (counts.by_state[s]) {
+          task_states[sched::to_string(static_cast<TaskState>(s))] += counts.by_state[s];
+        }
+      }
+      ++job_states[sched::to_string(sched::derive_job_state(counts))];
+    }
+    return {{"journal", path.string()},
+            {"size_on_disk", size},
+            {"events", events_},
+            {"first_seq", events_ ? json(first_seq_) : json(nullptr)},
+            {"last_seq", events_ ? json(last_seq_) : json(nullptr)},
+            {"first_time", first_time_ ? json(format_iso8601(first_time_)) : json(nullptr)},
+            {"last_time", last_time_ ? json(format_iso8601(last_time_)) : json(nullptr)},
+            {"span_ms", last_time_ - first_time_},
+            {"replay_ms", stats.elapsed.count() / 1000.0},
+            {"events_by_type", by_type_},
+            {"jobs", jobs_.size()},
+            {"jobs_by_state", job_states},
+            {"forgotten_jobs", forgotten_},
+            {"tasks_by_state", task_states},
+            {"server_uid", recovery.server_uid},
+            {"max_job_id", recovery.max_job_id},
+            {"max_worker_id", recovery.max_worker_id},
+            {"damage", damage}};
+  }
+
+ private:
+  JobFold* find(JobId id) {
+    auto it = jobs_.find(id);
+    return it == jobs_.end() ? nullptr : &it->second;
+  }
+  void set(JobId job_id, TaskId task, TaskState state) {
+    if (JobFold* job = find(job_id)) job->tasks[task] = state;
+  }
+
+  uint64_t events_ = 0;
+  journal::Seq first_seq_ = 0, last_seq_ = 0;
+  int64_t first_time_ = 0, last_time_ = 0;
+  std::map<std::string, uint64_t> by_type_;
+  std::map<JobId, JobFold> jobs_;
+  uint64_t forgotten_ = 0;
+};
+
+std::string counts_line(const json& counts) {
+  std::string out;
+  for (const auto& [name, n] : counts.items()) {
+    out += fmt::format("{}{} {}", out.empty() ? "" : ", ", name, n.get<uint64_t>());
+  }
+  return out.empty() ? "none" : out;
+}
+
+std::string bytes_text(uint64_t bytes) {
+  if (bytes < 10u * 1024) return fmt::format("{} B", bytes);
+  if (bytes < 10u * 1024 * 1024) return fmt::format("{:.1f} KiB", bytes / 1024.0);
+  return fmt::format("{:.1f} MiB", bytes / (1024.0 * 1024.0));
+}
+
+int cmd_journal_report(const GlobalOptions& g, const std::string& path_flag) {
+  const fs::path path = journal_path(g, path_flag);
+  auto reader = open_journal(path, /*warn=*/false);  // the report lists the damage
+  Fold fold;
+  auto stats =
+      must(reader->replay({}, [&](journal::Seq seq, Event::Reader e) { fold.apply(seq, e); }));
+  std::vector<std::string> damage = reader->recovery().damage;
+  damage.insert(damage.end(), stats.damage.begin(), stats.damage.end());
+  json report = fold.to_json(path, reader->size_on_disk(), reader->recovery(), stats, damage);
+  switch (g.mode()) {
+    case OutputMode::kJson:
+      std::cout << report.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+      break;
+    case OutputMode::kQuiet:
+      break;
+    case OutputMode::kCli: {
+      const uint64_t events = report["events"].get<uint64_t>();
+      const double replay_ms = report["replay_ms"].get<double>();
+      std::string span = "none";
+      if (events) {
+        span = fmt::format("{} .. {} ({})", report["first_time"].get<std::string>(),
+                           report["last_time"].get<std::string>(),
+                           format_duration(Millis(report["span_ms"].get<int64_t>())));
+      }
+      std::cout << render_pairs({
+          {"Journal", path.string()},
+          {"Size on disk", bytes_text(report["size_on_disk"].get<uint64_t>())},
+          {"Events",
+           events ? fmt::format("{} (seq {} .. {})", events, report["first_seq"].get<uint64_t>(),
+                                report["last_seq"].get<uint64_t>())
+                  : "0"},
+          {"Time span", span},
+          {"Replay", fmt::format("{:.1f} ms ({:.0f} events/s)", replay_ms,
+                                 replay_ms > 0 ? events / (replay_ms / 1000.0) : 0.0)},
+          {"Jobs", fmt::format("{} ({})", report["jobs"].get<uint64_t>(),
+                               counts_line(report["jobs_by_state"]))},
+          {"Forgotten jobs", std::to_string(report["forgotten_jobs"].get<uint64_t>())},
+          {"Tasks", counts_line(report["tasks_by_state"])},
+          {"Highest ids",
+           fmt::format("job {}, worker {} (never reused)", report["max_job_id"].get<uint32_t>(),
+                       report["max_worker_id"].get<uint32_t>())},
+          {"Server UID", report["server_uid"].get<std::string>()},
+          {"Damage", damage.empty() ? "none" : fmt::format("{} (listed below)", damage.size())},
+      });
+      Table table({"EVENT", "COUNT"});
+      for (const auto& [type, n] : report["events_by_type"].items()) {
+        table.add({type, std::to_string(n.get<uint64_t>())});
+      }
+      if (events) std::cout << "\n" << table.render();
+      for (const auto& line : damage) std::cout << "damage: " << line << "\n";
+      break;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_journal_commands(CLI::App& app, const GlobalOptions& g, int& code) {
+  // Kept alive by the callbacks, which the command tree owns.
+  struct Flags {
+    std::string path;
+    JobId job = 0;
+    journal::Seq since = 0;
+  };
+  auto flags = std::make_shared<Flags>();
+  auto* command = app.add_subcommand("journal", "Read the journal of events (offline)");
+  command->require_subcommand(1);
+  auto add_path = [&](CLI::App* sub) {
+    sub->add_option("--journal", flags->path,
+                    "Journal directory (default: the server directory's journal)");
+  };
+
+  auto* replay = command->add_subcommand("replay", "Print the journal's events in order");
+  add_path(replay);
+  CLI::Option* job = replay->add_option("--job", flags->job, "Only this job's events");
+  replay->add_option("--since", flags->since, "Only events with this sequence number or later");
+  replay->callback([flags, job, &g, &code] {
+    std::optional<JobId> only;
+    if (job->count() > 0) only = flags->job;
+    code = cmd_journal_replay(g, flags->path, only, flags->since);
+  });
+
+  auto* dump = command->add_subcommand("export", "Print every event as one JSON object per line");
+  add_path(dump);
+  dump->callback([flags, &g, &code] { code = cmd_journal_export(g, flags->path); });
+
+  auto* report =
+      command->add_subcommand("report", "Summarize the journal: events, final states, size");
+  add_path(report);
+  report->callback([flags, &g, &code] { code = cmd_journal_report(g, flags->path); });
+}
+
+}  // namespace hq::cli

@@ -1,0 +1,142 @@
+# The journal's records: one Event per state change of the server, stored in RocksDB (the key
+# layout is in journal/journal.h and docs/journal-format.md).
+# Never renumber or reuse a field; add new ones at the end of a struct or of the Event union.
+# A reader that meets a union member it does not know skips the record (it was written by a
+# newer minor version).
+@0x9c7da3af01f69865;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("hq::journal::schema");
+
+# The value of the "format" key, checked on open. A journal of another major version is refused;
+# a newer minor version only adds fields and events, which older readers skip.
+const formatMagic :Text = "hq-journal";
+const formatMajor :UInt16 = 1;
+const formatMinor :UInt16 = 0;
+
+struct Format {
+  magic @0 :Text;
+  major @1 :UInt16;
+  minor @2 :UInt16;
+  created @3 :Int64;        # Unix ms
+}
+
+# The value of the "state" key, rewritten by every batch: what must survive the pruning of the
+# events that carried it (ids are never reused, across restarts too).
+struct State {
+  lastSeq @0 :UInt64;       # the highest seq ever written
+  maxJob @1 :UInt32;        # the highest job id ever journaled
+  maxWorker @2 :UInt32;     # the highest worker id ever journaled
+  serverUid @3 :Text;       # of the last serverStarted event
+}
+
+# --- The job description, as submitted (a copy of the wire's, so that the two formats evolve
+# apart: journals outlive protocol versions) ---
+
+struct IdRange {
+  start @0 :UInt32;
+  end @1 :UInt32;           # inclusive
+  step @2 :UInt32;
+}
+
+struct KeyValue {
+  key @0 :Text;
+  value @1 :Text;
+}
+
+struct TaskBody {
+  program @0 :List(Text);   # argv
+  env @1 :List(KeyValue);
+  cwd @2 :Text;             # pattern
+  stdout @3 :Text;          # pattern; empty means discard
+  stderr @4 :Text;          # pattern; empty means discard
+  submitDir @5 :Text;
+  cpus @6 :UInt32;
+}
+
+struct JobDescription {
+  name @0 :Text;
+  taskIds @1 :List(IdRange);
+  priority @2 :Int32;
+  body @3 :TaskBody;
+  stream @4 :Text;          # output stream directory; empty: per-task files
+}
+
+# --- Events ---
+
+struct ServerStarted {
+  serverUid @0 :Text;
+  version @1 :Text;
+}
+
+struct JobSubmitted {
+  job @0 :UInt32;
+  description @1 :JobDescription;
+}
+
+struct TaskStarted {
+  job @0 :UInt32;
+  task @1 :UInt32;
+  instance @2 :UInt32;
+  worker @3 :UInt32;
+}
+
+# Also used by taskCanceled.
+struct TaskEnded {
+  job @0 :UInt32;
+  task @1 :UInt32;
+  instance @2 :UInt32;
+}
+
+struct TaskFailed {
+  job @0 :UInt32;
+  task @1 :UInt32;
+  instance @2 :UInt32;
+  error @3 :Text;
+}
+
+# The task goes back to waiting (its worker was lost); it will run as `instance`.
+struct TaskRequeued {
+  job @0 :UInt32;
+  task @1 :UInt32;
+  instance @2 :UInt32;      # the new instance
+  crashCounter @3 :UInt32;  # how many times a worker died under this task
+}
+
+# Also used by jobForgotten.
+struct JobRef {
+  job @0 :UInt32;
+}
+
+struct WorkerConnected {
+  worker @0 :UInt32;
+  hostname @1 :Text;
+  cpus @2 :UInt32;
+  workDir @3 :Text;
+  address @4 :Text;
+}
+
+struct WorkerLost {
+  worker @0 :UInt32;
+  reason @1 :Text;
+}
+
+struct Event {
+  time @0 :Int64;           # Unix ms, when the server decided it
+  union {
+    serverStarted @1 :ServerStarted;
+    jobSubmitted @2 :JobSubmitted;
+    taskStarted @3 :TaskStarted;
+    taskFinished @4 :TaskEnded;
+    taskFailed @5 :TaskFailed;
+    taskCanceled @6 :TaskEnded;
+    # Every task of the job not yet finished, failed or canceled becomes canceled.
+    jobCanceled @7 :JobRef;
+    taskRequeued @8 :TaskRequeued;
+    jobForgotten @9 :JobRef;
+    workerConnected @10 :WorkerConnected;
+    workerLost @11 :WorkerLost;
+    # Next: alloc-queue events (queue created, removed, allocation submitted, ended) @12..,
+    # job open/close.
+  }
+}

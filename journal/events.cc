@@ -1,0 +1,255 @@
+#include "journal/events.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include <fmt/format.h>
+#include <kj/exception.h>
+#include <kj/io.h>
+
+namespace hq::journal {
+namespace {
+
+using schema::Event;
+
+// Limits for checking a stored record of `words` words: reading every field of a well-formed
+// record once costs at most its size, so a record that costs more (pointers that share or loop
+// over their targets) is damaged. The schema nests a few levels deep.
+capnp::ReaderOptions check_options(size_t words) {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = words;
+  options.nestingLimit = 16;
+  return options;
+}
+
+// Limits for the caller of a checked record: enough to read all of it several times over.
+capnp::ReaderOptions read_options(size_t words) {
+  capnp::ReaderOptions options = check_options(words);
+  options.traversalLimitInWords = 8 * words + 256;
+  return options;
+}
+
+// Reads every field of the parts that may hold pointers; throws kj::Exception on damage.
+void check(schema::JobDescription::Reader job) {
+  (void)job.getName();
+  for (auto range : job.getTaskIds()) (void)range.getStep();
+  auto body = job.getBody();
+  for (auto arg : body.getProgram()) (void)arg;
+  for (auto kv : body.getEnv()) {
+    (void)kv.getKey();
+    (void)kv.getValue();
+  }
+  (void)body.getCwd();
+  (void)body.getStdout();
+  (void)body.getStderr();
+  (void)body.getSubmitDir();
+  (void)job.getStream();
+}
+
+// Reads every field of the active member. Keep in step with events.capnp.
+void check(Event::Reader event) {
+  switch (event.which()) {
+    case Event::SERVER_STARTED: {
+      auto e = event.getServerStarted();
+      (void)e.getServerUid();
+      (void)e.getVersion();
+      break;
+    }
+    case Event::JOB_SUBMITTED:
+      check(event.getJobSubmitted().getDescription());
+      break;
+    case Event::TASK_STARTED:
+      (void)event.getTaskStarted().getWorker();
+      break;
+    case Event::TASK_FINISHED:
+      (void)event.getTaskFinished().getInstance();
+      break;
+    case Event::TASK_FAILED:
+      (void)event.getTaskFailed().getError();
+      break;
+    case Event::TASK_CANCELED:
+      (void)event.getTaskCanceled().getInstance();
+      break;
+    case Event::JOB_CANCELED:
+      (void)event.getJobCanceled().getJob();
+      break;
+    case Event::TASK_REQUEUED:
+      (void)event.getTaskRequeued().getCrashCounter();
+      break;
+    case Event::JOB_FORGOTTEN:
+      (void)event.getJobForgotten().getJob();
+      break;
+    case Event::WORKER_CONNECTED: {
+      auto e = event.getWorkerConnected();
+      (void)e.getHostname();
+      (void)e.getWorkDir();
+      (void)e.getAddress();
+      break;
+    }
+    case Event::WORKER_LOST:
+      (void)event.getWorkerLost().getReason();
+      break;
+  }
+}
+
+std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
+
+}  // namespace
+
+EventMessage::EventMessage(int64_t time_ms)
+    : builder_(kj::arrayPtr(first_segment_.data(), first_segment_.size()),
+               capnp::AllocationStrategy::GROW_HEURISTICALLY),
+      event_(builder_.initRoot<Event>()) {
+  event_.setTime(time_ms);
+}
+
+size_t encode(capnp::MessageBuilder& message, std::string& out) {
+  auto segments = message.getSegmentsForOutput();
+  const size_t bytes = capnp::computeSerializedSizeInWords(segments) * sizeof(capnp::word);
+  const size_t offset = out.size();
+  out.resize(offset + bytes);
+  kj::ArrayOutputStream stream(
+      kj::arrayPtr(reinterpret_cast<kj::byte*>(out.data() + offset), bytes));
+  capnp::writeMessage(stream, segments);
+  return bytes;
+}
+
+Result<Event::Reader> EventDecoder::decode(const void* data, size_t size) {
+  reader_.reset();
+  if (size == 0) return Error{"empty record"};
+  if (size % sizeof(capnp::word) != 0) {
+    return Error{fmt::format("record of {} bytes is not a whole number of 8-byte words", size)};
+  }
+  if (size > kMaxRecordBytes) {
+    return Error{fmt::format("record of {} bytes is larger than the limit of {} bytes", size,
+                             kMaxRecordBytes)};
+  }
+  const size_t n = size / sizeof(capnp::word);
+  if (words_.size() < n) words_.resize(std::max(n, 2 * words_.size()));
+  std::memcpy(words_.data(), data, size);  // aligns the words
+  kj::ArrayPtr<const capnp::word> words(reinterpret_cast<const capnp::word*>(words_.data()), n);
+  try {
+    reader_.emplace(words, check_options(n));
+    if (reader_->getEnd() != words.end()) {
+      size_t trailing = (words.end() - reader_->getEnd()) * sizeof(capnp::word);
+      reader_.reset();
+      return Error{fmt::format("record has {} trailing bytes after its message", trailing)};
+    }
+    check(reader_->getRoot<Event>());
+    reader_.emplace(words, read_options(n));  // a fresh traversal budget for the caller
+    return reader_->getRoot<Event>();
+  } catch (const kj::Exception& e) {
+    reader_.reset();
+    return Error{fmt::format("undecodable record: {}", e.getDescription().cStr())};
+  }
+}
+
+const char* event_type_name(Event::Which which) {
+  switch (which) {
+    case Event::SERVER_STARTED:
+      return "server-started";
+    case Event::JOB_SUBMITTED:
+      return "job-submitted";
+    case Event::TASK_STARTED:
+      return "task-started";
+    case Event::TASK_FINISHED:
+      return "task-finished";
+    case Event::TASK_FAILED:
+      return "task-failed";
+    case Event::TASK_CANCELED:
+      return "task-canceled";
+    case Event::JOB_CANCELED:
+      return "job-canceled";
+    case Event::TASK_REQUEUED:
+      return "task-requeued";
+    case Event::JOB_FORGOTTEN:
+      return "job-forgotten";
+    case Event::WORKER_CONNECTED:
+      return "worker-connected";
+    case Event::WORKER_LOST:
+      return "worker-lost";
+  }
+  return "unknown";
+}
+
+std::optional<JobId> event_job(Event::Reader event) {
+  switch (event.which()) {
+    case Event::JOB_SUBMITTED:
+      return event.getJobSubmitted().getJob();
+    case Event::TASK_STARTED:
+      return event.getTaskStarted().getJob();
+    case Event::TASK_FINISHED:
+      return event.getTaskFinished().getJob();
+    case Event::TASK_FAILED:
+      return event.getTaskFailed().getJob();
+    case Event::TASK_CANCELED:
+      return event.getTaskCanceled().getJob();
+    case Event::JOB_CANCELED:
+      return event.getJobCanceled().getJob();
+    case Event::TASK_REQUEUED:
+      return event.getTaskRequeued().getJob();
+    case Event::JOB_FORGOTTEN:
+      return event.getJobForgotten().getJob();
+    case Event::SERVER_STARTED:
+    case Event::WORKER_CONNECTED:
+    case Event::WORKER_LOST:
+      break;
+  }
+  return std::nullopt;
+}
+
+void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder out) {
+  out.setName(job.name);
+  const auto& ranges = job.task_ids.ranges();
+  auto ids = out.initTaskIds(ranges.size());
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    ids[i].setStart(ranges[i].start);
+    ids[i].setEnd(ranges[i].end);
+    ids[i].setStep(ranges[i].step);
+  }
+  out.setPriority(job.priority);
+  auto body = out.initBody();
+  auto program = body.initProgram(job.body.program.size());
+  for (size_t i = 0; i < job.body.program.size(); ++i) program.set(i, job.body.program[i]);
+  auto env = body.initEnv(job.body.env.size());
+  for (size_t i = 0; i < job.body.env.size(); ++i) {
+    env[i].setKey(job.body.env[i].first);
+    env[i].setValue(job.body.env[i].second);
+  }
+  body.setCwd(job.body.cwd);
+  body.setStdout(job.body.stdout_path);
+  body.setStderr(job.body.stderr_path);
+  body.setSubmitDir(job.body.submit_dir);
+  body.setCpus(job.body.cpus);
+  out.setStream(job.stream);
+}
+
+Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
+  JobDescriptionSpec out;
+  out.name = text(job.getName());
+  std::vector<IdRange> ranges;
+  ranges.reserve(job.getTaskIds().size());
+  for (auto r : job.getTaskIds()) {
+    if (r.getStep() == 0 || r.getEnd() < r.getStart()) {
+      return Error{fmt::format("invalid task id range {}-{}:{} in a journaled job", r.getStart(),
+                               r.getEnd(), r.getStep())};
+    }
+    IdRange range{r.getStart(), r.getEnd(), r.getStep()};
+    range.end = range.last();
+    ranges.push_back(range);
+  }
+  out.task_ids = IdSet(std::move(ranges));
+  out.priority = job.getPriority();
+  auto body = job.getBody();
+  for (auto arg : body.getProgram()) out.body.program.push_back(text(arg));
+  for (auto kv : body.getEnv()) out.body.env.emplace_back(text(kv.getKey()), text(kv.getValue()));
+  out.body.cwd = text(body.getCwd());
+  out.body.stdout_path = text(body.getStdout());
+  out.body.stderr_path = text(body.getStderr());
+  out.body.submit_dir = text(body.getSubmitDir());
+  out.body.cpus = body.getCpus();
+  out.stream = text(job.getStream());
+  return out;
+}
+
+}  // namespace hq::journal
