@@ -45,6 +45,7 @@ integration:
 
 bench: build
 	tools/bench-throughput --hq $(BUILD)/hq --baseline $(BUILD)/tools/spawn-baseline
+	tools/bench-journal --hq $(BUILD)/hq --tools $(BUILD)/tools
 
 # libFuzzer targets (clang, ASan + UBSan), each run for FUZZ_SECONDS.
 fuzz: deps

@@ -131,19 +131,34 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
     throw CommandError{fmt::format("invalid --array '{}': an id is listed twice", o.array)};
   }
   job.priority = o.priority;
-  job.stream = o.stream.empty() ? "" : fs::absolute(o.stream).string();
+  if (o.stream) {
+    if (o.stream->empty()) throw CommandError{"--stream needs a directory"};
+    job.stream = (fs::path(submit_dir) / *o.stream).lexically_normal().string();
+  }
+  bool streamed = !job.stream.empty();
   TaskBodySpec& body = job.body;
   body.program = o.program;
   body.cpus = o.cpus;
   body.submit_dir = submit_dir;
   body.cwd = o.cwd ? *o.cwd : submit_dir;
+  // Without --stream, a channel goes to its --stdout/--stderr file (the default path when not
+  // given; "none": discarded, sent as ""). With --stream, a channel not given goes into the
+  // stream (sent as ""), and "none" is sent as /dev/null.
   auto output = [&](const std::optional<std::string>& given, const char* ext) -> std::string {
-    if (!given) return fmt::format("%{{CWD}}/job-%{{JOB_ID}}/%{{TASK_ID}}.{}", ext);
-    if (*given == "none") return "";
+    if (!given) {
+      return streamed ? "" : fmt::format("%{{CWD}}/job-%{{JOB_ID}}/%{{TASK_ID}}.{}", ext);
+    }
+    if (given->empty()) {
+      throw CommandError{fmt::format("--{} needs a path or 'none'", ext)};
+    }
+    if (*given == "none") return streamed ? "/dev/null" : "";
     return *given;
   };
   body.stdout_path = output(o.stdout_path, "stdout");
   body.stderr_path = output(o.stderr_path, "stderr");
+  if (streamed && o.stdout_path && o.stderr_path) {
+    warnings.push_back("--stream has no effect: both --stdout and --stderr are given");
+  }
   for (const auto& [flag, pattern] : {std::pair{"--cwd", body.cwd},
                                       {"--stdout", body.stdout_path},
                                       {"--stderr", body.stderr_path}}) {
@@ -166,6 +181,15 @@ int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
   std::vector<std::string> warnings;
   JobDescriptionSpec job = make_job_description(o, current_dir(), warnings);
   for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+  if (!job.stream.empty()) {
+    // Workers create it too; doing it here reports a bad path before anything runs.
+    std::error_code ec;
+    fs::create_directories(job.stream, ec);
+    if (ec) {
+      throw CommandError{
+          fmt::format("cannot create stream directory '{}': {}", job.stream, ec.message())};
+    }
+  }
   Client client = must(Client::connect(g));
   capnp::MallocMessageBuilder request;
   net::to_wire(job, request.initRoot<wire::ClientRequest>().initSubmit());
@@ -241,8 +265,15 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
     j["cpus"] = body.getCpus();
     j["priority"] = desc.getPriority();
     j["cwd"] = body.getCwd().cStr();
+    std::string stream = desc.getStream().cStr();
+    // An empty output path of a streamed job means "into the stream" (common/job_spec.h).
+    auto output_text = [&](capnp::Text::Reader path) -> std::string {
+      if (path.size() > 0) return path.cStr();
+      return stream.empty() ? "none" : "stream";
+    };
     j["stdout"] = body.getStdout().cStr();
     j["stderr"] = body.getStderr().cStr();
+    j["stream"] = stream.empty() ? json(nullptr) : json(stream);
     j["submit_dir"] = body.getSubmitDir().cStr();
     out.push_back(j);
     if (!text.empty()) text += "\n";
@@ -256,8 +287,9 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"CPUs per task", std::to_string(body.getCpus())},
         {"Priority", std::to_string(desc.getPriority())},
         {"Working directory", body.getCwd().cStr()},
-        {"Stdout", body.getStdout().size() ? body.getStdout().cStr() : "none"},
-        {"Stderr", body.getStderr().size() ? body.getStderr().cStr() : "none"},
+        {"Stdout", output_text(body.getStdout())},
+        {"Stderr", output_text(body.getStderr())},
+        {"Stream", stream.empty() ? "none" : stream},
         {"Submitted", time_text(s.getSubmitTime())},
         {"Finished", time_text(s.getEndTime())},
         {"Duration", duration_text(s.getSubmitTime(), s.getEndTime())},
@@ -467,18 +499,30 @@ int cmd_server_info(const GlobalOptions& g) {
             {"pid", info.getPid()},
             {"version", info.getVersion().cStr()},
             {"server_dir", info.getServerDir().cStr()},
-            {"started_at", format_iso8601(info.getStartTime())}};
+            {"started_at", format_iso8601(info.getStartTime())},
+            {"journal", info.getJournal().size() ? json(info.getJournal().cStr()) : json(nullptr)},
+            {"journal_error", info.getJournalError().cStr()},
+            {"restored_jobs", info.getRestoredJobs()},
+            {"restored_tasks", info.getRestoredTasks()},
+            {"replay_ms", info.getReplayMs()}};
+  std::string journal = info.getJournal().size() ? info.getJournal().cStr() : "none (--no-journal)";
+  if (info.getJournalError().size())
+    journal += fmt::format(" FAILED: {}", info.getJournalError().cStr());
   if (g.mode() == OutputMode::kJson) {
     print_json(j);
   } else if (g.mode() == OutputMode::kCli) {
-    std::cout << render_pairs({{"Server UID", info.getServerUid().cStr()},
-                               {"Host", info.getHost().cStr()},
-                               {"Client port", std::to_string(info.getClientPort())},
-                               {"Worker port", std::to_string(info.getWorkerPort())},
-                               {"PID", std::to_string(info.getPid())},
-                               {"Version", info.getVersion().cStr()},
-                               {"Server directory", info.getServerDir().cStr()},
-                               {"Started", format_iso8601(info.getStartTime())}});
+    std::cout << render_pairs(
+        {{"Server UID", info.getServerUid().cStr()},
+         {"Host", info.getHost().cStr()},
+         {"Client port", std::to_string(info.getClientPort())},
+         {"Worker port", std::to_string(info.getWorkerPort())},
+         {"PID", std::to_string(info.getPid())},
+         {"Version", info.getVersion().cStr()},
+         {"Server directory", info.getServerDir().cStr()},
+         {"Started", format_iso8601(info.getStartTime())},
+         {"Journal", journal},
+         {"Restored", fmt::format("{} job(s), {} task(s) in {} ms", info.getRestoredJobs(),
+                                  info.getRestoredTasks(), info.getReplayMs())}});
   }
   return 0;
 }

@@ -20,7 +20,7 @@ struct SubmitOptions {
   std::optional<std::string> stdout_path;
   std::optional<std::string> stderr_path;
   std::vector<std::string> env;
-  std::string stream;
+  std::optional<std::string> stream;  // --stream DIR
   bool wait = false;
   std::vector<std::string> program;
 };

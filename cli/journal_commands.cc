@@ -1,6 +1,7 @@
 #include "cli/journal_commands.h"
 
 #include <algorithm>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -118,13 +119,32 @@ json event_json(Event::Reader e) {
       j["worker"] = e.getWorkerLost().getWorker();
       j["reason"] = text(e.getWorkerLost().getReason());
       break;
+    case Event::TASKS_STARTED:  // printed task by task (for_each_task_event)
+    case Event::TASKS_FINISHED:
+      break;
   }
   return j;
 }
 
+// The server writes tasks-started and tasks-finished batches; readers see one task-started or
+// task-finished event per task, with the batch's seq and the task's own time.
+void for_each_task_event(Event::Reader e, const std::function<void(int64_t, json)>& fn) {
+  const bool started = e.which() == Event::TASKS_STARTED;
+  if (!started && e.which() != Event::TASKS_FINISHED) return fn(e.getTime(), event_json(e));
+  auto batch = started ? e.getTasksStarted() : e.getTasksFinished();
+  for (auto t : batch.getTasks()) {
+    json j = {{"type", started ? "task-started" : "task-finished"},
+              {"job", batch.getJob()},
+              {"task", t.getTask()},
+              {"instance", t.getInstance()}};
+    if (started) j["worker"] = batch.getWorker();
+    fn(t.getTime(), std::move(j));
+  }
+}
+
 // One NDJSON line: {"seq":..,"time":"ISO 8601","event":{"type":..,...}}.
-std::string record_line(journal::Seq seq, Event::Reader e) {
-  json j = {{"seq", seq}, {"time", format_iso8601(e.getTime())}, {"event", event_json(e)}};
+std::string record_line(journal::Seq seq, int64_t time, json event) {
+  json j = {{"seq", seq}, {"time", format_iso8601(time)}, {"event", std::move(event)}};
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -158,9 +178,9 @@ std::string details_text(const json& fields) {
   return fmt::format("{}", fmt::join(parts, " "));
 }
 
-std::string record_text(journal::Seq seq, Event::Reader e) {
-  return fmt::format("{:>8}  {}  {:<16}  {}", seq, format_iso8601(e.getTime()),
-                     journal::event_type_name(e.which()), details_text(event_json(e)));
+std::string record_text(journal::Seq seq, int64_t time, const json& event) {
+  return fmt::format("{:>8}  {}  {:<16}  {}", seq, format_iso8601(time),
+                     event["type"].get<std::string>(), details_text(event));
 }
 
 int cmd_journal_replay(const GlobalOptions& g, const std::string& path_flag,
@@ -171,11 +191,13 @@ int cmd_journal_replay(const GlobalOptions& g, const std::string& path_flag,
   options.from_seq = since;
   options.job = job;
   auto stats = must(reader->replay(options, [&](journal::Seq seq, Event::Reader e) {
-    if (mode == OutputMode::kJson) {
-      std::cout << record_line(seq, e) << '\n';
-    } else if (mode == OutputMode::kCli) {
-      std::cout << record_text(seq, e) << '\n';
-    }
+    for_each_task_event(e, [&](int64_t time, json event) {
+      if (mode == OutputMode::kJson) {
+        std::cout << record_line(seq, time, std::move(event)) << '\n';
+      } else if (mode == OutputMode::kCli) {
+        std::cout << record_text(seq, time, event) << '\n';
+      }
+    });
   }));
   if (mode == OutputMode::kCli && stats.events == 0) std::cout << "No events\n";
   std::cout.flush();
@@ -185,8 +207,11 @@ int cmd_journal_replay(const GlobalOptions& g, const std::string& path_flag,
 
 int cmd_journal_export(const GlobalOptions& g, const std::string& path_flag) {
   auto reader = open_journal(journal_path(g, path_flag));
-  auto stats = must(reader->replay(
-      {}, [&](journal::Seq seq, Event::Reader e) { std::cout << record_line(seq, e) << '\n'; }));
+  auto stats = must(reader->replay({}, [&](journal::Seq seq, Event::Reader e) {
+    for_each_task_event(e, [&](int64_t time, json event) {
+      std::cout << record_line(seq, time, std::move(event)) << '\n';
+    });
+  }));
   std::cout.flush();
   warn_damage(stats);
   return 0;
@@ -225,6 +250,16 @@ class Fold {
       }
       case Event::TASK_STARTED:
         set(e.getTaskStarted().getJob(), e.getTaskStarted().getTask(), TaskState::kRunning);
+        break;
+      case Event::TASKS_STARTED:
+        for (auto t : e.getTasksStarted().getTasks()) {
+          set(e.getTasksStarted().getJob(), t.getTask(), TaskState::kRunning);
+        }
+        break;
+      case Event::TASKS_FINISHED:
+        for (auto t : e.getTasksFinished().getTasks()) {
+          set(e.getTasksFinished().getJob(), t.getTask(), TaskState::kFinished);
+        }
         break;
       case Event::TASK_FINISHED:
         set(e.getTaskFinished().getJob(), e.getTaskFinished().getTask(), TaskState::kFinished);
@@ -377,6 +412,37 @@ int cmd_journal_report(const GlobalOptions& g, const std::string& path_flag) {
   return 0;
 }
 
+// `hq journal prune`: the running server drops the history of its completed jobs.
+int cmd_journal_prune(const GlobalOptions& g) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().setJournalPrune();
+  auto response = must(client.call(request));
+  auto pruned = response.root<wire::ClientResponse>().getJournalPruned();
+  if (g.mode() == OutputMode::kJson) {
+    std::cout << json{{"pruned_jobs", pruned.getPrunedJobs()},
+                      {"size_before", pruned.getSizeBefore()},
+                      {"size_after", pruned.getSizeAfter()}}
+                     .dump(2)
+              << "\n";
+  } else if (g.mode() == OutputMode::kCli) {
+    std::cout << fmt::format("Pruned {} completed job(s); journal size {} -> {}\n",
+                             pruned.getPrunedJobs(), bytes_text(pruned.getSizeBefore()),
+                             bytes_text(pruned.getSizeAfter()));
+  }
+  return 0;
+}
+
+// `hq journal flush`: the running server writes its journal's memtables to table files.
+int cmd_journal_flush(const GlobalOptions& g) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  request.initRoot<wire::ClientRequest>().setJournalFlush();
+  must(client.call(request));
+  if (g.mode() == OutputMode::kCli) std::cout << "Journal flushed\n";
+  return 0;
+}
+
 }  // namespace
 
 void add_journal_commands(CLI::App& app, const GlobalOptions& g, int& code) {
@@ -387,7 +453,8 @@ void add_journal_commands(CLI::App& app, const GlobalOptions& g, int& code) {
     journal::Seq since = 0;
   };
   auto flags = std::make_shared<Flags>();
-  auto* command = app.add_subcommand("journal", "Read the journal of events (offline)");
+  auto* command =
+      app.add_subcommand("journal", "Read the journal of events (offline), prune or flush it");
   command->require_subcommand(1);
   auto add_path = [&](CLI::App* sub) {
     sub->add_option("--journal", flags->path,
@@ -412,6 +479,11 @@ void add_journal_commands(CLI::App& app, const GlobalOptions& g, int& code) {
       command->add_subcommand("report", "Summarize the journal: events, final states, size");
   add_path(report);
   report->callback([flags, &g, &code] { code = cmd_journal_report(g, flags->path); });
+
+  command->add_subcommand("prune", "Drop the history of completed jobs (running server)")
+      ->callback([&g, &code] { code = cmd_journal_prune(g); });
+  command->add_subcommand("flush", "Write the journal's memory tables to disk (running server)")
+      ->callback([&g, &code] { code = cmd_journal_flush(g); });
 }
 
 }  // namespace hq::cli

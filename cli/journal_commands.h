@@ -1,7 +1,7 @@
 #pragma once
 // `hq journal replay|export|report`: commands that read a journal directly, without a server.
 // They open it read-only (a RocksDB secondary instance), so they work on a stopped server's
-// journal and never disturb a running one.
+// journal and never disturb a running one. `hq journal prune|flush` ask the running server.
 
 #include "cli/client.h"
 

@@ -88,6 +88,14 @@ int run(int argc, char** argv) {
   server_start->add_option("--worker-port", worker_port, "Port for workers (default: any free)");
   server_start->add_option("--heartbeat", heartbeat,
                            "How often workers must report; 3 missed heartbeats lose a worker");
+  std::string journal;
+  bool no_journal = false;
+  auto* journal_option = server_start->add_option(
+      "--journal", journal, "Journal directory (default: the server directory's 'journal')");
+  server_start
+      ->add_flag("--no-journal", no_journal,
+                 "Keep no journal: nothing survives the server (throwaway runs)")
+      ->excludes(journal_option);
   server_start->callback([&] {
     server::ServerOptions o;
     o.server_dir = g.resolved_server_dir();
@@ -96,6 +104,8 @@ int run(int argc, char** argv) {
     o.worker_port = worker_port;
     o.heartbeat = duration_option("--heartbeat", heartbeat);
     if (o.heartbeat.count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
+    if (!journal.empty()) o.journal = fs::absolute(journal);
+    o.no_journal = no_journal;
     code = server::run_server(o);
   });
   server->add_subcommand("stop", "Stop the server")->callback([&] { code = cmd_server_stop(g); });
@@ -151,6 +161,10 @@ int run(int argc, char** argv) {
                   "Stdout path or 'none' (default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout)");
     s->add_option("--stderr", submit.stderr_path,
                   "Stderr path or 'none' (default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr)");
+    s->add_option(
+        "--stream", submit.stream,
+        "Send the stdout and stderr of every task into this stream directory (read it "
+        "with `hq output`); an explicit --stdout or --stderr keeps that channel in files");
     s->add_option("--env", submit.env, "KEY=VALUE for the tasks; repeatable")->take_last();
     s->add_flag("--wait", submit.wait, "Wait until the job ends (exit code as `hq job wait`)");
     s->footer("The program and its arguments follow the options, best after `--`.");

@@ -124,7 +124,8 @@ nlohmann::json task_json(wire::TaskInfo::Reader task) {
       {"error", task.hasError() && task.getError().size() ? nlohmann::json(task.getError().cStr())
                                                           : nullptr},
       {"started_at", time_json(task.getStartTime())},
-      {"finished_at", time_json(task.getEndTime())}};
+      {"finished_at", time_json(task.getEndTime())},
+      {"crash_count", task.getCrashCount()}};
   return j;
 }
 

@@ -15,8 +15,10 @@ struct TaskBodySpec {
   std::vector<std::string> program;  // argv
   std::vector<std::pair<std::string, std::string>> env;
   std::string cwd;
-  std::string stdout_path;  // empty: discard
-  std::string stderr_path;  // empty: discard
+  // Empty: discard; or, when the job has a stream directory, send the channel into the stream
+  // (a streamed job discards a channel with "/dev/null").
+  std::string stdout_path;
+  std::string stderr_path;
   std::string submit_dir;
   uint32_t cpus = 1;
 };
@@ -26,7 +28,9 @@ struct JobDescriptionSpec {
   IdSet task_ids;
   int32_t priority = 0;
   TaskBodySpec body;
-  std::string stream;  // output stream directory; empty: per-task files
+  // Output stream directory (absolute; `hq submit --stream`, docs/stream-format.md): the channels
+  // whose path is empty go there. Empty: no stream, per-task files.
+  std::string stream;
 };
 
 }  // namespace hq

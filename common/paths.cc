@@ -2,6 +2,8 @@
 
 #include <cstdlib>
 
+#include <fmt/format.h>
+
 namespace hq {
 
 fs::path resolve_server_dir(const std::optional<std::string>& flag) {
@@ -15,5 +17,27 @@ fs::path access_file_path(const fs::path& server_dir) { return server_dir / "acc
 fs::path lock_file_path(const fs::path& server_dir) { return server_dir / "server.lock"; }
 fs::path server_log_path(const fs::path& server_dir) { return server_dir / "server.log"; }
 fs::path journal_dir_path(const fs::path& server_dir) { return server_dir / "journal"; }
+
+std::string stream_file_name(std::string_view server_uid, WorkerId worker, uint32_t pid,
+                             uint32_t random) {
+  std::string uid(server_uid);
+  for (char& c : uid) {
+    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+    if (!plain) c = '_';
+  }
+  return fmt::format("{}-{}-{}-{:08x}{}", uid, worker, pid, random, kStreamExtension);
+}
+
+bool is_stream_file_name(const fs::path& path) {
+  std::string name = path.filename().string();
+  return name.size() > kStreamExtension.size() && name.ends_with(kStreamExtension) &&
+         name[0] != '.';
+}
+
+fs::path stream_index_path(const fs::path& stream_file) {
+  fs::path p = stream_file;
+  p.replace_extension(std::string(kStreamIndexExtension));
+  return p;
+}
 
 }  // namespace hq

@@ -1,9 +1,14 @@
 #pragma once
-// Every path hq builds lives here: the server directory and what it holds.
+// Every path hq builds lives here: the server directory and what it holds, and the names of the
+// files in an output stream directory.
 
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
+
+#include "common/ids.h"
 
 namespace hq {
 
@@ -20,5 +25,17 @@ fs::path lock_file_path(const fs::path& server_dir);
 fs::path server_log_path(const fs::path& server_dir);
 // The journal's RocksDB directory (issue: the journal).
 fs::path journal_dir_path(const fs::path& server_dir);
+
+// Files of an output stream directory (`hq submit --stream DIR`, docs/stream-format.md).
+inline constexpr std::string_view kStreamExtension = ".hqs";
+inline constexpr std::string_view kStreamIndexExtension = ".hqx";
+// "<server_uid>-<worker>-<pid>-<8 hex digits>.hqs"; characters of the UID outside [A-Za-z0-9]
+// become '_'. Writers create the file with O_EXCL and pick another `random` on a collision.
+std::string stream_file_name(std::string_view server_uid, WorkerId worker, uint32_t pid,
+                             uint32_t random);
+// A stream file of a directory listing: "*.hqs", not hidden.
+bool is_stream_file_name(const fs::path& path);
+// The index sidecar of a stream file: the same name with ".hqx".
+fs::path stream_index_path(const fs::path& stream_file);
 
 }  // namespace hq

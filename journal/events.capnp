@@ -108,6 +108,21 @@ struct JobRef {
   job @0 :UInt32;
 }
 
+# One entry of a TaskBatch.
+struct TaskTime {
+  task @0 :UInt32;
+  instance @1 :UInt32;
+  time @2 :Int64;           # Unix ms, as the worker reported it
+}
+
+# Tasks of one job that one worker reported started or finished together: a record per worker
+# message and job rather than per task keeps the journal at a few bytes per task.
+struct TaskBatch {
+  job @0 :UInt32;
+  worker @1 :UInt32;
+  tasks @2 :List(TaskTime);
+}
+
 struct WorkerConnected {
   worker @0 :UInt32;
   hostname @1 :Text;
@@ -136,7 +151,10 @@ struct Event {
     jobForgotten @9 :JobRef;
     workerConnected @10 :WorkerConnected;
     workerLost @11 :WorkerLost;
-    # Next: alloc-queue events (queue created, removed, allocation submitted, ended) @12..,
+    # The batched forms of taskStarted and taskFinished, which the server writes.
+    tasksStarted @12 :TaskBatch;
+    tasksFinished @13 :TaskBatch;
+    # Next: alloc-queue events (queue created, removed, allocation submitted, ended),
     # job open/close.
   }
 }

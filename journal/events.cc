@@ -46,6 +46,10 @@ void check(schema::JobDescription::Reader job) {
   (void)job.getStream();
 }
 
+void check(schema::TaskBatch::Reader batch) {
+  for (auto t : batch.getTasks()) (void)t.getTime();
+}
+
 // Reads every field of the active member. Keep in step with events.capnp.
 void check(Event::Reader event) {
   switch (event.which()) {
@@ -88,6 +92,12 @@ void check(Event::Reader event) {
     }
     case Event::WORKER_LOST:
       (void)event.getWorkerLost().getReason();
+      break;
+    case Event::TASKS_STARTED:
+      check(event.getTasksStarted());
+      break;
+    case Event::TASKS_FINISHED:
+      check(event.getTasksFinished());
       break;
   }
 }
@@ -168,6 +178,10 @@ const char* event_type_name(Event::Which which) {
       return "worker-connected";
     case Event::WORKER_LOST:
       return "worker-lost";
+    case Event::TASKS_STARTED:
+      return "tasks-started";
+    case Event::TASKS_FINISHED:
+      return "tasks-finished";
   }
   return "unknown";
 }
@@ -190,6 +204,10 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getTaskRequeued().getJob();
     case Event::JOB_FORGOTTEN:
       return event.getJobForgotten().getJob();
+    case Event::TASKS_STARTED:
+      return event.getTasksStarted().getJob();
+    case Event::TASKS_FINISHED:
+      return event.getTasksFinished().getJob();
     case Event::SERVER_STARTED:
     case Event::WORKER_CONNECTED:
     case Event::WORKER_LOST:

@@ -184,7 +184,12 @@ void Connection::deliver() {
 
 void Connection::send(capnp::MessageBuilder& message) {
   if (closing_ || closed_) return;
-  write_queue_.push_back(encode(message));
+  send_frame(encode(message));
+}
+
+void Connection::send_frame(kj::Array<capnp::word> frame) {
+  if (closing_ || closed_) return;
+  write_queue_.push_back(std::move(frame));
   if (!writing_) write_next();
 }
 

@@ -53,6 +53,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Queues a message; messages go out in order. A no-op once close() was called or the
   // connection is closed.
   void send(capnp::MessageBuilder& message);
+  // Queues a frame made earlier by net::encode (framing.h), e.g. a reply held back until the
+  // journal has synced what it shows.
+  void send_frame(kj::Array<capnp::word> frame);
   // Sends what is queued, then closes. on_close runs with an empty reason. Messages that arrive
   // meanwhile are discarded.
   void close();

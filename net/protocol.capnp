@@ -118,6 +118,7 @@ struct TaskInfo {
   error @4 :Text;
   startTime @5 :Int64;
   endTime @6 :Int64;
+  crashCount @7 :UInt32;    # workers lost while running it
 }
 
 struct TaskQuery {
@@ -155,6 +156,17 @@ struct ServerInfo {
   startTime @5 :Int64;
   version @6 :Text;
   serverDir @7 :Text;
+  journal @8 :Text;         # the journal's directory; empty: none (--no-journal)
+  journalError @9 :Text;    # why the journal stopped accepting records; empty while it works
+  restoredJobs @10 :UInt32; # what the last start replayed from the journal
+  restoredTasks @11 :UInt64;
+  replayMs @12 :UInt32;
+}
+
+struct JournalPruneResult {
+  prunedJobs @0 :UInt32;    # completed jobs whose history was dropped
+  sizeBefore @1 :UInt64;    # bytes of the journal on disk
+  sizeAfter @2 :UInt64;
 }
 
 struct ClientRequest {
@@ -170,6 +182,8 @@ struct ClientRequest {
     workerStop @8 :WorkerSelector;
     serverInfo @9 :Void;
     serverStop @10 :Void;
+    journalPrune @11 :Void;
+    journalFlush @12 :Void;
   }
 }
 
@@ -189,7 +203,8 @@ struct ClientResponse {
     tasks @5 :List(TaskInfo);
     workers @6 :List(WorkerSummary);  # workerList, workerInfo, workerStop (the stopped ones)
     serverInfo @7 :ServerInfo;
-    ok @8 :Void;
+    ok @8 :Void;                      # serverStop, journalFlush
+    journalPruned @9 :JournalPruneResult;
   }
 }
 

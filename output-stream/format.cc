@@ -126,28 +126,6 @@ Result<Channel> parse_channel(std::string_view text) {
   return Error{fmt::format("unknown channel '{}' (use stdout or stderr)", text)};
 }
 
-std::string stream_file_name(std::string_view server_uid, WorkerId worker, uint32_t pid,
-                             uint32_t random) {
-  std::string uid(server_uid);
-  for (char& c : uid) {
-    bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
-    if (!plain) c = '_';
-  }
-  return fmt::format("{}-{}-{}-{:08x}{}", uid, worker, pid, random, kStreamExtension);
-}
-
-bool is_stream_file_name(const fs::path& path) {
-  std::string name = path.filename().string();
-  return name.size() > kStreamExtension.size() && name.ends_with(kStreamExtension) &&
-         name[0] != '.';
-}
-
-fs::path index_path_for(const fs::path& stream_file) {
-  fs::path p = stream_file;
-  p.replace_extension(std::string(kIndexExtension));
-  return p;
-}
-
 std::vector<uint8_t> encode_file_header(const FileHeader& header) {
   std::vector<uint8_t> out(kPrefixBytes, 0);
   auto m = magic();

@@ -1,5 +1,5 @@
 #pragma once
-// The stream file layout (docs/stream-format.md): names, limits, and the encoders and decoders
+// The stream file layout (docs/stream-format.md): limits, and the encoders and decoders
 // of the file header and of records. Private to output-stream/. Decoders take untrusted bytes:
 // they bound every size, never read outside the span, and turn Cap'n Proto's exceptions into a
 // reason.
@@ -27,16 +27,7 @@ inline constexpr size_t kMaxMessageWords = 4096;
 inline constexpr uint32_t kMaxSegments = 64;
 inline constexpr size_t kMaxServerUidBytes = 256;
 
-inline constexpr std::string_view kStreamExtension = ".hqs";
-inline constexpr std::string_view kIndexExtension = ".hqx";
-
-// "<server_uid>-<worker>-<pid>-<8 hex digits>.hqs"; characters of the UID outside [A-Za-z0-9_]
-// become '_'. Writers create the file with O_EXCL and pick another `random` on a collision.
-std::string stream_file_name(std::string_view server_uid, WorkerId worker, uint32_t pid,
-                             uint32_t random);
-bool is_stream_file_name(const fs::path& path);
-// The index sidecar of a stream file: the same name with ".hqx".
-fs::path index_path_for(const fs::path& stream_file);
+// File names (stream_file_name, is_stream_file_name, stream_index_path) are in common/paths.h.
 
 // `n` rounded up to a multiple of 8: payloads are padded so that every message is word-aligned.
 inline uint64_t padded(uint64_t n) { return (n + 7) & ~uint64_t{7}; }

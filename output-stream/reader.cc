@@ -155,7 +155,7 @@ void index_file(StreamFile& f, const ReaderOptions& options, ReadStats& stats,
   IndexBuilder merged;
   for (const IndexView& part : f.parts) merged.add(part);
   BuiltIndex whole = std::move(merged).finish();
-  fs::path sidecar_path = index_path_for(f.path);
+  fs::path sidecar_path = stream_index_path(f.path);
   Status saved =
       save_sidecar(sidecar_path, encode_index(whole, f.header.header.file_id, scan.end, f.records));
   if (!saved) spdlog::debug("cannot save index '{}': {}", sidecar_path.string(), saved.message());
@@ -278,7 +278,7 @@ struct StreamReader::Impl {
       return Error{fmt::format(
           "stream file '{}': the record at byte {} is not the one its index names (delete '{}' "
           "to rebuild the index)",
-          f.name, c.record_offset, index_path_for(f.name).string())};
+          f.name, c.record_offset, stream_index_path(f.name).string())};
     }
     auto bytes = f.bytes.subspan(r.payload_offset, r.record.size);
     stats.payload_bytes += bytes.size();
@@ -367,7 +367,7 @@ Result<std::unique_ptr<StreamReader>> StreamReader::open(const fs::path& dir,
     f->map = std::move(*map);
     f->map.advise(MADV_RANDOM);
     f->bytes = f->map.bytes();
-    fs::path index_path = index_path_for(path);
+    fs::path index_path = stream_index_path(path);
     if (fs::exists(index_path, ec)) {
       if (auto index = MappedFile::open(index_path)) {
         f->index_map = std::move(*index);
@@ -463,7 +463,7 @@ Status StreamReader::read(const TaskInfo& task, Channel channel,
     if (!view.chunks_valid(g.entry)) {
       const auto& f = *impl_->files[impl_->parts[g.part].file];
       return Status::error(fmt::format("the index of '{}' is damaged (delete '{}' to rebuild it)",
-                                       f.name, index_path_for(f.name).string()));
+                                       f.name, stream_index_path(f.name).string()));
     }
     for (uint64_t i = g.entry.first_chunk; i < g.entry.first_chunk + g.entry.chunk_count; ++i) {
       ChunkEntry c = view.chunk(i);

@@ -135,6 +135,25 @@ void Job::clear_ready() {
   fresh_range_ = static_cast<uint32_t>(ids.ranges().size());
 }
 
+void Job::rebuild_ready() {
+  uint32_t fresh = size();
+  while (fresh > 0) {
+    const TaskSlot& s = slots[fresh - 1];
+    if (s.state != TaskState::kWaiting || s.flags != 0 || s.instance != 0) break;
+    --fresh;
+  }
+  requeued_.clear();
+  for (uint32_t i = 0; i < fresh; ++i) {
+    if (slots[i].state == TaskState::kWaiting) requeued_.push_back(i);  // increasing: a heap
+  }
+  requeued_.shrink_to_fit();
+  fresh_ = fresh;
+  fresh_range_ = 0;
+  while (fresh_range_ < ids.ranges().size() && ids.first_index(fresh_range_ + 1) <= fresh_) {
+    ++fresh_range_;
+  }
+}
+
 void Job::check_queue() const {
   const size_t nranges = ids.ranges().size();
   if (fresh_ > size()) invariant_failed(fmt::format("job {}: fresh cursor past the end", id));

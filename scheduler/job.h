@@ -86,6 +86,9 @@ class Job {
   void put_back(uint32_t index);
   // Every ready task leaves the queue (the caller changes their states).
   void clear_ready();
+  // Queues exactly the waiting tasks, after their states were set directly (restore): the tail of
+  // fresh tasks (waiting, instance 0, never run) behind the cursor, the others requeued.
+  void rebuild_ready();
   // Tasks at indices >= fresh_begin() were never taken from the queue.
   uint32_t fresh_begin() const { return fresh_; }
   const std::vector<uint32_t>& requeued() const { return requeued_; }

@@ -470,6 +470,16 @@ Status Scheduler::add_job(const JobSpec& spec) {
   return Status::ok();
 }
 
+Status Scheduler::validate_job(const JobSpec& spec) {
+  if (spec.id == 0) return Status::error("job id 0 is reserved");
+  if (spec.cpus == 0) {
+    return Status::error(fmt::format("job {} requests 0 CPUs: a task needs at least 1", spec.id));
+  }
+  Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
+  if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
+  return Status::ok();
+}
+
 std::vector<Assignment> Scheduler::cancel_job(JobId id, int64_t now) {
   Impl& m = *impl_;
   std::vector<Assignment> kill;
@@ -523,6 +533,94 @@ bool Scheduler::task_retracted(WorkerId worker, TaskKey key) {
   return true;
 }
 
+// --- Restoring from the journal ---------------------------------------------------------------
+
+namespace {
+
+struct Found {
+  Job* job;
+  uint32_t index;
+  TaskSlot* slot;
+};
+
+std::optional<Found> find_task(const std::unordered_map<JobId, Job*>& index, TaskKey key) {
+  auto it = index.find(key.job);
+  if (it == index.end()) return std::nullopt;
+  std::optional<uint32_t> i = it->second->ids.index_of(key.task);
+  if (!i) return std::nullopt;
+  return Found{it->second, *i, &it->second->slots[*i]};
+}
+
+}  // namespace
+
+bool Scheduler::restore_started(TaskKey key, WorkerId worker, int64_t time) {
+  std::optional<Found> f = find_task(impl_->job_index, key);
+  if (!f) return false;
+  TaskSlot& s = *f->slot;
+  f->job->set_state(s, TaskState::kRunning);
+  s.instance = key.instance;
+  s.worker = worker;
+  s.start_time = time;
+  s.end_time = 0;
+  f->job->errors.erase(f->index);
+  return true;
+}
+
+bool Scheduler::restore_ended(TaskKey key, TaskState state, int64_t time, std::string error) {
+  if (!ended(state)) return false;
+  std::optional<Found> f = find_task(impl_->job_index, key);
+  if (!f) return false;
+  TaskSlot& s = *f->slot;
+  if (state != TaskState::kCanceled && s.start_time == 0) s.start_time = time;
+  f->job->set_state(s, state);
+  s.instance = key.instance;
+  s.end_time = time;
+  if (state == TaskState::kFailed) {
+    f->job->errors[f->index] = std::move(error);
+  } else {
+    f->job->errors.erase(f->index);
+  }
+  return true;
+}
+
+bool Scheduler::restore_requeued(TaskKey key, uint32_t crashes) {
+  std::optional<Found> f = find_task(impl_->job_index, key);
+  if (!f) return false;
+  TaskSlot& s = *f->slot;
+  f->job->set_state(s, TaskState::kWaiting);
+  s.instance = key.instance;
+  s.crashes = static_cast<uint16_t>(std::min<uint32_t>(crashes, 0xffff));
+  s.start_time = s.end_time = 0;
+  f->job->errors.erase(f->index);
+  return true;
+}
+
+uint64_t Scheduler::finish_restore() {
+  Impl& m = *impl_;
+  uint64_t back = 0;
+  for (auto& [id, holder] : m.jobs) {
+    Job& job = *holder;
+    m.ready_tasks -= job.ready();
+    m.leave_ready(job);
+    if (job.counts[TaskState::kRunning] > 0) {
+      for (TaskSlot& s : job.slots) {
+        if (s.state != TaskState::kRunning) continue;
+        job.set_state(s, TaskState::kWaiting);
+        ++s.instance;
+        s.start_time = 0;
+        ++back;
+      }
+    }
+    job.rebuild_ready();
+    m.ready_tasks += job.ready();
+    m.enter_ready(job);
+    // Completed before the restart: nothing to report now.
+    if (job.counts.complete()) job.completion_noted = true;
+    m.completed.erase(id);
+  }
+  return back;
+}
+
 // --- Decisions --------------------------------------------------------------------------------
 
 Decisions Scheduler::schedule() {
@@ -558,6 +656,7 @@ TaskView make_view(const Job& job, uint32_t index, TaskId id) {
   v.worker = (s.state == TaskState::kWaiting && !held) ? 0 : s.worker;
   v.start_time = s.start_time;
   v.end_time = s.end_time;
+  v.crashes = s.crashes;
   if (s.state == TaskState::kFailed) {
     auto it = job.errors.find(index);
     if (it != job.errors.end()) v.error = &it->second;

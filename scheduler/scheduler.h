@@ -76,6 +76,7 @@ struct TaskView {
   bool queued = false;  // held by a worker that has not reported its start yet
   int64_t start_time = 0;
   int64_t end_time = 0;
+  uint32_t crashes = 0;                // workers lost while running it
   const std::string* error = nullptr;  // failed tasks only; valid until the next call
 };
 
@@ -106,6 +107,8 @@ class Scheduler {
   // --- Jobs -----------------------------------------------------------------------------------
   // Fails on a known job id, an empty or duplicated id set, or zero CPUs.
   Status add_job(const JobSpec& spec);
+  // What add_job would refuse in the spec itself (all but the id's novelty), without adding it.
+  static Status validate_job(const JobSpec& spec);
   // Every task not yet ended becomes canceled at `now`. Returns the ones held by workers, which
   // the server must tell to kill them (they keep occupying the worker until it reports their
   // end).
@@ -120,6 +123,22 @@ class Scheduler {
   bool task_failed(WorkerId worker, TaskKey key, int64_t time, std::string error);
   // The worker gave back a queued task it never started: waiting again, same instance.
   bool task_retracted(WorkerId worker, TaskKey key);
+
+  // --- Restoring from the journal -------------------------------------------------------------
+  // After a restart, the server replays its history into jobs added with add_job, before any
+  // worker connects: the calls below set a task's recorded state directly (no worker holds it).
+  // Each returns false, changing nothing, for an unknown job or task. Queues are stale until
+  // finish_restore(), which must come before any other call but add_job and cancel_job.
+  // The task ran as key.instance on `worker` from `time`.
+  bool restore_started(TaskKey key, WorkerId worker, int64_t time);
+  // The task ended as key.instance at `time`: kFinished, kFailed (with `error`) or kCanceled.
+  bool restore_ended(TaskKey key, TaskState state, int64_t time, std::string error = {});
+  // The task went back to waiting, to run next as key.instance, after `crashes` lost workers.
+  bool restore_requeued(TaskKey key, uint32_t crashes);
+  // Ends the restore: tasks still running (the server that ran them is gone) wait again with
+  // instance + 1 and their crash counts kept, and every job's queue is rebuilt. Jobs already
+  // complete are not reported by take_completed_jobs(). Returns how many tasks were put back.
+  uint64_t finish_restore();
 
   // --- Decisions ------------------------------------------------------------------------------
   // Assigns waiting tasks to workers with room (priority first, then lower job id, then lower

@@ -58,6 +58,10 @@ void Server::on_client_request(const std::shared_ptr<net::Connection>& connectio
       return handle_worker_stop(c, request.getWorkerStop());
     case wire::ClientRequest::SERVER_INFO:
       return handle_server_info(c);
+    case wire::ClientRequest::JOURNAL_PRUNE:
+      return handle_journal_prune(c);
+    case wire::ClientRequest::JOURNAL_FLUSH:
+      return handle_journal_flush(c);
     case wire::ClientRequest::SERVER_STOP: {
       capnp::MallocMessageBuilder reply;
       reply.initRoot<wire::ClientResponse>().setOk();
@@ -84,24 +88,45 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
                                       job->task_ids.size(), kMaxTasksPerJob));
   }
 
-  JobId id = last_job_id_ + 1;
-  sched::JobSpec spec;
-  spec.id = id;
-  spec.task_ids = job->task_ids;
-  spec.cpus = job->body.cpus;
-  spec.priority = job->priority;
-  if (auto st = scheduler_.add_job(spec); !st)
-    return reply_error(c, "invalid job: " + st.message());
-  last_job_id_ = id;
-  JobRecord& record = jobs_[id];
-  record.description = std::move(*job);
-  record.submit_time = unix_millis_now();
-  spdlog::debug("job {} submitted: {} task(s)", id, record.description.task_ids.size());
+  if (!journal_status_) return reply_error(c, journal_status_.message());
 
-  capnp::MallocMessageBuilder reply;
-  reply.initRoot<wire::ClientResponse>().setSubmitted(id);
-  c.send(reply);
-  request_schedule();
+  JobId id = last_job_id_ + 1;
+  sched::JobSpec spec{id, job->task_ids, job->body.cpus, job->priority};
+  if (auto st = sched::Scheduler::validate_job(spec); !st) {
+    return reply_error(c, "invalid job: " + st.message());
+  }
+  last_job_id_ = id;  // never reused, even if the journal fails now
+  const int64_t now = unix_millis_now();
+  if (journal_) {
+    journal::EventMessage event(now);
+    auto submitted = event.event().initJobSubmitted();
+    submitted.setJob(id);
+    journal::to_record(*job, submitted.initDescription());
+    record(event);
+  }
+  // The job exists (for workers and for every client) once it is durable.
+  auto weak = std::weak_ptr<net::Connection>(c.shared_from_this());
+  when_durable([this, weak, id, now, spec = std::move(spec),
+                description = std::move(*job)](const Status& stored) mutable {
+    auto connection = weak.lock();
+    if (!stored) {
+      if (connection) reply_error(*connection, "the job was not stored: " + stored.message());
+      return;
+    }
+    if (auto st = scheduler_.add_job(spec); !st) {  // validated above: a bug
+      spdlog::error("job {} could not be added after it was journaled: {}", id, st.message());
+    }
+    JobRecord& record = jobs_[id];
+    record.description = std::move(description);
+    record.submit_time = now;
+    spdlog::debug("job {} submitted: {} task(s)", id, record.description.task_ids.size());
+    if (connection) {
+      capnp::MallocMessageBuilder reply;
+      reply.initRoot<wire::ClientResponse>().setSubmitted(id);
+      connection->send(reply);
+    }
+    request_schedule();
+  });
 }
 
 std::vector<JobId> Server::select_jobs(wire::JobSelector::Reader selector) const {
@@ -148,7 +173,7 @@ void Server::reply_job_summaries(net::Connection& c, const std::vector<JobId>& i
   capnp::MallocMessageBuilder reply;
   auto list = reply.initRoot<wire::ClientResponse>().initJobs(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) fill_job_summary(ids[i], list[i]);
-  c.send(reply);
+  respond(c, reply);
 }
 
 void Server::handle_job_list(net::Connection& c) {
@@ -166,7 +191,7 @@ void Server::handle_job_info(net::Connection& c, wire::JobSelector::Reader selec
     fill_job_summary(ids[i], list[i].initSummary());
     net::to_wire(jobs_.at(ids[i]).description, list[i].initDescription());
   }
-  c.send(reply);
+  respond(c, reply);
 }
 
 void Server::handle_job_cancel(net::Connection& c, wire::JobSelector::Reader selector) {
@@ -183,9 +208,13 @@ void Server::handle_job_cancel(net::Connection& c, wire::JobSelector::Reader sel
     list[i].setCanceledTasks(canceled);
     list[i].setAlreadyDone(canceled == 0);
     send_cancels(held);
-    if (canceled) spdlog::info("job {} canceled: {} task(s)", ids[i], canceled);
+    if (canceled == 0) continue;
+    spdlog::info("job {} canceled: {} task(s)", ids[i], canceled);
+    journal::EventMessage event(now);
+    event.event().initJobCanceled().setJob(ids[i]);
+    record(event);
   }
-  c.send(reply);
+  respond(c, reply);
   after_state_change();
 }
 
@@ -257,8 +286,9 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
     if (v.error) list[i].setError(*v.error);
     list[i].setStartTime(v.start_time);
     list[i].setEndTime(v.end_time);
+    list[i].setCrashCount(v.crashes);
   }
-  c.send(reply);
+  respond(c, reply);
 }
 
 // --- Workers and the server -------------------------------------------------------------------
@@ -280,7 +310,7 @@ void Server::handle_worker_list(net::Connection& c, const std::vector<WorkerId>&
   capnp::MallocMessageBuilder reply;
   auto list = reply.initRoot<wire::ClientResponse>().initWorkers(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) fill_worker_summary(workers_.at(ids[i]), list[i]);
-  c.send(reply);
+  respond(c, reply);
 }
 
 void Server::handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector) {
@@ -325,7 +355,12 @@ void Server::handle_server_info(net::Connection& c) {
   info.setStartTime(start_time_);
   info.setVersion(HQ_VERSION);
   info.setServerDir(options_.server_dir.string());
-  c.send(reply);
+  info.setJournal(journal_path_.string());
+  if (!journal_status_) info.setJournalError(journal_status_.message());
+  info.setRestoredJobs(restored_jobs_);
+  info.setRestoredTasks(restored_tasks_);
+  info.setReplayMs(replay_ms_);
+  c.send(reply);  // even when the journal failed: this is where to read why
 }
 
 }  // namespace hq::server

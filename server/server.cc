@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include <capnp/message.h>
 #include <fmt/format.h>
@@ -18,9 +19,19 @@ namespace hq::server {
 namespace {}  // namespace
 
 Server::Server(asio::io_context& io, ServerOptions options)
-    : io_(io), options_(std::move(options)), signals_(io, SIGINT, SIGTERM), heartbeat_timer_(io) {}
+    : io_(io),
+      options_(std::move(options)),
+      signals_(io, SIGINT, SIGTERM),
+      heartbeat_timer_(io),
+      lazy_commit_timer_(io) {}
 
 Server::~Server() {
+  // What the last loop turns recorded: the journal writes committed groups before it closes.
+  if (journal_) {
+    flush_task_batches();
+    journal_->commit({});
+  }
+  journal_.reset();
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
@@ -53,22 +64,61 @@ Status Server::start() {
         options_.server_dir.string(), who));
   }
 
-  access_ = net::new_access_record(options_.host.empty() ? local_hostname() : options_.host);
-  auto clients = net::Listener::bind(io_, "0.0.0.0", options_.client_port, wire::Role::CLIENT,
-                                     access_.client_key, access_.server_uid);
-  if (!clients) return Status::error("cannot listen for clients: " + clients.message());
-  auto workers = net::Listener::bind(io_, "0.0.0.0", options_.worker_port, wire::Role::WORKER,
-                                     access_.worker_key, access_.server_uid);
-  if (!workers) return Status::error("cannot listen for workers: " + workers.message());
+  if (auto st = open_journal(); !st) return st;
+
+  // A restarted server keeps its access file: the same keys (clients, scripts and workers set up
+  // with it keep working), the same server UID as its journal, and the same ports where free.
+  const std::string host = options_.host.empty() ? local_hostname() : options_.host;
+  access_ = net::new_access_record(host);
+  const fs::path access_path = access_file_path(options_.server_dir);
+  std::optional<net::AccessRecord> previous;
+  if (fs::exists(access_path)) {
+    if (auto read = net::read_access_file(access_path)) {
+      previous = std::move(*read);
+      access_.client_key = previous->client_key;
+      access_.worker_key = previous->worker_key;
+      if (journal_) access_.server_uid = previous->server_uid;
+    } else {
+      spdlog::warn("ignoring the previous access file: {}", read.message());
+    }
+  }
+  if (journal_ && !journal_->recovery().server_uid.empty()) {
+    access_.server_uid = journal_->recovery().server_uid;
+  }
+  auto listen = [&](uint16_t wanted, uint16_t before, wire::Role role, const net::Key& key,
+                    const char* what) -> Result<std::unique_ptr<net::Listener>> {
+    if (wanted == 0 && before != 0) {
+      auto same = net::Listener::bind(io_, "0.0.0.0", before, role, key, access_.server_uid);
+      if (same) return same;
+      spdlog::warn("the previous {} port {} is taken ({}); picking another", what, before,
+                   same.message());
+    }
+    auto bound = net::Listener::bind(io_, "0.0.0.0", wanted, role, key, access_.server_uid);
+    if (!bound) return Error{fmt::format("cannot listen for {}s: {}", what, bound.message())};
+    return bound;
+  };
+  auto clients = listen(options_.client_port, previous ? previous->client_port : 0,
+                        wire::Role::CLIENT, access_.client_key, "client");
+  if (!clients) return clients.status();
+  auto workers = listen(options_.worker_port, previous ? previous->worker_port : 0,
+                        wire::Role::WORKER, access_.worker_key, "worker");
+  if (!workers) return workers.status();
   client_listener_ = std::move(*clients);
   worker_listener_ = std::move(*workers);
   access_.client_port = client_listener_->port();
   access_.worker_port = worker_listener_->port();
   access_.pid = static_cast<int>(::getpid());
   start_time_ = access_.start_time = unix_millis_now();
-  if (auto st = net::write_access_file(access_file_path(options_.server_dir), access_); !st) {
-    return st;
+
+  if (journal_) {
+    journal::EventMessage started(start_time_);
+    auto e = started.event().initServerStarted();
+    e.setServerUid(access_.server_uid);
+    e.setVersion(HQ_VERSION);
+    record(started);
+    start_seq_ = appended_seq_;
   }
+  if (auto st = net::write_access_file(access_path, access_); !st) return st;
 
   client_listener_->start([this](std::shared_ptr<net::Connection> c) { on_client(std::move(c)); });
   worker_listener_->start([this](std::shared_ptr<net::Connection> c) { on_worker(std::move(c)); });
@@ -91,6 +141,7 @@ void Server::stop() {
   if (worker_listener_) worker_listener_->stop();
   signals_.cancel();
   heartbeat_timer_.cancel();
+  lazy_commit_timer_.cancel();
   // Workers are told to stop, so that they end cleanly rather than as lost.
   for (auto& [id, w] : workers_) {
     if (!w.connection) continue;
@@ -154,6 +205,14 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
       if (auto st = scheduler_.add_worker(wid, w.cpus); !st) {
         throw std::runtime_error(st.message());
       }
+      journal::EventMessage event(w.connect_time);
+      auto connected = event.event().initWorkerConnected();
+      connected.setWorker(wid);
+      connected.setHostname(w.hostname);
+      connected.setCpus(w.cpus);
+      connected.setWorkDir(w.work_dir);
+      connected.setAddress(w.address);
+      record(event);
       capnp::MallocMessageBuilder reply;
       auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
       registered.setWorkerId(wid);
@@ -175,22 +234,49 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
   throw std::runtime_error("unknown message from worker");
 }
 
+namespace {
+
+bool ended(const std::optional<sched::TaskView>& v) {
+  return !v || (v->state != sched::TaskState::kWaiting && v->state != sched::TaskState::kRunning);
+}
+
+}  // namespace
+
 void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader events) {
   bool changed = false;
   for (auto e : events.getStarted()) {
-    changed |= scheduler_.task_started(w.id, net::from_wire(e.getKey()), e.getTime());
+    TaskKey key = net::from_wire(e.getKey());
+    if (scheduler_.task_started(w.id, key, e.getTime())) {
+      record_task(/*started=*/true, w.id, key, e.getTime());
+      changed = true;
+    }
   }
+  // A report may only give back the CPUs of a canceled task: only real ends are recorded.
   for (auto e : events.getFinished()) {
-    scheduler_.task_finished(w.id, net::from_wire(e.getKey()), e.getTime());
-    changed = true;
+    TaskKey key = net::from_wire(e.getKey());
+    const bool live = !ended(scheduler_.task(key.job, key.task));
+    if (scheduler_.task_finished(w.id, key, e.getTime())) {
+      if (live) record_task(/*started=*/false, w.id, key, e.getTime());
+      changed = true;
+    }
   }
   for (auto e : events.getFailed()) {
-    scheduler_.task_failed(w.id, net::from_wire(e.getKey()), e.getTime(), e.getError().cStr());
+    TaskKey key = net::from_wire(e.getKey());
+    const bool live = !ended(scheduler_.task(key.job, key.task));
+    if (!scheduler_.task_failed(w.id, key, e.getTime(), e.getError().cStr())) continue;
     changed = true;
+    if (!live) continue;
+    journal::EventMessage event(e.getTime());
+    auto failed = event.event().initTaskFailed();
+    failed.setJob(key.job);
+    failed.setTask(key.task);
+    failed.setInstance(key.instance);
+    failed.setError(e.getError());
+    record(event);
   }
   for (auto k : events.getRetracted()) {
-    scheduler_.task_retracted(w.id, net::from_wire(k));
-    changed = true;
+    // Back to waiting as the same instance, never started: nothing the journal must know.
+    changed |= scheduler_.task_retracted(w.id, net::from_wire(k));
   }
   if (changed) after_state_change();
 }
@@ -203,6 +289,11 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
   if (w.end_reason.empty()) w.end_reason = w.stopping ? "stopped" : reason;
   w.connection.reset();
   std::vector<TaskKey> requeued = scheduler_.remove_worker(id);
+  journal::EventMessage event(w.end_time);
+  event.event().initWorkerLost().setWorker(id);
+  event.event().getWorkerLost().setReason(w.end_reason);
+  record(event);
+  record_requeued(requeued);
   spdlog::info("worker {} lost: {}; {} task(s) back to waiting", id, w.end_reason, requeued.size());
   after_state_change();
   finish_stop_when_idle();

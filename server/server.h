@@ -17,6 +17,10 @@ struct ServerOptions {
   Millis heartbeat{8000};  // workers send a message at least this often
   // A worker silent for this many heartbeats is considered lost.
   uint32_t missed_heartbeats = 3;
+  // The journal's directory; empty: <server_dir>/journal.
+  fs::path journal;
+  // No journal: nothing survives the server (throwaway runs, benchmarks).
+  bool no_journal = false;
 };
 
 // Runs until `hq server stop`, SIGINT or SIGTERM. Returns the process exit code; errors (directory

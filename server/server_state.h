@@ -1,6 +1,8 @@
 #pragma once
 // Private to server/: the daemon's state, owned by its one io_context thread.
 
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -11,6 +13,7 @@
 #include <asio.hpp>
 
 #include "common/job_spec.h"
+#include "journal/journal.h"
 #include "net/access.h"
 #include "net/connection.h"
 #include "net/convert.h"
@@ -76,6 +79,35 @@ class Server {
   void check_heartbeats();
   void send_cancels(const std::vector<sched::Assignment>& held);
 
+  // journaling.cc: the durability contract (DESIGN.md). Every state change is recorded when the
+  // scheduler accepts it; what a client sees is sent only once the records behind it are synced.
+  // Opens the journal and replays it into the scheduler (nothing to do with --no-journal).
+  Status open_journal();
+  void restore(journal::Seq seq, journal::schema::Event::Reader event);
+  // Appends the event (after the task batches pending before it) to the open group. Once the
+  // journal failed, records are dropped (the failure was reported and submissions are refused).
+  // Nothing waits for a record nobody has seen: the commit comes when a client's reply needs
+  // it, or within kLazyCommit.
+  void record(journal::EventMessage& event);
+  // Task starts and ends wait in memory until the next record or commit, then go out as one
+  // record per job and worker: a few bytes per task, and one sync for many worker messages.
+  void record_task(bool started, WorkerId worker, TaskKey key, int64_t time);
+  void flush_task_batches();
+  void record_requeued(const std::vector<TaskKey>& tasks);
+  bool all_durable() const;
+  void arm_lazy_commit();
+  void commit_now();
+  void commit_journal();
+  void on_commit(journal::Seq upto, const Status& status);
+  void fail_journal(const std::string& error);
+  // Runs `fn` once every record appended so far is synced (at once when none is pending), with
+  // the error of a failed journal.
+  void when_durable(std::function<void(const Status&)> fn);
+  // Sends the reply once the state it shows is durable (or an error, if it never will be).
+  void respond(net::Connection& c, capnp::MessageBuilder& reply);
+  void handle_journal_prune(net::Connection& c);
+  void handle_journal_flush(net::Connection& c);
+
   // client_api.cc
   void on_client_request(const std::shared_ptr<net::Connection>& connection, net::Message& message);
   void reply_error(net::Connection& connection, const std::string& error);
@@ -106,6 +138,27 @@ class Server {
   asio::steady_timer heartbeat_timer_;
   bool schedule_pending_ = false;
   bool stopping_ = false;
+
+  std::unique_ptr<journal::Journal> journal_;
+  fs::path journal_path_;
+  Status journal_status_ = Status::ok();  // the error that stopped the journal
+  journal::Seq appended_seq_ = 0;         // the last record appended
+  journal::Seq committed_seq_ = 0;        // the last record handed to commit()
+  journal::Seq durable_seq_ = 0;          // the last record known synced
+  bool commit_posted_ = false;
+  bool lazy_commit_armed_ = false;
+  asio::steady_timer lazy_commit_timer_;
+  struct PendingTask {
+    TaskKey key;
+    int64_t time;
+    WorkerId worker;
+  };
+  std::vector<PendingTask> pending_started_, pending_finished_;
+  std::deque<std::pair<journal::Seq, std::function<void(const Status&)>>> durable_waiters_;
+  journal::Seq start_seq_ = 0;  // of this run's serverStarted record
+  uint32_t restored_jobs_ = 0;
+  uint64_t restored_tasks_ = 0;
+  uint32_t replay_ms_ = 0;
 
   sched::Scheduler scheduler_;
   std::map<JobId, JobRecord> jobs_;

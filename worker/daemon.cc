@@ -16,6 +16,7 @@
 #include "net/access.h"
 #include "net/connection.h"
 #include "net/convert.h"
+#include "output-stream/stream.h"
 #include "worker/process.h"
 
 namespace hq::worker {
@@ -23,7 +24,7 @@ namespace {
 
 struct JobBody {
   TaskBodySpec body;
-  std::string stream;
+  std::string stream;  // absolute; empty: no stream (see JobDescriptionSpec::stream)
 };
 
 struct RunningTask {
@@ -31,7 +32,12 @@ struct RunningTask {
   pid_t pid = 0;
   std::vector<uint32_t> cpus;  // indices
   bool canceled = false;
+  // The writer of the job's stream directory, when a channel of the task goes there.
+  std::shared_ptr<stream::StreamWriter> stream;
+  std::string stream_error;  // the first failed write of this task's records; fails the task
 };
+
+constexpr Millis kStreamFlushInterval{1000};
 
 // Resolves `path` against `base` unless it is absolute.
 std::string resolve(const std::string& base, const std::string& path) {
@@ -47,7 +53,8 @@ class Worker {
         runner_(io),
         signals_(io, SIGINT, SIGTERM),
         heartbeat_timer_(io),
-        idle_timer_(io) {}
+        idle_timer_(io),
+        stream_flush_timer_(io) {}
 
   Status start() {
     auto access = net::read_access_file(access_file_path(options_.server_dir));
@@ -166,6 +173,7 @@ class Worker {
   }
 
   void start_queued() {
+    if (shut_down_) return;  // exits of killed tasks must not start queued ones
     while (!queue_.empty() && job_cpus(queue_.front().job) <= free_cpus_.size()) {
       TaskKey key = queue_.front();
       queue_.pop_front();
@@ -206,8 +214,20 @@ class Worker {
     SpawnSpec spec;
     spec.argv = job.body.program;
     spec.cwd = cwd;
+    // With a stream directory, an empty output path means "into the stream".
+    spec.capture_stdout = !job.stream.empty() && job.body.stdout_path.empty();
+    spec.capture_stderr = !job.stream.empty() && job.body.stderr_path.empty();
     spec.stdout_path = resolve(cwd, expand_placeholders(job.body.stdout_path, values));
     spec.stderr_path = resolve(cwd, expand_placeholders(job.body.stderr_path, values));
+    if (spec.capture_stdout || spec.capture_stderr) {
+      auto writer = stream_writer(resolve(job.body.submit_dir, job.stream));
+      if (!writer) {
+        release_cpus(task.cpus);
+        events_.failed.push_back({key, now, writer.message()});
+        return flush_soon();
+      }
+      task.stream = std::move(*writer);
+    }
     spec.env = job.body.env;
     spec.env.emplace_back("HQ_JOB_ID", values.job_id);
     spec.env.emplace_back("HQ_TASK_ID", values.task_id);
@@ -217,17 +237,83 @@ class Worker {
     spec.env.emplace_back("HQ_WORKER_ID", std::to_string(worker_id_));
     spec.env.emplace_back("HQ_CPUS", cpu_list);
 
-    auto pid =
-        runner_.spawn(spec, [this, ref = key.ref()](ExitStatus status) { on_exit(ref, status); });
+    auto pid = runner_.spawn(
+        spec, [this, ref = key.ref()](ExitStatus status) { on_exit(ref, status); },
+        [this, ref = key.ref()](OutputChannel channel, std::span<const uint8_t> bytes) {
+          on_output(ref, channel, bytes);
+        });
     if (!pid) {
       release_cpus(task.cpus);
       events_.failed.push_back({key, now, pid.message()});
       return flush_soon();
     }
     task.pid = *pid;
+    if (task.stream) {
+      check_stream(task, task.stream->task_start(key, now));
+      schedule_stream_flush();
+    }
     running_[key.ref()] = std::move(task);
     events_.started.push_back({key, now, {}});
     flush_soon();
+  }
+
+  // The writer of stream directory `dir`, created at the first task that needs it: one file per
+  // worker process and directory.
+  Result<std::shared_ptr<stream::StreamWriter>> stream_writer(const std::string& dir) {
+    auto it = stream_writers_.find(dir);
+    if (it != stream_writers_.end()) return it->second;
+    auto created = stream::StreamWriter::create(dir, server_uid_, worker_id_);
+    if (!created) return Error{"cannot create the output stream: " + created.message()};
+    std::shared_ptr<stream::StreamWriter> writer = std::move(*created);
+    stream_writers_.emplace(dir, writer);
+    spdlog::debug("writing output stream file {}", writer->path().string());
+    return writer;
+  }
+
+  // Records the first failed write of `task`'s records. A failed writer stays failed: it is
+  // dropped, so that the next task of its directory starts a new file.
+  void check_stream(RunningTask& task, const Status& st) {
+    if (st || !task.stream_error.empty()) return;
+    task.stream_error = "cannot write the output stream: " + st.message();
+    spdlog::error("task {}.{}: {}", task.key.job, task.key.task, task.stream_error);
+    for (auto it = stream_writers_.begin(); it != stream_writers_.end(); ++it) {
+      if (it->second == task.stream) {
+        stream_writers_.erase(it);
+        break;
+      }
+    }
+  }
+
+  void on_output(TaskRef ref, OutputChannel channel, std::span<const uint8_t> bytes) {
+    auto it = running_.find(ref);
+    if (shut_down_ || it == running_.end() || !it->second.stream) return;
+    RunningTask& task = it->second;
+    if (!task.stream_error.empty()) return;
+    auto ch =
+        channel == OutputChannel::kStdout ? stream::Channel::kStdout : stream::Channel::kStderr;
+    check_stream(task, task.stream->data(task.key, ch, bytes));
+    schedule_stream_flush();
+  }
+
+  // Output of running tasks reaches the files within kStreamFlushInterval (not only at their
+  // end), so that `hq output cat --allow-unfinished` shows it and a killed worker loses little.
+  void schedule_stream_flush() {
+    if (stream_flush_armed_ || shut_down_) return;
+    stream_flush_armed_ = true;
+    stream_flush_timer_.expires_after(kStreamFlushInterval);
+    stream_flush_timer_.async_wait([this](const std::error_code& error) {
+      stream_flush_armed_ = false;
+      if (error || shut_down_) return;
+      for (auto it = stream_writers_.begin(); it != stream_writers_.end();) {
+        if (auto st = it->second->flush(); !st) {
+          // Its tasks see the same error at their next record and fail.
+          spdlog::error("{}", st.message());
+          it = stream_writers_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    });
   }
 
   void on_exit(TaskRef ref, ExitStatus status) {
@@ -237,7 +323,16 @@ class Worker {
     running_.erase(it);
     release_cpus(task.cpus);
     int64_t now = unix_millis_now();
-    if (status.success()) {
+    // A task killed because the worker stops gets no end record: it did not end, it will run
+    // again (a later instance) elsewhere.
+    if (task.stream && !shut_down_) {
+      int32_t code = status.signaled ? -status.signal : status.code;
+      check_stream(task,
+                   task.stream->task_end(task.key, status.success() && !task.canceled, code, now));
+    }
+    if (!task.stream_error.empty()) {
+      events_.failed.push_back({task.key, now, task.stream_error});
+    } else if (status.success()) {
       events_.finished.push_back({task.key, now, {}});
     } else {
       events_.failed.push_back({task.key, now, task.canceled ? "canceled" : describe_exit(status)});
@@ -323,13 +418,23 @@ class Worker {
     }
     flush();  // reports of tasks that ended this turn must reach the server
     runner_.kill_all();
+    close_streams();
     signals_.cancel();
     heartbeat_timer_.cancel();
     idle_timer_.cancel();
+    stream_flush_timer_.cancel();
     if (!connection_ || !connection_->is_open()) return io_.stop();
     connection_->close();
     auto backstop = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(2));
     backstop->async_wait([backstop, this](const std::error_code&) { io_.stop(); });
+  }
+
+  // Flushes, fsyncs and closes every stream file. Output arriving later is dropped.
+  void close_streams() {
+    for (auto& [dir, writer] : stream_writers_) {
+      if (auto st = writer->close(); !st) spdlog::error("{}", st.message());
+    }
+    stream_writers_.clear();
   }
 
   struct Event {
@@ -348,6 +453,7 @@ class Worker {
   asio::signal_set signals_;
   asio::steady_timer heartbeat_timer_;
   asio::steady_timer idle_timer_;
+  asio::steady_timer stream_flush_timer_;
   std::shared_ptr<net::Connection> connection_;
   WorkerId worker_id_ = 0;
   std::string server_uid_;
@@ -355,11 +461,15 @@ class Worker {
   std::unordered_map<JobId, JobBody> jobs_;
   std::deque<TaskKey> queue_;
   std::unordered_map<TaskRef, RunningTask> running_;
+  // By absolute directory. Running tasks share ownership, so a dropped (failed) writer lives
+  // until its last task ends.
+  std::unordered_map<std::string, std::shared_ptr<stream::StreamWriter>> stream_writers_;
   std::vector<uint32_t> free_cpus_;  // a stack; lowest index on top
   Events events_;
   bool flush_pending_ = false;
   bool sent_since_heartbeat_ = false;
   bool idle_armed_ = false;
+  bool stream_flush_armed_ = false;
   bool stopping_on_request_ = false;
   bool shut_down_ = false;
   int exit_code_ = 0;

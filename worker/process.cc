@@ -1,6 +1,7 @@
 #include "worker/process.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/syscall.h>
@@ -119,6 +120,26 @@ Result<UniqueFd> open_output(std::string_view what, const fs::path& path) {
   return fd;
 }
 
+// A pipe for one captured channel: the read end non-blocking and close-on-exec, the write end
+// close-on-exec and never 0, 1 or 2 (like open_output's descriptors).
+Result<std::pair<UniqueFd, UniqueFd>> open_capture_pipe(std::string_view what) {
+  auto fail = [&]() -> Error {
+    return Error{fmt::format("cannot create a pipe for {}: {}", what, errno_text(errno))};
+  };
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) return fail();
+  UniqueFd read_end(fds[0]);
+  UniqueFd write_end(fds[1]);
+  // The child's end must block: programs do not expect EAGAIN on stdout.
+  if (::fcntl(write_end.get(), F_SETFL, 0) != 0) return fail();
+  if (write_end.get() <= STDERR_FILENO) {
+    int moved = ::fcntl(write_end.get(), F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+    if (moved < 0) return fail();
+    write_end = UniqueFd(moved);
+  }
+  return std::pair{std::move(read_end), std::move(write_end)};
+}
+
 // The worker's environment with `overrides` added or replacing same-named entries. The returned
 // pointers refer into `storage` and `environ`.
 std::vector<char*> build_environment(const std::vector<std::pair<std::string, std::string>>& env,
@@ -203,43 +224,80 @@ std::string describe_exit(const ExitStatus& status) {
 // Each child is watched through a pidfd (Linux >= 5.3): the descriptor becomes readable once the
 // child has exited, so no SIGCHLD handler is installed and other children of the process are never
 // touched. The child stays a zombie until it is reaped here, so its pid (and its process group id)
-// cannot be reused while it is in `children`.
+// cannot be reused while it is in `live`. Captured pipes are read on the loop too: a readiness
+// wait, then one non-blocking read into a buffer shared by all children.
 struct ProcessRunner::Impl {
   struct Child {
-    Child(asio::io_context& io, uint64_t serial, int pidfd, ExitHandler on_exit)
-        : serial(serial), pidfd(io, pidfd), on_exit(std::move(on_exit)) {}
+    Child(asio::io_context& io, uint64_t serial, pid_t pid, int pidfd, ExitHandler on_exit,
+          OutputHandler on_output)
+        : serial(serial),
+          pid(pid),
+          pidfd(io, pidfd),
+          on_exit(std::move(on_exit)),
+          on_output(std::move(on_output)) {}
     uint64_t serial;  // tells this child from a later one that reuses its pid
+    pid_t pid;
     asio::posix::stream_descriptor pidfd;
     ExitHandler on_exit;
+    OutputHandler on_output;
+    // Read ends of the captured channels (indexed by OutputChannel); empty once at end-of-file.
+    std::optional<asio::posix::stream_descriptor> pipes[2];
+    std::optional<ExitStatus> status;  // set once reaped
     bool terminating = false;  // terminate() or kill_all() was called: kill the group at exit
     std::optional<asio::steady_timer> kill_timer;
+    std::optional<asio::steady_timer> drain_timer;
   };
 
-  explicit Impl(asio::io_context& io) : io(io), self(std::make_shared<Impl*>(this)) {}
+  Impl(asio::io_context& io, Millis drain_grace)
+      : io(io), drain_grace(drain_grace), self(std::make_shared<Impl*>(this)) {}
   ~Impl();
 
-  Result<pid_t> spawn(const SpawnSpec& spec, ExitHandler on_exit);
-  void watch(pid_t pid, Child& child);
-  void on_ready(pid_t pid, uint64_t serial);
+  Result<pid_t> spawn(const SpawnSpec& spec, ExitHandler on_exit, OutputHandler on_output);
+  Child* find(uint64_t serial);
+  Child* find_live(pid_t pid);
+  void watch(Child& child);
+  void on_ready(uint64_t serial);
+  void watch_pipe(Child& child, OutputChannel channel);
+  // Reads once from a pipe; false when it is closed (end-of-file or error).
+  bool read_pipe(Child& child, OutputChannel channel);
+  void on_readable(uint64_t serial, OutputChannel channel);
+  void on_drain_timeout(uint64_t serial);
+  // Reports the child when it is reaped and its pipes are closed.
+  void finish_if_done(uint64_t serial);
   void terminate(pid_t pid, Millis grace);
   void escalate(pid_t pid, uint64_t serial);
   void kill_all();
 
   asio::io_context& io;
+  Millis drain_grace;
   // Handlers hold a weak reference, so a handler that runs after the runner is gone does nothing.
   std::shared_ptr<Impl*> self;
   uint64_t next_serial = 1;
-  std::unordered_map<pid_t, std::unique_ptr<Child>> children;
+  // Every child not yet reported, by serial; and those not yet reaped, by pid.
+  std::unordered_map<uint64_t, std::unique_ptr<Child>> children;
+  std::unordered_map<pid_t, uint64_t> live;
+  std::vector<uint8_t> buffer = std::vector<uint8_t>(kCaptureChunkBytes);
 };
 
 ProcessRunner::Impl::~Impl() {
   self.reset();
-  for (const auto& [pid, child] : children) signal_group(pid, SIGKILL);
-  for (const auto& [pid, child] : children) reap_blocking(pid);
+  for (const auto& [pid, serial] : live) signal_group(pid, SIGKILL);
+  for (const auto& [pid, serial] : live) reap_blocking(pid);
   children.clear();
 }
 
-Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_exit) {
+ProcessRunner::Impl::Child* ProcessRunner::Impl::find(uint64_t serial) {
+  auto it = children.find(serial);
+  return it == children.end() ? nullptr : it->second.get();
+}
+
+ProcessRunner::Impl::Child* ProcessRunner::Impl::find_live(pid_t pid) {
+  auto it = live.find(pid);
+  return it == live.end() ? nullptr : find(it->second);
+}
+
+Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_exit,
+                                         OutputHandler on_output) {
   if (spec.argv.empty()) return Error{"cannot start a task with an empty command"};
   const std::string& program = spec.argv[0];
   for (const auto& [name, value] : spec.env) {
@@ -256,19 +314,32 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
     }
   }
 
+  // The descriptors the child gets as stdout and stderr (when not /dev/null), and the read ends
+  // of the captured channels.
   UniqueFd out_fd;
   UniqueFd err_fd;
+  UniqueFd read_ends[2];
   fs::path out_path;
-  if (!spec.stdout_path.empty()) {
+  if (spec.capture_stdout) {
+    auto pipe = open_capture_pipe("stdout");
+    if (!pipe) return pipe.error();
+    read_ends[0] = std::move(pipe->first);
+    out_fd = std::move(pipe->second);
+  } else if (!spec.stdout_path.empty()) {
     out_path = resolve_output(spec.stdout_path, spec.cwd);
     auto fd = open_output("stdout", out_path);
     if (!fd) return fd.error();
     out_fd = std::move(*fd);
   }
   bool shared_output = false;
-  if (!spec.stderr_path.empty()) {
+  if (spec.capture_stderr) {
+    auto pipe = open_capture_pipe("stderr");
+    if (!pipe) return pipe.error();
+    read_ends[1] = std::move(pipe->first);
+    err_fd = std::move(pipe->second);
+  } else if (!spec.stderr_path.empty()) {
     fs::path err_path = resolve_output(spec.stderr_path, spec.cwd);
-    if (out_fd.valid() && err_path == out_path) {
+    if (out_fd.valid() && !spec.capture_stdout && err_path == out_path) {
       shared_output = true;
     } else {
       auto fd = open_output("stderr", err_path);
@@ -276,7 +347,6 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
       err_fd = std::move(*fd);
     }
   }
-
   SpawnFileActions actions;
   posix_spawn_file_actions_addopen(actions.get(), STDIN_FILENO, "/dev/null", O_RDONLY, 0);
   if (out_fd.valid()) {
@@ -327,53 +397,163 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
     reap_blocking(pid);
     return Error{fmt::format("cannot watch '{}' (pid {}): {}", program, pid, reason)};
   };
+  // The child holds its own copies now; ours would keep the pipes from ever reaching EOF.
+  out_fd.reset();
+  err_fd.reset();
   int pidfd = pidfd_open(pid);
   if (pidfd < 0) return fail_watch(errno_text(errno));
   std::unique_ptr<Child> child;
+  uint64_t serial = next_serial++;
   try {
-    child = std::make_unique<Child>(io, next_serial++, pidfd, std::move(on_exit));
+    child =
+        std::make_unique<Child>(io, serial, pid, pidfd, std::move(on_exit), std::move(on_output));
   } catch (const std::system_error& e) {
     ::close(pidfd);
     return fail_watch(e.code().message());
   }
+  for (int i = 0; i < 2; ++i) {
+    if (!read_ends[i].valid()) continue;
+    try {
+      child->pipes[i].emplace(io, read_ends[i].get());
+      read_ends[i].release();
+    } catch (const std::system_error& e) {
+      child.reset();
+      return fail_watch(e.code().message());
+    }
+  }
   Child& ref = *child;
-  children.emplace(pid, std::move(child));
+  children.emplace(serial, std::move(child));
+  live.emplace(pid, serial);
   // Registered before the loop next polls, so an already-readable pidfd is not missed.
-  watch(pid, ref);
+  watch(ref);
+  for (auto channel : {OutputChannel::kStdout, OutputChannel::kStderr}) {
+    if (ref.pipes[static_cast<int>(channel)]) watch_pipe(ref, channel);
+  }
   return pid;
 }
 
-void ProcessRunner::Impl::watch(pid_t pid, Child& child) {
+void ProcessRunner::Impl::watch(Child& child) {
   child.pidfd.async_wait(
       asio::posix::descriptor_base::wait_read,
-      [weak = std::weak_ptr<Impl*>(self), pid, serial = child.serial](const asio::error_code& ec) {
+      [weak = std::weak_ptr<Impl*>(self), serial = child.serial](const asio::error_code& ec) {
         if (ec == asio::error::operation_aborted) return;
-        if (auto impl = weak.lock()) (*impl)->on_ready(pid, serial);
+        if (auto impl = weak.lock()) (*impl)->on_ready(serial);
       });
 }
 
-void ProcessRunner::Impl::on_ready(pid_t pid, uint64_t serial) {
-  auto it = children.find(pid);
-  if (it == children.end() || it->second->serial != serial) return;
-  Child& child = *it->second;
+void ProcessRunner::Impl::on_ready(uint64_t serial) {
+  Child* child = find(serial);
+  if (child == nullptr || child->status) return;
+  pid_t pid = child->pid;
   // The leader is a zombie now and still holds the group id: the rest of a terminated task's group
   // goes with it.
-  if (child.terminating) signal_group(pid, SIGKILL);
+  if (child->terminating) signal_group(pid, SIGKILL);
   std::optional<ExitStatus> status = try_reap(pid);
   if (!status) {
-    watch(pid, child);  // not exited after all (a wait error): keep watching
+    watch(*child);  // not exited after all (a wait error): keep watching
     return;
   }
+  live.erase(pid);
+  child->status = status;
+  child->kill_timer.reset();
+  if (child->pipes[0] || child->pipes[1]) {
+    child->drain_timer.emplace(io, drain_grace);
+    child->drain_timer->async_wait(
+        [weak = std::weak_ptr<Impl*>(self), serial](const asio::error_code& ec) {
+          if (ec == asio::error::operation_aborted) return;
+          if (auto impl = weak.lock()) (*impl)->on_drain_timeout(serial);
+        });
+  }
+  finish_if_done(serial);
+}
+
+void ProcessRunner::Impl::watch_pipe(Child& child, OutputChannel channel) {
+  child.pipes[static_cast<int>(channel)]->async_wait(
+      asio::posix::descriptor_base::wait_read,
+      [weak = std::weak_ptr<Impl*>(self), serial = child.serial,
+       channel](const asio::error_code& ec) {
+        if (ec == asio::error::operation_aborted) return;
+        if (auto impl = weak.lock()) (*impl)->on_readable(serial, channel);
+      });
+}
+
+bool ProcessRunner::Impl::read_pipe(Child& child, OutputChannel channel) {
+  auto& pipe = child.pipes[static_cast<int>(channel)];
+  ssize_t n;
+  do {
+    n = ::read(pipe->native_handle(), buffer.data(), buffer.size());
+  } while (n < 0 && errno == EINTR);
+  if (n > 0) {
+    if (child.on_output) {
+      child.on_output(channel, std::span<const uint8_t>(buffer.data(), static_cast<size_t>(n)));
+    }
+    return true;
+  }
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+  if (n < 0) {
+    spdlog::warn("cannot read the {} of child {}: {}",
+                 channel == OutputChannel::kStdout ? "stdout" : "stderr", child.pid,
+                 errno_text(errno));
+  }
+  pipe.reset();  // end-of-file
+  return false;
+}
+
+void ProcessRunner::Impl::on_readable(uint64_t serial, OutputChannel channel) {
+  Child* child = find(serial);
+  if (child == nullptr || !child->pipes[static_cast<int>(channel)]) return;
+  if (read_pipe(*child, channel)) {
+    // The output handler may have done anything with the runner: look the child up again.
+    child = find(serial);
+    if (child != nullptr && child->pipes[static_cast<int>(channel)]) watch_pipe(*child, channel);
+    return;
+  }
+  finish_if_done(serial);
+}
+
+void ProcessRunner::Impl::on_drain_timeout(uint64_t serial) {
+  // A descendant holds a pipe open: hand over what it wrote so far, then give up on it. The
+  // reads are bounded, so a descendant that writes without pause cannot keep the loop here.
+  constexpr int kMaxReads = 64;
+  for (auto channel : {OutputChannel::kStdout, OutputChannel::kStderr}) {
+    for (int i = 0; i < kMaxReads; ++i) {
+      Child* child = find(serial);
+      if (child == nullptr) return;
+      auto& pipe = child->pipes[static_cast<int>(channel)];
+      if (!pipe) break;
+      pollfd p{pipe->native_handle(), POLLIN, 0};
+      if (::poll(&p, 1, 0) != 1) break;  // nothing readable now
+      if (!read_pipe(*child, channel)) break;
+    }
+  }
+  Child* child = find(serial);
+  if (child == nullptr) return;
+  for (auto& pipe : child->pipes) {
+    if (pipe) {
+      spdlog::debug("child {} exited {} ago; closing its output pipe that a descendant holds",
+                    child->pid, drain_grace.count());
+      pipe.reset();  // cancels the pending wait
+    }
+  }
+  finish_if_done(serial);
+}
+
+void ProcessRunner::Impl::finish_if_done(uint64_t serial) {
+  auto it = children.find(serial);
+  if (it == children.end()) return;
+  Child& child = *it->second;
+  if (!child.status || child.pipes[0] || child.pipes[1]) return;
   ExitHandler handler = std::move(child.on_exit);
+  ExitStatus status = *child.status;
   children.erase(it);
   // Last: the handler may spawn, terminate or even destroy the runner.
-  if (handler) handler(*status);
+  if (handler) handler(status);
 }
 
 void ProcessRunner::Impl::terminate(pid_t pid, Millis grace) {
-  auto it = children.find(pid);
-  if (it == children.end()) return;
-  Child& child = *it->second;
+  Child* found = find_live(pid);
+  if (found == nullptr) return;
+  Child& child = *found;
   child.terminating = true;
   signal_group(pid, SIGINT);
   auto deadline = asio::steady_timer::clock_type::now() + grace;
@@ -388,24 +568,26 @@ void ProcessRunner::Impl::terminate(pid_t pid, Millis grace) {
 }
 
 void ProcessRunner::Impl::escalate(pid_t pid, uint64_t serial) {
-  auto it = children.find(pid);
-  if (it == children.end() || it->second->serial != serial) return;
+  auto it = live.find(pid);
+  if (it == live.end() || it->second != serial) return;
   signal_group(pid, SIGKILL);
 }
 
 void ProcessRunner::Impl::kill_all() {
-  for (auto& [pid, child] : children) {
-    child->terminating = true;
+  for (auto& [pid, serial] : live) {
+    children.at(serial)->terminating = true;
     signal_group(pid, SIGKILL);
   }
 }
 
-ProcessRunner::ProcessRunner(asio::io_context& io) : impl_(std::make_unique<Impl>(io)) {}
+ProcessRunner::ProcessRunner(asio::io_context& io, Millis drain_grace)
+    : impl_(std::make_unique<Impl>(io, drain_grace)) {}
 
 ProcessRunner::~ProcessRunner() = default;
 
-Result<pid_t> ProcessRunner::spawn(const SpawnSpec& spec, ExitHandler on_exit) {
-  return impl_->spawn(spec, std::move(on_exit));
+Result<pid_t> ProcessRunner::spawn(const SpawnSpec& spec, ExitHandler on_exit,
+                                   OutputHandler on_output) {
+  return impl_->spawn(spec, std::move(on_exit), std::move(on_output));
 }
 
 void ProcessRunner::terminate(pid_t pid, Millis grace) { impl_->terminate(pid, grace); }

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -504,6 +505,102 @@ TEST_F(ProcessTest, DestructorKillsAndReapsChildren) {
   io_.restart();
   io_.poll();
   EXPECT_FALSE(called);
+}
+
+// What a child wrote to its captured channels, as handed to the OutputHandler.
+struct Captured {
+  std::string out, err;
+  size_t largest_piece = 0;
+  ProcessRunner::OutputHandler handler() {
+    return [this](OutputChannel channel, std::span<const uint8_t> bytes) {
+      largest_piece = std::max(largest_piece, bytes.size());
+      (channel == OutputChannel::kStdout ? out : err)
+          .append(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    };
+  }
+};
+
+TEST_F(ProcessTest, CapturedChannelsArriveInPiecesBeforeTheExit) {
+  // 300 KB on stdout (more than a pipe holds), then lines on both channels.
+  SpawnSpec spec = shell("head -c 300000 /dev/zero | tr '\\0' x; echo; echo err >&2; echo end");
+  spec.capture_stdout = true;
+  spec.capture_stderr = true;
+  spec.stdout_path = (dir_ / "ignored.txt").string();
+  Captured captured;
+  std::optional<ExitStatus> exit;
+  std::string out_at_exit, err_at_exit;
+  auto pid = runner_->spawn(
+      spec,
+      [&](ExitStatus status) {
+        exit = status;
+        out_at_exit = captured.out;
+        err_at_exit = captured.err;
+      },
+      captured.handler());
+  ASSERT_TRUE(pid.is_ok()) << pid.message();
+  ASSERT_TRUE(run_until([&] { return exit.has_value(); }));
+  EXPECT_TRUE(exit->success());
+  EXPECT_EQ(out_at_exit, std::string(300000, 'x') + "\nend\n");
+  EXPECT_EQ(err_at_exit, "err\n");
+  EXPECT_LE(captured.largest_piece, ProcessRunner::kCaptureChunkBytes);
+  EXPECT_FALSE(fs::exists(dir_ / "ignored.txt"));
+  EXPECT_EQ(runner_->running(), 0u);
+}
+
+TEST_F(ProcessTest, CapturesOneChannelAndKeepsTheOtherInItsFile) {
+  SpawnSpec spec = shell("echo out; echo err >&2");
+  spec.stdout_path = (dir_ / "out.txt").string();
+  spec.stderr_path = spec.stdout_path;  // would share the file if stderr were not captured
+  spec.capture_stderr = true;
+  Captured captured;
+  std::optional<ExitStatus> exit;
+  ASSERT_TRUE(runner_
+                  ->spawn(
+                      spec, [&](ExitStatus st) { exit = st; }, captured.handler())
+                  .is_ok());
+  ASSERT_TRUE(run_until([&] { return exit.has_value(); }));
+  EXPECT_EQ(read_file(dir_ / "out.txt"), "out\n");
+  EXPECT_EQ(captured.out, "");
+  EXPECT_EQ(captured.err, "err\n");
+}
+
+TEST_F(ProcessTest, DescendantHoldingTheCapturePipeDelaysTheExitByTheGraceOnly) {
+  runner_.emplace(io_, 300ms);
+  // The background sleep inherits stdout and outlives the child.
+  SpawnSpec spec = shell("echo before; sleep 1000 & echo after; exit 5");
+  spec.capture_stdout = true;
+  Captured captured;
+  std::optional<ExitStatus> exit;
+  auto begin = Clock::now();
+  auto pid = runner_->spawn(
+      spec, [&](ExitStatus st) { exit = st; }, captured.handler());
+  ASSERT_TRUE(pid.is_ok()) << pid.message();
+  ASSERT_TRUE(run_until([&] { return exit.has_value(); }));
+  auto took = Clock::now() - begin;
+  EXPECT_EQ(exit->code, 5);
+  EXPECT_EQ(captured.out, "before\nafter\n");
+  EXPECT_GE(took, 300ms);
+  EXPECT_LT(took, 20s);
+  // The sleep is still in the child's process group.
+  EXPECT_EQ(::kill(-*pid, SIGKILL), 0);
+}
+
+TEST_F(ProcessTest, KilledChildWithCapturedOutputIsReported) {
+  ReadyPipe ready;
+  SpawnSpec spec = shell("echo partial; echo ready >&2; exec sleep 1000");
+  spec.capture_stdout = true;
+  spec.stderr_path = ready.path();
+  Captured captured;
+  std::optional<ExitStatus> exit;
+  auto pid = runner_->spawn(
+      spec, [&](ExitStatus st) { exit = st; }, captured.handler());
+  ASSERT_TRUE(pid.is_ok()) << pid.message();
+  ready.close_write();
+  ASSERT_EQ(ready.read_line(), "ready");
+  runner_->terminate(*pid, 0ms);
+  ASSERT_TRUE(run_until([&] { return exit.has_value(); }));
+  EXPECT_TRUE(exit->signaled);
+  EXPECT_EQ(captured.out, "partial\n");
 }
 
 TEST(DescribeExitTest, Texts) {

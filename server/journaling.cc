@@ -1,0 +1,360 @@
+// The server's side of the durability contract (DESIGN.md): records every state change in the
+// journal as the scheduler accepts it, holds back what clients see until it is synced, and
+// rebuilds the state from the journal at start.
+//
+// Why records follow the scheduler rather than precede it: the scheduler decides whether a report
+// changes anything (a stale or duplicate report does not), and only changes are recorded, in the
+// order they were applied. Replaying them in that order rebuilds the same state. Workers may act
+// on a change before it is synced (a finished task frees its CPUs at once), but no client sees
+// it before: every reply goes through respond(), which waits for the records appended before it.
+// A crash in between loses only changes nobody was told about; a task whose end was lost runs
+// again, and no client ever saw it finished.
+
+#include <algorithm>
+#include <chrono>
+#include <tuple>
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "net/framing.h"
+#include "server/server_state.h"
+
+namespace hq::server {
+
+namespace schema = journal::schema;
+
+// --- Start: open and replay -------------------------------------------------------------------
+
+Status Server::open_journal() {
+  if (options_.no_journal) return Status::ok();
+  journal_path_ =
+      options_.journal.empty() ? journal_dir_path(options_.server_dir) : options_.journal;
+  journal::Options options;
+  options.post = [this](std::function<void()> fn) { asio::post(io_, std::move(fn)); };
+  auto opened = journal::Journal::open(journal_path_, std::move(options));
+  if (!opened) return Status::error("cannot open the journal: " + opened.message());
+  journal_ = std::move(*opened);
+
+  const auto begin = std::chrono::steady_clock::now();
+  auto stats = journal_->replay(
+      {}, [this](journal::Seq seq, schema::Event::Reader event) { restore(seq, event); });
+  if (!stats) return Status::error("cannot replay the journal: " + stats.message());
+  scheduler_.finish_restore();
+  for (auto& [id, job] : jobs_) {
+    ++restored_jobs_;
+    sched::TaskCounts counts = scheduler_.counts(id);
+    restored_tasks_ += counts.total();
+    if (!counts.complete()) job.end_time = 0;  // end_time held the last end seen
+  }
+  const auto& recovery = journal_->recovery();
+  last_job_id_ = std::max(last_job_id_, recovery.max_job_id);
+  last_worker_id_ = std::max(last_worker_id_, recovery.max_worker_id);
+  replay_ms_ = static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now() - begin)
+                                         .count());
+  // The first line of the log: what came back, and how long it took.
+  spdlog::info("restored {} job(s) and {} task(s) from the journal '{}' in {} ms ({} events)",
+               restored_jobs_, restored_tasks_, journal_path_.string(), replay_ms_, stats->events);
+  for (const auto& line : recovery.damage) spdlog::warn("journal damage: {}", line);
+  for (const auto& line : stats->damage) spdlog::warn("journal damage: {}", line);
+  return Status::ok();
+}
+
+void Server::restore(journal::Seq seq, schema::Event::Reader e) {
+  const int64_t time = e.getTime();
+  auto note_end = [this](JobId job, int64_t t) {
+    auto it = jobs_.find(job);
+    if (it != jobs_.end()) it->second.end_time = std::max(it->second.end_time, t);
+  };
+  auto ended = [&](auto r, sched::TaskState state, std::string error = {}) {
+    scheduler_.restore_ended({r.getJob(), r.getTask(), r.getInstance()}, state, time,
+                             std::move(error));
+    note_end(r.getJob(), time);
+  };
+  switch (e.which()) {
+    case schema::Event::JOB_SUBMITTED: {
+      auto submitted = e.getJobSubmitted();
+      const JobId id = submitted.getJob();
+      auto description = journal::from_record(submitted.getDescription());
+      sched::JobSpec spec;
+      if (description) {
+        spec = {id, description->task_ids, description->body.cpus, description->priority};
+      }
+      Status added = description ? scheduler_.add_job(spec) : Status(description.status());
+      if (!added) {
+        spdlog::warn("journal seq {}: job {} cannot be restored: {}", seq, id, added.message());
+        return;
+      }
+      JobRecord& record = jobs_[id];
+      record.description = std::move(*description);
+      record.submit_time = time;
+      last_job_id_ = std::max(last_job_id_, id);
+      return;
+    }
+    case schema::Event::TASK_STARTED: {
+      auto r = e.getTaskStarted();
+      scheduler_.restore_started({r.getJob(), r.getTask(), r.getInstance()}, r.getWorker(), time);
+      return;
+    }
+    case schema::Event::TASKS_STARTED: {
+      auto batch = e.getTasksStarted();
+      for (auto t : batch.getTasks()) {
+        scheduler_.restore_started({batch.getJob(), t.getTask(), t.getInstance()},
+                                   batch.getWorker(), t.getTime());
+      }
+      return;
+    }
+    case schema::Event::TASK_FINISHED:
+      return ended(e.getTaskFinished(), sched::TaskState::kFinished);
+    case schema::Event::TASKS_FINISHED: {
+      auto batch = e.getTasksFinished();
+      int64_t last = 0;
+      for (auto t : batch.getTasks()) {
+        scheduler_.restore_ended({batch.getJob(), t.getTask(), t.getInstance()},
+                                 sched::TaskState::kFinished, t.getTime());
+        last = std::max(last, t.getTime());
+      }
+      note_end(batch.getJob(), last);
+      return;
+    }
+    case schema::Event::TASK_FAILED:
+      return ended(e.getTaskFailed(), sched::TaskState::kFailed,
+                   e.getTaskFailed().getError().cStr());
+    case schema::Event::TASK_CANCELED:
+      return ended(e.getTaskCanceled(), sched::TaskState::kCanceled);
+    case schema::Event::JOB_CANCELED:
+      scheduler_.cancel_job(e.getJobCanceled().getJob(), time);
+      note_end(e.getJobCanceled().getJob(), time);
+      return;
+    case schema::Event::TASK_REQUEUED: {
+      auto r = e.getTaskRequeued();
+      scheduler_.restore_requeued({r.getJob(), r.getTask(), r.getInstance()}, r.getCrashCounter());
+      return;
+    }
+    case schema::Event::JOB_FORGOTTEN:  // not written yet (no `job forget`)
+    case schema::Event::SERVER_STARTED:
+    case schema::Event::WORKER_CONNECTED:
+    case schema::Event::WORKER_LOST:
+      return;  // ids continue from the journal's state record; workers reconnect anew
+  }
+}
+
+// --- Recording --------------------------------------------------------------------------------
+
+namespace {
+
+// How long a record nobody waits for may stay unsynced. A crash loses at most this much of the
+// task starts and ends; no client has seen them, so the tasks may run again.
+constexpr auto kLazyCommit = std::chrono::milliseconds(20);
+
+}  // namespace
+
+void Server::record(journal::EventMessage& event) {
+  if (!journal_ || !journal_status_) return;
+  flush_task_batches();
+  auto seq = journal_->append(event.message());
+  if (!seq) return fail_journal(seq.message());
+  appended_seq_ = *seq;
+  arm_lazy_commit();
+}
+
+void Server::record_task(bool started, WorkerId worker, TaskKey key, int64_t time) {
+  if (!journal_ || !journal_status_) return;
+  (started ? pending_started_ : pending_finished_).push_back({key, time, worker});
+  arm_lazy_commit();
+}
+
+void Server::flush_task_batches() {
+  if (!journal_ || !journal_status_) {
+    pending_started_.clear();
+    pending_finished_.clear();
+    return;
+  }
+  // Starts before ends: a task in both was started first. Within each, one record per job and
+  // worker, in the order of their first task.
+  for (bool started : {true, false}) {
+    auto& tasks = started ? pending_started_ : pending_finished_;
+    std::stable_sort(tasks.begin(), tasks.end(), [](const PendingTask& a, const PendingTask& b) {
+      return std::tie(a.key.job, a.worker) < std::tie(b.key.job, b.worker);
+    });
+    for (size_t begin = 0; begin < tasks.size();) {
+      size_t end = begin;
+      while (end < tasks.size() && tasks[end].key.job == tasks[begin].key.job &&
+             tasks[end].worker == tasks[begin].worker) {
+        ++end;
+      }
+      journal::EventMessage message(tasks[end - 1].time);
+      auto batch =
+          started ? message.event().initTasksStarted() : message.event().initTasksFinished();
+      batch.setJob(tasks[begin].key.job);
+      batch.setWorker(tasks[begin].worker);
+      auto list = batch.initTasks(static_cast<unsigned>(end - begin));
+      for (size_t i = begin; i < end; ++i) {
+        list[i - begin].setTask(tasks[i].key.task);
+        list[i - begin].setInstance(tasks[i].key.instance);
+        list[i - begin].setTime(tasks[i].time);
+      }
+      auto seq = journal_->append(message.message());
+      if (!seq) {
+        pending_started_.clear();
+        pending_finished_.clear();
+        return fail_journal(seq.message());
+      }
+      appended_seq_ = *seq;
+      begin = end;
+    }
+    tasks.clear();
+  }
+}
+
+bool Server::all_durable() const {
+  return !journal_ ||
+         (durable_seq_ >= appended_seq_ && pending_started_.empty() && pending_finished_.empty());
+}
+
+void Server::arm_lazy_commit() {
+  if (lazy_commit_armed_ || stopping_) return;
+  lazy_commit_armed_ = true;
+  lazy_commit_timer_.expires_after(kLazyCommit);
+  lazy_commit_timer_.async_wait([this](const std::error_code& error) {
+    lazy_commit_armed_ = false;
+    if (!error) commit_journal();
+  });
+}
+
+void Server::commit_now() {
+  if (commit_posted_) return;
+  commit_posted_ = true;
+  // After the events of this loop iteration: they share the commit.
+  asio::post(io_, [this] {
+    commit_posted_ = false;
+    commit_journal();
+  });
+}
+
+void Server::commit_journal() {
+  if (!journal_ || !journal_status_) return;
+  flush_task_batches();
+  if (appended_seq_ <= committed_seq_) return;
+  committed_seq_ = appended_seq_;
+  const journal::Seq upto = appended_seq_;
+  journal_->commit([this, upto](Status status) { on_commit(upto, status); });
+}
+
+void Server::on_commit(journal::Seq upto, const Status& status) {
+  if (!status) return fail_journal(status.message());
+  durable_seq_ = std::max(durable_seq_, upto);
+  while (!durable_waiters_.empty() && durable_waiters_.front().first <= durable_seq_) {
+    auto fn = std::move(durable_waiters_.front().second);
+    durable_waiters_.pop_front();
+    fn(Status::ok());
+  }
+}
+
+void Server::fail_journal(const std::string& error) {
+  if (!journal_status_) return;
+  journal_status_ = Status::error(fmt::format(
+      "the journal '{}' cannot store changes ({}); the server refuses new submissions and shows "
+      "no state it could not store: restart it once the disk is fixed",
+      journal_path_.string(), error));
+  spdlog::critical("{}", journal_status_.message());
+  auto waiters = std::move(durable_waiters_);
+  durable_waiters_.clear();
+  for (auto& [seq, fn] : waiters) fn(journal_status_);
+}
+
+void Server::when_durable(std::function<void(const Status&)> fn) {
+  if (!journal_status_) return fn(journal_status_);
+  if (all_durable()) return fn(Status::ok());
+  flush_task_batches();
+  if (!journal_status_) return fn(journal_status_);
+  durable_waiters_.emplace_back(appended_seq_, std::move(fn));
+  commit_now();  // somebody waits
+}
+
+void Server::respond(net::Connection& c, capnp::MessageBuilder& reply) {
+  if (journal_status_ && all_durable()) return c.send(reply);
+  auto frame = std::make_shared<kj::Array<capnp::word>>(net::encode(reply));
+  when_durable([this, frame,
+                weak = std::weak_ptr<net::Connection>(c.shared_from_this())](const Status& status) {
+    auto connection = weak.lock();
+    if (!connection) return;
+    if (!status) return reply_error(*connection, status.message());
+    connection->send_frame(std::move(*frame));
+  });
+}
+
+void Server::record_requeued(const std::vector<TaskKey>& tasks) {
+  if (!journal_) return;
+  const int64_t now = unix_millis_now();
+  for (const TaskKey& key : tasks) {
+    journal::EventMessage message(now);
+    auto e = message.event().initTaskRequeued();
+    e.setJob(key.job);
+    e.setTask(key.task);
+    e.setInstance(key.instance);
+    e.setCrashCounter(scheduler_.crash_count(key.job, key.task));
+    record(message);
+  }
+}
+
+// --- hq journal prune / flush -----------------------------------------------------------------
+
+void Server::handle_journal_prune(net::Connection& c) {
+  if (!journal_) return reply_error(c, "the server runs without a journal (--no-journal)");
+  if (!journal_status_) return reply_error(c, journal_status_.message());
+  IdSetBuilder complete;
+  uint32_t pruned = 0;
+  for (const auto& [id, job] : jobs_) {
+    if (scheduler_.counts(id).complete()) {
+      complete.add(id);
+      ++pruned;
+    }
+  }
+  const uint64_t before = journal_->size_on_disk();
+  Status st = pruned ? journal_->prune(std::move(complete).build()) : Status::ok();
+  // Server and worker events of earlier runs go too: nothing replays them.
+  if (st && start_seq_ > 0) st = journal_->prune_global(start_seq_);
+  if (!st) return reply_error(c, "cannot prune the journal: " + st.message());
+  spdlog::info("pruning the journal: {} completed job(s)", pruned);
+  auto weak = std::weak_ptr<net::Connection>(c.shared_from_this());
+  flush_task_batches();
+  committed_seq_ = appended_seq_;
+  journal_->commit([this, weak, pruned, before, upto = appended_seq_](Status committed) {
+    on_commit(upto, committed);
+    if (!committed) {
+      if (auto connection = weak.lock()) reply_error(*connection, committed.message());
+      return;
+    }
+    // Compacted, so that the space is back on the file system when the client hears of it.
+    journal_->compact([this, weak, pruned, before](Status compacted) {
+      auto connection = weak.lock();
+      if (!connection) return;
+      if (!compacted) return reply_error(*connection, "journal compaction: " + compacted.message());
+      capnp::MallocMessageBuilder reply;
+      auto r = reply.initRoot<wire::ClientResponse>().initJournalPruned();
+      r.setPrunedJobs(pruned);
+      r.setSizeBefore(before);
+      r.setSizeAfter(journal_->size_on_disk());
+      connection->send(reply);
+    });
+  });
+}
+
+void Server::handle_journal_flush(net::Connection& c) {
+  if (!journal_) return reply_error(c, "the server runs without a journal (--no-journal)");
+  if (!journal_status_) return reply_error(c, journal_status_.message());
+  auto weak = std::weak_ptr<net::Connection>(c.shared_from_this());
+  journal_->flush([this, weak](Status flushed) {
+    auto connection = weak.lock();
+    if (!connection) return;
+    if (!flushed) return reply_error(*connection, "journal flush: " + flushed.message());
+    capnp::MallocMessageBuilder reply;
+    reply.initRoot<wire::ClientResponse>().setOk();
+    connection->send(reply);
+  });
+}
+
+}  // namespace hq::server
