@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstdlib>
 #include <iostream>
 #include <set>
 
@@ -131,6 +133,30 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
     throw CommandError{fmt::format("invalid --array '{}': an id is listed twice", o.array)};
   }
   job.priority = o.priority;
+  if (!o.time_limit.empty()) {
+    Millis limit = must(parse_duration(o.time_limit), "invalid --time-limit");
+    if (limit.count() <= 0) throw CommandError{"invalid --time-limit: it must be positive"};
+    job.body.time_limit_ms = static_cast<uint64_t>(limit.count());
+  }
+  if (o.crash_limit == "unlimited") {
+    job.crash_limit = 0;
+  } else if (o.crash_limit == "never-restart") {
+    job.crash_limit = 1;
+  } else if (!o.crash_limit.empty()) {
+    char* end = nullptr;
+    errno = 0;
+    unsigned long n = std::strtoul(o.crash_limit.c_str(), &end, 10);
+    if (o.crash_limit[0] == '-' || *end != '\0' || errno || n == 0 || n > 0xffff) {
+      throw CommandError{fmt::format(
+          "invalid --crash-limit '{}': use a number from 1 to 65535, never-restart or unlimited",
+          o.crash_limit)};
+    }
+    job.crash_limit = static_cast<uint32_t>(n);
+  }
+  if (o.max_fails) {
+    if (*o.max_fails < 0) throw CommandError{"invalid --max-fails: it must be 0 or more"};
+    job.max_fails = *o.max_fails;
+  }
   if (o.stream) {
     if (o.stream->empty()) throw CommandError{"--stream needs a directory"};
     job.stream = (fs::path(submit_dir) / *o.stream).lexically_normal().string();
@@ -275,6 +301,9 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
     j["stderr"] = body.getStderr().cStr();
     j["stream"] = stream.empty() ? json(nullptr) : json(stream);
     j["submit_dir"] = body.getSubmitDir().cStr();
+    j["time_limit_ms"] = body.getTimeLimitMs() ? json(body.getTimeLimitMs()) : json(nullptr);
+    j["crash_limit"] = desc.getCrashLimit() ? json(desc.getCrashLimit()) : json("unlimited");
+    j["max_fails"] = desc.getMaxFails() >= 0 ? json(desc.getMaxFails()) : json(nullptr);
     out.push_back(j);
     if (!text.empty()) text += "\n";
     text += render_pairs({
@@ -290,6 +319,11 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"Stdout", output_text(body.getStdout())},
         {"Stderr", output_text(body.getStderr())},
         {"Stream", stream.empty() ? "none" : stream},
+        {"Time limit", body.getTimeLimitMs()
+                           ? format_duration(Millis(static_cast<int64_t>(body.getTimeLimitMs())))
+                           : "none"},
+        {"Crash limit", desc.getCrashLimit() ? std::to_string(desc.getCrashLimit()) : "unlimited"},
+        {"Max fails", desc.getMaxFails() >= 0 ? std::to_string(desc.getMaxFails()) : "none"},
         {"Submitted", time_text(s.getSubmitTime())},
         {"Finished", time_text(s.getEndTime())},
         {"Duration", duration_text(s.getSubmitTime(), s.getEndTime())},

@@ -21,6 +21,9 @@ struct SubmitOptions {
   std::optional<std::string> stderr_path;
   std::vector<std::string> env;
   std::optional<std::string> stream;  // --stream DIR
+  std::string time_limit;             // a duration; empty: none
+  std::string crash_limit;            // N, never-restart, unlimited; empty: the default
+  std::optional<int64_t> max_fails;
   bool wait = false;
   std::vector<std::string> program;
 };

@@ -92,6 +92,7 @@ json event_json(Event::Reader e) {
     case Event::TASK_FAILED:
       task(e.getTaskFailed());
       j["error"] = text(e.getTaskFailed().getError());
+      if (e.getTaskFailed().getWorker()) j["worker"] = e.getTaskFailed().getWorker();
       break;
     case Event::TASK_CANCELED:
       task(e.getTaskCanceled());
@@ -119,25 +120,51 @@ json event_json(Event::Reader e) {
       j["worker"] = e.getWorkerLost().getWorker();
       j["reason"] = text(e.getWorkerLost().getReason());
       break;
+    case Event::JOB_ABORTED:
+      j["job"] = e.getJobAborted().getJob();
+      break;
     case Event::TASKS_STARTED:  // printed task by task (for_each_task_event)
     case Event::TASKS_FINISHED:
+    case Event::TASKS_ASSIGNED:
+    case Event::TASKS_RETRACTED:
       break;
   }
   return j;
 }
 
-// The server writes tasks-started and tasks-finished batches; readers see one task-started or
-// task-finished event per task, with the batch's seq and the task's own time.
+// The server writes task events in batches (tasks-assigned, -started, -finished, -retracted);
+// readers see one event per task (task-assigned...), with the batch's seq and the task's time.
+using schema_batch = journal::schema::TaskBatch::Reader;
 void for_each_task_event(Event::Reader e, const std::function<void(int64_t, json)>& fn) {
-  const bool started = e.which() == Event::TASKS_STARTED;
-  if (!started && e.which() != Event::TASKS_FINISHED) return fn(e.getTime(), event_json(e));
-  auto batch = started ? e.getTasksStarted() : e.getTasksFinished();
+  const char* type = nullptr;
+  schema_batch batch;
+  switch (e.which()) {
+    case Event::TASKS_STARTED:
+      type = "task-started";
+      batch = e.getTasksStarted();
+      break;
+    case Event::TASKS_FINISHED:
+      type = "task-finished";
+      batch = e.getTasksFinished();
+      break;
+    case Event::TASKS_ASSIGNED:
+      type = "task-assigned";
+      batch = e.getTasksAssigned();
+      break;
+    case Event::TASKS_RETRACTED:
+      type = "task-retracted";
+      batch = e.getTasksRetracted();
+      break;
+    default:
+      return fn(e.getTime(), event_json(e));
+  }
+  const bool with_worker = e.which() != Event::TASKS_FINISHED;
   for (auto t : batch.getTasks()) {
-    json j = {{"type", started ? "task-started" : "task-finished"},
+    json j = {{"type", type},
               {"job", batch.getJob()},
               {"task", t.getTask()},
               {"instance", t.getInstance()}};
-    if (started) j["worker"] = batch.getWorker();
+    if (with_worker) j["worker"] = batch.getWorker();
     fn(t.getTime(), std::move(j));
   }
 }
@@ -283,6 +310,14 @@ class Fold {
         break;
       case Event::JOB_FORGOTTEN:
         if (jobs_.erase(e.getJobForgotten().getJob())) ++forgotten_;
+        break;
+      case Event::JOB_ABORTED:
+        if (JobFold* job = find(e.getJobAborted().getJob())) {
+          job->rest = TaskState::kAborted;
+          for (auto& [id, state] : job->tasks) {
+            if (!ended(state)) state = TaskState::kAborted;
+          }
+        }
         break;
       default:
         break;

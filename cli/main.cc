@@ -27,8 +27,9 @@ Millis duration_option(const std::string& flag, const std::string& text) {
 // Options of `hq submit` and the global ones that take a value.
 bool takes_value(std::string_view option) {
   static const std::string_view kValued[] = {
-      "--name",   "--array", "--cpus",   "--priority",   "--cwd",         "--stdout",
-      "--stderr", "--env",   "--stream", "--server-dir", "--output-mode", "--log-level"};
+      "--name",        "--array",     "--cpus",       "--priority",    "--cwd",
+      "--stdout",      "--stderr",    "--env",        "--stream",      "--time-limit",
+      "--crash-limit", "--max-fails", "--server-dir", "--output-mode", "--log-level"};
   if (option.find('=') != std::string_view::npos) return false;
   return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
 }
@@ -166,6 +167,13 @@ int run(int argc, char** argv) {
         "Send the stdout and stderr of every task into this stream directory (read it "
         "with `hq output`); an explicit --stdout or --stderr keeps that channel in files");
     s->add_option("--env", submit.env, "KEY=VALUE for the tasks; repeatable")->take_last();
+    s->add_option(
+        "--time-limit", submit.time_limit,
+        "Kill a task that runs longer (e.g. 30s, 2h); it fails with 'Time limit reached'");
+    s->add_option("--crash-limit", submit.crash_limit,
+                  "Lost workers a task may outlive: N, never-restart or unlimited (default 5)");
+    s->add_option("--max-fails", submit.max_fails,
+                  "Abort the job's remaining tasks once more than N tasks failed");
     s->add_flag("--wait", submit.wait, "Wait until the job ends (exit code as `hq job wait`)");
     s->footer("The program and its arguments follow the options, best after `--`.");
     s->callback([&] { code = cmd_submit(g, submit); });

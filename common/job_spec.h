@@ -21,7 +21,12 @@ struct TaskBodySpec {
   std::string stderr_path;
   std::string submit_dir;
   uint32_t cpus = 1;
+  uint64_t time_limit_ms = 0;  // a task running longer is killed ("Time limit reached"); 0: none
 };
+
+// Default of `--crash-limit`: how many lost workers a task may outlive.
+inline constexpr uint32_t kDefaultCrashLimit = 5;
+inline constexpr int64_t kNoMaxFails = -1;
 
 struct JobDescriptionSpec {
   std::string name;
@@ -31,6 +36,11 @@ struct JobDescriptionSpec {
   // Output stream directory (absolute; `hq submit --stream`, docs/stream-format.md): the channels
   // whose path is empty go there. Empty: no stream, per-task files.
   std::string stream;
+  // A task whose worker is lost while running it for the crash_limit-th time fails instead of
+  // running again; 0: unlimited (`--crash-limit unlimited`), 1: `never-restart`.
+  uint32_t crash_limit = kDefaultCrashLimit;
+  // More failed tasks than this abort the job's remaining tasks; kNoMaxFails: never.
+  int64_t max_fails = kNoMaxFails;
 };
 
 }  // namespace hq

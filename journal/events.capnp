@@ -52,6 +52,7 @@ struct TaskBody {
   stderr @4 :Text;          # pattern; empty means discard
   submitDir @5 :Text;
   cpus @6 :UInt32;
+  timeLimitMs @7 :UInt64;   # 0: none
 }
 
 struct JobDescription {
@@ -60,6 +61,8 @@ struct JobDescription {
   priority @2 :Int32;
   body @3 :TaskBody;
   stream @4 :Text;          # output stream directory; empty: per-task files
+  crashLimit @5 :UInt32 = 5; # 0: unlimited
+  maxFails @6 :Int64 = -1;   # -1: none
 }
 
 # --- Events ---
@@ -93,6 +96,7 @@ struct TaskFailed {
   task @1 :UInt32;
   instance @2 :UInt32;
   error @3 :Text;
+  worker @4 :UInt32;        # 0: none (e.g. failed by its crash limit after its worker was lost)
 }
 
 # The task goes back to waiting (its worker was lost); it will run as `instance`.
@@ -154,6 +158,12 @@ struct Event {
     # The batched forms of taskStarted and taskFinished, which the server writes.
     tasksStarted @12 :TaskBatch;
     tasksFinished @13 :TaskBatch;
+    # The job's max-fails limit was exceeded: every task not yet ended becomes aborted.
+    jobAborted @14 :JobRef;
+    # Tasks handed to a worker (sent only once this is synced: after a crash they count as
+    # possibly started), and tasks a worker gave back unstarted (waiting again, same instance).
+    tasksAssigned @15 :TaskBatch;
+    tasksRetracted @16 :TaskBatch;
     # Next: alloc-queue events (queue created, removed, allocation submitted, ended),
     # job open/close.
   }

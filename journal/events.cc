@@ -99,6 +99,15 @@ void check(Event::Reader event) {
     case Event::TASKS_FINISHED:
       check(event.getTasksFinished());
       break;
+    case Event::JOB_ABORTED:
+      (void)event.getJobAborted().getJob();
+      break;
+    case Event::TASKS_ASSIGNED:
+      check(event.getTasksAssigned());
+      break;
+    case Event::TASKS_RETRACTED:
+      check(event.getTasksRetracted());
+      break;
   }
 }
 
@@ -182,6 +191,12 @@ const char* event_type_name(Event::Which which) {
       return "tasks-started";
     case Event::TASKS_FINISHED:
       return "tasks-finished";
+    case Event::JOB_ABORTED:
+      return "job-aborted";
+    case Event::TASKS_ASSIGNED:
+      return "tasks-assigned";
+    case Event::TASKS_RETRACTED:
+      return "tasks-retracted";
   }
   return "unknown";
 }
@@ -208,6 +223,12 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getTasksStarted().getJob();
     case Event::TASKS_FINISHED:
       return event.getTasksFinished().getJob();
+    case Event::JOB_ABORTED:
+      return event.getJobAborted().getJob();
+    case Event::TASKS_ASSIGNED:
+      return event.getTasksAssigned().getJob();
+    case Event::TASKS_RETRACTED:
+      return event.getTasksRetracted().getJob();
     case Event::SERVER_STARTED:
     case Event::WORKER_CONNECTED:
     case Event::WORKER_LOST:
@@ -239,7 +260,10 @@ void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder ou
   body.setStderr(job.body.stderr_path);
   body.setSubmitDir(job.body.submit_dir);
   body.setCpus(job.body.cpus);
+  body.setTimeLimitMs(job.body.time_limit_ms);
   out.setStream(job.stream);
+  out.setCrashLimit(job.crash_limit);
+  out.setMaxFails(job.max_fails);
 }
 
 Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
@@ -266,7 +290,10 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
   out.body.stderr_path = text(body.getStderr());
   out.body.submit_dir = text(body.getSubmitDir());
   out.body.cpus = body.getCpus();
+  out.body.time_limit_ms = body.getTimeLimitMs();
   out.stream = text(job.getStream());
+  out.crash_limit = job.getCrashLimit();
+  out.max_fails = job.getMaxFails();
   return out;
 }
 

@@ -61,6 +61,7 @@ void to_wire(const TaskBodySpec& body, wire::TaskBody::Builder out) {
   out.setStderr(body.stderr_path);
   out.setSubmitDir(body.submit_dir);
   out.setCpus(body.cpus);
+  out.setTimeLimitMs(body.time_limit_ms);
 }
 
 TaskBodySpec from_wire(wire::TaskBody::Reader body) {
@@ -72,6 +73,7 @@ TaskBodySpec from_wire(wire::TaskBody::Reader body) {
   out.stderr_path = body.getStderr().cStr();
   out.submit_dir = body.getSubmitDir().cStr();
   out.cpus = body.getCpus();
+  out.time_limit_ms = body.getTimeLimitMs();
   return out;
 }
 
@@ -81,6 +83,8 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
   out.setPriority(job.priority);
   to_wire(job.body, out.initBody());
   out.setStream(job.stream);
+  out.setCrashLimit(job.crash_limit);
+  out.setMaxFails(job.max_fails);
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
@@ -92,6 +96,8 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
   out.priority = job.getPriority();
   out.body = from_wire(job.getBody());
   out.stream = job.getStream().cStr();
+  out.crash_limit = job.getCrashLimit();
+  out.max_fails = job.getMaxFails();
   return out;
 }
 

@@ -67,6 +67,7 @@ struct TaskBody {
   stderr @4 :Text;          # pattern; empty means discard
   submitDir @5 :Text;
   cpus @6 :UInt32;
+  timeLimitMs @7 :UInt64;   # 0: none
 }
 
 struct JobDescription {
@@ -75,6 +76,8 @@ struct JobDescription {
   priority @2 :Int32;
   body @3 :TaskBody;
   stream @4 :Text;          # output stream directory; empty: per-task files
+  crashLimit @5 :UInt32 = 5; # 0: unlimited
+  maxFails @6 :Int64 = -1;   # -1: none
 }
 
 # --- Client <-> server ------------------------------------------------------------------------

@@ -61,7 +61,9 @@ class Job {
   const JobId id;
   const uint32_t cpus;
   const int32_t priority;
-  bool open = false;  // more tasks may come (open jobs): complete jobs are kOpened
+  bool open = false;         // more tasks may come (open jobs): complete jobs are kOpened
+  uint32_t crash_limit = 0;  // see JobSpec
+  int64_t max_fails = -1;
   const TaskIdMap ids;
   std::vector<TaskSlot> slots;  // by index
   TaskCounts counts;

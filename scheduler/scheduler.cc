@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <set>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -129,6 +130,9 @@ struct Scheduler::Impl {
   uint64_t retracting_cpus = 0;  // over all workers
 
   std::set<JobId> completed;  // for take_completed_jobs
+  std::vector<TaskKey> crash_failures;
+  std::vector<JobId> aborted_jobs;
+  std::vector<Assignment> kills;
 
   // Scratch space of schedule(), kept to avoid reallocating.
   std::vector<WorkerSlot*> candidates;
@@ -257,8 +261,37 @@ struct Scheduler::Impl {
     s.end_time = time;
     if (error) h->job->errors[h->index] = std::move(*error);
     release(*h->w, *h->job, h->index);
+    if (to == TaskState::kFailed) check_max_fails(*h->job, time);
     note_completion(*h->job);
     return true;
+  }
+
+  // Every task of `job` not yet ended becomes `to` (canceled or aborted) at `now`; the held ones
+  // are appended to `held` (their workers must kill them).
+  void end_job(Job& job, TaskState to, int64_t now, std::vector<Assignment>& held) {
+    ready_tasks -= job.ready();
+    job.clear_ready();
+    leave_ready(job);
+    for (uint32_t i = 0; i < job.size(); ++i) {
+      TaskSlot& s = job.slots[i];
+      if (ended(s.state)) continue;
+      if (s.flags & kHeld) {
+        WorkerSlot& w = *find_worker(s.worker);
+        held.push_back({w.id, {job.id, job.ids.id_at(i), s.instance}});
+        clear_retraction(w, job, s);
+        if (s.state == TaskState::kRunning) --w.running;
+      }
+      job.set_state(s, to);
+      s.end_time = now;
+    }
+    note_completion(job);
+  }
+
+  void check_max_fails(Job& job, int64_t now) {
+    if (job.max_fails < 0 || job.counts[TaskState::kFailed] <= job.max_fails) return;
+    if (job.counts.complete()) return;
+    end_job(job, TaskState::kAborted, now, kills);
+    aborted_jobs.push_back(job.id);
   }
 
   // --- schedule() ----------------------------------------------------------------------------
@@ -421,11 +454,12 @@ Status Scheduler::add_worker(WorkerId id, uint32_t cpus) {
   return Status::ok();
 }
 
-std::vector<TaskKey> Scheduler::remove_worker(WorkerId id) {
+std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool lost) {
   Impl& m = *impl_;
   std::vector<TaskKey> back;
   WorkerSlot* w = m.find_worker(id);
   if (!w || !w->connected) return back;
+  std::vector<Job*> failed_jobs;
   for (const HeldTask& h : w->held) {
     Job& job = *h.job;
     TaskSlot& s = job.slots[h.index];
@@ -434,7 +468,18 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id) {
     s.held_pos = 0;
     if (ended(s.state)) continue;  // canceled: nothing to run again
     if (s.state == TaskState::kRunning) {
-      if (s.crashes < std::numeric_limits<uint16_t>::max()) ++s.crashes;
+      if (lost && s.crashes < std::numeric_limits<uint16_t>::max()) ++s.crashes;
+      if (lost && job.crash_limit > 0 && s.crashes >= job.crash_limit) {
+        job.set_state(s, TaskState::kFailed);
+        s.end_time = now;
+        job.errors[h.index] = fmt::format(
+            "Task was running on a worker that was lost {} time(s); its crash limit ({}) is "
+            "reached",
+            s.crashes, job.crash_limit);
+        m.crash_failures.push_back({job.id, job.ids.id_at(h.index), s.instance});
+        failed_jobs.push_back(&job);
+        continue;
+      }
       job.set_state(s, TaskState::kWaiting);
     }
     ++s.instance;
@@ -446,6 +491,10 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id) {
   w->held.shrink_to_fit();
   w->held_cpus = w->retracting_cpus = w->running = w->stuck = 0;
   w->connected = false;
+  for (Job* job : failed_jobs) {
+    m.check_max_fails(*job, now);
+    m.note_completion(*job);
+  }
   return back;
 }
 
@@ -462,6 +511,8 @@ Status Scheduler::add_job(const JobSpec& spec) {
   Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
   if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
   auto job = std::make_unique<Job>(spec.id, spec.cpus, spec.priority, std::move(ids).value());
+  job->crash_limit = spec.crash_limit;
+  job->max_fails = spec.max_fails;
   Job& ref = *job;
   impl_->jobs.emplace(spec.id, std::move(job));
   impl_->job_index.emplace(spec.id, &ref);
@@ -481,26 +532,14 @@ Status Scheduler::validate_job(const JobSpec& spec) {
 }
 
 std::vector<Assignment> Scheduler::cancel_job(JobId id, int64_t now) {
-  Impl& m = *impl_;
   std::vector<Assignment> kill;
-  Job* job = m.find_job(id);
-  if (!job) return kill;
-  m.ready_tasks -= job->ready();
-  job->clear_ready();
-  m.leave_ready(*job);
-  for (uint32_t i = 0; i < job->size(); ++i) {
-    TaskSlot& s = job->slots[i];
-    if (ended(s.state)) continue;
-    if (s.flags & kHeld) {
-      WorkerSlot& w = *m.find_worker(s.worker);
-      kill.push_back({w.id, {job->id, job->ids.id_at(i), s.instance}});
-      m.clear_retraction(w, *job, s);
-      if (s.state == TaskState::kRunning) --w.running;
-    }
-    job->set_state(s, TaskState::kCanceled);
-    s.end_time = now;
-  }
-  m.note_completion(*job);
+  if (Job* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kCanceled, now, kill);
+  return kill;
+}
+
+std::vector<Assignment> Scheduler::abort_job(JobId id, int64_t now) {
+  std::vector<Assignment> kill;
+  if (Job* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kAborted, now, kill);
   return kill;
 }
 
@@ -566,7 +605,8 @@ bool Scheduler::restore_started(TaskKey key, WorkerId worker, int64_t time) {
   return true;
 }
 
-bool Scheduler::restore_ended(TaskKey key, TaskState state, int64_t time, std::string error) {
+bool Scheduler::restore_ended(TaskKey key, TaskState state, int64_t time, std::string error,
+                              WorkerId worker) {
   if (!ended(state)) return false;
   std::optional<Found> f = find_task(impl_->job_index, key);
   if (!f) return false;
@@ -575,6 +615,7 @@ bool Scheduler::restore_ended(TaskKey key, TaskState state, int64_t time, std::s
   f->job->set_state(s, state);
   s.instance = key.instance;
   s.end_time = time;
+  if (worker != 0) s.worker = worker;
   if (state == TaskState::kFailed) {
     f->job->errors[f->index] = std::move(error);
   } else {
@@ -634,6 +675,14 @@ Decisions Scheduler::schedule() {
   m.retract(d);
   return d;
 }
+
+std::vector<TaskKey> Scheduler::take_crash_failures() {
+  return std::exchange(impl_->crash_failures, {});
+}
+
+std::vector<JobId> Scheduler::take_aborted_jobs() { return std::exchange(impl_->aborted_jobs, {}); }
+
+std::vector<Assignment> Scheduler::take_kills() { return std::exchange(impl_->kills, {}); }
 
 std::vector<JobId> Scheduler::take_completed_jobs() {
   std::vector<JobId> out(impl_->completed.begin(), impl_->completed.end());

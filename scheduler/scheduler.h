@@ -54,6 +54,11 @@ struct JobSpec {
   IdSet task_ids;  // any order; duplicates are an error
   uint32_t cpus = 1;
   int32_t priority = 0;  // higher first
+  // A task fails, rather than waiting again, when a worker is lost under it for the
+  // crash_limit-th time; 0: never.
+  uint32_t crash_limit = 0;
+  // More failed tasks than this abort every task of the job not yet ended; negative: never.
+  int64_t max_fails = -1;
 };
 
 struct Assignment {
@@ -101,8 +106,9 @@ class Scheduler {
   Status add_worker(WorkerId id, uint32_t cpus);
   // The worker is gone. Tasks it was running or held queued go back to waiting with instance + 1;
   // canceled tasks it still held are released. Returns the tasks put back (with their new
-  // instance).
-  std::vector<TaskKey> remove_worker(WorkerId id);
+  // instance). When `lost` (not stopped on purpose), each running task's crash counter goes up,
+  // and a task reaching its job's crash limit fails at `now` instead (take_crash_failures()).
+  std::vector<TaskKey> remove_worker(WorkerId id, int64_t now = 0, bool lost = true);
 
   // --- Jobs -----------------------------------------------------------------------------------
   // Fails on a known job id, an empty or duplicated id set, or zero CPUs.
@@ -131,8 +137,10 @@ class Scheduler {
   // finish_restore(), which must come before any other call but add_job and cancel_job.
   // The task ran as key.instance on `worker` from `time`.
   bool restore_started(TaskKey key, WorkerId worker, int64_t time);
-  // The task ended as key.instance at `time`: kFinished, kFailed (with `error`) or kCanceled.
-  bool restore_ended(TaskKey key, TaskState state, int64_t time, std::string error = {});
+  // The task ended as key.instance at `time`: kFinished, kFailed (with `error`) or kCanceled;
+  // on `worker` unless 0.
+  bool restore_ended(TaskKey key, TaskState state, int64_t time, std::string error = {},
+                     WorkerId worker = 0);
   // The task went back to waiting, to run next as key.instance, after `crashes` lost workers.
   bool restore_requeued(TaskKey key, uint32_t crashes);
   // Ends the restore: tasks still running (the server that ran them is gone) wait again with
@@ -149,6 +157,15 @@ class Scheduler {
 
   // Jobs that became complete (no waiting or running task) since the last call, in id order.
   std::vector<JobId> take_completed_jobs();
+  // Tasks failed by their crash limit since the last call (their error says so).
+  std::vector<TaskKey> take_crash_failures();
+  // Jobs whose remaining tasks were aborted by their max-fails limit since the last call, in
+  // order, and the aborted tasks that workers hold, which the server must tell them to kill.
+  std::vector<JobId> take_aborted_jobs();
+  std::vector<Assignment> take_kills();
+  // Every task of the job not yet ended becomes aborted at `now` (restore of a journaled abort).
+  // Returns the held ones, as cancel_job does.
+  std::vector<Assignment> abort_job(JobId id, int64_t now);
 
   // --- Queries --------------------------------------------------------------------------------
   bool has_job(JobId id) const;

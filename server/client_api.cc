@@ -91,7 +91,8 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
   if (!journal_status_) return reply_error(c, journal_status_.message());
 
   JobId id = last_job_id_ + 1;
-  sched::JobSpec spec{id, job->task_ids, job->body.cpus, job->priority};
+  sched::JobSpec spec{
+      id, job->task_ids, job->body.cpus, job->priority, job->crash_limit, job->max_fails};
   if (auto st = sched::Scheduler::validate_job(spec); !st) {
     return reply_error(c, "invalid job: " + st.message());
   }
@@ -110,7 +111,9 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
                 description = std::move(*job)](const Status& stored) mutable {
     auto connection = weak.lock();
     if (!stored) {
-      if (connection) reply_error(*connection, "the job was not stored: " + stored.message());
+      if (connection) {
+        reply_error(*connection, "the job may not have been stored: " + stored.message());
+      }
       return;
     }
     if (auto st = scheduler_.add_job(spec); !st) {  // validated above: a bug
@@ -195,6 +198,8 @@ void Server::handle_job_info(net::Connection& c, wire::JobSelector::Reader selec
 }
 
 void Server::handle_job_cancel(net::Connection& c, wire::JobSelector::Reader selector) {
+  // A cancel the journal cannot store would kill tasks that run again after a restart.
+  if (!journal_status_) return reply_error(c, journal_status_.message());
   std::vector<JobId> ids = select_jobs(selector);
   int64_t now = unix_millis_now();
   capnp::MallocMessageBuilder reply;
@@ -338,7 +343,7 @@ void Server::handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader
     w.stopping = true;
     capnp::MallocMessageBuilder message;
     message.initRoot<wire::ToWorker>().setStop();
-    w.connection->send(message);
+    send_to_worker(w, message);
     spdlog::info("stopping worker {}", id);
   }
   handle_worker_list(c, ids);

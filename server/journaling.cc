@@ -68,9 +68,9 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
     auto it = jobs_.find(job);
     if (it != jobs_.end()) it->second.end_time = std::max(it->second.end_time, t);
   };
-  auto ended = [&](auto r, sched::TaskState state, std::string error = {}) {
+  auto ended = [&](auto r, sched::TaskState state, std::string error = {}, WorkerId worker = 0) {
     scheduler_.restore_ended({r.getJob(), r.getTask(), r.getInstance()}, state, time,
-                             std::move(error));
+                             std::move(error), worker);
     note_end(r.getJob(), time);
   };
   switch (e.which()) {
@@ -80,7 +80,12 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
       auto description = journal::from_record(submitted.getDescription());
       sched::JobSpec spec;
       if (description) {
-        spec = {id, description->task_ids, description->body.cpus, description->priority};
+        spec = {id,
+                description->task_ids,
+                description->body.cpus,
+                description->priority,
+                description->crash_limit,
+                description->max_fails};
       }
       Status added = description ? scheduler_.add_job(spec) : Status(description.status());
       if (!added) {
@@ -98,6 +103,23 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
       scheduler_.restore_started({r.getJob(), r.getTask(), r.getInstance()}, r.getWorker(), time);
       return;
     }
+    case schema::Event::TASKS_ASSIGNED: {
+      // Possibly started before the crash: treated as running, so it comes back as instance + 1.
+      auto batch = e.getTasksAssigned();
+      for (auto t : batch.getTasks()) {
+        scheduler_.restore_started({batch.getJob(), t.getTask(), t.getInstance()},
+                                   batch.getWorker(), 0);
+      }
+      return;
+    }
+    case schema::Event::TASKS_RETRACTED: {
+      auto batch = e.getTasksRetracted();
+      for (auto t : batch.getTasks()) {
+        scheduler_.restore_requeued({batch.getJob(), t.getTask(), t.getInstance()},
+                                    scheduler_.crash_count(batch.getJob(), t.getTask()));
+      }
+      return;
+    }
     case schema::Event::TASKS_STARTED: {
       auto batch = e.getTasksStarted();
       for (auto t : batch.getTasks()) {
@@ -113,7 +135,7 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
       int64_t last = 0;
       for (auto t : batch.getTasks()) {
         scheduler_.restore_ended({batch.getJob(), t.getTask(), t.getInstance()},
-                                 sched::TaskState::kFinished, t.getTime());
+                                 sched::TaskState::kFinished, t.getTime(), {}, batch.getWorker());
         last = std::max(last, t.getTime());
       }
       note_end(batch.getJob(), last);
@@ -121,7 +143,7 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
     }
     case schema::Event::TASK_FAILED:
       return ended(e.getTaskFailed(), sched::TaskState::kFailed,
-                   e.getTaskFailed().getError().cStr());
+                   e.getTaskFailed().getError().cStr(), e.getTaskFailed().getWorker());
     case schema::Event::TASK_CANCELED:
       return ended(e.getTaskCanceled(), sched::TaskState::kCanceled);
     case schema::Event::JOB_CANCELED:
@@ -133,6 +155,10 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
       scheduler_.restore_requeued({r.getJob(), r.getTask(), r.getInstance()}, r.getCrashCounter());
       return;
     }
+    case schema::Event::JOB_ABORTED:
+      scheduler_.abort_job(e.getJobAborted().getJob(), time);
+      note_end(e.getJobAborted().getJob(), time);
+      return;
     case schema::Event::JOB_FORGOTTEN:  // not written yet (no `job forget`)
     case schema::Event::SERVER_STARTED:
     case schema::Event::WORKER_CONNECTED:
@@ -160,22 +186,20 @@ void Server::record(journal::EventMessage& event) {
   arm_lazy_commit();
 }
 
-void Server::record_task(bool started, WorkerId worker, TaskKey key, int64_t time) {
+void Server::record_task(TaskRecord kind, WorkerId worker, TaskKey key, int64_t time) {
   if (!journal_ || !journal_status_) return;
-  (started ? pending_started_ : pending_finished_).push_back({key, time, worker});
+  pending_tasks_[static_cast<int>(kind)].push_back({key, time, worker});
   arm_lazy_commit();
 }
 
 void Server::flush_task_batches() {
-  if (!journal_ || !journal_status_) {
-    pending_started_.clear();
-    pending_finished_.clear();
-    return;
-  }
-  // Starts before ends: a task in both was started first. Within each, one record per job and
-  // worker, in the order of their first task.
-  for (bool started : {true, false}) {
-    auto& tasks = started ? pending_started_ : pending_finished_;
+  auto clear = [this] {
+    for (auto& tasks : pending_tasks_) tasks.clear();
+  };
+  if (!journal_ || !journal_status_) return clear();
+  for (int kind = 0; kind < 3; ++kind) {
+    auto& tasks = pending_tasks_[kind];
+    // One record per job and worker, in the order of their first task.
     std::stable_sort(tasks.begin(), tasks.end(), [](const PendingTask& a, const PendingTask& b) {
       return std::tie(a.key.job, a.worker) < std::tie(b.key.job, b.worker);
     });
@@ -186,8 +210,10 @@ void Server::flush_task_batches() {
         ++end;
       }
       journal::EventMessage message(tasks[end - 1].time);
-      auto batch =
-          started ? message.event().initTasksStarted() : message.event().initTasksFinished();
+      auto e = message.event();
+      auto batch = kind == 0   ? e.initTasksAssigned()
+                   : kind == 1 ? e.initTasksStarted()
+                               : e.initTasksFinished();
       batch.setJob(tasks[begin].key.job);
       batch.setWorker(tasks[begin].worker);
       auto list = batch.initTasks(static_cast<unsigned>(end - begin));
@@ -198,8 +224,7 @@ void Server::flush_task_batches() {
       }
       auto seq = journal_->append(message.message());
       if (!seq) {
-        pending_started_.clear();
-        pending_finished_.clear();
+        clear();
         return fail_journal(seq.message());
       }
       appended_seq_ = *seq;
@@ -210,8 +235,11 @@ void Server::flush_task_batches() {
 }
 
 bool Server::all_durable() const {
-  return !journal_ ||
-         (durable_seq_ >= appended_seq_ && pending_started_.empty() && pending_finished_.empty());
+  if (!journal_) return true;
+  for (const auto& tasks : pending_tasks_) {
+    if (!tasks.empty()) return false;
+  }
+  return durable_seq_ >= appended_seq_;
 }
 
 void Server::arm_lazy_commit() {
@@ -305,6 +333,8 @@ void Server::record_requeued(const std::vector<TaskKey>& tasks) {
 void Server::handle_journal_prune(net::Connection& c) {
   if (!journal_) return reply_error(c, "the server runs without a journal (--no-journal)");
   if (!journal_status_) return reply_error(c, journal_status_.message());
+  // Records still pending go before the range deletions, which then cover them.
+  flush_task_batches();
   IdSetBuilder complete;
   uint32_t pruned = 0;
   for (const auto& [id, job] : jobs_) {
@@ -320,7 +350,6 @@ void Server::handle_journal_prune(net::Connection& c) {
   if (!st) return reply_error(c, "cannot prune the journal: " + st.message());
   spdlog::info("pruning the journal: {} completed job(s)", pruned);
   auto weak = std::weak_ptr<net::Connection>(c.shared_from_this());
-  flush_task_batches();
   committed_seq_ = appended_seq_;
   journal_->commit([this, weak, pruned, before, upto = appended_seq_](Status committed) {
     on_commit(upto, committed);

@@ -13,6 +13,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/host.h"
+#include "net/framing.h"
 #include "server/server_state.h"
 
 namespace hq::server {
@@ -179,7 +180,7 @@ void Server::on_worker(std::shared_ptr<net::Connection> connection) {
         if (auto c = weak.lock()) on_worker_message(c, id.get(), message);
       },
       [this, id](const std::string& reason) {
-        if (*id != 0) on_worker_lost(*id, reason.empty() ? "connection closed" : reason);
+        if (*id != 0) on_worker_lost(*id, reason);
       });
 }
 
@@ -202,9 +203,6 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
       w.connect_time = unix_millis_now();
       w.connection = connection;
       w.last_seen = asio::steady_timer::clock_type::now();
-      if (auto st = scheduler_.add_worker(wid, w.cpus); !st) {
-        throw std::runtime_error(st.message());
-      }
       journal::EventMessage event(w.connect_time);
       auto connected = event.event().initWorkerConnected();
       connected.setWorker(wid);
@@ -213,14 +211,28 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
       connected.setWorkDir(w.work_dir);
       connected.setAddress(w.address);
       record(event);
-      capnp::MallocMessageBuilder reply;
-      auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
-      registered.setWorkerId(wid);
-      registered.setServerUid(access_.server_uid);
-      registered.setHeartbeatMs(static_cast<uint32_t>(options_.heartbeat.count()));
-      connection->send(reply);
-      spdlog::info("worker {} connected from {} ({}, {} cpus)", wid, w.address, w.hostname, w.cpus);
-      request_schedule();
+      // The worker learns its id, and gets tasks, once the id is durable: a crash right after
+      // must not give the same id to the next worker.
+      std::weak_ptr<net::Connection> weak = connection;
+      when_durable([this, weak, wid](const Status& stored) {
+        auto c = weak.lock();
+        if (!c || !c->is_open()) return;
+        if (!stored) return c->close();
+        WorkerRecord& w = workers_.at(wid);
+        if (auto st = scheduler_.add_worker(wid, w.cpus); !st) {
+          spdlog::error("worker {}: {}", wid, st.message());
+          return c->close();
+        }
+        capnp::MallocMessageBuilder reply;
+        auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
+        registered.setWorkerId(wid);
+        registered.setServerUid(access_.server_uid);
+        registered.setHeartbeatMs(static_cast<uint32_t>(options_.heartbeat.count()));
+        c->send(reply);
+        spdlog::info("worker {} connected from {} ({}, {} cpus)", wid, w.address, w.hostname,
+                     w.cpus);
+        request_schedule();
+      });
       return;
     }
     case wire::FromWorker::EVENTS: {
@@ -247,7 +259,7 @@ void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader ev
   for (auto e : events.getStarted()) {
     TaskKey key = net::from_wire(e.getKey());
     if (scheduler_.task_started(w.id, key, e.getTime())) {
-      record_task(/*started=*/true, w.id, key, e.getTime());
+      record_task(TaskRecord::kStarted, w.id, key, e.getTime());
       changed = true;
     }
   }
@@ -256,7 +268,7 @@ void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader ev
     TaskKey key = net::from_wire(e.getKey());
     const bool live = !ended(scheduler_.task(key.job, key.task));
     if (scheduler_.task_finished(w.id, key, e.getTime())) {
-      if (live) record_task(/*started=*/false, w.id, key, e.getTime());
+      if (live) record_task(TaskRecord::kFinished, w.id, key, e.getTime());
       changed = true;
     }
   }
@@ -272,11 +284,30 @@ void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader ev
     failed.setTask(key.task);
     failed.setInstance(key.instance);
     failed.setError(e.getError());
+    failed.setWorker(w.id);
     record(event);
   }
+  // Back to waiting as the same instance, never started (the journal had it as assigned).
+  std::map<JobId, std::vector<TaskKey>> retracted;
   for (auto k : events.getRetracted()) {
-    // Back to waiting as the same instance, never started: nothing the journal must know.
-    changed |= scheduler_.task_retracted(w.id, net::from_wire(k));
+    TaskKey key = net::from_wire(k);
+    if (!scheduler_.task_retracted(w.id, key)) continue;
+    changed = true;
+    if (!ended(scheduler_.task(key.job, key.task))) retracted[key.job].push_back(key);
+  }
+  const int64_t now = unix_millis_now();
+  for (const auto& [job, keys] : retracted) {
+    journal::EventMessage event(now);
+    auto batch = event.event().initTasksRetracted();
+    batch.setJob(job);
+    batch.setWorker(w.id);
+    auto list = batch.initTasks(static_cast<unsigned>(keys.size()));
+    for (size_t i = 0; i < keys.size(); ++i) {
+      list[i].setTask(keys[i].task);
+      list[i].setInstance(keys[i].instance);
+      list[i].setTime(now);
+    }
+    record(event);
   }
   if (changed) after_state_change();
 }
@@ -286,14 +317,31 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
   if (it == workers_.end() || it->second.end_time != 0) return;
   WorkerRecord& w = it->second;
   w.end_time = unix_millis_now();
-  if (w.end_reason.empty()) w.end_reason = w.stopping ? "stopped" : reason;
+  // Stopped on purpose: by `hq worker stop`, or a worker that closed its connection in order
+  // (SIGTERM, idle timeout, time limit). Lost: it crashed, its connection broke, or the server
+  // gave up on its heartbeats (end_reason already set). Only a loss counts as a task's crash.
+  const bool on_purpose = w.stopping || (reason.empty() && w.end_reason.empty());
+  if (w.end_reason.empty()) {
+    w.end_reason = w.stopping ? "stopped" : reason.empty() ? "connection closed" : reason;
+  }
   w.connection.reset();
-  std::vector<TaskKey> requeued = scheduler_.remove_worker(id);
+  std::vector<TaskKey> requeued = scheduler_.remove_worker(id, w.end_time, !on_purpose);
   journal::EventMessage event(w.end_time);
   event.event().initWorkerLost().setWorker(id);
   event.event().getWorkerLost().setReason(w.end_reason);
   record(event);
   record_requeued(requeued);
+  for (const TaskKey& key : scheduler_.take_crash_failures()) {
+    auto view = scheduler_.task(key.job, key.task);
+    journal::EventMessage failed(w.end_time);
+    auto e = failed.event().initTaskFailed();
+    e.setJob(key.job);
+    e.setTask(key.task);
+    e.setInstance(key.instance);
+    if (view && view->error) e.setError(*view->error);
+    record(failed);
+    spdlog::info("task {}.{} failed: its crash limit is reached", key.job, key.task);
+  }
   spdlog::info("worker {} lost: {}; {} task(s) back to waiting", id, w.end_reason, requeued.size());
   after_state_change();
   finish_stop_when_idle();
@@ -331,13 +379,31 @@ void Server::send_cancels(const std::vector<sched::Assignment>& held) {
     if (it == workers_.end() || !it->second.connection) continue;
     capnp::MallocMessageBuilder message;
     net::to_wire(keys, message.initRoot<wire::ToWorker>().initCancel(keys.size()));
-    it->second.connection->send(message);
+    send_to_worker(it->second, message);
   }
+}
+
+void Server::send_to_worker(WorkerRecord& w, capnp::MessageBuilder& message) {
+  if (!w.connection) return;
+  if (all_durable()) return w.connection->send(message);
+  // Behind the assignments waiting for their sync: a worker must never get a cancel or a
+  // retraction before the task it names.
+  auto frame = std::make_shared<kj::Array<capnp::word>>(net::encode(message));
+  when_durable([frame, weak = std::weak_ptr<net::Connection>(w.connection)](const Status&) {
+    if (auto c = weak.lock()) c->send_frame(std::move(*frame));
+  });
 }
 
 // --- Scheduling -------------------------------------------------------------------------------
 
 void Server::after_state_change() {
+  for (JobId id : scheduler_.take_aborted_jobs()) {
+    spdlog::info("job {}: more failed tasks than --max-fails allows; the rest is aborted", id);
+    journal::EventMessage event(unix_millis_now());
+    event.event().initJobAborted().setJob(id);
+    record(event);
+  }
+  send_cancels(scheduler_.take_kills());
   for (JobId id : scheduler_.take_completed_jobs()) {
     auto it = jobs_.find(id);
     if (it != jobs_.end() && it->second.end_time == 0) it->second.end_time = unix_millis_now();
@@ -375,14 +441,20 @@ void Server::run_schedule() {
       jobs[i].setStream(job.description.stream);
     }
     net::to_wire(keys, out.initTasks(keys.size()));
-    if (w.connection) w.connection->send(message);
+    if (!w.connection) continue;
+    // Sent once the assignment is durable, so that after a crash a task the worker may have
+    // started comes back as instance + 1 (never run twice as one instance). Also sent when the
+    // journal failed: the server keeps working, it only stores nothing more.
+    const int64_t now = unix_millis_now();
+    for (const TaskKey& k : keys) record_task(TaskRecord::kAssigned, wid, k, now);
+    send_to_worker(w, message);
   }
 
   for (auto& [wid, keys] : by_worker(decisions.retract)) {
     WorkerRecord& w = workers_.at(wid);
     capnp::MallocMessageBuilder message;
     net::to_wire(keys, message.initRoot<wire::ToWorker>().initRetract(keys.size()));
-    if (w.connection) w.connection->send(message);
+    send_to_worker(w, message);
   }
 }
 

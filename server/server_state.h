@@ -69,6 +69,7 @@ class Server {
   void on_worker(std::shared_ptr<net::Connection> connection);
   void on_worker_message(std::shared_ptr<net::Connection> connection, WorkerId* id,
                          net::Message& message);
+  // `reason` is empty for an orderly close.
   void on_worker_lost(WorkerId id, const std::string& reason);
   void handle_worker_events(WorkerRecord& worker, wire::WorkerEvents::Reader events);
   // Ends the event loop once stop() has closed every connection.
@@ -78,6 +79,8 @@ class Server {
   void after_state_change();
   void check_heartbeats();
   void send_cancels(const std::vector<sched::Assignment>& held);
+  // Sends in order with the messages held back until the journal synced what they depend on.
+  void send_to_worker(WorkerRecord& w, capnp::MessageBuilder& message);
 
   // journaling.cc: the durability contract (DESIGN.md). Every state change is recorded when the
   // scheduler accepts it; what a client sees is sent only once the records behind it are synced.
@@ -89,9 +92,13 @@ class Server {
   // Nothing waits for a record nobody has seen: the commit comes when a client's reply needs
   // it, or within kLazyCommit.
   void record(journal::EventMessage& event);
-  // Task starts and ends wait in memory until the next record or commit, then go out as one
-  // record per job and worker: a few bytes per task, and one sync for many worker messages.
-  void record_task(bool started, WorkerId worker, TaskKey key, int64_t time);
+  // Task assignments, starts and ends wait in memory until the next record or commit, then go
+  // out as one record per kind, job and worker: a few bytes per task, and one sync for many
+  // worker messages. For one task, assignment comes before start before end, so the kinds are
+  // written in that order; anything else (a retraction, a requeue) is a record of its own, which
+  // flushes what is pending first.
+  enum class TaskRecord { kAssigned, kStarted, kFinished };
+  void record_task(TaskRecord kind, WorkerId worker, TaskKey key, int64_t time);
   void flush_task_batches();
   void record_requeued(const std::vector<TaskKey>& tasks);
   bool all_durable() const;
@@ -153,7 +160,7 @@ class Server {
     int64_t time;
     WorkerId worker;
   };
-  std::vector<PendingTask> pending_started_, pending_finished_;
+  std::vector<PendingTask> pending_tasks_[3];  // by TaskRecord
   std::deque<std::pair<journal::Seq, std::function<void(const Status&)>>> durable_waiters_;
   journal::Seq start_seq_ = 0;  // of this run's serverStarted record
   uint32_t restored_jobs_ = 0;

@@ -32,6 +32,8 @@ struct RunningTask {
   pid_t pid = 0;
   std::vector<uint32_t> cpus;  // indices
   bool canceled = false;
+  bool timed_out = false;  // killed by the job's --time-limit
+  std::shared_ptr<asio::steady_timer> time_limit;
   // The writer of the job's stream directory, when a channel of the task goes there.
   std::shared_ptr<stream::StreamWriter> stream;
   std::string stream_error;  // the first failed write of this task's records; fails the task
@@ -248,6 +250,13 @@ class Worker {
       return flush_soon();
     }
     task.pid = *pid;
+    if (job.body.time_limit_ms > 0) {
+      task.time_limit = std::make_shared<asio::steady_timer>(
+          io_, std::chrono::milliseconds(job.body.time_limit_ms));
+      task.time_limit->async_wait([this, ref = key.ref()](const std::error_code& error) {
+        if (!error) on_time_limit(ref);
+      });
+    }
     if (task.stream) {
       check_stream(task, task.stream->task_start(key, now));
       schedule_stream_flush();
@@ -316,11 +325,20 @@ class Worker {
     });
   }
 
+  void on_time_limit(TaskRef ref) {
+    auto it = running_.find(ref);
+    if (it == running_.end() || it->second.canceled || it->second.timed_out) return;
+    it->second.timed_out = true;
+    spdlog::info("task {}.{} reached its time limit", it->second.key.job, it->second.key.task);
+    runner_.terminate(it->second.pid, options_.cancel_grace);
+  }
+
   void on_exit(TaskRef ref, ExitStatus status) {
     auto it = running_.find(ref);
     if (it == running_.end()) return;
     RunningTask task = std::move(it->second);
     running_.erase(it);
+    if (task.time_limit) task.time_limit->cancel();
     release_cpus(task.cpus);
     int64_t now = unix_millis_now();
     // A task killed because the worker stops gets no end record: it did not end, it will run
@@ -328,9 +346,12 @@ class Worker {
     if (task.stream && !shut_down_) {
       int32_t code = status.signaled ? -status.signal : status.code;
       check_stream(task,
-                   task.stream->task_end(task.key, status.success() && !task.canceled, code, now));
+                   task.stream->task_end(
+                       task.key, status.success() && !task.canceled && !task.timed_out, code, now));
     }
-    if (!task.stream_error.empty()) {
+    if (task.timed_out && !task.canceled) {
+      events_.failed.push_back({task.key, now, "Time limit reached"});
+    } else if (!task.stream_error.empty()) {
       events_.failed.push_back({task.key, now, task.stream_error});
     } else if (status.success()) {
       events_.finished.push_back({task.key, now, {}});

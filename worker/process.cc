@@ -213,12 +213,12 @@ std::string describe_exit(const ExitStatus& status) {
   if (!status.signaled) return fmt::format("Program terminated with exit code {}", status.code);
   int sig = status.signal;
   if (const char* abbrev = sigabbrev_np(sig)) {
-    return fmt::format("Program terminated by signal {} (SIG{})", sig, abbrev);
+    return fmt::format("Program terminated. Received signal {} (SIG{})", sig, abbrev);
   }
   if (sig >= SIGRTMIN && sig <= SIGRTMAX) {
-    return fmt::format("Program terminated by signal {} (SIGRTMIN+{})", sig, sig - SIGRTMIN);
+    return fmt::format("Program terminated. Received signal {} (SIGRTMIN+{})", sig, sig - SIGRTMIN);
   }
-  return fmt::format("Program terminated by signal {}", sig);
+  return fmt::format("Program terminated. Received signal {}", sig);
 }
 
 // Each child is watched through a pidfd (Linux >= 5.3): the descriptor becomes readable once the

@@ -42,7 +42,7 @@ struct ExitStatus {
   bool success() const { return !signaled && code == 0; }
 };
 
-// "Program terminated with exit code 3" or "Program terminated by signal 9 (SIGKILL)"... the
+// "Program terminated with exit code 3" or "Program terminated. Received signal 9 (SIGKILL)"... the
 // user-facing error text of a failed task.
 std::string describe_exit(const ExitStatus& status);
 

@@ -54,10 +54,13 @@ def test_restart_keeps_finished_waiting_and_partial_jobs(hq_env):
 
     assert hq_env.job(done)["state"] == "finished"
     tasks = {t["id"]: t for t in hq_env.tasks(partial)}
-    # The two that were running wait again as instance 1; the others never ran.
+    # The two that were running wait again as instance 1. The others never ran; those queued on
+    # the worker (assigned, maybe started for all the journal knows) also get a new instance.
     for t in (1, 2):
         assert tasks[t]["state"] == "waiting" and tasks[t]["instance"] == 1, tasks[t]
-    assert all(tasks[t]["state"] == "waiting" and tasks[t]["instance"] == 0 for t in (3, 4, 5, 6))
+    for t in (3, 4, 5, 6):
+        assert tasks[t]["state"] == "waiting" and tasks[t]["instance"] in (0, 1), tasks[t]
+        assert marks_of(hq_env, partial, t) == []
     assert hq_env.job(waiting)["state"] == "waiting"
 
     gate.touch()
@@ -109,6 +112,30 @@ def test_cancel_and_failure_survive_restart(hq_env):
     assert hq_env.job(canceled)["state"] == "canceled"
 
 
+def test_graceful_stop_and_cancel_of_running_tasks_survive_restart(hq_env):
+    hq_env.start_server()
+    w = hq_env.start_worker(cpus=2)
+    gate = hq_env.root / "gate"
+    running = marker_job(hq_env, "1", gate=gate)
+    canceled = marker_job(hq_env, "1", gate=gate)
+    hq_env.wait_for_task_state(running, 1, "running")
+    hq_env.wait_for_task_state(canceled, 1, "running")
+    hq_env.command(["job", "cancel", str(canceled)])
+    hq_env.command(["server", "stop"])
+    hq_env.server.wait(timeout=30)
+    w.wait(timeout=30)
+    hq_env.start_server()
+    [t] = hq_env.tasks(running)
+    # Stopped on purpose: back to waiting as a new instance, no crash counted.
+    assert t["state"] == "waiting" and t["instance"] == 1 and t["crash_count"] == 0, t
+    assert hq_env.job(canceled)["state"] == "canceled"
+    gate.touch()
+    hq_env.start_worker(cpus=2)
+    assert hq_env.wait_job(running) == 0
+    assert marks_of(hq_env, running, 1) == ["0", "1"]
+    assert marks_of(hq_env, canceled, 1) == ["0"]
+
+
 def test_torn_journal_tail_restarts_cleanly(hq_env):
     hq_env.start_server()
     hq_env.start_worker(cpus=2)
@@ -150,8 +177,11 @@ def test_journal_commands_on_a_running_server(hq_env):
     finished = {(e["event"]["job"], e["event"]["task"]) for e in events
                 if e["event"]["type"] == "task-finished"}
     assert finished == {(j, t) for j in jobs for t in range(1, 51)}
-    only = hq_env.command(["--output-mode", "json", "journal", "replay", "--job", str(jobs[1])])
-    assert all(json.loads(line)["event"]["job"] == jobs[1] for line in only.splitlines())
+    only = [json.loads(line) for line in hq_env.command(
+        ["--output-mode", "json", "journal", "replay", "--job", str(jobs[1])]).splitlines()]
+    assert only[0]["event"]["type"] == "job-submitted"
+    assert len([e for e in only if e["event"]["type"] == "task-finished"]) == 50
+    assert all(e["event"]["job"] == jobs[1] for e in only)
     report = hq_env.json(["journal", "report"])
     assert report["tasks_by_state"]["finished"] == 200
 
@@ -248,5 +278,9 @@ def test_crash_loop(hq_env):
         assert marks_of(hq_env, job, task) == marks, \
             f"task {job}.{task} ran again after a client saw it finished"
     assert len(seen_finished) >= sum(acknowledged.values())
+    # A task that ran again after a crash ran as a new instance, never twice as the same one.
+    for path in (hq_env.root / "marks").iterdir():
+        runs = path.read_text().split()
+        assert len(runs) == len(set(runs)), f"{path.name} ran an instance twice: {runs}"
     # The kills hit a campaign in progress, not a finished one.
     assert kills_mid_campaign >= 5, kills_mid_campaign

@@ -163,7 +163,7 @@ TEST_F(ProcessTest, ReportsDeathBySignal) {
   ExitStatus status = run(shell("kill -SEGV $$"));
   EXPECT_TRUE(status.signaled);
   EXPECT_EQ(status.signal, SIGSEGV);
-  EXPECT_EQ(describe_exit(status), "Program terminated by signal 11 (SIGSEGV)");
+  EXPECT_EQ(describe_exit(status), "Program terminated. Received signal 11 (SIGSEGV)");
 }
 
 TEST_F(ProcessTest, CapturesStdoutAndStderr) {
@@ -334,7 +334,7 @@ TEST_F(ProcessTest, TerminateEscalatesToSigkillAfterGrace) {
   EXPECT_GE(Clock::now() - begin, 300ms);
   EXPECT_TRUE(exit->signaled);
   EXPECT_EQ(exit->signal, SIGKILL);
-  EXPECT_EQ(describe_exit(*exit), "Program terminated by signal 9 (SIGKILL)");
+  EXPECT_EQ(describe_exit(*exit), "Program terminated. Received signal 9 (SIGKILL)");
 }
 
 TEST_F(ProcessTest, TerminateKillsTheWholeProcessGroup) {
@@ -612,15 +612,15 @@ TEST(DescribeExitTest, Texts) {
     status.signal = sig;
     return describe_exit(status);
   };
-  EXPECT_EQ(by(SIGKILL), "Program terminated by signal 9 (SIGKILL)");
-  EXPECT_EQ(by(SIGTERM), "Program terminated by signal 15 (SIGTERM)");
-  EXPECT_EQ(by(SIGINT), "Program terminated by signal 2 (SIGINT)");
-  EXPECT_EQ(by(SIGSEGV), "Program terminated by signal 11 (SIGSEGV)");
-  EXPECT_EQ(by(SIGABRT), "Program terminated by signal 6 (SIGABRT)");
-  EXPECT_EQ(by(SIGBUS), "Program terminated by signal 7 (SIGBUS)");
+  EXPECT_EQ(by(SIGKILL), "Program terminated. Received signal 9 (SIGKILL)");
+  EXPECT_EQ(by(SIGTERM), "Program terminated. Received signal 15 (SIGTERM)");
+  EXPECT_EQ(by(SIGINT), "Program terminated. Received signal 2 (SIGINT)");
+  EXPECT_EQ(by(SIGSEGV), "Program terminated. Received signal 11 (SIGSEGV)");
+  EXPECT_EQ(by(SIGABRT), "Program terminated. Received signal 6 (SIGABRT)");
+  EXPECT_EQ(by(SIGBUS), "Program terminated. Received signal 7 (SIGBUS)");
   EXPECT_EQ(by(SIGRTMIN + 2),
-            "Program terminated by signal " + std::to_string(SIGRTMIN + 2) + " (SIGRTMIN+2)");
-  EXPECT_EQ(by(200), "Program terminated by signal 200");
+            "Program terminated. Received signal " + std::to_string(SIGRTMIN + 2) + " (SIGRTMIN+2)");
+  EXPECT_EQ(by(200), "Program terminated. Received signal 200");
 }
 
 }  // namespace
