@@ -125,15 +125,17 @@ json event_json(Event::Reader e) {
       break;
     case Event::TASKS_STARTED:  // printed task by task (for_each_task_event)
     case Event::TASKS_FINISHED:
-    case Event::TASKS_ASSIGNED:
-    case Event::TASKS_RETRACTED:
+      break;
+    case Event::JOB_RESERVED:
+      j["job"] = e.getJobReserved().getJob();
+      j["tasks"] = e.getJobReserved().getTasks();
       break;
   }
   return j;
 }
 
-// The server writes task events in batches (tasks-assigned, -started, -finished, -retracted);
-// readers see one event per task (task-assigned...), with the batch's seq and the task's time.
+// The server writes task starts and ends in batches (tasks-started, tasks-finished); readers see
+// one task-started or task-finished event per task, with the batch's seq and the task's time.
 using schema_batch = journal::schema::TaskBatch::Reader;
 void for_each_task_event(Event::Reader e, const std::function<void(int64_t, json)>& fn) {
   const char* type = nullptr;
@@ -147,18 +149,10 @@ void for_each_task_event(Event::Reader e, const std::function<void(int64_t, json
       type = "task-finished";
       batch = e.getTasksFinished();
       break;
-    case Event::TASKS_ASSIGNED:
-      type = "task-assigned";
-      batch = e.getTasksAssigned();
-      break;
-    case Event::TASKS_RETRACTED:
-      type = "task-retracted";
-      batch = e.getTasksRetracted();
-      break;
     default:
       return fn(e.getTime(), event_json(e));
   }
-  const bool with_worker = e.which() != Event::TASKS_FINISHED;
+  const bool with_worker = e.which() == Event::TASKS_STARTED;
   for (auto t : batch.getTasks()) {
     json j = {{"type", type},
               {"job", batch.getJob()},

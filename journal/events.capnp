@@ -127,6 +127,11 @@ struct TaskBatch {
   tasks @2 :List(TaskTime);
 }
 
+struct JobReserve {
+  job @0 :UInt32;
+  tasks @1 :UInt32;         # the first that many tasks of the job in id order
+}
+
 struct WorkerConnected {
   worker @0 :UInt32;
   hostname @1 :Text;
@@ -160,10 +165,10 @@ struct Event {
     tasksFinished @13 :TaskBatch;
     # The job's max-fails limit was exceeded: every task not yet ended becomes aborted.
     jobAborted @14 :JobRef;
-    # Tasks handed to a worker (sent only once this is synced: after a crash they count as
-    # possibly started), and tasks a worker gave back unstarted (waiting again, same instance).
-    tasksAssigned @15 :TaskBatch;
-    tasksRetracted @16 :TaskBatch;
+    # Tasks of the job may be handed to workers up to this many (by dense index, in id order):
+    # written and synced before any of them is sent. After a crash, every task not ended below
+    # it may have run, so it comes back as a new instance.
+    jobReserved @15 :JobReserve;
     # Next: alloc-queue events (queue created, removed, allocation submitted, ended),
     # job open/close.
   }

@@ -102,11 +102,8 @@ void check(Event::Reader event) {
     case Event::JOB_ABORTED:
       (void)event.getJobAborted().getJob();
       break;
-    case Event::TASKS_ASSIGNED:
-      check(event.getTasksAssigned());
-      break;
-    case Event::TASKS_RETRACTED:
-      check(event.getTasksRetracted());
+    case Event::JOB_RESERVED:
+      (void)event.getJobReserved().getTasks();
       break;
   }
 }
@@ -193,10 +190,8 @@ const char* event_type_name(Event::Which which) {
       return "tasks-finished";
     case Event::JOB_ABORTED:
       return "job-aborted";
-    case Event::TASKS_ASSIGNED:
-      return "tasks-assigned";
-    case Event::TASKS_RETRACTED:
-      return "tasks-retracted";
+    case Event::JOB_RESERVED:
+      return "job-reserved";
   }
   return "unknown";
 }
@@ -225,10 +220,8 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getTasksFinished().getJob();
     case Event::JOB_ABORTED:
       return event.getJobAborted().getJob();
-    case Event::TASKS_ASSIGNED:
-      return event.getTasksAssigned().getJob();
-    case Event::TASKS_RETRACTED:
-      return event.getTasksRetracted().getJob();
+    case Event::JOB_RESERVED:
+      return event.getJobReserved().getJob();
     case Event::SERVER_STARTED:
     case Event::WORKER_CONNECTED:
     case Event::WORKER_LOST:

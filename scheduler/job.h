@@ -63,6 +63,7 @@ class Job {
   const int32_t priority;
   bool open = false;         // more tasks may come (open jobs): complete jobs are kOpened
   uint32_t crash_limit = 0;  // see JobSpec
+  uint32_t reserved = 0;     // restore only: see Scheduler::restore_reserved
   int64_t max_fails = -1;
   const TaskIdMap ids;
   std::vector<TaskSlot> slots;  // by index

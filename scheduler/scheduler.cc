@@ -636,22 +636,46 @@ bool Scheduler::restore_requeued(TaskKey key, uint32_t crashes) {
   return true;
 }
 
+void Scheduler::restore_reserved(JobId id, uint32_t tasks) {
+  if (Job* job = impl_->find_job(id)) job->reserved = std::max(job->reserved, tasks);
+}
+
+uint32_t Scheduler::fresh_cursor(JobId id) const {
+  const Job* job = impl_->find_job(id);
+  return job ? job->fresh_begin() : 0;
+}
+
+uint64_t Scheduler::restore_restart() {
+  uint64_t back = 0;
+  for (auto& [id, holder] : impl_->jobs) {
+    Job& job = *holder;
+    const uint32_t reserved = std::min(job.reserved, job.size());
+    if (reserved == 0 && job.counts[TaskState::kRunning] == 0) continue;
+    for (uint32_t i = 0; i < job.size(); ++i) {
+      TaskSlot& s = job.slots[i];
+      const bool maybe_ran =
+          s.state == TaskState::kRunning || (s.state == TaskState::kWaiting && i < reserved);
+      if (!maybe_ran) {
+        if (i >= reserved && job.counts[TaskState::kRunning] == 0) break;  // nothing more
+        continue;
+      }
+      if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+      ++s.instance;
+      s.start_time = 0;
+      ++back;
+    }
+    job.reserved = 0;
+  }
+  return back;
+}
+
 uint64_t Scheduler::finish_restore() {
   Impl& m = *impl_;
-  uint64_t back = 0;
+  const uint64_t back = restore_restart();
   for (auto& [id, holder] : m.jobs) {
     Job& job = *holder;
     m.ready_tasks -= job.ready();
     m.leave_ready(job);
-    if (job.counts[TaskState::kRunning] > 0) {
-      for (TaskSlot& s : job.slots) {
-        if (s.state != TaskState::kRunning) continue;
-        job.set_state(s, TaskState::kWaiting);
-        ++s.instance;
-        s.start_time = 0;
-        ++back;
-      }
-    }
     job.rebuild_ready();
     m.ready_tasks += job.ready();
     m.enter_ready(job);

@@ -143,10 +143,19 @@ class Scheduler {
                      WorkerId worker = 0);
   // The task went back to waiting, to run next as key.instance, after `crashes` lost workers.
   bool restore_requeued(TaskKey key, uint32_t crashes);
-  // Ends the restore: tasks still running (the server that ran them is gone) wait again with
-  // instance + 1 and their crash counts kept, and every job's queue is rebuilt. Jobs already
-  // complete are not reported by take_completed_jobs(). Returns how many tasks were put back.
+  // The first `tasks` tasks of the job (dense index, id order) may have been handed to workers.
+  void restore_reserved(JobId id, uint32_t tasks);
+  // A server restart in the history: tasks running then, and waiting tasks within their job's
+  // reservation, wait again with instance + 1 (they may have run as the old one); reservations
+  // start anew. Returns how many tasks got a new instance. finish_restore() ends with one.
+  uint64_t restore_restart();
+  // Ends the restore with restore_restart() (the server that ran the running tasks is gone;
+  // crash counts are kept), then rebuilds every job's queue. Jobs already complete are not reported
+  // by take_completed_jobs(). Returns how many tasks got a new instance.
   uint64_t finish_restore();
+  // How many tasks of the job (dense index, id order) have ever been taken from its queue of
+  // fresh tasks: assignments never go beyond this. 0 for an unknown job.
+  uint32_t fresh_cursor(JobId id) const;
 
   // --- Decisions ------------------------------------------------------------------------------
   // Assigns waiting tasks to workers with room (priority first, then lower job id, then lower

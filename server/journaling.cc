@@ -103,23 +103,9 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
       scheduler_.restore_started({r.getJob(), r.getTask(), r.getInstance()}, r.getWorker(), time);
       return;
     }
-    case schema::Event::TASKS_ASSIGNED: {
-      // Possibly started before the crash: treated as running, so it comes back as instance + 1.
-      auto batch = e.getTasksAssigned();
-      for (auto t : batch.getTasks()) {
-        scheduler_.restore_started({batch.getJob(), t.getTask(), t.getInstance()},
-                                   batch.getWorker(), 0);
-      }
+    case schema::Event::JOB_RESERVED:
+      scheduler_.restore_reserved(e.getJobReserved().getJob(), e.getJobReserved().getTasks());
       return;
-    }
-    case schema::Event::TASKS_RETRACTED: {
-      auto batch = e.getTasksRetracted();
-      for (auto t : batch.getTasks()) {
-        scheduler_.restore_requeued({batch.getJob(), t.getTask(), t.getInstance()},
-                                    scheduler_.crash_count(batch.getJob(), t.getTask()));
-      }
-      return;
-    }
     case schema::Event::TASKS_STARTED: {
       auto batch = e.getTasksStarted();
       for (auto t : batch.getTasks()) {
@@ -159,8 +145,12 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
       scheduler_.abort_job(e.getJobAborted().getJob(), time);
       note_end(e.getJobAborted().getJob(), time);
       return;
-    case schema::Event::JOB_FORGOTTEN:  // not written yet (no `job forget`)
     case schema::Event::SERVER_STARTED:
+      // The run before it ended in a crash or a stop: what may have run then is a new instance
+      // in the runs after it (the restarted server did the same, without a record).
+      scheduler_.restore_restart();
+      return;
+    case schema::Event::JOB_FORGOTTEN:  // not written yet (no `job forget`)
     case schema::Event::WORKER_CONNECTED:
     case schema::Event::WORKER_LOST:
       return;  // ids continue from the journal's state record; workers reconnect anew
@@ -197,7 +187,7 @@ void Server::flush_task_batches() {
     for (auto& tasks : pending_tasks_) tasks.clear();
   };
   if (!journal_ || !journal_status_) return clear();
-  for (int kind = 0; kind < 3; ++kind) {
+  for (int kind = 0; kind < 2; ++kind) {
     auto& tasks = pending_tasks_[kind];
     // One record per job and worker, in the order of their first task.
     std::stable_sort(tasks.begin(), tasks.end(), [](const PendingTask& a, const PendingTask& b) {
@@ -211,9 +201,7 @@ void Server::flush_task_batches() {
       }
       journal::EventMessage message(tasks[end - 1].time);
       auto e = message.event();
-      auto batch = kind == 0   ? e.initTasksAssigned()
-                   : kind == 1 ? e.initTasksStarted()
-                               : e.initTasksFinished();
+      auto batch = kind == 0 ? e.initTasksStarted() : e.initTasksFinished();
       batch.setJob(tasks[begin].key.job);
       batch.setWorker(tasks[begin].worker);
       auto list = batch.initTasks(static_cast<unsigned>(end - begin));
@@ -314,6 +302,23 @@ void Server::respond(net::Connection& c, capnp::MessageBuilder& reply) {
   });
 }
 
+void Server::reserve_assigned(JobId job) {
+  if (!journal_) return;
+  const uint32_t cursor = scheduler_.fresh_cursor(job);
+  uint32_t& reserved = reserved_[job];
+  if (cursor <= reserved) return;
+  // Far enough ahead that a sync is needed once per many passes, not at every one.
+  const uint64_t ahead = std::max<uint64_t>(1024, cursor / 2);
+  reserved = static_cast<uint32_t>(
+      std::min<uint64_t>(scheduler_.counts(job).total(), uint64_t{cursor} + ahead));
+  journal::EventMessage event(unix_millis_now());
+  auto e = event.event().initJobReserved();
+  e.setJob(job);
+  e.setTasks(reserved);
+  record(event);
+  must_sync_seq_ = appended_seq_;
+}
+
 void Server::record_requeued(const std::vector<TaskKey>& tasks) {
   if (!journal_) return;
   const int64_t now = unix_millis_now();
@@ -326,6 +331,8 @@ void Server::record_requeued(const std::vector<TaskKey>& tasks) {
     e.setCrashCounter(scheduler_.crash_count(key.job, key.task));
     record(message);
   }
+  // The task must not run again as its new instance before the journal knows that instance.
+  if (!tasks.empty()) must_sync_seq_ = appended_seq_;
 }
 
 // --- hq journal prune / flush -----------------------------------------------------------------
@@ -345,8 +352,8 @@ void Server::handle_journal_prune(net::Connection& c) {
   }
   const uint64_t before = journal_->size_on_disk();
   Status st = pruned ? journal_->prune(std::move(complete).build()) : Status::ok();
-  // Server and worker events of earlier runs go too: nothing replays them.
-  if (st && start_seq_ > 0) st = journal_->prune_global(start_seq_);
+  // Server and worker events stay: the serverStarted records mark the restarts that replay
+  // needs (they are few, one per run and worker connection).
   if (!st) return reply_error(c, "cannot prune the journal: " + st.message());
   spdlog::info("pruning the journal: {} completed job(s)", pruned);
   auto weak = std::weak_ptr<net::Connection>(c.shared_from_this());

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <optional>
 
@@ -117,7 +118,6 @@ Status Server::start() {
     e.setServerUid(access_.server_uid);
     e.setVersion(HQ_VERSION);
     record(started);
-    start_seq_ = appended_seq_;
   }
   if (auto st = net::write_access_file(access_path, access_); !st) return st;
 
@@ -287,27 +287,10 @@ void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader ev
     failed.setWorker(w.id);
     record(event);
   }
-  // Back to waiting as the same instance, never started (the journal had it as assigned).
-  std::map<JobId, std::vector<TaskKey>> retracted;
   for (auto k : events.getRetracted()) {
-    TaskKey key = net::from_wire(k);
-    if (!scheduler_.task_retracted(w.id, key)) continue;
-    changed = true;
-    if (!ended(scheduler_.task(key.job, key.task))) retracted[key.job].push_back(key);
-  }
-  const int64_t now = unix_millis_now();
-  for (const auto& [job, keys] : retracted) {
-    journal::EventMessage event(now);
-    auto batch = event.event().initTasksRetracted();
-    batch.setJob(job);
-    batch.setWorker(w.id);
-    auto list = batch.initTasks(static_cast<unsigned>(keys.size()));
-    for (size_t i = 0; i < keys.size(); ++i) {
-      list[i].setTask(keys[i].task);
-      list[i].setInstance(keys[i].instance);
-      list[i].setTime(now);
-    }
-    record(event);
+    // Back to waiting as the same instance, never started: within the job's reservation, which
+    // is all the journal must know.
+    changed |= scheduler_.task_retracted(w.id, net::from_wire(k));
   }
   if (changed) after_state_change();
 }
@@ -385,13 +368,21 @@ void Server::send_cancels(const std::vector<sched::Assignment>& held) {
 
 void Server::send_to_worker(WorkerRecord& w, capnp::MessageBuilder& message) {
   if (!w.connection) return;
-  if (all_durable()) return w.connection->send(message);
-  // Behind the assignments waiting for their sync: a worker must never get a cancel or a
-  // retraction before the task it names.
+  if (!journal_ || (durable_seq_ >= must_sync_seq_ && worker_sends_waiting_ == 0)) {
+    return w.connection->send(message);
+  }
+  // Behind the records it depends on, and in order with the messages already waiting: a worker
+  // never gets a cancel or a retraction before the task it names. Sent also when the journal
+  // failed: the server keeps working, it only stores nothing more.
   auto frame = std::make_shared<kj::Array<capnp::word>>(net::encode(message));
-  when_durable([frame, weak = std::weak_ptr<net::Connection>(w.connection)](const Status&) {
+  ++worker_sends_waiting_;
+  auto send = [this, frame, weak = std::weak_ptr<net::Connection>(w.connection)](const Status&) {
+    --worker_sends_waiting_;
     if (auto c = weak.lock()) c->send_frame(std::move(*frame));
-  });
+  };
+  if (!journal_status_) return send(journal_status_);
+  durable_waiters_.emplace_back(must_sync_seq_, std::move(send));
+  commit_now();
 }
 
 // --- Scheduling -------------------------------------------------------------------------------
@@ -425,6 +416,10 @@ void Server::run_schedule() {
   sched::Decisions decisions = scheduler_.schedule();
   if (decisions.empty()) return;
 
+  JobId last = 0;
+  for (const auto& a : decisions.assign) {
+    if (a.key.job != last) reserve_assigned(last = a.key.job);
+  }
   for (auto& [wid, keys] : by_worker(decisions.assign)) {
     WorkerRecord& w = workers_.at(wid);
     std::vector<JobId> new_jobs;
@@ -442,11 +437,8 @@ void Server::run_schedule() {
     }
     net::to_wire(keys, out.initTasks(keys.size()));
     if (!w.connection) continue;
-    // Sent once the assignment is durable, so that after a crash a task the worker may have
-    // started comes back as instance + 1 (never run twice as one instance). Also sent when the
-    // journal failed: the server keeps working, it only stores nothing more.
-    const int64_t now = unix_millis_now();
-    for (const TaskKey& k : keys) record_task(TaskRecord::kAssigned, wid, k, now);
+    // Sent once the journal has reserved these tasks (above), so that after a crash a task the
+    // worker may have started comes back as a new instance (never runs twice as one instance).
     send_to_worker(w, message);
   }
 
@@ -459,6 +451,9 @@ void Server::run_schedule() {
 }
 
 int run_server(const ServerOptions& options) {
+  // A file size limit (ulimit -f) must fail the journal's write, which the server reports, not
+  // kill the process.
+  ::signal(SIGXFSZ, SIG_IGN);
   asio::io_context io(1);
   Server server(io, options);
   if (auto st = server.start(); !st) {

@@ -92,15 +92,16 @@ class Server {
   // Nothing waits for a record nobody has seen: the commit comes when a client's reply needs
   // it, or within kLazyCommit.
   void record(journal::EventMessage& event);
-  // Task assignments, starts and ends wait in memory until the next record or commit, then go
-  // out as one record per kind, job and worker: a few bytes per task, and one sync for many
-  // worker messages. For one task, assignment comes before start before end, so the kinds are
-  // written in that order; anything else (a retraction, a requeue) is a record of its own, which
-  // flushes what is pending first.
-  enum class TaskRecord { kAssigned, kStarted, kFinished };
+  // Task starts and ends wait in memory until the next record or commit, then go out as one
+  // record per kind, job and worker: a few bytes per task, and one sync for many worker
+  // messages. A task starts before it ends, so starts are written first; anything else (a
+  // failure, a requeue) is a record of its own, which flushes what is pending first.
+  enum class TaskRecord { kStarted, kFinished };
   void record_task(TaskRecord kind, WorkerId worker, TaskKey key, int64_t time);
   void flush_task_batches();
   void record_requeued(const std::vector<TaskKey>& tasks);
+  // Before assignments of `job` go out: reserves (journals) tasks up to past its fresh cursor.
+  void reserve_assigned(JobId job);
   bool all_durable() const;
   void arm_lazy_commit();
   void commit_now();
@@ -160,9 +161,13 @@ class Server {
     int64_t time;
     WorkerId worker;
   };
-  std::vector<PendingTask> pending_tasks_[3];  // by TaskRecord
+  std::vector<PendingTask> pending_tasks_[2];  // by TaskRecord
+  // Messages to workers wait until the records they depend on are synced: the reservation of
+  // the tasks they assign, the requeue of a task assigned again (journaling.cc).
+  journal::Seq must_sync_seq_ = 0;
+  uint32_t worker_sends_waiting_ = 0;
+  std::unordered_map<JobId, uint32_t> reserved_;  // tasks reserved per job, this run
   std::deque<std::pair<journal::Seq, std::function<void(const Status&)>>> durable_waiters_;
-  journal::Seq start_seq_ = 0;  // of this run's serverStarted record
   uint32_t restored_jobs_ = 0;
   uint64_t restored_tasks_ = 0;
   uint32_t replay_ms_ = 0;

@@ -111,6 +111,24 @@ TEST(SchedulerRestoreTest, SparseIdsKeepTheirOrderAfterRestore) {
   EXPECT_EQ(assigned(s), (std::vector<std::string>{"2/0", "3/0", "11/1", "12/0"}));
 }
 
+TEST(SchedulerRestoreTest, ReservedTasksThatMayHaveRunGetANewInstance) {
+  Scheduler s;
+  add_job(s, 1, "10-19");
+  s.restore_reserved(1, 2);
+  s.restore_reserved(1, 4);  // the largest reservation counts
+  ASSERT_TRUE(s.restore_ended({1, 10, 0}, TaskState::kFinished, 5));
+  ASSERT_TRUE(s.restore_started({1, 11, 0}, 1, 5));
+  EXPECT_EQ(s.finish_restore(), 3u);  // 11 (running), 12 and 13 (reserved, maybe started)
+  s.check_invariants();
+  EXPECT_EQ(s.task(1, 10)->instance, 0u);
+  for (TaskId t : {11u, 12u, 13u}) EXPECT_EQ(s.task(1, t)->instance, 1u) << t;
+  EXPECT_EQ(s.task(1, 14)->instance, 0u);
+  ASSERT_TRUE(s.add_worker(1, 16).is_ok());
+  EXPECT_EQ(assigned(s), (std::vector<std::string>{"11/1", "12/1", "13/1", "14/0", "15/0", "16/0",
+                                                   "17/0", "18/0", "19/0"}));
+  EXPECT_EQ(s.fresh_cursor(1), 10u);
+}
+
 TEST(SchedulerRestoreTest, UnknownTasksAndBadStatesAreRefused) {
   Scheduler s;
   add_job(s, 1, "0-3");
