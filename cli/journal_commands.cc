@@ -295,23 +295,13 @@ class Fold {
         set(e.getTaskRequeued().getJob(), e.getTaskRequeued().getTask(), TaskState::kWaiting);
         break;
       case Event::JOB_CANCELED:
-        if (JobFold* job = find(e.getJobCanceled().getJob())) {
-          job->rest = TaskState::kCanceled;
-          for (auto& [id, state] : job->tasks) {
-            if (!ended(state)) state = TaskState::kCanceled;
-          }
-        }
+        end_job(e.getJobCanceled().getJob(), TaskState::kCanceled);
         break;
       case Event::JOB_FORGOTTEN:
         if (jobs_.erase(e.getJobForgotten().getJob())) ++forgotten_;
         break;
       case Event::JOB_ABORTED:
-        if (JobFold* job = find(e.getJobAborted().getJob())) {
-          job->rest = TaskState::kAborted;
-          for (auto& [id, state] : job->tasks) {
-            if (!ended(state)) state = TaskState::kAborted;
-          }
-        }
+        end_job(e.getJobAborted().getJob(), TaskState::kAborted);
         break;
       default:
         break;
@@ -358,6 +348,15 @@ class Fold {
   JobFold* find(JobId id) {
     auto it = jobs_.find(id);
     return it == jobs_.end() ? nullptr : &it->second;
+  }
+  // Every task of the job not yet ended becomes `to`.
+  void end_job(JobId job_id, TaskState to) {
+    JobFold* job = find(job_id);
+    if (!job) return;
+    job->rest = to;
+    for (auto& [id, state] : job->tasks) {
+      if (!ended(state)) state = to;
+    }
   }
   void set(JobId job_id, TaskId task, TaskState state) {
     if (JobFold* job = find(job_id)) job->tasks[task] = state;

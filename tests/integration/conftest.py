@@ -140,6 +140,19 @@ class HqEnv:
         """Waits with `hq job wait`; returns its exit code."""
         return self.run(["job", "wait", str(job_id)], timeout=timeout).returncode
 
+    def run_on_a_dying_worker(self, job_id, task_id, instance):
+        """Starts a 1-CPU worker, waits until it runs the task, kills it with SIGKILL and waits
+        until the task is back to waiting as `instance` + 1 (or failed); returns the worker."""
+        worker = self.start_worker(cpus=1)
+        self.wait_for_task_state(job_id, task_id, "running")
+        self.kill(worker)
+
+        def requeued():
+            t = next(t for t in self.tasks(job_id) if t["id"] == task_id)
+            return t["instance"] > instance or t["state"] == "failed"
+        wait_until(requeued, message=f"task {job_id}.{task_id} requeued")
+        return worker
+
     def wait_for_task_state(self, job_id, task_id, state, timeout=30):
         def reached():
             for t in self.tasks(job_id):

@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import signal
 import subprocess
 
 from conftest import HQ_BIN, wait_until
@@ -79,10 +78,7 @@ def test_crash_counters_and_worker_ids_survive_restart(hq_env):
     hq_env.start_server()
     gate = hq_env.root / "gate"
     job = marker_job(hq_env, "1", gate=gate)
-    w1 = hq_env.start_worker(cpus=1)
-    hq_env.wait_for_task_state(job, 1, "running")
-    hq_env.kill(w1)
-    wait_until(lambda: hq_env.tasks(job)[0]["instance"] == 1, message="the task requeued")
+    hq_env.run_on_a_dying_worker(job, 1, instance=0)
     w2 = hq_env.start_worker(cpus=1)
     hq_env.wait_for_task_state(job, 1, "running")
     kill_server(hq_env)

@@ -47,13 +47,8 @@ def test_max_fails_aborts_the_rest_and_survives_restart(hq_env):
 def test_crash_limit_fails_a_task_whose_workers_keep_dying(hq_env):
     hq_env.start_server()
     job = hq_env.submit(["--crash-limit", "2", "--stdout", "none", "--", "sleep", "60"])
-    w1 = hq_env.start_worker(cpus=1)
-    hq_env.wait_for_task_state(job, 0, "running")
-    hq_env.kill(w1)
-    wait_until(lambda: hq_env.tasks(job)[0]["instance"] == 1, message="the task requeued")
-    w2 = hq_env.start_worker(cpus=1)
-    hq_env.wait_for_task_state(job, 0, "running")
-    hq_env.kill(w2)
+    hq_env.run_on_a_dying_worker(job, 0, instance=0)
+    hq_env.run_on_a_dying_worker(job, 0, instance=1)
     t = hq_env.wait_for_task_state(job, 0, "failed")
     assert "crash limit (2)" in t["error"], t["error"]
     assert t["crash_count"] == 2

@@ -3,8 +3,6 @@
 import json
 import os
 
-from conftest import wait_until
-
 
 def test_submit_runs_task_and_writes_outputs(hq_env):
     hq_env.start_server()
