@@ -618,8 +618,8 @@ TEST(DescribeExitTest, Texts) {
   EXPECT_EQ(by(SIGSEGV), "Program terminated. Received signal 11 (SIGSEGV)");
   EXPECT_EQ(by(SIGABRT), "Program terminated. Received signal 6 (SIGABRT)");
   EXPECT_EQ(by(SIGBUS), "Program terminated. Received signal 7 (SIGBUS)");
-  EXPECT_EQ(by(SIGRTMIN + 2),
-            "Program terminated. Received signal " + std::to_string(SIGRTMIN + 2) + " (SIGRTMIN+2)");
+  EXPECT_EQ(by(SIGRTMIN + 2), "Program terminated. Received signal " +
+                                  std::to_string(SIGRTMIN + 2) + " (SIGRTMIN+2)");
   EXPECT_EQ(by(200), "Program terminated. Received signal 200");
 }
 
