@@ -1,0 +1,177 @@
+// The invariant checker (Scheduler::check_invariants): O(size), for tests.
+
+#include "scheduler/scheduler.h"
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "scheduler/impl.h"
+
+namespace hq::sched {
+
+void Scheduler::check_invariants() const { impl_->check(); }
+
+#define HQ_SCHED_CHECK(cond, ...)                            \
+  do {                                                       \
+    if (!(cond)) invariant_failed(fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+void Scheduler::Impl::check() const {
+  uint64_t total_ready = 0;
+  size_t jobs_in_ready = 0;
+  std::map<uint32_t, uint32_t> cpus_in_ready;
+  for (const auto& [id, holder] : jobs) {
+    const Job& job = *holder;
+    HQ_SCHED_CHECK(job.id == id && find_job(id) == &job, "job {} is filed under id {}", job.id, id);
+    job.check_queue();
+    HQ_SCHED_CHECK(job.ids.size() == job.size(), "job {}: {} ids but {} slots", id, job.ids.size(),
+                   job.size());
+    TaskCounts recount;
+    uint32_t unheld_waiting_before_fresh = 0;
+    for (uint32_t i = 0; i < job.size(); ++i) {
+      const TaskSlot& s = job.slots[i];
+      ++recount.by_state[static_cast<int>(s.state)];
+      const bool held = s.flags & kHeld;
+      HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting)) == 0, "job {} task #{}: bad flags {}", id,
+                     i, s.flags);
+      HQ_SCHED_CHECK(!(s.flags & kRetracting) || (held && s.state == TaskState::kWaiting),
+                     "job {} task #{}: retracting but not held and queued", id, i);
+      HQ_SCHED_CHECK(s.state != TaskState::kRunning || held, "job {} task #{}: running, not held",
+                     id, i);
+      HQ_SCHED_CHECK(!held || (s.state != TaskState::kFinished && s.state != TaskState::kFailed),
+                     "job {} task #{}: held after it finished or failed", id, i);
+      HQ_SCHED_CHECK(s.state != TaskState::kFailed || job.errors.contains(i),
+                     "job {} task #{}: failed without an error", id, i);
+      if (i >= job.fresh_begin()) {
+        HQ_SCHED_CHECK(s.state == TaskState::kWaiting && s.flags == 0 && s.instance == 0,
+                       "job {} task #{}: past the fresh cursor but not a fresh waiting task", id,
+                       i);
+      } else if (s.state == TaskState::kWaiting && !held) {
+        ++unheld_waiting_before_fresh;
+      }
+      if (held) {
+        const WorkerSlot* w = find_worker(s.worker);
+        HQ_SCHED_CHECK(w && w->connected, "job {} task #{}: held by unknown worker {}", id, i,
+                       s.worker);
+        HQ_SCHED_CHECK(s.held_pos < w->held.size() && w->held[s.held_pos].job == &job &&
+                           w->held[s.held_pos].index == i,
+                       "job {} task #{}: worker {} does not hold it at position {}", id, i,
+                       s.worker, s.held_pos);
+      }
+    }
+    for (int st = 0; st < 6; ++st) {
+      HQ_SCHED_CHECK(recount.by_state[st] == job.counts.by_state[st],
+                     "job {}: {} tasks counted {} but {} found", id,
+                     to_string(static_cast<TaskState>(st)), job.counts.by_state[st],
+                     recount.by_state[st]);
+    }
+    HQ_SCHED_CHECK(job.errors.size() == job.counts[TaskState::kFailed],
+                   "job {}: {} errors for {} failed tasks", id, job.errors.size(),
+                   job.counts[TaskState::kFailed]);
+    std::vector<uint32_t> requeued = job.requeued();
+    std::sort(requeued.begin(), requeued.end());
+    HQ_SCHED_CHECK(std::adjacent_find(requeued.begin(), requeued.end()) == requeued.end(),
+                   "job {}: a task is requeued twice", id);
+    for (uint32_t i : requeued) {
+      HQ_SCHED_CHECK(i < job.fresh_begin() && job.slots[i].state == TaskState::kWaiting &&
+                         job.slots[i].flags == 0,
+                     "job {} task #{}: requeued but not an unheld waiting task", id, i);
+    }
+    HQ_SCHED_CHECK(requeued.size() == unheld_waiting_before_fresh,
+                   "job {}: {} requeued entries for {} unheld waiting tasks", id, requeued.size(),
+                   unheld_waiting_before_fresh);
+    HQ_SCHED_CHECK(job.in_ready_set == (job.ready() > 0) &&
+                       ready.contains(const_cast<Job*>(&job)) == job.in_ready_set,
+                   "job {}: in the ready set iff it has ready tasks", id);
+    if (job.in_ready_set) {
+      ++jobs_in_ready;
+      ++cpus_in_ready[job.cpus];
+    }
+    total_ready += job.ready();
+    HQ_SCHED_CHECK(!job.completion_noted || job.counts.complete(),
+                   "job {}: noted complete but has work left", id);
+    HQ_SCHED_CHECK(!completed.contains(id) || job.completion_noted,
+                   "job {}: listed complete without the note", id);
+    HQ_SCHED_CHECK(job.completion_noted || !job.counts.complete(),
+                   "job {}: complete but never noted", id);
+  }
+  HQ_SCHED_CHECK(job_index.size() == jobs.size(), "job index holds {} jobs, not {}",
+                 job_index.size(), jobs.size());
+  HQ_SCHED_CHECK(jobs_in_ready == ready.size(), "ready set holds {} jobs, {} expected",
+                 ready.size(), jobs_in_ready);
+  HQ_SCHED_CHECK(cpus_in_ready == ready_cpus, "ready CPU histogram is stale");
+  HQ_SCHED_CHECK(total_ready == ready_tasks, "{} ready tasks counted, {} found", ready_tasks,
+                 total_ready);
+  for (const auto& c : completed) {
+    HQ_SCHED_CHECK(jobs.contains(c), "completed job {} is unknown", c);
+  }
+
+  uint64_t total_retracting = 0;
+  size_t free_flags = 0, overloaded_flags = 0;
+  for (const auto& [id, holder] : workers) {
+    const WorkerSlot& w = *holder;
+    HQ_SCHED_CHECK(w.id == id, "worker {} is filed under id {}", w.id, id);
+    HQ_SCHED_CHECK(w.limit == worker_limit(w.cpus, config.queue_factor),
+                   "worker {}: limit {} is stale", id, w.limit);
+    uint64_t cpus = 0, retracting = 0;
+    uint32_t running = 0;
+    for (size_t k = 0; k < w.held.size(); ++k) {
+      const HeldTask& h = w.held[k];
+      const TaskSlot& s = h.job->slots[h.index];
+      HQ_SCHED_CHECK((s.flags & kHeld) && s.worker == id && s.held_pos == k,
+                     "worker {}: held entry {} (job {} task #{}) does not name it", id, k,
+                     h.job->id, h.index);
+      HQ_SCHED_CHECK(find_job(h.job->id) == h.job, "worker {}: holds a task of a stale job", id);
+      cpus += h.job->cpus;
+      if (s.flags & kRetracting) retracting += h.job->cpus;
+      if (s.state == TaskState::kRunning) ++running;
+    }
+    HQ_SCHED_CHECK(cpus == w.held_cpus, "worker {}: holds {} CPUs but counts {}", id, cpus,
+                   w.held_cpus);
+    HQ_SCHED_CHECK(retracting == w.retracting_cpus, "worker {}: retracting {} CPUs but counts {}",
+                   id, retracting, w.retracting_cpus);
+    HQ_SCHED_CHECK(running == w.running, "worker {}: runs {} tasks but counts {}", id, running,
+                   w.running);
+    HQ_SCHED_CHECK(w.held_cpus <= w.limit, "worker {}: holds {} CPUs over its limit {}", id,
+                   w.held_cpus, w.limit);
+    total_retracting += retracting;
+    if (!w.connected) {
+      HQ_SCHED_CHECK(w.held.empty() && w.stuck == 0, "removed worker {} still holds tasks", id);
+      continue;
+    }
+    uint32_t load = w.held_cpus - w.retracting_cpus;
+    HQ_SCHED_CHECK(w.stuck == (load > w.cpus ? load - w.cpus : 0), "worker {}: stale stuck", id);
+    HQ_SCHED_CHECK(w.held_cpus >= w.limit || w.in_free_list, "worker {}: has room, not listed", id);
+    HQ_SCHED_CHECK(w.stuck == 0 || w.in_overloaded_list, "worker {}: overloaded, not listed", id);
+  }
+  for (const auto& [id, holder] : workers) {
+    free_flags += holder->in_free_list;
+    overloaded_flags += holder->in_overloaded_list;
+  }
+  std::vector<const WorkerSlot*> listed(free_list.begin(), free_list.end());
+  std::sort(listed.begin(), listed.end());
+  HQ_SCHED_CHECK(std::adjacent_find(listed.begin(), listed.end()) == listed.end() &&
+                     listed.size() == free_flags,
+                 "free worker list is inconsistent");
+  listed.assign(overloaded_list.begin(), overloaded_list.end());
+  std::sort(listed.begin(), listed.end());
+  HQ_SCHED_CHECK(std::adjacent_find(listed.begin(), listed.end()) == listed.end() &&
+                     listed.size() == overloaded_flags,
+                 "overloaded worker list is inconsistent");
+  for (const WorkerSlot* w : free_list) {
+    HQ_SCHED_CHECK(w->in_free_list, "worker {} listed free without its flag", w->id);
+  }
+  for (const WorkerSlot* w : overloaded_list) {
+    HQ_SCHED_CHECK(w->in_overloaded_list, "worker {} listed overloaded without its flag", w->id);
+  }
+  HQ_SCHED_CHECK(total_retracting == retracting_cpus, "retracting {} CPUs but counts {}",
+                 total_retracting, retracting_cpus);
+}
+
+#undef HQ_SCHED_CHECK
+
+}  // namespace hq::sched

@@ -1,0 +1,128 @@
+// Rebuilding the scheduler from the journal's history (Scheduler::restore_*).
+
+#include "scheduler/scheduler.h"
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "scheduler/impl.h"
+
+namespace hq::sched {
+
+namespace {
+
+struct Found {
+  Job* job;
+  uint32_t index;
+  TaskSlot* slot;
+};
+
+std::optional<Found> find_task(const std::unordered_map<JobId, Job*>& index, TaskKey key) {
+  auto it = index.find(key.job);
+  if (it == index.end()) return std::nullopt;
+  std::optional<uint32_t> i = it->second->ids.index_of(key.task);
+  if (!i) return std::nullopt;
+  return Found{it->second, *i, &it->second->slots[*i]};
+}
+
+}  // namespace
+
+bool Scheduler::restore_started(TaskKey key, WorkerId worker, int64_t time) {
+  std::optional<Found> f = find_task(impl_->job_index, key);
+  if (!f) return false;
+  TaskSlot& s = *f->slot;
+  f->job->set_state(s, TaskState::kRunning);
+  s.instance = key.instance;
+  s.worker = worker;
+  s.start_time = time;
+  s.end_time = 0;
+  f->job->errors.erase(f->index);
+  return true;
+}
+
+bool Scheduler::restore_ended(TaskKey key, TaskState state, int64_t time, std::string error,
+                              WorkerId worker) {
+  if (!ended(state)) return false;
+  std::optional<Found> f = find_task(impl_->job_index, key);
+  if (!f) return false;
+  TaskSlot& s = *f->slot;
+  if (state != TaskState::kCanceled && s.start_time == 0) s.start_time = time;
+  f->job->set_state(s, state);
+  s.instance = key.instance;
+  s.end_time = time;
+  if (worker != 0) s.worker = worker;
+  if (state == TaskState::kFailed) {
+    f->job->errors[f->index] = std::move(error);
+  } else {
+    f->job->errors.erase(f->index);
+  }
+  return true;
+}
+
+bool Scheduler::restore_requeued(TaskKey key, uint32_t crashes) {
+  std::optional<Found> f = find_task(impl_->job_index, key);
+  if (!f) return false;
+  TaskSlot& s = *f->slot;
+  f->job->set_state(s, TaskState::kWaiting);
+  s.instance = key.instance;
+  s.crashes = static_cast<uint16_t>(std::min<uint32_t>(crashes, 0xffff));
+  s.start_time = s.end_time = 0;
+  f->job->errors.erase(f->index);
+  return true;
+}
+
+void Scheduler::restore_reserved(JobId id, uint32_t tasks) {
+  if (Job* job = impl_->find_job(id)) job->reserved = std::max(job->reserved, tasks);
+}
+
+uint32_t Scheduler::fresh_cursor(JobId id) const {
+  const Job* job = impl_->find_job(id);
+  return job ? job->fresh_begin() : 0;
+}
+
+uint64_t Scheduler::restore_restart() {
+  uint64_t back = 0;
+  for (auto& [id, holder] : impl_->jobs) {
+    Job& job = *holder;
+    const uint32_t reserved = std::min(job.reserved, job.size());
+    if (reserved == 0 && job.counts[TaskState::kRunning] == 0) continue;
+    for (uint32_t i = 0; i < job.size(); ++i) {
+      TaskSlot& s = job.slots[i];
+      const bool maybe_ran =
+          s.state == TaskState::kRunning || (s.state == TaskState::kWaiting && i < reserved);
+      if (!maybe_ran) {
+        if (i >= reserved && job.counts[TaskState::kRunning] == 0) break;  // nothing more
+        continue;
+      }
+      if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+      ++s.instance;
+      s.start_time = 0;
+      ++back;
+    }
+    job.reserved = 0;
+  }
+  return back;
+}
+
+uint64_t Scheduler::finish_restore() {
+  Impl& m = *impl_;
+  const uint64_t back = restore_restart();
+  for (auto& [id, holder] : m.jobs) {
+    Job& job = *holder;
+    m.ready_tasks -= job.ready();
+    m.leave_ready(job);
+    job.rebuild_ready();
+    m.ready_tasks += job.ready();
+    m.enter_ready(job);
+    // Completed before the restart: nothing to report now.
+    if (job.counts.complete()) job.completion_noted = true;
+    m.completed.erase(id);
+  }
+  return back;
+}
+
+}  // namespace hq::sched
