@@ -123,7 +123,18 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
 JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,
                                         std::vector<std::string>& warnings) {
   if (o.program.empty()) throw CommandError{"no program to run: hq submit [OPTIONS] -- PROGRAM"};
-  if (o.cpus == 0) throw CommandError{"--cpus must be at least 1"};
+  std::vector<ResourceRequestEntry> entries;
+  entries.push_back(must(parse_request_entry(kCpus, o.cpus), "invalid --cpus"));
+  if (entries[0].policy != AllocationPolicy::kAll && entries[0].amount % kAmountUnit != 0) {
+    throw CommandError{fmt::format("invalid --cpus '{}': CPUs are requested whole", o.cpus)};
+  }
+  for (const std::string& r : o.resources) {
+    entries.push_back(must(parse_named_request(r), "invalid --resource"));
+    if (entries.back().name == kCpus) {
+      throw CommandError{"invalid --resource: request CPUs with --cpus"};
+    }
+  }
+  ResourceRequest request = must(make_request(std::move(entries)), "invalid --resource");
   JobDescriptionSpec job;
   job.name = o.name.empty() ? fs::path(o.program[0]).filename().string() : o.name;
   job.task_ids =
@@ -137,6 +148,11 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
     Millis limit = must(parse_duration(o.time_limit), "invalid --time-limit");
     if (limit.count() <= 0) throw CommandError{"invalid --time-limit: it must be positive"};
     job.body.time_limit_ms = static_cast<uint64_t>(limit.count());
+  }
+  if (!o.time_request.empty()) {
+    Millis request = must(parse_duration(o.time_request), "invalid --time-request");
+    if (request.count() <= 0) throw CommandError{"invalid --time-request: it must be positive"};
+    job.body.time_request_ms = static_cast<uint64_t>(request.count());
   }
   if (o.crash_limit == "unlimited") {
     job.crash_limit = 0;
@@ -164,7 +180,15 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   bool streamed = !job.stream.empty();
   TaskBodySpec& body = job.body;
   body.program = o.program;
-  body.cpus = o.cpus;
+  body.cpus = static_cast<uint32_t>(request.cpus() / kAmountUnit);
+  body.resources = std::move(request);
+  if (o.pin == "taskset") {
+    body.pin = PinMode::kTaskset;
+  } else if (o.pin == "omp") {
+    body.pin = PinMode::kOmp;
+  } else if (!o.pin.empty()) {
+    throw CommandError{fmt::format("invalid --pin '{}': use taskset or omp", o.pin)};
+  }
   body.submit_dir = submit_dir;
   body.cwd = o.cwd ? *o.cwd : submit_dir;
   // Without --stream, a channel goes to its --stdout/--stderr file (the default path when not
@@ -289,6 +313,13 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
     j["program"] = program;
     j["task_ids"] = ids.to_string();
     j["cpus"] = body.getCpus();
+    auto request = net::from_wire(body.getResources());
+    std::string request_text = request && !request->entries.empty()
+                                   ? describe(*request)
+                                   : fmt::format("cpus={}", body.getCpus());
+    j["resources"] = request_text;
+    static const char* kPins[] = {"none", "taskset", "omp"};
+    j["pin"] = kPins[std::min<unsigned>(static_cast<unsigned>(body.getPin()), 2)];
     j["priority"] = desc.getPriority();
     j["cwd"] = body.getCwd().cStr();
     std::string stream = desc.getStream().cStr();
@@ -302,6 +333,7 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
     j["stream"] = stream.empty() ? json(nullptr) : json(stream);
     j["submit_dir"] = body.getSubmitDir().cStr();
     j["time_limit_ms"] = body.getTimeLimitMs() ? json(body.getTimeLimitMs()) : json(nullptr);
+    j["time_request_ms"] = body.getTimeRequestMs() ? json(body.getTimeRequestMs()) : json(nullptr);
     j["crash_limit"] = desc.getCrashLimit() ? json(desc.getCrashLimit()) : json("unlimited");
     j["max_fails"] = desc.getMaxFails() >= 0 ? json(desc.getMaxFails()) : json(nullptr);
     out.push_back(j);
@@ -313,7 +345,8 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"Tasks", fmt::format("{} ({})", ids.size(), counts_text(s.getCounts()))},
         {"Task ids", ids.to_string()},
         {"Program", fmt::format("{}", fmt::join(program, " "))},
-        {"CPUs per task", std::to_string(body.getCpus())},
+        {"Resources per task", request_text},
+        {"Pin", j["pin"].get<std::string>()},
         {"Priority", std::to_string(desc.getPriority())},
         {"Working directory", body.getCwd().cStr()},
         {"Stdout", output_text(body.getStdout())},
@@ -322,6 +355,9 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"Time limit", body.getTimeLimitMs()
                            ? format_duration(Millis(static_cast<int64_t>(body.getTimeLimitMs())))
                            : "none"},
+        {"Time request", body.getTimeRequestMs() ? format_duration(Millis(static_cast<int64_t>(
+                                                       body.getTimeRequestMs())))
+                                                 : "none"},
         {"Crash limit", desc.getCrashLimit() ? std::to_string(desc.getCrashLimit()) : "unlimited"},
         {"Max fails", desc.getMaxFails() >= 0 ? std::to_string(desc.getMaxFails()) : "none"},
         {"Submitted", time_text(s.getSubmitTime())},
@@ -443,21 +479,20 @@ namespace {
 int print_workers(const GlobalOptions& g, capnp::List<wire::WorkerSummary>::Reader workers,
                   bool all, bool detailed) {
   json out = json::array();
-  Table table({"ID", "STATE", "HOSTNAME", "CPUS", "RUNNING", "STARTED", "END REASON"});
+  Table table({"ID", "STATE", "HOSTNAME", "RESOURCES", "RUNNING", "STARTED", "END REASON"});
   std::string text;
   for (auto w : workers) {
     if (!all && !w.getConnected()) continue;
     out.push_back(worker_json(w));
     table.add({std::to_string(w.getId()), w.getConnected() ? "running" : "offline",
-               w.getHostname().cStr(), std::to_string(w.getCpus()),
-               std::to_string(w.getRunningTasks()), time_text(w.getConnectTime()),
-               w.getEndReason().cStr()});
+               w.getHostname().cStr(), resources_text(w), std::to_string(w.getRunningTasks()),
+               time_text(w.getConnectTime()), w.getEndReason().cStr()});
     if (!text.empty()) text += "\n";
     text += render_pairs({{"ID", std::to_string(w.getId())},
                           {"State", w.getConnected() ? "running" : "offline"},
                           {"Hostname", w.getHostname().cStr()},
                           {"Address", w.getAddress().cStr()},
-                          {"CPUs", std::to_string(w.getCpus())},
+                          {"Resources", resources_text(w)},
                           {"Running tasks", std::to_string(w.getRunningTasks())},
                           {"Work directory", w.getWorkDir().cStr()},
                           {"Started", time_text(w.getConnectTime())},
@@ -479,6 +514,42 @@ int print_workers(const GlobalOptions& g, capnp::List<wire::WorkerSummary>::Read
 }
 
 }  // namespace
+
+int cmd_task_explain(const GlobalOptions& g, uint32_t job, uint32_t task) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  auto key = request.initRoot<wire::ClientRequest>().initTaskExplain();
+  key.setJob(job);
+  key.setTask(task);
+  auto response = must(client.call(request));
+  auto e = response.root<wire::ClientResponse>().getExplanation();
+  json workers = json::array();
+  Table table({"WORKER", "HOSTNAME", "FITS", "WHY NOT"});
+  for (auto w : e.getWorkers()) {
+    const char* fits = w.getFitsNow() ? "now" : (w.getCouldFit() ? "later" : "never");
+    workers.push_back({{"worker", w.getWorker()},
+                       {"hostname", w.getHostname().cStr()},
+                       {"fits", fits},
+                       {"reason", w.getReason().cStr()}});
+    table.add({std::to_string(w.getWorker()), w.getHostname().cStr(), fits, w.getReason().cStr()});
+  }
+  if (g.mode() == OutputMode::kJson) {
+    print_json({{"job", job},
+                {"task", task},
+                {"state", state_name(e.getState())},
+                {"request", e.getRequest().cStr()},
+                {"workers", workers}});
+    return 0;
+  }
+  std::cout << fmt::format("Task {} of job {} is {} and requests {}\n", task, job,
+                           state_name(e.getState()), e.getRequest().cStr());
+  if (workers.empty()) {
+    std::cout << "No connected workers: it waits for one that can run it\n";
+  } else {
+    std::cout << table.render();
+  }
+  return 0;
+}
 
 int cmd_worker_list(const GlobalOptions& g, bool all) {
   Client client = must(Client::connect(g));

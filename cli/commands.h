@@ -14,7 +14,9 @@ namespace hq::cli {
 struct SubmitOptions {
   std::string name;
   std::string array;
-  uint32_t cpus = 1;
+  std::string cpus = "1";              // "N [POLICY]" or "all"
+  std::vector<std::string> resources;  // NAME="AMOUNT [POLICY]"
+  std::string pin;                     // taskset, omp; empty: none
   int32_t priority = 0;
   std::optional<std::string> cwd;
   std::optional<std::string> stdout_path;
@@ -22,6 +24,7 @@ struct SubmitOptions {
   std::vector<std::string> env;
   std::optional<std::string> stream;  // --stream DIR
   std::string time_limit;             // a duration; empty: none
+  std::string time_request;           // a duration; empty: none
   std::string crash_limit;            // N, never-restart, unlimited; empty: the default
   std::optional<int64_t> max_fails;
   bool wait = false;
@@ -36,6 +39,7 @@ int cmd_job_wait(const GlobalOptions& g, const std::string& selector);
 int cmd_task_list(const GlobalOptions& g, const std::string& job, const std::string& tasks,
                   const std::string& filter);
 int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::string& tasks);
+int cmd_task_explain(const GlobalOptions& g, uint32_t job, uint32_t task);
 int cmd_worker_list(const GlobalOptions& g, bool all);
 int cmd_worker_info(const GlobalOptions& g, uint32_t id);
 int cmd_worker_stop(const GlobalOptions& g, const std::string& selector);

@@ -6,13 +6,16 @@
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/journal_commands.h"
 #include "cli/output_commands.h"
 #include "common/log.h"
+#include "common/resources.h"
 #include "server/server.h"
 #include "worker/daemon.h"
+#include "worker/hwdetect.h"
 
 namespace hq::cli {
 namespace {
@@ -24,12 +27,49 @@ Millis duration_option(const std::string& flag, const std::string& text) {
   return *d;
 }
 
+// `--detect-resources` and `--no-hyper-threading` of `hq worker start` and `hq worker hwdetect`.
+worker::DetectOptions detect_option(const std::string& list, bool no_hyper_threading) {
+  worker::DetectOptions o = must(worker::parse_detect_list(list));
+  o.no_hyper_threading = no_hyper_threading;
+  return o;
+}
+
+// `hq worker hwdetect`: what a worker started here would detect.
+int cmd_worker_hwdetect(const GlobalOptions& g, const worker::DetectOptions& options) {
+  ResourceDescriptor d = must(worker::detect_resources(options), "hardware detection failed");
+  if (g.mode() == OutputMode::kJson) {
+    nlohmann::json resources = nlohmann::json::array();
+    for (const ResourceDefinition& r : d.resources) {
+      if (r.kind == ResourceKind::kIndexed)
+        resources.push_back({{"name", r.name}, {"kind", "indexed"}, {"groups", r.groups}});
+      else
+        resources.push_back({{"name", r.name}, {"kind", "sum"}, {"amount", r.sum}});
+    }
+    nlohmann::json out = {{"resources", resources}};
+    std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    return 0;
+  }
+  std::cout << describe(d) << "\n";
+  if (g.mode() == OutputMode::kQuiet) return 0;
+  for (const ResourceDefinition& r : d.resources) {
+    if (r.kind == ResourceKind::kSum) {
+      std::cout << fmt::format("{}: {}\n", r.name, r.sum);
+      continue;
+    }
+    std::vector<std::string> groups;
+    for (const auto& group : r.groups) groups.push_back(fmt::format("[{}]", fmt::join(group, ",")));
+    std::cout << fmt::format("{}: [{}]\n", r.name, fmt::join(groups, ","));
+  }
+  return 0;
+}
+
 // Options of `hq submit` and the global ones that take a value.
 bool takes_value(std::string_view option) {
   static const std::string_view kValued[] = {
-      "--name",        "--array",     "--cpus",       "--priority",    "--cwd",
-      "--stdout",      "--stderr",    "--env",        "--stream",      "--time-limit",
-      "--crash-limit", "--max-fails", "--server-dir", "--output-mode", "--log-level"};
+      "--name",        "--array",     "--cpus",        "--priority",    "--cwd",
+      "--stdout",      "--stderr",    "--env",         "--stream",      "--time-limit",
+      "--crash-limit", "--max-fails", "--server-dir",  "--output-mode", "--log-level",
+      "--resource",    "--pin",       "--time-request"};
   if (option.find('=') != std::string_view::npos) return false;
   return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
 }
@@ -118,24 +158,64 @@ int run(int argc, char** argv) {
   auto* worker = app.add_subcommand("worker", "Start, stop and inspect workers");
   worker->require_subcommand(1);
   auto* worker_start = worker->add_subcommand("start", "Run a worker in the foreground");
-  uint32_t cpus = 0;
+  std::string worker_cpus;
+  std::vector<std::string> worker_resources;
   std::string hostname, idle_timeout, work_dir, cancel_grace = "1s";
-  worker_start->add_option("--cpus", cpus, "Number of CPUs (default: all this process may use)")
-      ->check(CLI::PositiveNumber);
+  worker_start->add_option("--cpus", worker_cpus,
+                           "CPUs: N, NxM (groups), [0,1,..] or [[0,1],[2,3]] (default: those "
+                           "this process may use)");
+  worker_start
+      ->add_option("--resource", worker_resources,
+                   "A resource NAME=VALUE, VALUE one of [a,b,c], [[a,b],[c,d]], "
+                   "range(A-B) or sum(N) (repeatable)")
+      ->allow_extra_args(false);
   worker_start->add_option("--hostname", hostname, "Name shown for this worker");
   worker_start->add_option("--idle-timeout", idle_timeout,
                            "Stop after this long without tasks (e.g. 5m)");
   worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
+  std::string worker_time_limit, worker_group, on_server_lost = "stop";
+  worker_start->add_option("--time-limit", worker_time_limit,
+                           "Stop cleanly after this long (e.g. 1h); no task starts that its "
+                           "--time-request says would not finish");
+  worker_start->add_option("--group", worker_group, "Group of this worker (default: default)");
+  worker_start
+      ->add_option("--on-server-lost", on_server_lost,
+                   "When the server goes away: stop (kill tasks) or finish-running")
+      ->check(CLI::IsMember({"stop", "finish-running"}));
+  std::string detect_list = "all";
+  bool no_hyper_threading = false;
+  auto add_detect_options = [&](CLI::App* command) {
+    command->add_option("--detect-resources", detect_list,
+                        "What to detect: all, none, or a comma list of cpus, mem, gpus/nvidia, "
+                        "gpus/amd (default all)");
+    command->add_flag("--no-hyper-threading", no_hyper_threading,
+                      "Use one CPU (the first) of each core");
+  };
+  add_detect_options(worker_start);
   worker_start->callback([&] {
     worker::WorkerOptions o;
     o.server_dir = g.resolved_server_dir();
-    o.cpus = cpus;
+    o.cpus = worker_cpus;
+    o.resources = worker_resources;
     o.hostname = hostname;
     if (!idle_timeout.empty()) o.idle_timeout = duration_option("--idle-timeout", idle_timeout);
     o.work_dir = work_dir;
     o.cancel_grace = duration_option("--cancel-grace", cancel_grace);
+    o.detect = detect_option(detect_list, no_hyper_threading);
+    if (!worker_time_limit.empty()) {
+      o.time_limit = duration_option("--time-limit", worker_time_limit);
+      if (o.time_limit->count() <= 0)
+        throw CommandError{"invalid --time-limit: it must be positive"};
+    }
+    o.group = worker_group;
+    o.finish_running_on_server_lost = on_server_lost == "finish-running";
     code = worker::run_worker(o);
   });
+  auto* worker_hwdetect =
+      worker->add_subcommand("hwdetect", "Show the resources a worker started here would detect");
+  add_detect_options(worker_hwdetect);
+  worker_hwdetect->callback(
+      [&] { code = cmd_worker_hwdetect(g, detect_option(detect_list, no_hyper_threading)); });
   bool worker_all = false;
   auto* worker_list = worker->add_subcommand("list", "List connected workers");
   worker_list->add_flag("--all", worker_all, "Include disconnected workers");
@@ -155,7 +235,14 @@ int run(int argc, char** argv) {
     auto* s = parent->add_subcommand(name, "Submit a job: hq submit [OPTIONS] -- PROGRAM ARGS...");
     s->add_option("--name", submit.name, "Job name (default: the program's name)");
     s->add_option("--array", submit.array, "Task ids, e.g. 1-10,20,30-40:2 (default: one task 0)");
-    s->add_option("--cpus", submit.cpus, "CPUs per task")->check(CLI::PositiveNumber);
+    s->add_option("--cpus", submit.cpus,
+                  "CPUs per task: N [compact|compact!|tight|tight!|scatter], or all (default 1)");
+    s->add_option("--resource", submit.resources,
+                  "Other resources per task, NAME=\"AMOUNT [POLICY]\" (repeatable; 0.5 shares "
+                  "a unit)");
+    s->add_option("--pin", submit.pin, "Bind tasks to their CPUs: taskset or omp");
+    s->add_option("--time-request", submit.time_request,
+                  "Run only on a worker that lives this long after the start (e.g. 1h)");
     s->add_option("--priority", submit.priority, "Higher runs first");
     s->add_option("--cwd", submit.cwd, "Working directory of tasks (placeholders allowed)");
     s->add_option("--stdout", submit.stdout_path,
@@ -218,6 +305,12 @@ int run(int argc, char** argv) {
   task_info->add_option("job", task_job, "Job id or last")->required();
   task_info->add_option("tasks", task_ids, "Task ids, e.g. 1-5,9")->required();
   task_info->callback([&] { code = cmd_task_info(g, task_job, task_ids); });
+  uint32_t explain_job = 0, explain_task = 0;
+  auto* task_explain =
+      task->add_subcommand("explain", "Say, per worker, whether a task's request fits and why not");
+  task_explain->add_option("job", explain_job, "Job id")->required();
+  task_explain->add_option("task", explain_task, "Task id")->required();
+  task_explain->callback([&] { code = cmd_task_explain(g, explain_job, explain_task); });
 
   add_journal_commands(app, g, code);
   add_output_commands(app, g, code);

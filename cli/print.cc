@@ -4,7 +4,9 @@
 
 #include <fmt/format.h>
 
+#include "common/resources.h"
 #include "common/time.h"
+#include "net/convert.h"
 
 namespace hq::cli {
 
@@ -129,13 +131,44 @@ nlohmann::json task_json(wire::TaskInfo::Reader task) {
   return j;
 }
 
+std::string resources_text(wire::WorkerSummary::Reader w) {
+  auto resources = net::from_wire(w.getResources());
+  if (!resources || resources->resources.empty()) return fmt::format("cpus {}", w.getCpus());
+  return describe(*resources);
+}
+
+nlohmann::json resources_json(capnp::List<wire::ResourceDefinition>::Reader defs) {
+  nlohmann::json out = nlohmann::json::array();
+  for (auto d : defs) {
+    nlohmann::json j = {{"name", d.getName().cStr()}};
+    if (d.isSum()) {
+      j["kind"] = "sum";
+      j["amount"] = d.getSum();
+    } else {
+      j["kind"] = "indexed";
+      nlohmann::json groups = nlohmann::json::array();
+      for (auto g : d.getGroups()) {
+        nlohmann::json units = nlohmann::json::array();
+        for (auto u : g) units.push_back(u.cStr());
+        groups.push_back(units);
+      }
+      j["groups"] = groups;
+    }
+    out.push_back(j);
+  }
+  return out;
+}
+
 nlohmann::json worker_json(wire::WorkerSummary::Reader w) {
   return {
+      {"resources", resources_json(w.getResources())},
       {"id", w.getId()},
       {"hostname", w.getHostname().cStr()},
       {"state", w.getConnected() ? "running" : "offline"},
       {"cpus", w.getCpus()},
       {"running_tasks", w.getRunningTasks()},
+      {"group", w.getGroup().cStr()},
+      {"time_limit_at", time_json(w.getLimitTime())},
       {"address", w.getAddress().cStr()},
       {"work_dir", w.getWorkDir().cStr()},
       {"started_at", time_json(w.getConnectTime())},

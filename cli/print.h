@@ -32,6 +32,8 @@ nlohmann::json counts_json(wire::TaskCounts::Reader c);
 nlohmann::json job_json(wire::JobSummary::Reader job);
 nlohmann::json task_json(wire::TaskInfo::Reader task);
 nlohmann::json worker_json(wire::WorkerSummary::Reader worker);
+// "cpus 2x4; gpus/nvidia 2; mem 64000".
+std::string resources_text(wire::WorkerSummary::Reader worker);
 // "RUNNING 2, FINISHED 5" style, only non-zero counts.
 std::string counts_text(wire::TaskCounts::Reader c);
 

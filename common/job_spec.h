@@ -7,8 +7,12 @@
 #include <vector>
 
 #include "common/id_set.h"
+#include "common/resources.h"
 
 namespace hq {
+
+// `hq submit --pin`: how a task is bound to the CPUs it got.
+enum class PinMode : uint8_t { kNone, kTaskset, kOmp };
 
 // What every task of a job runs. Paths may hold placeholders (common/placeholders.h).
 struct TaskBodySpec {
@@ -20,8 +24,13 @@ struct TaskBodySpec {
   std::string stdout_path;
   std::string stderr_path;
   std::string submit_dir;
-  uint32_t cpus = 1;
+  uint32_t cpus = 1;           // whole CPUs per task when `resources` is empty; 0 for `--cpus all`
   uint64_t time_limit_ms = 0;  // a task running longer is killed ("Time limit reached"); 0: none
+  // What each task needs, sorted by name with "cpus" among them (make_request); empty: `cpus`.
+  ResourceRequest resources;
+  PinMode pin = PinMode::kNone;
+  // `--time-request`: only a worker that lives this long after the start runs the task; 0: any.
+  uint64_t time_request_ms = 0;
 };
 
 // Default of `--crash-limit`: how many lost workers a task may outlive.

@@ -53,6 +53,15 @@ struct TaskBody {
   submitDir @5 :Text;
   cpus @6 :UInt32;
   timeLimitMs @7 :UInt64;   # 0: none
+  resources @8 :List(ResourceEntry);  # sorted by name; empty: `cpus` CPUs, compact
+  pin @9 :UInt8;            # 0 none, 1 taskset, 2 omp
+  timeRequestMs @10 :UInt64; # 0: any worker
+}
+
+struct ResourceEntry {
+  name @0 :Text;
+  amount @1 :UInt64;        # in 1/10000 of a unit
+  policy @2 :UInt8;         # 0 compact, 1 compact!, 2 tight, 3 tight!, 4 scatter, 5 all
 }
 
 struct JobDescription {

@@ -43,6 +43,7 @@ void check(schema::JobDescription::Reader job) {
   (void)body.getStdout();
   (void)body.getStderr();
   (void)body.getSubmitDir();
+  for (auto e : body.getResources()) (void)e.getName();
   (void)job.getStream();
 }
 
@@ -254,6 +255,15 @@ void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder ou
   body.setSubmitDir(job.body.submit_dir);
   body.setCpus(job.body.cpus);
   body.setTimeLimitMs(job.body.time_limit_ms);
+  auto resources = body.initResources(job.body.resources.entries.size());
+  for (size_t i = 0; i < job.body.resources.entries.size(); ++i) {
+    const ResourceRequestEntry& e = job.body.resources.entries[i];
+    resources[i].setName(e.name);
+    resources[i].setAmount(e.amount);
+    resources[i].setPolicy(static_cast<uint8_t>(e.policy));
+  }
+  body.setPin(static_cast<uint8_t>(job.body.pin));
+  body.setTimeRequestMs(job.body.time_request_ms);
   out.setStream(job.stream);
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
@@ -284,6 +294,24 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
   out.body.submit_dir = text(body.getSubmitDir());
   out.body.cpus = body.getCpus();
   out.body.time_limit_ms = body.getTimeLimitMs();
+  out.body.time_request_ms = body.getTimeRequestMs();
+  std::vector<ResourceRequestEntry> entries;
+  for (auto e : body.getResources()) {
+    if (e.getPolicy() > static_cast<uint8_t>(AllocationPolicy::kAll)) {
+      return Error{fmt::format("unknown allocation policy {} in a journaled job", e.getPolicy())};
+    }
+    entries.push_back(
+        {text(e.getName()), e.getAmount(), static_cast<AllocationPolicy>(e.getPolicy())});
+  }
+  if (!entries.empty()) {
+    auto request = make_request(std::move(entries));
+    if (!request) return Error{"a journaled job's request: " + request.message()};
+    out.body.resources = std::move(*request);
+  }
+  if (body.getPin() > static_cast<uint8_t>(PinMode::kOmp)) {
+    return Error{fmt::format("unknown pin mode {} in a journaled job", body.getPin())};
+  }
+  out.body.pin = static_cast<PinMode>(body.getPin());
   out.stream = text(job.getStream());
   out.crash_limit = job.getCrashLimit();
   out.max_fails = job.getMaxFails();

@@ -1,5 +1,7 @@
 #include "net/convert.h"
 
+#include <set>
+
 #include <fmt/format.h>
 
 namespace hq::net {
@@ -62,9 +64,94 @@ void to_wire(const TaskBodySpec& body, wire::TaskBody::Builder out) {
   out.setSubmitDir(body.submit_dir);
   out.setCpus(body.cpus);
   out.setTimeLimitMs(body.time_limit_ms);
+  to_wire(body.resources, out.initResources(body.resources.entries.size()));
+  out.setPin(static_cast<wire::PinMode>(body.pin));
+  out.setTimeRequestMs(body.time_request_ms);
 }
 
-TaskBodySpec from_wire(wire::TaskBody::Reader body) {
+void to_wire(const ResourceRequest& request, capnp::List<wire::ResourceEntry>::Builder out) {
+  for (size_t i = 0; i < request.entries.size(); ++i) {
+    const ResourceRequestEntry& e = request.entries[i];
+    out[i].setName(e.name);
+    out[i].setAmount(e.amount);
+    out[i].setPolicy(static_cast<wire::AllocationPolicy>(e.policy));
+  }
+}
+
+Result<ResourceRequest> from_wire(capnp::List<wire::ResourceEntry>::Reader entries) {
+  std::vector<ResourceRequestEntry> list;
+  for (auto e : entries) {
+    ResourceRequestEntry entry;
+    entry.name = std::string(e.getName().cStr(), e.getName().size());
+    if (auto st = check_resource_name(entry.name); !st) return Error{st.message()};
+    auto policy = static_cast<uint16_t>(e.getPolicy());
+    if (policy > static_cast<uint16_t>(AllocationPolicy::kAll)) {
+      return Error{
+          fmt::format("unknown allocation policy {} for resource '{}'", policy, entry.name)};
+    }
+    entry.policy = static_cast<AllocationPolicy>(policy);
+    entry.amount = e.getAmount();
+    if (entry.policy != AllocationPolicy::kAll && entry.amount == 0) {
+      return Error{fmt::format("resource '{}' is requested with a zero amount", entry.name)};
+    }
+    list.push_back(std::move(entry));
+  }
+  if (list.empty()) return ResourceRequest{};
+  return make_request(std::move(list));
+}
+
+void to_wire(const ResourceDescriptor& descriptor,
+             capnp::List<wire::ResourceDefinition>::Builder out) {
+  for (size_t i = 0; i < descriptor.resources.size(); ++i) {
+    const ResourceDefinition& def = descriptor.resources[i];
+    out[i].setName(def.name);
+    if (def.kind == ResourceKind::kSum) {
+      out[i].setSum(def.sum);
+      continue;
+    }
+    auto groups = out[i].initGroups(def.groups.size());
+    for (size_t g = 0; g < def.groups.size(); ++g) {
+      auto units = groups.init(g, def.groups[g].size());
+      for (size_t u = 0; u < def.groups[g].size(); ++u) units.set(u, def.groups[g][u]);
+    }
+  }
+}
+
+Result<ResourceDescriptor> from_wire(capnp::List<wire::ResourceDefinition>::Reader defs) {
+  ResourceDescriptor out;
+  std::vector<std::string> defined;
+  for (auto d : defs) {
+    ResourceDefinition def;
+    def.name = std::string(d.getName().cStr(), d.getName().size());
+    if (auto st = check_resource_name(def.name); !st) return Error{st.message()};
+    if (d.isSum()) {
+      def.kind = ResourceKind::kSum;
+      def.sum = d.getSum();
+      if (def.sum == 0 || def.sum > UINT64_MAX / kAmountUnit) {
+        return Error{fmt::format("resource '{}' has a bad amount", def.name)};
+      }
+    } else {
+      def.kind = ResourceKind::kIndexed;
+      std::set<std::string> seen;
+      for (auto g : d.getGroups()) {
+        if (g.size() == 0) return Error{fmt::format("resource '{}' has an empty group", def.name)};
+        auto& group = def.groups.emplace_back();
+        for (auto u : g) {
+          group.emplace_back(u.cStr(), u.size());
+          if (!seen.insert(group.back()).second) {
+            return Error{
+                fmt::format("resource '{}' lists unit '{}' twice", def.name, group.back())};
+          }
+        }
+      }
+      if (def.groups.empty()) return Error{fmt::format("resource '{}' has no units", def.name)};
+    }
+    if (auto st = add_definition(out, std::move(def), defined); !st) return Error{st.message()};
+  }
+  return out;
+}
+
+Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body) {
   TaskBodySpec out;
   for (auto arg : body.getProgram()) out.program.emplace_back(arg.cStr(), arg.size());
   for (auto kv : body.getEnv()) out.env.emplace_back(kv.getKey().cStr(), kv.getValue().cStr());
@@ -74,6 +161,14 @@ TaskBodySpec from_wire(wire::TaskBody::Reader body) {
   out.submit_dir = body.getSubmitDir().cStr();
   out.cpus = body.getCpus();
   out.time_limit_ms = body.getTimeLimitMs();
+  out.time_request_ms = body.getTimeRequestMs();
+  auto pin = static_cast<uint16_t>(body.getPin());
+  if (pin > static_cast<uint16_t>(PinMode::kOmp))
+    return Error{fmt::format("unknown pin mode {}", pin)};
+  out.pin = static_cast<PinMode>(pin);
+  auto resources = from_wire(body.getResources());
+  if (!resources) return resources.error();
+  out.resources = std::move(*resources);
   return out;
 }
 
@@ -94,7 +189,9 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
   if (!ids) return ids.error();
   out.task_ids = std::move(*ids);
   out.priority = job.getPriority();
-  out.body = from_wire(job.getBody());
+  auto body = from_wire(job.getBody());
+  if (!body) return body.error();
+  out.body = std::move(*body);
   out.stream = job.getStream().cStr();
   out.crash_limit = job.getCrashLimit();
   out.max_fails = job.getMaxFails();

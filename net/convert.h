@@ -6,6 +6,7 @@
 #include "common/id_set.h"
 #include "common/ids.h"
 #include "common/job_spec.h"
+#include "common/resources.h"
 #include "net/protocol.capnp.h"
 
 namespace hq::net {
@@ -21,7 +22,16 @@ TaskKey from_wire(wire::TaskKey::Reader key);
 void to_wire(const std::vector<TaskKey>& keys, capnp::List<wire::TaskKey>::Builder out);
 
 void to_wire(const TaskBodySpec& body, wire::TaskBody::Builder out);
-TaskBodySpec from_wire(wire::TaskBody::Reader body);
+// Fails on resources or a pin mode the parsers would refuse.
+Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body);
+
+void to_wire(const ResourceRequest& request, capnp::List<wire::ResourceEntry>::Builder out);
+// Fails on an entry the parsers would refuse (unknown policy, bad name, zero amount).
+Result<ResourceRequest> from_wire(capnp::List<wire::ResourceEntry>::Reader entries);
+void to_wire(const ResourceDescriptor& descriptor,
+             capnp::List<wire::ResourceDefinition>::Builder out);
+// Fails on a definition the parsers would refuse (duplicate name or unit, empty group).
+Result<ResourceDescriptor> from_wire(capnp::List<wire::ResourceDefinition>::Reader defs);
 
 void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out);
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job);

@@ -58,6 +58,37 @@ enum JobState {
   opened @6;
 }
 
+# How a request spreads over a resource's groups (common/resources.h).
+enum AllocationPolicy {
+  compact @0;
+  forceCompact @1;          # compact!
+  tight @2;
+  forceTight @3;            # tight!
+  scatter @4;
+  all @5;                   # the whole resource; amount unused
+}
+
+struct ResourceEntry {
+  name @0 :Text;
+  amount @1 :UInt64;        # in 1/10000 of a unit
+  policy @2 :AllocationPolicy;
+}
+
+# One resource of a worker: a list of units in groups, or a sum.
+struct ResourceDefinition {
+  name @0 :Text;
+  union {
+    groups @1 :List(List(Text));
+    sum @2 :UInt64;
+  }
+}
+
+enum PinMode {
+  none @0;
+  taskset @1;               # CPU affinity of the task's process
+  omp @2;                   # OMP_PLACES / OMP_PROC_BIND
+}
+
 # What a task runs; shared by all tasks of a job. Paths may hold placeholders.
 struct TaskBody {
   program @0 :List(Text);   # argv; argv[0] is looked up in PATH
@@ -68,6 +99,9 @@ struct TaskBody {
   submitDir @5 :Text;
   cpus @6 :UInt32;
   timeLimitMs @7 :UInt64;   # 0: none
+  resources @8 :List(ResourceEntry);  # sorted by name, "cpus" among them; empty: `cpus` CPUs
+  pin @9 :PinMode;
+  timeRequestMs @10 :UInt64;  # run only on a worker that lives this long after the start; 0: any
 }
 
 struct JobDescription {
@@ -141,6 +175,9 @@ struct WorkerSummary {
   runningTasks @7 :UInt32;
   workDir @8 :Text;
   address @9 :Text;
+  resources @10 :List(ResourceDefinition);
+  limitTime @11 :Int64;     # Unix ms when its --time-limit stops it; 0: none
+  group @12 :Text;
 }
 
 struct WorkerSelector {
@@ -187,7 +224,23 @@ struct ClientRequest {
     serverStop @10 :Void;
     journalPrune @11 :Void;
     journalFlush @12 :Void;
+    taskExplain @13 :TaskKey;   # instance unused
   }
+}
+
+# Why a task can or cannot run on one worker.
+struct WorkerFit {
+  worker @0 :UInt32;
+  hostname @1 :Text;
+  fitsNow @2 :Bool;
+  couldFit @3 :Bool;        # with nothing running there
+  reason @4 :Text;          # empty when it fits now
+}
+
+struct TaskExplanation {
+  request @0 :Text;         # the task's request, as `hq submit` takes it
+  state @1 :TaskState;
+  workers @2 :List(WorkerFit);
 }
 
 struct CancelResult {
@@ -208,6 +261,7 @@ struct ClientResponse {
     serverInfo @7 :ServerInfo;
     ok @8 :Void;                      # serverStop, journalFlush
     journalPruned @9 :JournalPruneResult;
+    explanation @10 :TaskExplanation;
   }
 }
 
@@ -223,6 +277,9 @@ struct WorkerRegistration {
   hostname @0 :Text;
   cpus @1 :UInt32;
   workDir @2 :Text;
+  resources @3 :List(ResourceDefinition);  # "cpus" among them; empty: cpus 0..cpus-1
+  timeLimitMs @4 :UInt64;   # the worker stops this long after registering; 0: never
+  group @5 :Text;           # `--group`; empty: "default"
 }
 
 struct RegistrationReply {

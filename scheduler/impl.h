@@ -14,15 +14,20 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/resource_pool.h"
+#include "common/resources.h"
 #include "scheduler/job.h"
 #include "scheduler/scheduler.h"
 
 namespace hq::sched {
 
-// One task a worker holds.
+// One task a worker holds: its CPU cost there (for the queue budget) and, once placed, what it
+// got from the worker's pool.
 struct HeldTask {
   Job* job;
   uint32_t index;
+  uint32_t cpus;
+  Allocation alloc;
 };
 
 inline bool ended(TaskState s) { return s != TaskState::kWaiting && s != TaskState::kRunning; }
@@ -41,6 +46,15 @@ inline uint32_t worker_limit(uint32_t cpus, double queue_factor) {
   return limit >= static_cast<double>(kMax) ? kMax : static_cast<uint32_t>(limit);
 }
 
+// The id of "cpus" in Impl::names: interned first.
+inline constexpr uint32_t kCpuResource = 0;
+
+// A task held by a worker without an allocation: queued there until resources free up.
+struct QueuedTask {
+  Job* job;
+  uint32_t index;
+};
+
 struct WorkerSlot {
   WorkerId id = 0;
   uint32_t cpus = 0;
@@ -48,13 +62,36 @@ struct WorkerSlot {
   bool connected = true;
   bool in_free_list = false;
   bool in_overloaded_list = false;
+  int64_t end_time = 0;  // Unix ms when it stops (its time limit); 0: never
+  ResourceDescriptor resources;
+  ResourcePool pool;            // what placed tasks leave free
+  Job* reserved_for = nullptr;  // a blocked job ahead of others waits for this worker
   std::vector<HeldTask> held;
-  uint32_t held_cpus = 0;        // CPUs of every held task
-  uint32_t retracting_cpus = 0;  // CPUs of held tasks with a pending retraction
-  uint32_t running = 0;          // held tasks in state kRunning
-  uint32_t stuck = 0;  // held_cpus - retracting_cpus - cpus when positive: queued beyond capacity
+  std::vector<QueuedTask> queue;  // held waiting tasks without an allocation, in assignment order
+  uint32_t held_cpus = 0;         // CPUs of every held task
+  uint32_t queued_cpus = 0;       // CPUs of the tasks in `queue`
+  uint32_t retracting_cpus = 0;   // CPUs of queued tasks with a pending retraction
+  uint32_t running = 0;           // held tasks in state kRunning
+  uint32_t stuck = 0;             // queued_cpus - retracting_cpus
+  uint32_t outside = 0;           // running tasks flagged kOutside: no new placements meanwhile
 
-  uint32_t real_free() const { return held_cpus < cpus ? cpus - held_cpus : 0; }
+  uint32_t real_free() const {
+    return static_cast<uint32_t>(pool.free_amount(kCpuResource) / kAmountUnit);
+  }
+  uint32_t cost(const Job& job) const { return job.cpus ? job.cpus : cpus; }
+  // CPUs of tasks it may still hold, queued or placed: held_cpus never exceeds limit.
+  uint32_t queue_room() const { return limit - held_cpus; }
+  // Whether the worker lives long enough for a task of `job` started at `now`.
+  bool lives_for(const Job& job, int64_t now) const {
+    return end_time == 0 || job.time_request_ms == 0 ||
+           now + static_cast<int64_t>(job.time_request_ms) <= end_time;
+  }
+  // Whether a task of `job` can be placed now. Not while tasks wait in its queue: they come
+  // first (the worker starts its queue in order), so that a big one is not starved.
+  bool can_place(const Job& job, const PoolRequest& r, int64_t now) const {
+    return outside == 0 && stuck == 0 && held_cpus + cost(job) <= limit && lives_for(job, now) &&
+           pool.fits(r);
+  }
 };
 
 struct Scheduler::Impl {
@@ -63,9 +100,14 @@ struct Scheduler::Impl {
   std::unordered_map<JobId, Job*> job_index;   // the same, for O(1) lookups by reports
   std::unordered_map<WorkerId, std::unique_ptr<WorkerSlot>> workers;
 
-  // Jobs with ready tasks, in scheduling order, and how many of them request each CPU count.
+  // Resource names, and the distinct requests of all jobs (Job::request indexes them).
+  ResourceNames names;
+  std::vector<PoolRequest> requests;
+  std::vector<ResourceRequest> request_specs;   // the same, as submitted
+  std::map<std::string, uint32_t> request_ids;  // by describe(request)
+
+  // Jobs with ready tasks, in scheduling order.
   std::set<Job*, ReadyOrder> ready;
-  std::map<uint32_t, uint32_t> ready_cpus;
   uint64_t ready_tasks = 0;  // sum of Job::ready()
 
   // Supersets, compacted by schedule(): connected workers with held_cpus < limit, and connected
@@ -81,13 +123,20 @@ struct Scheduler::Impl {
 
   // Scratch space of schedule(), kept to avoid reallocating.
   std::vector<WorkerSlot*> candidates;
-  struct HeldRef {
+  std::vector<uint64_t> unfit_pass;  // by request: the fill pass in which it fit nowhere
+  uint64_t pass = 0;
+  int64_t now = 0;  // of the running schedule()
+  struct Retractable {
     WorkerSlot* worker;
-    uint32_t pos;  // in worker->held
+    Job* job;
+    uint32_t index;
   };
-  std::vector<HeldRef> retractable;
+  std::vector<std::vector<Retractable>> retractable_by_request;
+  std::vector<uint32_t> retractable_requests;  // those with a non-empty list
+  std::vector<Allocation> tentative;
+  Allocation scratch_alloc;
 
-  explicit Impl(SchedulerConfig c) : config(c) {}
+  explicit Impl(SchedulerConfig c) : config(c) { names.intern(kCpus); }
 
   Job* find_job(JobId id) const {
     auto it = job_index.find(id);
@@ -97,19 +146,39 @@ struct Scheduler::Impl {
     auto it = workers.find(id);
     return it == workers.end() ? nullptr : it->second.get();
   }
+  const PoolRequest& request_of(const Job& job) const { return requests[job.request]; }
+
+  uint32_t intern_request(const ResourceRequest& r) {
+    auto [it, added] = request_ids.emplace(describe(r), static_cast<uint32_t>(requests.size()));
+    if (added) {
+      requests.push_back(hq::intern_request(r, names));
+      request_specs.push_back(r);
+      unfit_pass.push_back(0);
+    }
+    return it->second;
+  }
+
+  // --- Reservations --------------------------------------------------------------------------
+  void drop_reservation(Job& job) {
+    if (!job.reservation) return;
+    job.reservation->reserved_for = nullptr;
+    job.reservation = nullptr;
+  }
+  // Whether `w` is kept for a job ahead of `job`.
+  static bool reserved_against(const WorkerSlot& w, const Job& job) {
+    return w.reserved_for && w.reserved_for != &job && ReadyOrder()(w.reserved_for, &job);
+  }
 
   // --- Ready set -----------------------------------------------------------------------------
   void enter_ready(Job& job) {
     if (job.in_ready_set || job.ready() == 0) return;
     ready.insert(&job);
-    ++ready_cpus[job.cpus];
     job.in_ready_set = true;
   }
   std::set<Job*, ReadyOrder>::iterator leave_ready(Job& job) {
+    drop_reservation(job);
     auto it = ready.find(&job);
     if (it == ready.end()) return it;
-    auto c = ready_cpus.find(job.cpus);
-    if (--c->second == 0) ready_cpus.erase(c);
     job.in_ready_set = false;
     return ready.erase(it);
   }
@@ -123,8 +192,7 @@ struct Scheduler::Impl {
   // Refreshes the worker's cached figures and list memberships after its load changed.
   void touch(WorkerSlot& w) {
     if (!w.connected) return;
-    uint32_t load = w.held_cpus - w.retracting_cpus;
-    w.stuck = load > w.cpus ? load - w.cpus : 0;
+    w.stuck = w.queued_cpus - w.retracting_cpus;
     if (w.held_cpus < w.limit && !w.in_free_list) {
       free_list.push_back(&w);
       w.in_free_list = true;
@@ -134,33 +202,118 @@ struct Scheduler::Impl {
       w.in_overloaded_list = true;
     }
   }
-  void hold(WorkerSlot& w, Job& job, uint32_t index) {
+  // `alloc` empty and !placed: the task waits in the worker's queue.
+  void hold(WorkerSlot& w, Job& job, uint32_t index, bool placed, Allocation alloc) {
     TaskSlot& s = job.slots[index];
-    s.flags = kHeld;
+    s.flags = kHeld | (placed ? kPlaced : 0);
     s.worker = w.id;
     s.held_pos = static_cast<uint32_t>(w.held.size());
-    w.held.push_back({&job, index});
-    w.held_cpus += job.cpus;
+    const uint32_t cost = w.cost(job);
+    w.held.push_back({&job, index, cost, std::move(alloc)});
+    w.held_cpus += cost;
+    if (!placed) {
+      w.queue.push_back({&job, index});
+      w.queued_cpus += cost;
+    }
     touch(w);
   }
-  void clear_retraction(WorkerSlot& w, Job& job, TaskSlot& s) {
+  void clear_retraction(WorkerSlot& w, TaskSlot& s) {
     if (!(s.flags & kRetracting)) return;
     s.flags &= ~kRetracting;
-    w.retracting_cpus -= job.cpus;
-    retracting_cpus -= job.cpus;
+    const uint32_t cost = w.held[s.held_pos].cpus;
+    w.retracting_cpus -= cost;
+    retracting_cpus -= cost;
+    touch(w);
+  }
+  void leave_queue(WorkerSlot& w, Job& job, uint32_t index) {
+    for (auto it = w.queue.begin(); it != w.queue.end(); ++it) {
+      if (it->job == &job && it->index == index) {
+        w.queued_cpus -= w.held[job.slots[index].held_pos].cpus;
+        w.queue.erase(it);
+        return;
+      }
+    }
+  }
+  // Queued tasks are placed in order while they fit the worker's pool, as the worker starts
+  // them: the first that does not fit stops the rest (tasks given back or canceled aside), so
+  // that a big task is never overtaken by smaller ones queued behind it.
+  void promote(WorkerSlot& w) {
+    for (size_t k = 0; k < w.queue.size() && w.outside == 0;) {
+      auto [job, index] = w.queue[k];
+      TaskSlot& s = job->slots[index];
+      if (s.state != TaskState::kWaiting || (s.flags & kRetracting)) {
+        ++k;
+        continue;
+      }
+      if (!w.pool.allocate(request_of(*job), scratch_alloc)) break;
+      HeldTask& h = w.held[s.held_pos];
+      h.alloc = std::move(scratch_alloc);
+      scratch_alloc = {};
+      s.flags |= kPlaced;
+      w.queued_cpus -= h.cpus;
+      w.queue.erase(w.queue.begin() + static_cast<std::ptrdiff_t>(k));
+    }
+    touch(w);
+  }
+  // A queued task the worker reports started: it found the resources, so the model takes them
+  // too when it can (the two views may differ for a moment).
+  void place_started(WorkerSlot& w, Job& job, uint32_t index) {
+    TaskSlot& s = job.slots[index];
+    if (s.flags & kPlaced) return;
+    leave_queue(w, job, index);
+    HeldTask& h = w.held[s.held_pos];
+    if (!w.pool.allocate(request_of(job), h.alloc)) {
+      // The worker started it in place of placed tasks it has not started: those wait instead,
+      // at the head of the queue, until the model has room for this one.
+      for (size_t k = 0; k < w.held.size() && !w.pool.fits(request_of(job)); ++k) {
+        HeldTask& other = w.held[k];
+        TaskSlot& o = other.job->slots[other.index];
+        if (!(o.flags & kPlaced) || o.state != TaskState::kWaiting) continue;
+        w.pool.release(other.alloc);
+        other.alloc.clear();
+        o.flags &= ~kPlaced;
+        w.queue.insert(w.queue.begin(), {other.job, other.index});
+        w.queued_cpus += other.cpus;
+      }
+      if (!w.pool.allocate(request_of(job), h.alloc)) {
+        // The shapes differ (groups): it runs outside the model's pool, and nothing more is
+        // placed on the worker until it ends.
+        s.flags |= kOutside;
+        ++w.outside;
+        touch(w);
+        return;
+      }
+      promote(w);
+    }
+    s.flags |= kPlaced;
     touch(w);
   }
   void release(WorkerSlot& w, Job& job, uint32_t index) {
     TaskSlot& s = job.slots[index];
-    clear_retraction(w, job, s);
-    HeldTask last = w.held.back();
-    w.held[s.held_pos] = last;
-    last.job->slots[last.index].held_pos = s.held_pos;
+    clear_retraction(w, s);
+    const bool placed = s.flags & kPlaced;
+    HeldTask& h = w.held[s.held_pos];
+    if (placed) {
+      w.pool.release(h.alloc);
+    } else if (s.flags & kOutside) {
+      --w.outside;
+    } else {
+      leave_queue(w, job, index);
+    }
+    w.held_cpus -= h.cpus;
+    const uint32_t pos = s.held_pos;
+    if (pos + 1 != w.held.size()) {
+      w.held[pos] = std::move(w.held.back());
+      w.held[pos].job->slots[w.held[pos].index].held_pos = pos;
+    }
     w.held.pop_back();
     s.flags = 0;
     s.held_pos = 0;
-    w.held_cpus -= job.cpus;
-    touch(w);
+    if (placed || w.outside == 0) {
+      promote(w);
+    } else {
+      touch(w);
+    }
   }
 
   // The task the report names, when `worker` holds that instance of it.
@@ -193,7 +346,7 @@ struct Scheduler::Impl {
     std::optional<Held> h = find_held(worker, key);
     if (!h) return false;
     TaskSlot& s = *h->slot;
-    if (ended(s.state)) {  // canceled while held: the worker only gives the CPUs back
+    if (ended(s.state)) {  // canceled while held: the worker only gives the resources back
       release(*h->w, *h->job, h->index);
       return true;
     }
@@ -223,7 +376,7 @@ struct Scheduler::Impl {
       if (s.flags & kHeld) {
         WorkerSlot& w = *find_worker(s.worker);
         held.push_back({w.id, {job.id, job.ids.id_at(i), s.instance}});
-        clear_retraction(w, job, s);
+        clear_retraction(w, s);
         if (s.state == TaskState::kRunning) --w.running;
       }
       job.set_state(s, to);
@@ -265,54 +418,89 @@ struct Scheduler::Impl {
               [](const WorkerSlot* a, const WorkerSlot* b) { return a->id < b->id; });
   }
 
-  void assign(Decisions& d, WorkerSlot& w, Job& job) {
+  void assign(Decisions& d, WorkerSlot& w, Job& job, bool placed) {
     Job::Next next = job.take_ready();
     --ready_tasks;
-    hold(w, job, next.index);
+    Allocation alloc;
+    if (placed) w.pool.allocate(request_of(job), alloc);
+    hold(w, job, next.index, placed, std::move(alloc));
     d.assign.push_back({w.id, {job.id, next.id, job.slots[next.index].instance}});
+    if (job.reservation == &w) drop_reservation(job);
   }
 
-  // Gives ready tasks to workers, jobs in order, up to each worker's real capacity (`real`) or up
-  // to its limit. A cursor goes round the workers, one task per worker per visit, across jobs too,
-  // so that tasks spread. Cost: O(workers + assignments + jobs visited), plus one lap of misses
-  // for a job whose tasks fit nowhere now.
+  // Keeps one worker for `job`, whose tasks fit nowhere now, so that jobs behind it cannot take
+  // every resource it waits for as it frees up: the one that could run it with the most free
+  // CPUs now (lowest id among equals).
+  void reserve(Job& job) {
+    if (job.reservation) return;
+    const PoolRequest& r = request_of(job);
+    WorkerSlot* best = nullptr;
+    for (auto& [id, holder] : workers) {
+      WorkerSlot* w = holder.get();
+      if (!w->connected || !w->pool.could_fit(r) || !w->lives_for(job, now)) continue;
+      if (w->reserved_for && !ReadyOrder()(&job, w->reserved_for)) continue;
+      if (!best || w->real_free() > best->real_free() ||
+          (w->real_free() == best->real_free() && w->id < best->id)) {
+        best = w;
+      }
+    }
+    if (!best) return;  // no worker could ever run it: it waits for one that can
+    if (best->reserved_for) best->reserved_for->reservation = nullptr;
+    best->reserved_for = &job;
+    job.reservation = best;
+  }
+
+  // Gives ready tasks to workers, jobs in order: into free resources (`real`), or into worker
+  // queues up to each worker's limit. A cursor goes round the workers, one task per worker per
+  // visit, across jobs too, so that tasks spread. A worker kept for a job ahead takes nothing
+  // from jobs behind it. Cost: O(workers + assignments + jobs visited), plus one lap of misses
+  // per distinct request that fits nowhere now.
   void fill(Decisions& d, bool real) {
-    auto room = [real](const WorkerSlot* w) { return (real ? w->cpus : w->limit) - w->held_cpus; };
+    auto has_room = [real](const WorkerSlot* w) {
+      return real
+                 ? w->real_free() > 0 && w->outside == 0 && w->stuck == 0 && w->held_cpus < w->limit
+                 : w->queue_room() > 0;
+    };
+    auto room = [this, real](WorkerSlot* w, Job& job) {
+      if (reserved_against(*w, job)) return false;
+      const PoolRequest& r = request_of(job);
+      if (real) return w->can_place(job, r, now);
+      return w->cost(job) <= w->queue_room() && w->lives_for(job, now) && w->pool.could_fit(r);
+    };
     candidates.clear();
     for (WorkerSlot* w : free_list) {
-      if (w->held_cpus < (real ? w->cpus : w->limit)) candidates.push_back(w);
+      if (has_room(w)) candidates.push_back(w);
     }
+    ++pass;
     size_t full = 0;    // candidates with no room left (dropped now and then)
     size_t cursor = 0;  // next candidate to visit
-    // Fitting is monotonic in the request: once c CPUs fit nowhere, neither does anything bigger.
-    uint32_t unfit = std::numeric_limits<uint32_t>::max();
     for (auto it = ready.begin(); it != ready.end() && full < candidates.size();) {
-      if (ready_cpus.begin()->first >= unfit) break;  // no ready job fits anywhere
       Job& job = **it;
-      const uint32_t c = job.cpus;
-      if (c >= unfit) {  // too big for now: it must not block smaller jobs behind it
+      if (unfit_pass[job.request] == pass) {  // another job with this request fit nowhere
         ++it;
         continue;
       }
-      // A task never goes to a worker with fewer CPUs than it needs, queue part or not.
       size_t misses = 0;
       while (job.ready() > 0 && misses < candidates.size()) {
         if (cursor >= candidates.size()) cursor = 0;
         WorkerSlot* w = candidates[cursor++];
-        if (w->cpus < c || room(w) < c) {
+        if (!room(w, job)) {
           ++misses;
           continue;
         }
         misses = 0;
-        assign(d, *w, job);
-        if (room(w) == 0) ++full;
+        assign(d, *w, job, real);
+        if (!has_room(w)) ++full;
       }
-      if (job.ready() > 0) unfit = c;
+      if (job.ready() > 0) {
+        unfit_pass[job.request] = pass;
+        if (real) reserve(job);
+      }
       if (full * 2 > candidates.size()) {
         size_t out = 0, new_cursor = 0;
         for (size_t i = 0; i < candidates.size(); ++i) {
           if (i == cursor) new_cursor = out;
-          if (room(candidates[i]) > 0) candidates[out++] = candidates[i];
+          if (has_room(candidates[i])) candidates[out++] = candidates[i];
         }
         cursor = cursor >= candidates.size() ? out : new_cursor;
         candidates.resize(out);
@@ -320,56 +508,79 @@ struct Scheduler::Impl {
       }
       it = job.ready() == 0 ? leave_ready(job) : std::next(it);
     }
-  }
-
-  // Workers with idle CPUs that no ready task fits take queued tasks that other workers hold
-  // beyond their CPUs: ask those workers to give them back. An overloaded worker keeps the queued
-  // tasks that can start there now (in held order, while they fit the CPUs its started tasks
-  // leave); the others may be asked back. Never more CPUs than the idle workers lack, counting
-  // retractions still pending.
-  void retract(Decisions& d) {
-    if (overloaded_list.empty()) return;
-    int64_t budget = -static_cast<int64_t>(retracting_cpus);
-    for (WorkerSlot* w : free_list) budget += w->real_free();
-    if (budget <= 0) return;  // the retractions already asked for cover the idle CPUs
-    retractable.clear();
-    uint32_t smallest = std::numeric_limits<uint32_t>::max();
-    for (WorkerSlot* v : overloaded_list) {
-      uint32_t busy = 0;  // started tasks, and canceled ones that may still run
-      for (const HeldTask& h : v->held) {
-        if (h.job->slots[h.index].state != TaskState::kWaiting) busy += h.job->cpus;
-      }
-      uint32_t startable = busy < v->cpus ? v->cpus - busy : 0;
-      for (uint32_t k = 0; k < v->held.size(); ++k) {
-        const HeldTask& h = v->held[k];
-        const TaskSlot& s = h.job->slots[h.index];
-        if (s.state != TaskState::kWaiting || (s.flags & kRetracting)) continue;
-        if (h.job->cpus <= startable) {
-          startable -= h.job->cpus;
-        } else {
-          retractable.push_back({v, k});
-          smallest = std::min(smallest, h.job->cpus);
-        }
+    // Jobs not visited because every worker filled up may be blocked too: the first of them
+    // keeps a worker, so that it is not passed over forever.
+    if (real && full >= candidates.size()) {
+      for (Job* job : ready) {
+        if (unfit_pass[job->request] == pass) continue;
+        if (!job->reservation) reserve(*job);
+        break;
       }
     }
+  }
+
+  // Workers with idle CPUs and nothing queued take queued tasks that other workers hold without
+  // room to start them: ask those workers to give them back (newest first: the least likely to
+  // have started). Never more CPUs than the idle workers lack, counting retractions still
+  // pending. Cost: O(queued tasks + idle workers x distinct requests queued + retractions).
+  void retract(Decisions& d) {
+    if (overloaded_list.empty()) return;
+    auto idle_now = [](const WorkerSlot* w) {
+      return w->stuck == 0 && w->outside == 0 && w->real_free() > 0;
+    };
+    int64_t budget = -static_cast<int64_t>(retracting_cpus);
+    for (WorkerSlot* w : free_list) budget += idle_now(w) ? w->real_free() : 0;
+    if (budget <= 0) return;  // the retractions already asked for cover the idle CPUs
+    // Queued tasks by request, oldest first.
+    if (retractable_by_request.size() < requests.size()) {
+      retractable_by_request.resize(requests.size());
+    }
+    for (uint32_t r : retractable_requests) retractable_by_request[r].clear();
+    retractable_requests.clear();
+    uint32_t smallest = std::numeric_limits<uint32_t>::max();
+    for (WorkerSlot* v : overloaded_list) {
+      for (const QueuedTask& q : v->queue) {
+        const TaskSlot& s = q.job->slots[q.index];
+        if (s.state != TaskState::kWaiting || (s.flags & kRetracting)) continue;
+        auto& list = retractable_by_request[q.job->request];
+        if (list.empty()) retractable_requests.push_back(q.job->request);
+        list.push_back({v, q.job, q.index});
+        smallest = std::min(smallest, v->held[s.held_pos].cpus);
+      }
+    }
+    std::sort(retractable_requests.begin(), retractable_requests.end());
     for (WorkerSlot* idle : free_list) {
+      if (!idle_now(idle)) continue;
       uint32_t room = idle->real_free();
       if (room < smallest) continue;
-      // Newest held tasks first: the worker is least likely to have started them.
-      for (size_t i = retractable.size(); i-- > 0 && room > 0 && budget > 0;) {
-        WorkerSlot* v = retractable[i].worker;
-        HeldTask h = v->held[retractable[i].pos];
-        TaskSlot& s = h.job->slots[h.index];
-        const uint32_t c = h.job->cpus;
-        if ((s.flags & kRetracting) || c > room || c > budget) continue;
-        s.flags |= kRetracting;
-        v->retracting_cpus += c;
-        retracting_cpus += c;
-        touch(*v);
-        room -= c;
-        budget -= c;
-        d.retract.push_back({v->id, {h.job->id, h.job->ids.id_at(h.index), s.instance}});
+      // What is taken back for this worker holds its resources until the end of the loop, so
+      // that it is never promised more than it has.
+      tentative.clear();
+      for (uint32_t r : retractable_requests) {
+        auto& list = retractable_by_request[r];
+        for (size_t i = list.size(); i-- > 0 && room > 0 && budget > 0;) {
+          auto [v, job, index] = list[i];
+          if (v == idle) continue;
+          TaskSlot& s = job->slots[index];
+          const uint32_t c = v->held[s.held_pos].cpus;
+          if ((s.flags & kRetracting) || c > room || c > budget) continue;
+          if (reserved_against(*idle, *job) || !idle->lives_for(*job, now)) continue;
+          if (idle->held_cpus + c > idle->limit) continue;
+          Allocation& taken = tentative.emplace_back();
+          if (!idle->pool.allocate(requests[r], taken)) {
+            tentative.pop_back();
+            break;  // the same request does not fit this worker any more
+          }
+          s.flags |= kRetracting;
+          v->retracting_cpus += c;
+          retracting_cpus += c;
+          touch(*v);
+          room -= c;
+          budget -= c;
+          d.retract.push_back({v->id, {job->id, job->ids.id_at(index), s.instance}});
+        }
       }
+      for (const Allocation& a : tentative) idle->pool.release(a);
       if (budget <= 0) break;
     }
   }

@@ -23,7 +23,6 @@ void Scheduler::check_invariants() const { impl_->check(); }
 void Scheduler::Impl::check() const {
   uint64_t total_ready = 0;
   size_t jobs_in_ready = 0;
-  std::map<uint32_t, uint32_t> cpus_in_ready;
   for (const auto& [id, holder] : jobs) {
     const Job& job = *holder;
     HQ_SCHED_CHECK(job.id == id && find_job(id) == &job, "job {} is filed under id {}", job.id, id);
@@ -36,8 +35,8 @@ void Scheduler::Impl::check() const {
       const TaskSlot& s = job.slots[i];
       ++recount.by_state[static_cast<int>(s.state)];
       const bool held = s.flags & kHeld;
-      HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting)) == 0, "job {} task #{}: bad flags {}", id,
-                     i, s.flags);
+      HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting | kPlaced | kOutside)) == 0,
+                     "job {} task #{}: bad flags {}", id, i, s.flags);
       HQ_SCHED_CHECK(!(s.flags & kRetracting) || (held && s.state == TaskState::kWaiting),
                      "job {} task #{}: retracting but not held and queued", id, i);
       HQ_SCHED_CHECK(s.state != TaskState::kRunning || held, "job {} task #{}: running, not held",
@@ -89,7 +88,6 @@ void Scheduler::Impl::check() const {
                    "job {}: in the ready set iff it has ready tasks", id);
     if (job.in_ready_set) {
       ++jobs_in_ready;
-      ++cpus_in_ready[job.cpus];
     }
     total_ready += job.ready();
     HQ_SCHED_CHECK(!job.completion_noted || job.counts.complete(),
@@ -103,7 +101,6 @@ void Scheduler::Impl::check() const {
                  job_index.size(), jobs.size());
   HQ_SCHED_CHECK(jobs_in_ready == ready.size(), "ready set holds {} jobs, {} expected",
                  ready.size(), jobs_in_ready);
-  HQ_SCHED_CHECK(cpus_in_ready == ready_cpus, "ready CPU histogram is stale");
   HQ_SCHED_CHECK(total_ready == ready_tasks, "{} ready tasks counted, {} found", ready_tasks,
                  total_ready);
   for (const auto& c : completed) {
@@ -117,8 +114,9 @@ void Scheduler::Impl::check() const {
     HQ_SCHED_CHECK(w.id == id, "worker {} is filed under id {}", w.id, id);
     HQ_SCHED_CHECK(w.limit == worker_limit(w.cpus, config.queue_factor),
                    "worker {}: limit {} is stale", id, w.limit);
-    uint64_t cpus = 0, retracting = 0;
-    uint32_t running = 0;
+    uint64_t cpus = 0, retracting = 0, queued = 0;
+    uint32_t running = 0, outside = 0;
+    std::vector<ResourceAmount> used(names.size(), 0);
     for (size_t k = 0; k < w.held.size(); ++k) {
       const HeldTask& h = w.held[k];
       const TaskSlot& s = h.job->slots[h.index];
@@ -126,9 +124,28 @@ void Scheduler::Impl::check() const {
                      "worker {}: held entry {} (job {} task #{}) does not name it", id, k,
                      h.job->id, h.index);
       HQ_SCHED_CHECK(find_job(h.job->id) == h.job, "worker {}: holds a task of a stale job", id);
-      cpus += h.job->cpus;
-      if (s.flags & kRetracting) retracting += h.job->cpus;
+      HQ_SCHED_CHECK(h.cpus == w.cost(*h.job), "worker {}: held entry {} costs {} CPUs, not {}", id,
+                     k, h.cpus, w.cost(*h.job));
+      cpus += h.cpus;
+      if (s.flags & kRetracting) retracting += h.cpus;
       if (s.state == TaskState::kRunning) ++running;
+      const bool in_queue = std::any_of(w.queue.begin(), w.queue.end(), [&](const QueuedTask& q) {
+        return q.job == h.job && q.index == h.index;
+      });
+      HQ_SCHED_CHECK(in_queue == !(s.flags & (kPlaced | kOutside)),
+                     "worker {}: held entry {} is {} but {} its queue", id, k,
+                     (s.flags & kPlaced) ? "placed" : "not placed", in_queue ? "in" : "not in");
+      HQ_SCHED_CHECK((s.flags & kPlaced) || h.alloc.empty(),
+                     "worker {}: held entry {} has an allocation but is not placed", id, k);
+      HQ_SCHED_CHECK(!(s.flags & kRetracting) || in_queue,
+                     "worker {}: held entry {} is retracting but not queued", id, k);
+      if (in_queue) queued += h.cpus;
+      if (s.flags & kOutside) {
+        ++outside;
+        HQ_SCHED_CHECK(s.state != TaskState::kWaiting && !(s.flags & kPlaced) && !in_queue,
+                       "worker {}: held entry {} is outside the pool but not running alone", id, k);
+      }
+      for (const AllocationEntry& a : h.alloc) used[a.resource] += a.amount;
     }
     HQ_SCHED_CHECK(cpus == w.held_cpus, "worker {}: holds {} CPUs but counts {}", id, cpus,
                    w.held_cpus);
@@ -136,6 +153,19 @@ void Scheduler::Impl::check() const {
                    id, retracting, w.retracting_cpus);
     HQ_SCHED_CHECK(running == w.running, "worker {}: runs {} tasks but counts {}", id, running,
                    w.running);
+    HQ_SCHED_CHECK(outside == w.outside, "worker {}: {} tasks outside its pool, counts {}", id,
+                   outside, w.outside);
+    HQ_SCHED_CHECK(queued == w.queued_cpus && w.queue.size() <= w.held.size(),
+                   "worker {}: queues {} CPUs but counts {}", id, queued, w.queued_cpus);
+    for (uint32_t r = 0; r < names.size(); ++r) {
+      HQ_SCHED_CHECK(w.pool.free_amount(r) + used[r] == w.pool.total_amount(r),
+                     "worker {}: {} free of {} is {}, but {} of {} is allocated", id, names.name(r),
+                     format_amount(w.pool.total_amount(r)), format_amount(w.pool.free_amount(r)),
+                     format_amount(used[r]), names.name(r));
+    }
+    HQ_SCHED_CHECK(!w.reserved_for || (w.reserved_for->reservation == &w && w.connected &&
+                                       w.reserved_for->in_ready_set),
+                   "worker {}: a stale reservation", id);
     HQ_SCHED_CHECK(w.held_cpus <= w.limit, "worker {}: holds {} CPUs over its limit {}", id,
                    w.held_cpus, w.limit);
     total_retracting += retracting;
@@ -143,8 +173,7 @@ void Scheduler::Impl::check() const {
       HQ_SCHED_CHECK(w.held.empty() && w.stuck == 0, "removed worker {} still holds tasks", id);
       continue;
     }
-    uint32_t load = w.held_cpus - w.retracting_cpus;
-    HQ_SCHED_CHECK(w.stuck == (load > w.cpus ? load - w.cpus : 0), "worker {}: stale stuck", id);
+    HQ_SCHED_CHECK(w.stuck == w.queued_cpus - w.retracting_cpus, "worker {}: stale stuck", id);
     HQ_SCHED_CHECK(w.held_cpus >= w.limit || w.in_free_list, "worker {}: has room, not listed", id);
     HQ_SCHED_CHECK(w.stuck == 0 || w.in_overloaded_list, "worker {}: overloaded, not listed", id);
   }

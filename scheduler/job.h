@@ -16,10 +16,14 @@
 
 namespace hq::sched {
 
+struct WorkerSlot;
+
 // TaskSlot::flags.
 inline constexpr uint8_t kHeld = 1;        // a worker holds it (queued, running, or ended by a
                                            // cancel and not yet reported by the worker)
 inline constexpr uint8_t kRetracting = 2;  // a retraction was sent and not answered yet
+inline constexpr uint8_t kPlaced = 4;      // held with an allocation in its worker's pool
+inline constexpr uint8_t kOutside = 8;     // started by its worker beyond the model's pool
 
 // Everything the scheduler keeps per task.
 struct TaskSlot {
@@ -59,12 +63,15 @@ class Job {
   Job(JobId job_id, uint32_t job_cpus, int32_t job_priority, TaskIdMap task_ids);
 
   const JobId id;
-  const uint32_t cpus;
+  const uint32_t cpus;                // whole CPUs per task; 0: all of the worker's (`--cpus all`)
+  uint32_t request = 0;               // index of its resource request in the scheduler's table
+  WorkerSlot* reservation = nullptr;  // the worker kept free for it (no starvation)
   const int32_t priority;
   bool open = false;         // more tasks may come (open jobs): complete jobs are kOpened
   uint32_t crash_limit = 0;  // see JobSpec
   uint32_t reserved = 0;     // restore only: see Scheduler::restore_reserved
   int64_t max_fails = -1;
+  uint64_t time_request_ms = 0;  // see JobSpec
   const TaskIdMap ids;
   std::vector<TaskSlot> slots;  // by index
   TaskCounts counts;

@@ -75,21 +75,33 @@ Scheduler::~Scheduler() = default;
 
 // --- Workers ----------------------------------------------------------------------------------
 
-Status Scheduler::add_worker(WorkerId id, uint32_t cpus) {
+Status Scheduler::add_worker(WorkerId id, const ResourceDescriptor& resources, int64_t end_time) {
   if (id == 0) return Status::error("worker id 0 is reserved");
   if (impl_->workers.contains(id)) {
     return Status::error(
         fmt::format("worker {} is already known: worker ids are never reused", id));
   }
-  if (cpus == 0) return Status::error(fmt::format("worker {} has no CPUs", id));
+  const ResourceDefinition* cpus = resources.find(kCpus);
+  if (!cpus || cpus->kind != ResourceKind::kIndexed || cpus->size() == 0) {
+    return Status::error(fmt::format("worker {} has no CPUs", id));
+  }
   auto w = std::make_unique<WorkerSlot>();
   w->id = id;
-  w->cpus = cpus;
-  w->limit = worker_limit(cpus, impl_->config.queue_factor);
+  w->cpus = cpus->size();
+  w->limit = worker_limit(w->cpus, impl_->config.queue_factor);
+  w->end_time = end_time;
+  w->resources = resources;
+  w->pool = ResourcePool(resources, impl_->names);
   WorkerSlot& ref = *w;
   impl_->workers.emplace(id, std::move(w));
   impl_->touch(ref);
   return Status::ok();
+}
+
+Status Scheduler::add_worker(WorkerId id, uint32_t cpus) {
+  ResourceDescriptor d;
+  if (cpus > 0) d.set(*parse_cpu_definition(std::to_string(cpus)));
+  return add_worker(id, d);
 }
 
 std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool lost) {
@@ -101,7 +113,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
   for (const HeldTask& h : w->held) {
     Job& job = *h.job;
     TaskSlot& s = job.slots[h.index];
-    if (s.flags & kRetracting) m.retracting_cpus -= job.cpus;
+    if (s.flags & kRetracting) m.retracting_cpus -= h.cpus;
     s.flags = 0;
     s.held_pos = 0;
     if (ended(s.state)) continue;  // canceled: nothing to run again
@@ -127,8 +139,12 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
   }
   w->held.clear();
   w->held.shrink_to_fit();
-  w->held_cpus = w->retracting_cpus = w->running = w->stuck = 0;
+  w->queue.clear();
+  w->queue.shrink_to_fit();
+  w->held_cpus = w->queued_cpus = w->retracting_cpus = w->running = w->stuck = w->outside = 0;
   w->connected = false;
+  if (w->reserved_for) m.drop_reservation(*w->reserved_for);
+  w->pool = ResourcePool(w->resources, m.names);
   for (Job* job : failed_jobs) {
     m.check_max_fails(*job, now);
     m.note_completion(*job);
@@ -138,19 +154,49 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
 
 // --- Jobs -------------------------------------------------------------------------------------
 
+namespace {
+
+// The spec's request, with "cpus" whole and present.
+Result<ResourceRequest> job_request(const JobSpec& spec) {
+  if (spec.id == 0) return Error{"job id 0 is reserved"};
+  ResourceRequest r = spec.resources;
+  if (r.entries.empty()) {
+    if (spec.cpus == 0) {
+      return Error{fmt::format("job {} requests 0 CPUs: a task needs at least 1", spec.id)};
+    }
+    r.entries.push_back({std::string(kCpus), spec.cpus * kAmountUnit, AllocationPolicy::kCompact});
+  }
+  auto made = make_request(r.entries);
+  if (!made) return Error{fmt::format("job {}: {}", spec.id, made.message())};
+  const ResourceRequestEntry* cpus = made->find(kCpus);
+  if (cpus->policy != AllocationPolicy::kAll && cpus->amount % kAmountUnit != 0) {
+    return Error{fmt::format("job {}: CPUs are requested whole (not {})", spec.id,
+                             format_amount(cpus->amount))};
+  }
+  for (const auto& e : made->entries) {
+    if (e.policy != AllocationPolicy::kAll && e.amount == 0) {
+      return Error{fmt::format("job {} requests 0 of '{}'", spec.id, e.name)};
+    }
+  }
+  return made;
+}
+
+}  // namespace
+
 Status Scheduler::add_job(const JobSpec& spec) {
-  if (spec.id == 0) return Status::error("job id 0 is reserved");
   if (impl_->jobs.contains(spec.id)) {
     return Status::error(fmt::format("job {} already exists: job ids are never reused", spec.id));
   }
-  if (spec.cpus == 0) {
-    return Status::error(fmt::format("job {} requests 0 CPUs: a task needs at least 1", spec.id));
-  }
+  Result<ResourceRequest> request = job_request(spec);
+  if (!request) return request.status();
   Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
   if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
-  auto job = std::make_unique<Job>(spec.id, spec.cpus, spec.priority, std::move(ids).value());
+  const uint32_t cpus = static_cast<uint32_t>(request->cpus() / kAmountUnit);
+  auto job = std::make_unique<Job>(spec.id, cpus, spec.priority, std::move(ids).value());
+  job->request = impl_->intern_request(*request);
   job->crash_limit = spec.crash_limit;
   job->max_fails = spec.max_fails;
+  job->time_request_ms = spec.time_request_ms;
   Job& ref = *job;
   impl_->jobs.emplace(spec.id, std::move(job));
   impl_->job_index.emplace(spec.id, &ref);
@@ -160,10 +206,8 @@ Status Scheduler::add_job(const JobSpec& spec) {
 }
 
 Status Scheduler::validate_job(const JobSpec& spec) {
-  if (spec.id == 0) return Status::error("job id 0 is reserved");
-  if (spec.cpus == 0) {
-    return Status::error(fmt::format("job {} requests 0 CPUs: a task needs at least 1", spec.id));
-  }
+  Result<ResourceRequest> request = job_request(spec);
+  if (!request) return request.status();
   Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
   if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
   return Status::ok();
@@ -186,7 +230,8 @@ std::vector<Assignment> Scheduler::abort_job(JobId id, int64_t now) {
 bool Scheduler::task_started(WorkerId worker, TaskKey key, int64_t time) {
   std::optional<Impl::Held> h = impl_->find_held(worker, key);
   if (!h || h->slot->state != TaskState::kWaiting) return false;
-  impl_->clear_retraction(*h->w, *h->job, *h->slot);  // too late to give it back
+  impl_->clear_retraction(*h->w, *h->slot);  // too late to give it back
+  impl_->place_started(*h->w, *h->job, h->index);
   h->job->set_state(*h->slot, TaskState::kRunning);
   h->slot->start_time = time;
   ++h->w->running;
@@ -212,8 +257,9 @@ bool Scheduler::task_retracted(WorkerId worker, TaskKey key) {
 
 // --- Decisions --------------------------------------------------------------------------------
 
-Decisions Scheduler::schedule() {
+Decisions Scheduler::schedule(int64_t now) {
   Impl& m = *impl_;
+  m.now = now;
   Decisions d;
   m.compact_lists();
   if (!m.ready.empty() && !m.free_list.empty()) {
@@ -289,6 +335,42 @@ JobState Scheduler::job_state(JobId id) const {
 uint32_t Scheduler::job_cpus(JobId id) const {
   const Job* job = impl_->find_job(id);
   return job ? job->cpus : 0;
+}
+
+JobId Scheduler::reserved_for(WorkerId id) const {
+  const WorkerSlot* w = impl_->find_worker(id);
+  return w && w->reserved_for ? w->reserved_for->id : 0;
+}
+
+std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now) const {
+  std::vector<WorkerFit> out;
+  const Job* job = impl_->find_job(id);
+  if (!job) return out;
+  const PoolRequest& r = impl_->request_of(*job);
+  for (const auto& [wid, holder] : impl_->workers) {
+    const WorkerSlot& w = *holder;
+    if (!w.connected) continue;
+    WorkerFit fit;
+    fit.worker = wid;
+    fit.could_fit = w.pool.could_fit(r);
+    fit.fits_now = w.pool.fits(r);
+    if (!fit.fits_now) fit.reason = w.pool.why_not(r, impl_->names);
+    if (!w.lives_for(*job, now)) {
+      fit.fits_now = fit.could_fit = false;
+      fit.reason =
+          fmt::format("stops in {} s, before the task's time request of {} s",
+                      std::max<int64_t>(0, (w.end_time - now) / 1000), job->time_request_ms / 1000);
+    }
+    if (fit.fits_now && Impl::reserved_against(w, *job)) {
+      fit.fits_now = false;
+      fit.reason =
+          fmt::format("kept free for job {}, which waits for a bigger share", w.reserved_for->id);
+    }
+    out.push_back(std::move(fit));
+  }
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.worker < b.worker; });
+  return out;
 }
 
 void Scheduler::for_each_task(JobId id, const std::function<void(const TaskView&)>& f) const {

@@ -16,6 +16,7 @@
 
 #include "common/id_set.h"
 #include "common/ids.h"
+#include "common/resources.h"
 #include "common/result.h"
 
 namespace hq::sched {
@@ -51,14 +52,17 @@ JobState derive_job_state(const TaskCounts& counts, bool open = false);
 
 struct JobSpec {
   JobId id = 0;
-  IdSet task_ids;  // any order; duplicates are an error
-  uint32_t cpus = 1;
+  IdSet task_ids;        // any order; duplicates are an error
+  uint32_t cpus = 1;     // the request when `resources` is empty: this many CPUs, compact
   int32_t priority = 0;  // higher first
   // A task fails, rather than waiting again, when a worker is lost under it for the
   // crash_limit-th time; 0: never.
   uint32_t crash_limit = 0;
   // More failed tasks than this abort every task of the job not yet ended; negative: never.
   int64_t max_fails = -1;
+  ResourceRequest resources = {};  // what each task needs (common/resources.h); empty: `cpus`
+  // A task goes only to a worker that will live at least this long after it starts; 0: any.
+  uint64_t time_request_ms = 0;
 };
 
 struct Assignment {
@@ -85,6 +89,14 @@ struct TaskView {
   const std::string* error = nullptr;  // failed tasks only; valid until the next call
 };
 
+// Why a task can or cannot run on one worker (`hq task explain`).
+struct WorkerFit {
+  WorkerId worker = 0;
+  bool fits_now = false;   // its request fits the worker's free resources now
+  bool could_fit = false;  // it would fit the worker with nothing running
+  std::string reason;      // empty when it fits now
+};
+
 struct SchedulerConfig {
   // A worker may hold queued tasks up to this many CPUs beyond its own count, so that it never
   // idles waiting for a round trip. 1.0: as many as it has.
@@ -102,8 +114,10 @@ class Scheduler {
   Scheduler& operator=(const Scheduler&) = delete;
 
   // --- Workers --------------------------------------------------------------------------------
-  // Fails when the id is already known (connected or removed).
-  Status add_worker(WorkerId id, uint32_t cpus);
+  // Fails when the id is already known (connected or removed), or the worker has no CPUs.
+  // `end_time`: when the worker will stop (Unix ms, its `--time-limit`); 0: never.
+  Status add_worker(WorkerId id, const ResourceDescriptor& resources, int64_t end_time = 0);
+  Status add_worker(WorkerId id, uint32_t cpus);  // CPUs 0..cpus-1 in one group, nothing else
   // The worker is gone. Tasks it was running or held queued go back to waiting with instance + 1;
   // canceled tasks it still held are released. Returns the tasks put back (with their new
   // instance). When `lost` (not stopped on purpose), each running task's crash counter goes up,
@@ -111,7 +125,7 @@ class Scheduler {
   std::vector<TaskKey> remove_worker(WorkerId id, int64_t now = 0, bool lost = true);
 
   // --- Jobs -----------------------------------------------------------------------------------
-  // Fails on a known job id, an empty or duplicated id set, or zero CPUs.
+  // Fails on a known job id, an empty or duplicated id set, zero or fractional CPUs.
   Status add_job(const JobSpec& spec);
   // What add_job would refuse in the spec itself (all but the id's novelty), without adding it.
   static Status validate_job(const JobSpec& spec);
@@ -162,7 +176,8 @@ class Scheduler {
   // task id; requeued tasks of a job before its fresh ones), and retracts queued tasks from
   // overloaded workers when another worker idles. Assigned tasks are held by their worker from
   // now on.
-  Decisions schedule();
+  // `now` (Unix ms) is compared with workers' end times for jobs with a time request.
+  Decisions schedule(int64_t now = 0);
 
   // Jobs that became complete (no waiting or running task) since the last call, in id order.
   std::vector<JobId> take_completed_jobs();
@@ -182,7 +197,11 @@ class Scheduler {
   std::vector<JobId> job_ids() const;  // increasing
   TaskCounts counts(JobId id) const;
   JobState job_state(JobId id) const;
-  uint32_t job_cpus(JobId id) const;
+  uint32_t job_cpus(JobId id) const;  // whole CPUs per task; 0 for `all`
+  // For each connected worker (increasing id), whether the task's request fits it and why not.
+  std::vector<WorkerFit> explain(JobId job, int64_t now = 0) const;
+  // The job the worker is kept free for (its tasks fit nowhere now and it comes first); 0: none.
+  JobId reserved_for(WorkerId id) const;
   // Calls f(const TaskView&) for every task of the job in increasing task id order.
   void for_each_task(JobId id, const std::function<void(const TaskView&)>& f) const;
   // The task, if the job has it.
@@ -199,7 +218,8 @@ class Scheduler {
 
   // Aborts with a message when an internal invariant does not hold: counts match states, every
   // held task is held by exactly the worker it names, worker CPU use equals the sum of its tasks'
-  // CPUs and stays within its limit, queues hold exactly the waiting tasks. O(size): for tests.
+  // CPUs and stays within its limit, each pool's free amounts equal its total minus the placed
+  // tasks' allocations, queues hold exactly the waiting tasks. O(size): for tests.
   void check_invariants() const;
 
  private:

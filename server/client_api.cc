@@ -44,6 +44,8 @@ void Server::on_client_request(const std::shared_ptr<net::Connection>& connectio
       return handle_job_wait(connection, request.getJobWait());
     case wire::ClientRequest::TASK_LIST:
       return handle_task_list(c, request.getTaskList());
+    case wire::ClientRequest::TASK_EXPLAIN:
+      return handle_task_explain(c, request.getTaskExplain());
     case wire::ClientRequest::WORKER_LIST: {
       std::vector<WorkerId> ids;
       for (const auto& [id, w] : workers_) ids.push_back(id);
@@ -80,7 +82,9 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
   auto job = net::from_wire(description);
   if (!job) return reply_error(c, "invalid job: " + job.message());
   if (job->body.program.empty()) return reply_error(c, "invalid job: no program to run");
-  if (job->body.cpus == 0) return reply_error(c, "invalid job: a task needs at least 1 CPU");
+  if (job->body.cpus == 0 && job->body.resources.entries.empty()) {
+    return reply_error(c, "invalid job: a task needs at least 1 CPU");
+  }
   if (job->task_ids.empty()) return reply_error(c, "invalid job: no task ids");
   if (job->task_ids.size() > kMaxTasksPerJob) {
     return reply_error(c, fmt::format("invalid job: {} tasks; a job holds at most {} (split it "
@@ -91,8 +95,14 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
   if (!journal_status_) return reply_error(c, journal_status_.message());
 
   JobId id = last_job_id_ + 1;
-  sched::JobSpec spec{
-      id, job->task_ids, job->body.cpus, job->priority, job->crash_limit, job->max_fails};
+  sched::JobSpec spec{id,
+                      job->task_ids,
+                      job->body.cpus,
+                      job->priority,
+                      job->crash_limit,
+                      job->max_fails,
+                      job->body.resources,
+                      job->body.time_request_ms};
   if (auto st = sched::Scheduler::validate_job(spec); !st) {
     return reply_error(c, "invalid job: " + st.message());
   }
@@ -241,6 +251,33 @@ void Server::notify_waiters() {
   });
 }
 
+void Server::handle_task_explain(net::Connection& c, wire::TaskKey::Reader key) {
+  auto job = jobs_.find(key.getJob());
+  if (job == jobs_.end()) return reply_error(c, fmt::format("job {} not found", key.getJob()));
+  std::optional<sched::TaskView> task = scheduler_.task(key.getJob(), key.getTask());
+  if (!task) {
+    return reply_error(c, fmt::format("job {} has no task {}", key.getJob(), key.getTask()));
+  }
+  const TaskBodySpec& body = job->second.description.body;
+  std::string request =
+      body.resources.entries.empty() ? fmt::format("cpus={}", body.cpus) : describe(body.resources);
+  std::vector<sched::WorkerFit> fits = scheduler_.explain(key.getJob(), unix_millis_now());
+  capnp::MallocMessageBuilder reply;
+  auto out = reply.initRoot<wire::ClientResponse>().initExplanation();
+  out.setRequest(request);
+  out.setState(static_cast<wire::TaskState>(task->state));
+  auto list = out.initWorkers(fits.size());
+  for (size_t i = 0; i < fits.size(); ++i) {
+    list[i].setWorker(fits[i].worker);
+    auto w = workers_.find(fits[i].worker);
+    if (w != workers_.end()) list[i].setHostname(w->second.hostname);
+    list[i].setFitsNow(fits[i].fits_now);
+    list[i].setCouldFit(fits[i].could_fit);
+    list[i].setReason(fits[i].reason);
+  }
+  respond(c, reply);
+}
+
 void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query) {
   JobId job = query.getJob();
   if (!jobs_.count(job)) return reply_error(c, fmt::format("job {} not found", job));
@@ -309,6 +346,9 @@ void Server::fill_worker_summary(const WorkerRecord& w, wire::WorkerSummary::Bui
   out.setRunningTasks(w.connection ? scheduler_.running_tasks(w.id) : 0);
   out.setWorkDir(w.work_dir);
   out.setAddress(w.address);
+  net::to_wire(w.resources, out.initResources(w.resources.resources.size()));
+  out.setLimitTime(w.limit_time);
+  out.setGroup(w.group);
 }
 
 void Server::handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids) {

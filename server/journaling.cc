@@ -85,7 +85,9 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
                 description->body.cpus,
                 description->priority,
                 description->crash_limit,
-                description->max_fails};
+                description->max_fails,
+                description->body.resources,
+                description->body.time_request_ms};
       }
       Status added = description ? scheduler_.add_job(spec) : Status(description.status());
       if (!added) {

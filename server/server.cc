@@ -191,13 +191,23 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
     case wire::FromWorker::REGISTER: {
       if (*id != 0) throw std::runtime_error("worker registered twice");
       auto reg = msg.getRegister();
-      if (reg.getCpus() == 0) throw std::runtime_error("worker registered with zero CPUs");
+      auto resources = net::from_wire(reg.getResources());
+      if (!resources) throw std::runtime_error("worker registration: " + resources.message());
+      if (resources->resources.empty() && reg.getCpus() > 0) {
+        resources->set(*parse_cpu_definition(std::to_string(reg.getCpus())));
+      }
+      if (resources->cpus() == 0) throw std::runtime_error("worker registered with zero CPUs");
       WorkerId wid = ++last_worker_id_;
       *id = wid;
       WorkerRecord& w = workers_[wid];
       w.id = wid;
       w.hostname = reg.getHostname().cStr();
-      w.cpus = reg.getCpus();
+      w.cpus = resources->cpus();
+      w.resources = std::move(*resources);
+      if (reg.getTimeLimitMs() > 0) {
+        w.limit_time = unix_millis_now() + static_cast<int64_t>(reg.getTimeLimitMs());
+      }
+      w.group = reg.getGroup().size() ? reg.getGroup().cStr() : "default";
       w.work_dir = reg.getWorkDir().cStr();
       w.address = connection->remote_address();
       w.connect_time = unix_millis_now();
@@ -219,7 +229,7 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
         if (!c || !c->is_open()) return;
         if (!stored) return c->close();
         WorkerRecord& w = workers_.at(wid);
-        if (auto st = scheduler_.add_worker(wid, w.cpus); !st) {
+        if (auto st = scheduler_.add_worker(wid, w.resources, w.limit_time); !st) {
           spdlog::error("worker {}: {}", wid, st.message());
           return c->close();
         }
@@ -229,8 +239,8 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
         registered.setServerUid(access_.server_uid);
         registered.setHeartbeatMs(static_cast<uint32_t>(options_.heartbeat.count()));
         c->send(reply);
-        spdlog::info("worker {} connected from {} ({}, {} cpus)", wid, w.address, w.hostname,
-                     w.cpus);
+        spdlog::info("worker {} connected from {} ({}, {})", wid, w.address, w.hostname,
+                     describe(w.resources));
         request_schedule();
       });
       return;
@@ -413,7 +423,7 @@ void Server::request_schedule() {
 void Server::run_schedule() {
   schedule_pending_ = false;
   if (stopping_) return;
-  sched::Decisions decisions = scheduler_.schedule();
+  sched::Decisions decisions = scheduler_.schedule(unix_millis_now());
   if (decisions.empty()) return;
 
   JobId last = 0;

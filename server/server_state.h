@@ -38,6 +38,9 @@ struct WorkerRecord {
   WorkerId id = 0;
   std::string hostname;
   uint32_t cpus = 0;
+  ResourceDescriptor resources;
+  int64_t limit_time = 0;  // Unix ms when its time limit stops it; 0: none
+  std::string group;
   std::string work_dir;
   std::string address;
   int64_t connect_time = 0;
@@ -129,6 +132,7 @@ class Server {
   void handle_job_wait(const std::shared_ptr<net::Connection>& c,
                        wire::JobSelector::Reader selector);
   void handle_task_list(net::Connection& c, wire::TaskQuery::Reader query);
+  void handle_task_explain(net::Connection& c, wire::TaskKey::Reader key);
   void handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids);
   void handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector);
   void handle_server_info(net::Connection& c);

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <charconv>
 #include <deque>
 #include <unordered_map>
 #include <vector>
@@ -13,6 +15,8 @@
 #include "common/host.h"
 #include "common/job_spec.h"
 #include "common/placeholders.h"
+#include "common/resource_pool.h"
+#include "common/resources.h"
 #include "net/access.h"
 #include "net/connection.h"
 #include "net/convert.h"
@@ -25,12 +29,15 @@ namespace {
 struct JobBody {
   TaskBodySpec body;
   std::string stream;  // absolute; empty: no stream (see JobDescriptionSpec::stream)
+  // What each task needs: body.resources, or `body.cpus` whole CPUs when that is empty.
+  ResourceRequest request;
+  PoolRequest pool_request;  // `request` interned in the worker's ResourceNames
 };
 
 struct RunningTask {
   TaskKey key;
   pid_t pid = 0;
-  std::vector<uint32_t> cpus;  // indices
+  Allocation allocation;  // given back to the pool when the task ends
   bool canceled = false;
   bool timed_out = false;  // killed by the job's --time-limit
   std::shared_ptr<asio::steady_timer> time_limit;
@@ -40,6 +47,58 @@ struct RunningTask {
 };
 
 constexpr Millis kStreamFlushInterval{1000};
+
+// The worker's resources: what detection finds, with `--cpus` and each `--resource` replacing
+// the detected resource of their name (which is then not detected at all).
+Result<ResourceDescriptor> worker_resources(const WorkerOptions& options) {
+  ResourceDescriptor given;
+  std::vector<std::string> defined;
+  if (!options.cpus.empty()) {
+    auto cpus = parse_cpu_definition(options.cpus);
+    if (!cpus) return cpus.error();
+    if (auto st = add_definition(given, std::move(*cpus), defined); !st) return Error{st.message()};
+  }
+  for (const std::string& text : options.resources) {
+    auto def = parse_resource_definition(text);
+    if (!def) return def.error();
+    if (def->name == kCpus && !options.cpus.empty()) {
+      return Error{"the CPUs are given twice, by --cpus and by --resource cpus=...: keep one"};
+    }
+    if (auto st = add_definition(given, std::move(*def), defined); !st) return Error{st.message()};
+  }
+  DetectOptions detect = options.detect;
+  detect.cpus = detect.cpus && !given.find(kCpus);
+  detect.mem = detect.mem && !given.find(kMem);
+  detect.nvidia = detect.nvidia && !given.find(kNvidiaGpus);
+  detect.amd = detect.amd && !given.find(kAmdGpus);
+  auto descriptor = detect_resources(detect);
+  if (!descriptor) return Error{"hardware detection failed: " + descriptor.message()};
+  for (ResourceDefinition& def : given.resources) descriptor->set(std::move(def));
+  if (!descriptor->find(kCpus)) {
+    return Error{
+        "the worker has no CPUs: give them with --cpus, or let it detect them "
+        "(--detect-resources)"};
+  }
+  std::sort(descriptor->resources.begin(), descriptor->resources.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
+  return descriptor;
+}
+
+// What a task of `body` needs: its resources, or `cpus` whole CPUs (at least one).
+ResourceRequest task_request(const TaskBodySpec& body) {
+  if (!body.resources.entries.empty()) return body.resources;
+  ResourceRequest r;
+  r.entries.push_back({std::string(kCpus), std::max<uint32_t>(body.cpus, 1) * kAmountUnit,
+                       AllocationPolicy::kCompact});
+  return r;
+}
+
+// The request of one resource as the user wrote it: "2", "2 compact!", "0.5", "all".
+std::string request_text(const ResourceRequestEntry& e) {
+  if (e.policy == AllocationPolicy::kAll) return "all";
+  if (e.policy == AllocationPolicy::kCompact) return format_amount(e.amount);
+  return format_amount(e.amount) + " " + to_string(e.policy);
+}
 
 // Resolves `path` against `base` unless it is absolute.
 std::string resolve(const std::string& base, const std::string& path) {
@@ -56,14 +115,27 @@ class Worker {
         signals_(io, SIGINT, SIGTERM),
         heartbeat_timer_(io),
         idle_timer_(io),
+        lifetime_timer_(io),
         stream_flush_timer_(io) {}
 
   Status start() {
+    auto resources = worker_resources(options_);
+    if (!resources) return resources.status();
+    descriptor_ = std::move(*resources);
+    pool_ = ResourcePool(descriptor_, names_);
+    for (const ResourceDefinition& def : descriptor_.resources) {
+      uint32_t id = names_.intern(def.name);
+      if (labels_.size() <= id) labels_.resize(id + 1);
+      for (const auto& group : def.groups) {
+        labels_[id].insert(labels_[id].end(), group.begin(), group.end());
+      }
+    }
+    cpus_id_ = names_.intern(kCpus);
+    nvidia_id_ = names_.intern(kNvidiaGpus);
+    amd_id_ = names_.intern(kAmdGpus);
     auto access = net::read_access_file(access_file_path(options_.server_dir));
     if (!access) return access.status();
-    if (options_.cpus == 0) options_.cpus = available_cpus();
     if (options_.hostname.empty()) options_.hostname = local_hostname();
-    for (uint32_t i = 0; i < options_.cpus; ++i) free_cpus_.push_back(options_.cpus - 1 - i);
     std::error_code ec;
     if (options_.work_dir.empty()) {
       options_.work_dir = fs::temp_directory_path() / fmt::format("hq-worker-{}", ::getpid());
@@ -76,6 +148,15 @@ class Worker {
     signals_.async_wait([this](const std::error_code& error, int signal) {
       if (!error) shutdown(fmt::format("received signal {}", signal), 0);
     });
+    started_ = std::chrono::steady_clock::now();
+    if (options_.time_limit) {
+      lifetime_timer_.expires_after(*options_.time_limit);
+      lifetime_timer_.async_wait([this](const std::error_code& error) {
+        if (error) return;
+        stopping_on_request_ = true;
+        shutdown("time limit reached", 0);
+      });
+    }
     net::async_connect(io_, access->host, access->worker_port, wire::Role::WORKER,
                        access->worker_key,
                        [this](Result<net::Connected> connected) { on_connected(connected); });
@@ -91,15 +172,22 @@ class Worker {
     connection_->start([this](net::Message& m) { on_message(m); },
                        [this](const std::string& reason) {
                          if (shut_down_) return io_.stop();  // our own close completed
-                         shutdown(reason.empty() ? "the server closed the connection"
-                                                 : "lost the server: " + reason,
-                                  stopping_on_request_ ? 0 : 1);
+                         std::string why = reason.empty() ? "the server closed the connection"
+                                                          : "lost the server: " + reason;
+                         if (options_.finish_running_on_server_lost && !stopping_on_request_ &&
+                             !running_.empty()) {
+                           return drain(why);
+                         }
+                         shutdown(why, stopping_on_request_ ? 0 : 1);
                        });
     capnp::MallocMessageBuilder message;
     auto reg = message.initRoot<wire::FromWorker>().initRegister();
     reg.setHostname(options_.hostname);
-    reg.setCpus(options_.cpus);
+    reg.setCpus(descriptor_.cpus());
     reg.setWorkDir(options_.work_dir.string());
+    reg.setGroup(options_.group);
+    if (options_.time_limit) reg.setTimeLimitMs(static_cast<uint64_t>(remaining().count()));
+    net::to_wire(descriptor_, reg.initResources(descriptor_.resources.size()));
     connection_->send(message);
   }
 
@@ -111,8 +199,8 @@ class Worker {
         worker_id_ = r.getWorkerId();
         server_uid_ = r.getServerUid().cStr();
         heartbeat_ = Millis(std::max<uint32_t>(r.getHeartbeatMs(), 100));
-        spdlog::info("worker {} registered with server {} ({} cpus)", worker_id_, server_uid_,
-                     options_.cpus);
+        spdlog::info("worker {} registered with server {} ({})", worker_id_, server_uid_,
+                     describe(descriptor_));
         send_heartbeats();
         update_idle();
         return;
@@ -120,7 +208,12 @@ class Worker {
       case wire::ToWorker::ASSIGN: {
         auto a = msg.getAssign();
         for (auto job : a.getJobs()) {
-          jobs_[job.getJob()] = JobBody{net::from_wire(job.getBody()), job.getStream().cStr()};
+          auto body = net::from_wire(job.getBody());
+          if (!body) throw std::runtime_error("bad job description: " + body.message());
+          ResourceRequest request = task_request(*body);
+          PoolRequest pool_request = intern_request(request, names_);
+          jobs_[job.getJob()] = JobBody{std::move(*body), job.getStream().cStr(),
+                                        std::move(request), std::move(pool_request)};
         }
         for (auto k : a.getTasks()) queue_.push_back(net::from_wire(k));
         start_queued();
@@ -169,37 +262,118 @@ class Worker {
     }
   }
 
-  uint32_t job_cpus(JobId job) const {
-    auto it = jobs_.find(job);
-    return it == jobs_.end() ? 1 : std::max<uint32_t>(it->second.body.cpus, 1);
-  }
-
+  // Starts queued tasks in queue order while their requests fit the free resources: the first
+  // that does not fit stops the rest. The server promotes its queued tasks the same way.
   void start_queued() {
     if (shut_down_) return;  // exits of killed tasks must not start queued ones
-    while (!queue_.empty() && job_cpus(queue_.front().job) <= free_cpus_.size()) {
-      TaskKey key = queue_.front();
-      queue_.pop_front();
-      start_task(key);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      TaskKey key = *it;
+      auto job_it = jobs_.find(key.job);
+      if (job_it == jobs_.end()) {
+        it = queue_.erase(it);
+        fail_unstarted(key, "the worker never received the job's description");
+        continue;
+      }
+      const JobBody& job = job_it->second;
+      if (options_.time_limit && job.body.time_request_ms > 0 &&
+          Millis(static_cast<int64_t>(job.body.time_request_ms)) > remaining()) {
+        // It could not finish before this worker stops: back to the server for another one.
+        it = queue_.erase(it);
+        events_.retracted.push_back(key);
+        flush_soon();
+        continue;
+      }
+      Allocation allocation;
+      if (!pool_.allocate(job.pool_request, allocation)) {
+        // It waits for running tasks to end, and the tasks behind it wait too: the server models
+        // this worker the same way, and a big task must not be overtaken forever.
+        if (pool_.could_fit(job.pool_request)) break;
+        // The server assigns a task only where it could fit: the two disagree on what this
+        // worker has. Waiting would be forever.
+        it = queue_.erase(it);
+        fail_unstarted(key, fmt::format("the task can never run on worker {}: {}", worker_id_,
+                                        pool_.why_not(job.pool_request, names_)));
+        continue;
+      }
+      it = queue_.erase(it);  // start_task never touches the queue
+      start_task(key, job, std::move(allocation));
     }
   }
 
-  void start_task(const TaskKey& key) {
-    auto job_it = jobs_.find(key.job);
-    int64_t now = unix_millis_now();
-    if (job_it == jobs_.end()) {
-      events_.failed.push_back({key, now, "the worker never received the job's description"});
-      return flush_soon();
+  void fail_unstarted(const TaskKey& key, std::string error) {
+    events_.failed.push_back({key, unix_millis_now(), std::move(error)});
+    flush_soon();
+  }
+
+  // The labels of `resource`'s units in `allocation`, by unit (indexed resources only).
+  std::vector<std::string> allocated_labels(const Allocation& allocation, uint32_t resource) const {
+    std::vector<uint32_t> units;
+    for (const AllocationEntry& a : allocation) {
+      if (a.resource == resource && a.unit != kSumUnit) units.push_back(a.unit);
     }
-    const JobBody& job = job_it->second;
+    std::sort(units.begin(), units.end());
+    std::vector<std::string> out;
+    for (uint32_t u : units) out.push_back(labels_[resource][u]);
+    return out;
+  }
+
+  // The variables that tell a task what it got, and how to bind to it.
+  void add_resource_env(const JobBody& job, const Allocation& allocation, SpawnSpec& spec) const {
+    auto& env = spec.env;
+    std::vector<std::string> cpu_labels = allocated_labels(allocation, cpus_id_);
+    std::vector<uint32_t> cpus;
+    for (const std::string& label : cpu_labels) {
+      uint32_t cpu = 0;
+      std::from_chars(label.data(), label.data() + label.size(), cpu);  // numbers, as parsed
+      cpus.push_back(cpu);
+    }
+    std::sort(cpus.begin(), cpus.end());
+    std::string cpu_list = fmt::format("{}", fmt::join(cpus, ","));
+    env.emplace_back("HQ_CPUS", cpu_list);
+    bool user_omp = std::any_of(job.body.env.begin(), job.body.env.end(),
+                                [](const auto& kv) { return kv.first == "OMP_NUM_THREADS"; });
+    if (!user_omp) env.emplace_back("OMP_NUM_THREADS", std::to_string(cpus.size()));
+    for (const ResourceRequestEntry& e : job.request.entries) {
+      uint32_t id = names_.find(e.name);
+      std::string suffix = env_name(e.name);
+      env.emplace_back("HQ_RESOURCE_REQUEST_" + suffix, request_text(e));
+      const ResourceDefinition* def = descriptor_.find(e.name);
+      std::string values;
+      if (def && def->kind == ResourceKind::kSum) {
+        ResourceAmount amount = 0;
+        for (const AllocationEntry& a : allocation) {
+          if (a.resource == id) amount += a.amount;
+        }
+        values = format_amount(amount);
+      } else {
+        std::vector<std::string> labels = allocated_labels(allocation, id);
+        values = fmt::format("{}", fmt::join(labels, ","));
+        if (id == nvidia_id_) {
+          env.emplace_back("CUDA_VISIBLE_DEVICES", values);
+          env.emplace_back("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+        } else if (id == amd_id_) {
+          env.emplace_back("ROCR_VISIBLE_DEVICES", values);
+        }
+      }
+      env.emplace_back("HQ_RESOURCE_VALUES_" + suffix, values);
+    }
+    if (job.body.pin == PinMode::kTaskset) {
+      spec.cpu_affinity = cpus;
+    } else if (job.body.pin == PinMode::kOmp) {
+      env.emplace_back("OMP_PROC_BIND", "close");
+      std::string places;
+      for (uint32_t cpu : cpus) places += fmt::format("{}{{{}}}", places.empty() ? "" : ",", cpu);
+      env.emplace_back("OMP_PLACES", places);
+    }
+  }
+
+  // Runs `key` on the resources of `allocation`, which it owns from now on (given back to the
+  // pool when it cannot start or when it ends).
+  void start_task(const TaskKey& key, const JobBody& job, Allocation allocation) {
+    int64_t now = unix_millis_now();
     RunningTask task;
     task.key = key;
-    for (uint32_t i = 0; i < std::max<uint32_t>(job.body.cpus, 1); ++i) {
-      task.cpus.push_back(free_cpus_.back());
-      free_cpus_.pop_back();
-    }
-    std::sort(task.cpus.begin(), task.cpus.end());
-    std::string cpu_list;
-    for (uint32_t c : task.cpus) cpu_list += (cpu_list.empty() ? "" : ",") + std::to_string(c);
+    task.allocation = std::move(allocation);
 
     PlaceholderValues values;
     values.job_id = std::to_string(key.job);
@@ -224,7 +398,7 @@ class Worker {
     if (spec.capture_stdout || spec.capture_stderr) {
       auto writer = stream_writer(resolve(job.body.submit_dir, job.stream));
       if (!writer) {
-        release_cpus(task.cpus);
+        pool_.release(task.allocation);
         events_.failed.push_back({key, now, writer.message()});
         return flush_soon();
       }
@@ -237,7 +411,7 @@ class Worker {
     spec.env.emplace_back("HQ_SUBMIT_DIR", job.body.submit_dir);
     spec.env.emplace_back("HQ_SERVER_UID", server_uid_);
     spec.env.emplace_back("HQ_WORKER_ID", std::to_string(worker_id_));
-    spec.env.emplace_back("HQ_CPUS", cpu_list);
+    add_resource_env(job, task.allocation, spec);
 
     auto pid = runner_.spawn(
         spec, [this, ref = key.ref()](ExitStatus status) { on_exit(ref, status); },
@@ -245,7 +419,7 @@ class Worker {
           on_output(ref, channel, bytes);
         });
     if (!pid) {
-      release_cpus(task.cpus);
+      pool_.release(task.allocation);
       events_.failed.push_back({key, now, pid.message()});
       return flush_soon();
     }
@@ -339,7 +513,7 @@ class Worker {
     RunningTask task = std::move(it->second);
     running_.erase(it);
     if (task.time_limit) task.time_limit->cancel();
-    release_cpus(task.cpus);
+    pool_.release(task.allocation);
     int64_t now = unix_millis_now();
     // A task killed because the worker stops gets no end record: it did not end, it will run
     // again (a later instance) elsewhere.
@@ -359,12 +533,27 @@ class Worker {
       events_.failed.push_back({task.key, now, task.canceled ? "canceled" : describe_exit(status)});
     }
     flush_soon();
+    if (draining_) {
+      if (running_.empty()) shutdown(drain_reason_ + "; its running tasks ended", 1);
+      return;
+    }
     start_queued();
     update_idle();
   }
 
-  void release_cpus(const std::vector<uint32_t>& cpus) {
-    free_cpus_.insert(free_cpus_.end(), cpus.rbegin(), cpus.rend());
+  // The server is gone: queued tasks are dropped, running ones end, then the worker stops.
+  void drain(const std::string& reason) {
+    spdlog::warn("{}: letting {} running task(s) finish", reason, running_.size());
+    draining_ = true;
+    drain_reason_ = reason;
+    queue_.clear();
+  }
+
+  // How long until the worker's time limit stops it (zero when it has none left).
+  Millis remaining() const {
+    if (!options_.time_limit) return Millis::max();
+    auto elapsed = std::chrono::duration_cast<Millis>(std::chrono::steady_clock::now() - started_);
+    return std::max(Millis(0), *options_.time_limit - elapsed);
   }
 
   // Events of one loop iteration go out as one message.
@@ -443,6 +632,7 @@ class Worker {
     signals_.cancel();
     heartbeat_timer_.cancel();
     idle_timer_.cancel();
+    lifetime_timer_.cancel();
     stream_flush_timer_.cancel();
     if (!connection_ || !connection_->is_open()) return io_.stop();
     connection_->close();
@@ -474,6 +664,10 @@ class Worker {
   asio::signal_set signals_;
   asio::steady_timer heartbeat_timer_;
   asio::steady_timer idle_timer_;
+  asio::steady_timer lifetime_timer_;
+  std::chrono::steady_clock::time_point started_;
+  bool draining_ = false;
+  std::string drain_reason_;
   asio::steady_timer stream_flush_timer_;
   std::shared_ptr<net::Connection> connection_;
   WorkerId worker_id_ = 0;
@@ -485,7 +679,11 @@ class Worker {
   // By absolute directory. Running tasks share ownership, so a dropped (failed) writer lives
   // until its last task ends.
   std::unordered_map<std::string, std::shared_ptr<stream::StreamWriter>> stream_writers_;
-  std::vector<uint32_t> free_cpus_;  // a stack; lowest index on top
+  ResourceDescriptor descriptor_;  // what the worker offers, fixed at start
+  ResourceNames names_;
+  ResourcePool pool_;                             // what is free now
+  std::vector<std::vector<std::string>> labels_;  // by resource id: unit labels, groups flattened
+  uint32_t cpus_id_ = 0, nvidia_id_ = 0, amd_id_ = 0;
   Events events_;
   bool flush_pending_ = false;
   bool sent_since_heartbeat_ = false;

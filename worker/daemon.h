@@ -4,19 +4,33 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/paths.h"
 #include "common/time.h"
+#include "worker/hwdetect.h"
 
 namespace hq::worker {
 
 struct WorkerOptions {
   fs::path server_dir;
-  uint32_t cpus = 0;                   // 0: the CPUs this process may run on
+  // `--cpus`: "N", "NxM", "[0,1,..]" or "[[0,1],[2,3]]" (parse_cpu_definition); empty: detected.
+  std::string cpus;
+  // `--resource NAME=VALUE` (parse_resource_definition), each replacing a detected resource of
+  // the same name. A name given twice, or "cpus" here and in `cpus`, is an error.
+  std::vector<std::string> resources;
   std::string hostname;                // empty: this machine's hostname
   std::optional<Millis> idle_timeout;  // stop after this long without tasks
   fs::path work_dir;                   // empty: a fresh directory under $TMPDIR
   Millis cancel_grace{1000};           // between SIGINT and SIGKILL of a canceled task
+  DetectOptions detect;                // what to detect (`--detect-resources`)
+  // `--time-limit`: the worker stops cleanly this long after it starts, and the server gives it
+  // no task whose `--time-request` it would outlive.
+  std::optional<Millis> time_limit;
+  std::string group;  // `--group`; empty: "default"
+  // `--on-server-lost finish-running`: when the server goes away, running tasks end first (the
+  // queued ones are dropped); otherwise everything is killed at once.
+  bool finish_running_on_server_lost = false;
 };
 
 // Runs until the server stops the worker, the server goes away, or the idle timeout passes.

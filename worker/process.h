@@ -31,6 +31,9 @@ struct SpawnSpec {
   // (which is then ignored).
   bool capture_stdout = false;
   bool capture_stderr = false;
+  // OS CPU numbers the child may run on (`--pin taskset`); empty: the worker's own affinity. The
+  // child starts with it already set: no instruction of the program runs elsewhere.
+  std::vector<uint32_t> cpu_affinity;
 };
 
 enum class OutputChannel : uint8_t { kStdout = 0, kStderr = 1 };

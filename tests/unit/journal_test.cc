@@ -153,6 +153,14 @@ void fill_description(schema::JobDescription::Builder d) {
   spec.body.stderr_path = "";
   spec.body.submit_dir = "/home/me";
   spec.body.cpus = 4;
+  spec.body.resources =
+      *make_request({*parse_request_entry("cpus", "4 compact!"), *parse_named_request("gpus=0.5"),
+                     *parse_named_request("mem=all")});
+  spec.body.pin = PinMode::kTaskset;
+  spec.body.time_limit_ms = 60'000;
+  spec.body.time_request_ms = 3'600'000;
+  spec.crash_limit = 2;
+  spec.max_fails = 7;
   spec.stream = "/scratch/stream";
   to_record(spec, d);
 }
@@ -275,6 +283,12 @@ void expect_event(size_t i, Event::Reader e) {
       EXPECT_EQ(spec->body.stderr_path, "");
       EXPECT_EQ(spec->body.submit_dir, "/home/me");
       EXPECT_EQ(spec->body.cpus, 4u);
+      EXPECT_EQ(describe(spec->body.resources), "cpus=4 compact!; gpus=0.5; mem=all");
+      EXPECT_EQ(spec->body.pin, PinMode::kTaskset);
+      EXPECT_EQ(spec->body.time_limit_ms, 60'000u);
+      EXPECT_EQ(spec->body.time_request_ms, 3'600'000u);
+      EXPECT_EQ(spec->crash_limit, 2u);
+      EXPECT_EQ(spec->max_fails, 7);
       EXPECT_EQ(spec->stream, "/scratch/stream");
       break;
     }

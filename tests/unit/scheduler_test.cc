@@ -1048,19 +1048,38 @@ class RandomSim {
       uint32_t held = held_cpus(w);
       uint32_t limit = w.cpus + static_cast<uint32_t>(factor_ * w.cpus);
       EXPECT_LE(held, limit) << "worker " << id;
+      // A worker kept free for a blocked job ahead takes nothing from the jobs behind it.
+      if (sim_.s.reserved_for(id) != 0) continue;
       for (auto [cpus, unused] : ready_cpus) {
         if (cpus > w.cpus) break;
-        EXPECT_GT(held + cpus, limit) << "worker " << id << " holds " << held << " of " << limit
-                                      << " while a " << cpus << "-CPU task waits";
+        EXPECT_GT(held + cpus, limit)
+            << "worker " << id << " holds " << held << " of " << limit << " while a " << cpus
+            << "-CPU task waits" << debug(id, cpus);
       }
       EXPECT_EQ(sim_.s.held_tasks(id), w.held.size());
     }
   }
 
+  std::string debug(WorkerId id, uint32_t cpus) {
+    std::string out = " queued=" + std::to_string(sim_.s.queued_tasks(id)) +
+                      " running=" + std::to_string(sim_.s.running_tasks(id));
+    for (auto& [jid, job] : jobs_) {
+      if (job.cpus != cpus) continue;
+      for (auto& f : sim_.s.explain(jid))
+        if (f.worker == id)
+          out += " job " + std::to_string(jid) + ": " + (f.fits_now ? "fits" : f.reason) + ";";
+    }
+    return out;
+  }
+  // A worker starts held tasks in any order, but only while its CPUs suffice, as a real one does.
   void start_some() {
     for (auto& [id, w] : workers_) {
+      uint32_t busy = 0;
+      for (auto& [ref, t] : w.held) busy += t.running ? jobs_.at(ref.job).cpus : 0;
       for (auto& [ref, t] : w.held) {
         if (t.running || pick(3) != 0) continue;
+        if (!t.canceled && busy + jobs_.at(ref.job).cpus > w.cpus) continue;
+        if (!t.canceled) busy += jobs_.at(ref.job).cpus;
         bool ok = sim_.started(id, {ref.job, ref.task, t.instance}, now_);
         EXPECT_EQ(ok, !t.canceled);
         if (ok) {
@@ -1096,9 +1115,12 @@ class RandomSim {
   void answer_retractions() {
     for (auto& [id, w] : workers_) {
       std::vector<TaskRef> answered;
+      uint32_t busy = 0;
+      for (auto& [ref, t] : w.held) busy += t.running ? jobs_.at(ref.job).cpus : 0;
       for (auto& [ref, t] : w.held) {
         if (!t.retracting) continue;
-        if (pick(4) == 0) {
+        if (pick(4) == 0 && busy + jobs_.at(ref.job).cpus <= w.cpus) {
+          busy += jobs_.at(ref.job).cpus;
           EXPECT_TRUE(sim_.started(id, {ref.job, ref.task, t.instance}, now_));
           t.running = true;
           t.retracting = false;

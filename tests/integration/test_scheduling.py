@@ -1,0 +1,98 @@
+"""Placing tasks by their resource requests: what the server accepts, what it waits for, and how it
+explains itself (`hq task explain`)."""
+
+from conftest import wait_until
+
+
+def test_task_waits_for_a_worker_that_fits_and_explain_says_why(hq_env):
+    hq_env.start_server()
+    small = hq_env.start_worker("2")
+    job = hq_env.submit(["--cpus", "4", "--stdout", "none", "--", "true"])
+    explained = hq_env.json(["task", "explain", str(job), "0"])
+    assert explained["state"] == "waiting"
+    assert explained["request"] == "cpus=4"
+    [fit] = explained["workers"]
+    assert fit["worker"] == small.worker_id
+    assert fit["fits"] == "never"
+    assert fit["reason"] == "needs 4 of cpus, has 2"
+    text = hq_env.command(["task", "explain", str(job), "0"])
+    assert "needs 4 of cpus, has 2" in text
+    # Nothing ran it meanwhile: the task is still waiting, not failed.
+    assert hq_env.tasks(job)[0]["state"] == "waiting"
+    hq_env.start_worker("4")
+    assert hq_env.wait_job(job) == 0
+
+
+def test_explain_names_a_missing_resource_and_a_busy_worker(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("1")
+    gpu_job = hq_env.submit(["--resource", "gpus=1", "--stdout", "none", "--", "true"])
+    [fit] = hq_env.json(["task", "explain", str(gpu_job), "0"])["workers"]
+    assert fit["reason"] == "no resource 'gpus' on this worker"
+    blocker = hq_env.submit(["--stdout", "none", "--", "sleep", "60"])
+    hq_env.wait_for_task_state(blocker, 0, "running")
+    waiting = hq_env.submit(["--stdout", "none", "--", "true"])
+    [fit] = hq_env.json(["task", "explain", str(waiting), "0"])["workers"]
+    assert fit["fits"] == "later"
+    assert fit["reason"] == "needs 1 of cpus, 0 free now"
+    err = hq_env.command(["task", "explain", str(waiting), "7"], expect_fail=True)
+    assert "has no task 7" in err
+
+
+def test_worker_list_shows_resources(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("2x2", "--resource", "mem=sum(100)", "--resource", "gpus/nvidia=[0,1]",
+                        "--detect-resources", "none")
+    out = hq_env.command(["worker", "list"])
+    assert "cpus 2x2; gpus/nvidia 2; mem 100" in out, out
+    [w] = hq_env.json(["worker", "list"])
+    by_name = {r["name"]: r for r in w["resources"]}
+    assert by_name["cpus"]["groups"] == [["0", "1"], ["2", "3"]]
+    assert by_name["mem"] == {"name": "mem", "kind": "sum", "amount": 100}
+
+
+def test_submit_rejects_bad_requests(hq_env):
+    hq_env.start_server()
+    cases = [
+        (["--cpus", "0"], "the amount must be positive"),
+        (["--cpus", "2 packed"], "unknown policy 'packed'"),
+        (["--cpus", "1.5"], "a fraction must be below 1"),
+        (["--cpus", "0.5"], "CPUs are requested whole"),
+        (["--resource", "gpus"], "expected NAME=AMOUNT"),
+        (["--resource", "gpus=1", "--resource", "gpus=2"], "'gpus' requested more than once"),
+        (["--resource", "cpus=2"], "request CPUs with --cpus"),
+        (["--pin", "always"], "invalid --pin 'always'"),
+    ]
+    for args, message in cases:
+        err = hq_env.command(["submit", *args, "--", "true"], expect_fail=True)
+        assert message in err, (args, err)
+    assert hq_env.json(["job", "list", "--all"]) == []
+
+
+def test_request_is_shown_and_survives_a_restart(hq_env):
+    hq_env.start_server()
+    job = hq_env.submit(["--cpus", "2 compact!", "--resource", "gpus=0.5", "--pin", "omp",
+                         "--stdout", "none", "--", "true"])
+    info = hq_env.job(job)
+    assert info["resources"] == "cpus=2 compact!; gpus=0.5"
+    assert info["pin"] == "omp"
+    hq_env.kill(hq_env.server)
+    hq_env.start_server()
+    info = hq_env.job(job)
+    assert info["resources"] == "cpus=2 compact!; gpus=0.5"
+    assert info["pin"] == "omp"
+    hq_env.start_worker("2", "--resource", "gpus=[0]")
+    assert hq_env.wait_job(job) == 0
+
+
+def test_big_task_is_not_starved_by_a_stream_of_small_ones(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("2")
+    # A long stream of 1-CPU tasks keeps both CPUs busy...
+    small = hq_env.submit(["--array", "1-400", "--stdout", "none", "--", "sleep", "0.05"])
+    hq_env.wait_for_task_state(small, 1, "finished")
+    # ...and a 2-CPU task of a higher priority must still run before the stream ends.
+    big = hq_env.submit(["--cpus", "2", "--priority", "1", "--stdout", "none", "--", "true"])
+    assert hq_env.wait_job(big) == 0
+    left = hq_env.job(small)["task_counts"]["waiting"]
+    assert left > 100, f"the big task ran only after the stream drained ({left} left)"
