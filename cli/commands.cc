@@ -169,6 +169,11 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
     }
     job.crash_limit = static_cast<uint32_t>(n);
   }
+  if (o.nodes > 1 && (o.cpus != "1" || !o.resources.empty())) {
+    throw CommandError{
+        "--nodes takes whole workers: it cannot be combined with --cpus or --resource"};
+  }
+  job.nodes = o.nodes;
   if (o.max_fails) {
     if (*o.max_fails < 0) throw CommandError{"invalid --max-fails: it must be 0 or more"};
     job.max_fails = *o.max_fails;
@@ -336,6 +341,7 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
     j["time_request_ms"] = body.getTimeRequestMs() ? json(body.getTimeRequestMs()) : json(nullptr);
     j["crash_limit"] = desc.getCrashLimit() ? json(desc.getCrashLimit()) : json("unlimited");
     j["max_fails"] = desc.getMaxFails() >= 0 ? json(desc.getMaxFails()) : json(nullptr);
+    j["nodes"] = std::max<uint32_t>(desc.getNodes(), 1);
     out.push_back(j);
     if (!text.empty()) text += "\n";
     text += render_pairs({
@@ -345,7 +351,8 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"Tasks", fmt::format("{} ({})", ids.size(), counts_text(s.getCounts()))},
         {"Task ids", ids.to_string()},
         {"Program", fmt::format("{}", fmt::join(program, " "))},
-        {"Resources per task", request_text},
+        {"Resources per task",
+         desc.getNodes() > 1 ? fmt::format("{} whole workers", desc.getNodes()) : request_text},
         {"Pin", j["pin"].get<std::string>()},
         {"Priority", std::to_string(desc.getPriority())},
         {"Working directory", body.getCwd().cStr()},

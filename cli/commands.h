@@ -27,6 +27,7 @@ struct SubmitOptions {
   std::string time_request;           // a duration; empty: none
   std::string crash_limit;            // N, never-restart, unlimited; empty: the default
   std::optional<int64_t> max_fails;
+  uint32_t nodes = 0;  // --nodes
   bool wait = false;
   std::vector<std::string> program;
 };

@@ -66,10 +66,10 @@ int cmd_worker_hwdetect(const GlobalOptions& g, const worker::DetectOptions& opt
 // Options of `hq submit` and the global ones that take a value.
 bool takes_value(std::string_view option) {
   static const std::string_view kValued[] = {
-      "--name",        "--array",     "--cpus",        "--priority",    "--cwd",
-      "--stdout",      "--stderr",    "--env",         "--stream",      "--time-limit",
-      "--crash-limit", "--max-fails", "--server-dir",  "--output-mode", "--log-level",
-      "--resource",    "--pin",       "--time-request"};
+      "--name",        "--array",     "--cpus",         "--priority",    "--cwd",
+      "--stdout",      "--stderr",    "--env",          "--stream",      "--time-limit",
+      "--crash-limit", "--max-fails", "--server-dir",   "--output-mode", "--log-level",
+      "--resource",    "--pin",       "--time-request", "--nodes"};
   if (option.find('=') != std::string_view::npos) return false;
   return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
 }
@@ -241,6 +241,10 @@ int run(int argc, char** argv) {
                   "Other resources per task, NAME=\"AMOUNT [POLICY]\" (repeatable; 0.5 shares "
                   "a unit)");
     s->add_option("--pin", submit.pin, "Bind tasks to their CPUs: taskset or omp");
+    s->add_option("--nodes", submit.nodes,
+                  "Whole workers per task, of one group (the task runs on the first; "
+                  "HQ_NODE_FILE lists them)")
+        ->check(CLI::PositiveNumber);
     s->add_option("--time-request", submit.time_request,
                   "Run only on a worker that lives this long after the start (e.g. 1h)");
     s->add_option("--priority", submit.priority, "Higher runs first");

@@ -50,6 +50,9 @@ struct JobDescriptionSpec {
   uint32_t crash_limit = kDefaultCrashLimit;
   // More failed tasks than this abort the job's remaining tasks; kNoMaxFails: never.
   int64_t max_fails = kNoMaxFails;
+  // More than 1: each task takes this many whole workers of one group (`--nodes`) and runs on
+  // the first, told the others through HQ_NODE_FILE.
+  uint32_t nodes = 0;
 };
 
 }  // namespace hq

@@ -72,6 +72,7 @@ struct JobDescription {
   stream @4 :Text;          # output stream directory; empty: per-task files
   crashLimit @5 :UInt32 = 5; # 0: unlimited
   maxFails @6 :Int64 = -1;   # -1: none
+  nodes @7 :UInt32;         # whole workers per task; 0 or 1: one worker's resources
 }
 
 # --- Events ---

@@ -267,6 +267,7 @@ void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder ou
   out.setStream(job.stream);
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
+  out.setNodes(job.nodes);
 }
 
 Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
@@ -315,6 +316,7 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
   out.stream = text(job.getStream());
   out.crash_limit = job.getCrashLimit();
   out.max_fails = job.getMaxFails();
+  out.nodes = job.getNodes();
   return out;
 }
 

@@ -180,6 +180,7 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
   out.setStream(job.stream);
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
+  out.setNodes(job.nodes);
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
@@ -195,6 +196,7 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
   out.stream = job.getStream().cStr();
   out.crash_limit = job.getCrashLimit();
   out.max_fails = job.getMaxFails();
+  out.nodes = job.getNodes();
   return out;
 }
 

@@ -112,6 +112,7 @@ struct JobDescription {
   stream @4 :Text;          # output stream directory; empty: per-task files
   crashLimit @5 :UInt32 = 5; # 0: unlimited
   maxFails @6 :Int64 = -1;   # -1: none
+  nodes @7 :UInt32;         # whole workers per task (`--nodes`); 0 or 1: one worker's resources
 }
 
 # --- Client <-> server ------------------------------------------------------------------------
@@ -295,9 +296,16 @@ struct JobBody {
   stream @2 :Text;
 }
 
+# The workers a multi-node task spans, the one it runs on first.
+struct TaskNodes {
+  key @0 :TaskKey;
+  hosts @1 :List(Text);
+}
+
 struct Assignment {
   jobs @0 :List(JobBody);
   tasks @1 :List(TaskKey);
+  nodes @2 :List(TaskNodes);  # for the multi-node tasks among `tasks`
 }
 
 struct ToWorker {

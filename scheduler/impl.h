@@ -63,6 +63,12 @@ struct WorkerSlot {
   bool in_free_list = false;
   bool in_overloaded_list = false;
   int64_t end_time = 0;  // Unix ms when it stops (its time limit); 0: never
+  std::string group;
+  // A multi-node task held by another worker, which this one serves as a secondary node: it
+  // takes nothing else meanwhile.
+  Job* serves_job = nullptr;
+  uint32_t serves_index = 0;
+  uint32_t multi_held = 0;  // held tasks of multi-node jobs: it takes nothing else meanwhile
   ResourceDescriptor resources;
   ResourcePool pool;            // what placed tasks leave free
   Job* reserved_for = nullptr;  // a blocked job ahead of others waits for this worker
@@ -80,7 +86,7 @@ struct WorkerSlot {
   }
   uint32_t cost(const Job& job) const { return job.cpus ? job.cpus : cpus; }
   // CPUs of tasks it may still hold, queued or placed: held_cpus never exceeds limit.
-  uint32_t queue_room() const { return limit - held_cpus; }
+  uint32_t queue_room() const { return serves_job || multi_held ? 0 : limit - held_cpus; }
   // Whether the worker lives long enough for a task of `job` started at `now`.
   bool lives_for(const Job& job, int64_t now) const {
     return end_time == 0 || job.time_request_ms == 0 ||
@@ -89,9 +95,11 @@ struct WorkerSlot {
   // Whether a task of `job` can be placed now. Not while tasks wait in its queue: they come
   // first (the worker starts its queue in order), so that a big one is not starved.
   bool can_place(const Job& job, const PoolRequest& r, int64_t now) const {
-    return outside == 0 && stuck == 0 && held_cpus + cost(job) <= limit && lives_for(job, now) &&
-           pool.fits(r);
+    return outside == 0 && stuck == 0 && !serves_job && held_cpus + cost(job) <= limit &&
+           lives_for(job, now) && pool.fits(r);
   }
+  // Free for a whole multi-node task: holds nothing and serves none.
+  bool wholly_idle() const { return connected && held.empty() && !serves_job && outside == 0; }
 };
 
 struct Scheduler::Impl {
@@ -108,7 +116,8 @@ struct Scheduler::Impl {
 
   // Jobs with ready tasks, in scheduling order.
   std::set<Job*, ReadyOrder> ready;
-  uint64_t ready_tasks = 0;  // sum of Job::ready()
+  uint64_t ready_tasks = 0;       // sum of Job::ready()
+  uint32_t multi_node_ready = 0;  // jobs in `ready` with nodes > 1
 
   // Supersets, compacted by schedule(): connected workers with held_cpus < limit, and connected
   // workers with stuck > 0. Each worker appears at most once (its in_*_list flag).
@@ -174,12 +183,14 @@ struct Scheduler::Impl {
     if (job.in_ready_set || job.ready() == 0) return;
     ready.insert(&job);
     job.in_ready_set = true;
+    if (job.nodes > 1) ++multi_node_ready;
   }
   std::set<Job*, ReadyOrder>::iterator leave_ready(Job& job) {
     drop_reservation(job);
     auto it = ready.find(&job);
     if (it == ready.end()) return it;
     job.in_ready_set = false;
+    if (job.nodes > 1) --multi_node_ready;
     return ready.erase(it);
   }
   void put_back(Job& job, uint32_t index) {
@@ -211,6 +222,7 @@ struct Scheduler::Impl {
     const uint32_t cost = w.cost(job);
     w.held.push_back({&job, index, cost, std::move(alloc)});
     w.held_cpus += cost;
+    if (job.nodes > 1) ++w.multi_held;
     if (!placed) {
       w.queue.push_back({&job, index});
       w.queued_cpus += cost;
@@ -288,7 +300,20 @@ struct Scheduler::Impl {
     s.flags |= kPlaced;
     touch(w);
   }
+  // The secondary nodes of a multi-node task take work again.
+  void free_secondaries(const Job& job, uint32_t index) {
+    if (job.nodes <= 1) return;
+    for (auto& [id, holder] : workers) {
+      WorkerSlot& w = *holder;
+      if (w.serves_job == &job && w.serves_index == index) {
+        w.serves_job = nullptr;
+        w.serves_index = 0;
+        touch(w);
+      }
+    }
+  }
   void release(WorkerSlot& w, Job& job, uint32_t index) {
+    free_secondaries(job, index);
     TaskSlot& s = job.slots[index];
     clear_retraction(w, s);
     const bool placed = s.flags & kPlaced;
@@ -301,6 +326,7 @@ struct Scheduler::Impl {
       leave_queue(w, job, index);
     }
     w.held_cpus -= h.cpus;
+    if (job.nodes > 1) --w.multi_held;
     const uint32_t pos = s.held_pos;
     if (pos + 1 != w.held.size()) {
       w.held[pos] = std::move(w.held.back());
@@ -476,7 +502,8 @@ struct Scheduler::Impl {
     size_t cursor = 0;  // next candidate to visit
     for (auto it = ready.begin(); it != ready.end() && full < candidates.size();) {
       Job& job = **it;
-      if (unfit_pass[job.request] == pass) {  // another job with this request fit nowhere
+      if (job.nodes > 1 || unfit_pass[job.request] == pass) {
+        // Multi-node jobs have their own pass; or another job with this request fit nowhere.
         ++it;
         continue;
       }
@@ -493,7 +520,9 @@ struct Scheduler::Impl {
         if (!has_room(w)) ++full;
       }
       if (job.ready() > 0) {
-        unfit_pass[job.request] = pass;
+        // A time request narrows the workers beyond the request: only jobs without one speak
+        // for every job of their request.
+        if (job.time_request_ms == 0) unfit_pass[job.request] = pass;
         if (real) reserve(job);
       }
       if (full * 2 > candidates.size()) {
@@ -516,6 +545,55 @@ struct Scheduler::Impl {
         if (!job->reservation) reserve(*job);
         break;
       }
+    }
+  }
+
+  // Gives each task of a multi-node job, in job order, `nodes` wholly idle workers of one group
+  // (lowest ids; groups in name order): the first runs it, the others serve it and take nothing
+  // else until it ends. O(workers) when such a job is ready.
+  void fill_multi_node(Decisions& d) {
+    if (multi_node_ready == 0) return;
+    std::map<std::string_view, std::vector<WorkerSlot*>> idle;
+    for (auto& [id, holder] : workers) {
+      if (holder->wholly_idle()) idle[holder->group].push_back(holder.get());
+    }
+    for (auto& [group, list] : idle) {
+      std::sort(list.begin(), list.end(),
+                [](const WorkerSlot* a, const WorkerSlot* b) { return a->id < b->id; });
+    }
+    for (auto it = ready.begin(); it != ready.end();) {
+      Job& job = **it;
+      if (job.nodes <= 1) {
+        ++it;
+        continue;
+      }
+      while (job.ready() > 0) {
+        std::vector<WorkerSlot*> chosen;
+        for (auto& [group, list] : idle) {
+          chosen.clear();
+          for (WorkerSlot* w : list) {
+            if (!reserved_against(*w, job) && w->lives_for(job, now)) chosen.push_back(w);
+            if (chosen.size() == job.nodes) break;
+          }
+          if (chosen.size() == job.nodes) break;
+        }
+        if (chosen.size() < job.nodes) break;
+        assign(d, *chosen[0], job, /*placed=*/true);
+        Assignment& a = d.assign.back();
+        const uint32_t task_index = *job.ids.index_of(a.key.task);
+        for (size_t k = 1; k < chosen.size(); ++k) {
+          chosen[k]->serves_job = &job;
+          chosen[k]->serves_index = task_index;
+          a.others.push_back(chosen[k]->id);
+          touch(*chosen[k]);
+        }
+        for (auto& [group, list] : idle) {
+          std::erase_if(list, [&chosen](WorkerSlot* w) {
+            return std::find(chosen.begin(), chosen.end(), w) != chosen.end();
+          });
+        }
+      }
+      it = job.ready() == 0 ? leave_ready(job) : std::next(it);
     }
   }
 

@@ -108,6 +108,12 @@ void Scheduler::Impl::check() const {
   }
 
   uint64_t total_retracting = 0;
+  std::map<std::pair<const Job*, uint32_t>, uint32_t> serving;
+  std::vector<std::pair<const Job*, uint32_t>> held_multi;
+  uint32_t multi_ready = 0;
+  for (const Job* job : ready) multi_ready += job->nodes > 1;
+  HQ_SCHED_CHECK(multi_ready == multi_node_ready, "{} multi-node jobs ready, {} counted",
+                 multi_ready, multi_node_ready);
   size_t free_flags = 0, overloaded_flags = 0;
   for (const auto& [id, holder] : workers) {
     const WorkerSlot& w = *holder;
@@ -163,6 +169,22 @@ void Scheduler::Impl::check() const {
                      format_amount(w.pool.total_amount(r)), format_amount(w.pool.free_amount(r)),
                      format_amount(used[r]), names.name(r));
     }
+    if (w.serves_job) {
+      const TaskSlot& s = w.serves_job->slots[w.serves_index];
+      const WorkerSlot* root = find_worker(s.worker);
+      HQ_SCHED_CHECK(w.connected && w.held.empty() && w.serves_job->nodes > 1 &&
+                         (s.flags & kHeld) && root && root != &w && root->connected &&
+                         root->group == w.group,
+                     "worker {}: serves job {} task #{}, which no worker of its group holds", id,
+                     w.serves_job->id, w.serves_index);
+      ++serving[{w.serves_job, w.serves_index}];
+    }
+    uint32_t multi = 0;
+    for (const HeldTask& h : w.held) {
+      if (h.job->nodes > 1) held_multi.push_back({h.job, h.index}), ++multi;
+    }
+    HQ_SCHED_CHECK(multi == w.multi_held, "worker {}: holds {} multi-node tasks, counts {}", id,
+                   multi, w.multi_held);
     HQ_SCHED_CHECK(!w.reserved_for || (w.reserved_for->reservation == &w && w.connected &&
                                        w.reserved_for->in_ready_set),
                    "worker {}: a stale reservation", id);
@@ -197,6 +219,14 @@ void Scheduler::Impl::check() const {
   for (const WorkerSlot* w : overloaded_list) {
     HQ_SCHED_CHECK(w->in_overloaded_list, "worker {} listed overloaded without its flag", w->id);
   }
+  for (const auto& task : held_multi) {
+    auto it = serving.find(task);
+    const uint32_t n = it == serving.end() ? 0 : it->second;
+    HQ_SCHED_CHECK(n + 1 == task.first->nodes || ended(task.first->slots[task.second].state),
+                   "job {} task #{}: {} secondary nodes, not {}", task.first->id, task.second, n,
+                   task.first->nodes - 1);
+  }
+  HQ_SCHED_CHECK(serving.size() <= held_multi.size(), "a worker serves a task nobody holds");
   HQ_SCHED_CHECK(total_retracting == retracting_cpus, "retracting {} CPUs but counts {}",
                  total_retracting, retracting_cpus);
 }

@@ -72,6 +72,7 @@ class Job {
   uint32_t reserved = 0;     // restore only: see Scheduler::restore_reserved
   int64_t max_fails = -1;
   uint64_t time_request_ms = 0;  // see JobSpec
+  uint32_t nodes = 1;            // whole workers per task; see JobSpec
   const TaskIdMap ids;
   std::vector<TaskSlot> slots;  // by index
   TaskCounts counts;

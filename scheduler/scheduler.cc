@@ -75,7 +75,8 @@ Scheduler::~Scheduler() = default;
 
 // --- Workers ----------------------------------------------------------------------------------
 
-Status Scheduler::add_worker(WorkerId id, const ResourceDescriptor& resources, int64_t end_time) {
+Status Scheduler::add_worker(WorkerId id, const ResourceDescriptor& resources, int64_t end_time,
+                             std::string group) {
   if (id == 0) return Status::error("worker id 0 is reserved");
   if (impl_->workers.contains(id)) {
     return Status::error(
@@ -90,6 +91,7 @@ Status Scheduler::add_worker(WorkerId id, const ResourceDescriptor& resources, i
   w->cpus = cpus->size();
   w->limit = worker_limit(w->cpus, impl_->config.queue_factor);
   w->end_time = end_time;
+  w->group = std::move(group);
   w->resources = resources;
   w->pool = ResourcePool(resources, impl_->names);
   WorkerSlot& ref = *w;
@@ -110,8 +112,39 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
   WorkerSlot* w = m.find_worker(id);
   if (!w || !w->connected) return back;
   std::vector<Job*> failed_jobs;
+  if (w->serves_job) {
+    // A node of a multi-node task is gone: the task stops on all of them and runs again.
+    Job& job = *w->serves_job;
+    const uint32_t index = w->serves_index;
+    TaskSlot& s = job.slots[index];
+    WorkerSlot& root = *m.find_worker(s.worker);
+    m.kills.push_back({root.id, {job.id, job.ids.id_at(index), s.instance}});
+    const bool was_running = s.state == TaskState::kRunning;
+    if (was_running) --root.running;
+    m.release(root, job, index);  // frees every secondary, this one too
+    if (!ended(s.state)) {
+      if (was_running && lost && s.crashes < std::numeric_limits<uint16_t>::max()) ++s.crashes;
+      if (was_running && lost && job.crash_limit > 0 && s.crashes >= job.crash_limit) {
+        job.set_state(s, TaskState::kFailed);
+        s.end_time = now;
+        job.errors[index] = fmt::format(
+            "A worker of this multi-node task was lost {} time(s); its crash limit ({}) is "
+            "reached",
+            s.crashes, job.crash_limit);
+        m.crash_failures.push_back({job.id, job.ids.id_at(index), s.instance});
+        failed_jobs.push_back(&job);
+      } else {
+        if (was_running) job.set_state(s, TaskState::kWaiting);
+        ++s.instance;
+        s.start_time = 0;
+        m.put_back(job, index);
+        back.push_back({job.id, job.ids.id_at(index), s.instance});
+      }
+    }
+  }
   for (const HeldTask& h : w->held) {
     Job& job = *h.job;
+    m.free_secondaries(job, h.index);
     TaskSlot& s = job.slots[h.index];
     if (s.flags & kRetracting) m.retracting_cpus -= h.cpus;
     s.flags = 0;
@@ -141,7 +174,8 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
   w->held.shrink_to_fit();
   w->queue.clear();
   w->queue.shrink_to_fit();
-  w->held_cpus = w->queued_cpus = w->retracting_cpus = w->running = w->stuck = w->outside = 0;
+  w->held_cpus = w->queued_cpus = w->retracting_cpus = w->running = w->stuck = w->outside =
+      w->multi_held = 0;
   w->connected = false;
   if (w->reserved_for) m.drop_reservation(*w->reserved_for);
   w->pool = ResourcePool(w->resources, m.names);
@@ -191,12 +225,16 @@ Status Scheduler::add_job(const JobSpec& spec) {
   if (!request) return request.status();
   Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
   if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
+  if (spec.nodes > 1) {  // whole workers
+    request->entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
+  }
   const uint32_t cpus = static_cast<uint32_t>(request->cpus() / kAmountUnit);
   auto job = std::make_unique<Job>(spec.id, cpus, spec.priority, std::move(ids).value());
   job->request = impl_->intern_request(*request);
   job->crash_limit = spec.crash_limit;
   job->max_fails = spec.max_fails;
   job->time_request_ms = spec.time_request_ms;
+  job->nodes = std::max<uint32_t>(spec.nodes, 1);
   Job& ref = *job;
   impl_->jobs.emplace(spec.id, std::move(job));
   impl_->job_index.emplace(spec.id, &ref);
@@ -262,6 +300,7 @@ Decisions Scheduler::schedule(int64_t now) {
   m.now = now;
   Decisions d;
   m.compact_lists();
+  if (!m.ready.empty()) m.fill_multi_node(d);
   if (!m.ready.empty() && !m.free_list.empty()) {
     m.fill(d, /*real=*/true);
     m.fill(d, /*real=*/false);
@@ -337,6 +376,13 @@ uint32_t Scheduler::job_cpus(JobId id) const {
   return job ? job->cpus : 0;
 }
 
+std::optional<TaskKey> Scheduler::serving(WorkerId id) const {
+  const WorkerSlot* w = impl_->find_worker(id);
+  if (!w || !w->serves_job) return std::nullopt;
+  const Job& job = *w->serves_job;
+  return TaskKey{job.id, job.ids.id_at(w->serves_index), job.slots[w->serves_index].instance};
+}
+
 JobId Scheduler::reserved_for(WorkerId id) const {
   const WorkerSlot* w = impl_->find_worker(id);
   return w && w->reserved_for ? w->reserved_for->id : 0;
@@ -355,6 +401,23 @@ std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now) const {
     fit.could_fit = w.pool.could_fit(r);
     fit.fits_now = w.pool.fits(r);
     if (!fit.fits_now) fit.reason = w.pool.why_not(r, impl_->names);
+    if (job->nodes > 1) {
+      fit.could_fit = true;
+      fit.fits_now = w.wholly_idle();
+      fit.reason = fit.fits_now ? "" : "busy: a multi-node task takes whole idle workers";
+      if (fit.fits_now) {
+        uint32_t idle_in_group = 0;
+        for (const auto& [oid, other] : impl_->workers) {
+          idle_in_group += other->wholly_idle() && other->group == w.group;
+        }
+        if (idle_in_group < job->nodes) {
+          fit.fits_now = false;
+          fit.reason =
+              fmt::format("idle, but only {} of the {} workers it needs are idle in group '{}'",
+                          idle_in_group, job->nodes, w.group);
+        }
+      }
+    }
     if (!w.lives_for(*job, now)) {
       fit.fits_now = fit.could_fit = false;
       fit.reason =

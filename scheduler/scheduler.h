@@ -63,11 +63,17 @@ struct JobSpec {
   ResourceRequest resources = {};  // what each task needs (common/resources.h); empty: `cpus`
   // A task goes only to a worker that will live at least this long after it starts; 0: any.
   uint64_t time_request_ms = 0;
+  // More than 1: each task takes this many whole workers of one group (`--nodes`); its request
+  // is then all of each worker's CPUs.
+  uint32_t nodes = 0;
 };
 
 struct Assignment {
   WorkerId worker = 0;
   TaskKey key;
+  // A multi-node task: the other workers it spans (the task runs on `worker`, which must be told
+  // them); empty otherwise.
+  std::vector<WorkerId> others = {};
 };
 
 struct Decisions {
@@ -116,7 +122,9 @@ class Scheduler {
   // --- Workers --------------------------------------------------------------------------------
   // Fails when the id is already known (connected or removed), or the worker has no CPUs.
   // `end_time`: when the worker will stop (Unix ms, its `--time-limit`); 0: never.
-  Status add_worker(WorkerId id, const ResourceDescriptor& resources, int64_t end_time = 0);
+  // `group`: multi-node tasks span workers of one group only.
+  Status add_worker(WorkerId id, const ResourceDescriptor& resources, int64_t end_time = 0,
+                    std::string group = "default");
   Status add_worker(WorkerId id, uint32_t cpus);  // CPUs 0..cpus-1 in one group, nothing else
   // The worker is gone. Tasks it was running or held queued go back to waiting with instance + 1;
   // canceled tasks it still held are released. Returns the tasks put back (with their new
@@ -200,6 +208,8 @@ class Scheduler {
   uint32_t job_cpus(JobId id) const;  // whole CPUs per task; 0 for `all`
   // For each connected worker (increasing id), whether the task's request fits it and why not.
   std::vector<WorkerFit> explain(JobId job, int64_t now = 0) const;
+  // The multi-node task the worker serves as a secondary node; nullopt: none.
+  std::optional<TaskKey> serving(WorkerId id) const;
   // The job the worker is kept free for (its tasks fit nowhere now and it comes first); 0: none.
   JobId reserved_for(WorkerId id) const;
   // Calls f(const TaskView&) for every task of the job in increasing task id order.

@@ -102,7 +102,8 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
                       job->crash_limit,
                       job->max_fails,
                       job->body.resources,
-                      job->body.time_request_ms};
+                      job->body.time_request_ms,
+                      job->nodes};
   if (auto st = sched::Scheduler::validate_job(spec); !st) {
     return reply_error(c, "invalid job: " + st.message());
   }

@@ -87,7 +87,8 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
                 description->crash_limit,
                 description->max_fails,
                 description->body.resources,
-                description->body.time_request_ms};
+                description->body.time_request_ms,
+                description->nodes};
       }
       Status added = description ? scheduler_.add_job(spec) : Status(description.status());
       if (!added) {

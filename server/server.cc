@@ -229,7 +229,7 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
         if (!c || !c->is_open()) return;
         if (!stored) return c->close();
         WorkerRecord& w = workers_.at(wid);
-        if (auto st = scheduler_.add_worker(wid, w.resources, w.limit_time); !st) {
+        if (auto st = scheduler_.add_worker(wid, w.resources, w.limit_time, w.group); !st) {
           spdlog::error("worker {}: {}", wid, st.message());
           return c->close();
         }
@@ -430,6 +430,13 @@ void Server::run_schedule() {
   for (const auto& a : decisions.assign) {
     if (a.key.job != last) reserve_assigned(last = a.key.job);
   }
+  std::map<TaskKey, std::vector<std::string>> hosts;  // of multi-node tasks, the runner first
+  for (const auto& a : decisions.assign) {
+    if (a.others.empty()) continue;
+    auto& list = hosts[a.key];
+    list.push_back(workers_.at(a.worker).hostname);
+    for (WorkerId o : a.others) list.push_back(workers_.at(o).hostname);
+  }
   for (auto& [wid, keys] : by_worker(decisions.assign)) {
     WorkerRecord& w = workers_.at(wid);
     std::vector<JobId> new_jobs;
@@ -446,6 +453,17 @@ void Server::run_schedule() {
       jobs[i].setStream(job.description.stream);
     }
     net::to_wire(keys, out.initTasks(keys.size()));
+    size_t multi = 0;
+    for (const TaskKey& k : keys) multi += hosts.count(k);
+    auto nodes = out.initNodes(multi);
+    size_t n = 0;
+    for (const TaskKey& k : keys) {
+      auto it = hosts.find(k);
+      if (it == hosts.end()) continue;
+      net::to_wire(k, nodes[n].initKey());
+      auto list = nodes[n++].initHosts(it->second.size());
+      for (size_t i = 0; i < it->second.size(); ++i) list.set(i, it->second[i]);
+    }
     if (!w.connection) continue;
     // Sent once the journal has reserved these tasks (above), so that after a crash a task the
     // worker may have started comes back as a new instance (never runs twice as one instance).

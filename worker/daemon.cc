@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <charconv>
 #include <deque>
+#include <fstream>
+#include <map>
 #include <unordered_map>
 #include <vector>
 
@@ -40,6 +42,7 @@ struct RunningTask {
   Allocation allocation;  // given back to the pool when the task ends
   bool canceled = false;
   bool timed_out = false;  // killed by the job's --time-limit
+  std::string node_file;   // HQ_NODE_FILE of a multi-node task, removed at its end
   std::shared_ptr<asio::steady_timer> time_limit;
   // The writer of the job's stream directory, when a channel of the task goes there.
   std::shared_ptr<stream::StreamWriter> stream;
@@ -98,6 +101,15 @@ std::string request_text(const ResourceRequestEntry& e) {
   if (e.policy == AllocationPolicy::kAll) return "all";
   if (e.policy == AllocationPolicy::kCompact) return format_amount(e.amount);
   return format_amount(e.amount) + " " + to_string(e.policy);
+}
+
+// Writes one line per entry, replacing the file.
+Status write_lines(const std::string& path, const std::vector<std::string>& lines) {
+  std::ofstream out(path, std::ios::trunc);
+  for (const std::string& line : lines) out << line << '\n';
+  out.close();
+  if (!out) return Status::error(fmt::format("cannot write the node file '{}'", path));
+  return Status::ok();
 }
 
 // Resolves `path` against `base` unless it is absolute.
@@ -216,6 +228,10 @@ class Worker {
                                         std::move(request), std::move(pool_request)};
         }
         for (auto k : a.getTasks()) queue_.push_back(net::from_wire(k));
+        for (auto n : a.getNodes()) {
+          auto& hosts = node_hosts_[net::from_wire(n.getKey())];
+          for (auto h : n.getHosts()) hosts.emplace_back(h.cStr(), h.size());
+        }
         start_queued();
         update_idle();
         return;
@@ -412,6 +428,22 @@ class Worker {
     spec.env.emplace_back("HQ_SERVER_UID", server_uid_);
     spec.env.emplace_back("HQ_WORKER_ID", std::to_string(worker_id_));
     add_resource_env(job, task.allocation, spec);
+    if (auto hosts = node_hosts_.find(key); hosts != node_hosts_.end()) {
+      // A multi-node task: it runs here and is told every worker it spans, this one first.
+      std::string path =
+          (options_.work_dir / fmt::format("nodes-{}-{}-{}", key.job, key.task, key.instance))
+              .string();
+      if (auto st = write_lines(path, hosts->second); !st) {
+        pool_.release(task.allocation);
+        events_.failed.push_back({key, now, st.message()});
+        return flush_soon();
+      }
+      task.node_file = path;
+      spec.env.emplace_back("HQ_NUM_NODES", std::to_string(hosts->second.size()));
+      spec.env.emplace_back("HQ_NODE_FILE", path);
+      spec.env.emplace_back("HQ_HOST_FILE", path);
+      node_hosts_.erase(hosts);
+    }
 
     auto pid = runner_.spawn(
         spec, [this, ref = key.ref()](ExitStatus status) { on_exit(ref, status); },
@@ -514,6 +546,10 @@ class Worker {
     running_.erase(it);
     if (task.time_limit) task.time_limit->cancel();
     pool_.release(task.allocation);
+    if (!task.node_file.empty()) {
+      std::error_code ec;
+      fs::remove(task.node_file, ec);
+    }
     int64_t now = unix_millis_now();
     // A task killed because the worker stops gets no end record: it did not end, it will run
     // again (a later instance) elsewhere.
@@ -675,6 +711,7 @@ class Worker {
   Millis heartbeat_{8000};
   std::unordered_map<JobId, JobBody> jobs_;
   std::deque<TaskKey> queue_;
+  std::map<TaskKey, std::vector<std::string>> node_hosts_;  // of queued multi-node tasks
   std::unordered_map<TaskRef, RunningTask> running_;
   // By absolute directory. Running tasks share ownership, so a dropped (failed) writer lives
   // until its last task ends.

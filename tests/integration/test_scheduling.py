@@ -96,3 +96,30 @@ def test_big_task_is_not_starved_by_a_stream_of_small_ones(hq_env):
     assert hq_env.wait_job(big) == 0
     left = hq_env.job(small)["task_counts"]["waiting"]
     assert left > 100, f"the big task ran only after the stream drained ({left} left)"
+
+
+def test_multi_node_task_gets_whole_workers_and_a_node_file(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("1", "--hostname", "node-a")
+    hq_env.start_worker("1", "--hostname", "node-b")
+    hq_env.start_worker("1", "--hostname", "node-c", "--group", "other")
+    job = hq_env.submit(["--nodes", "2", "--stdout", "out.txt", "--", "bash", "-c",
+                         'echo "$HQ_NUM_NODES"; cat "$HQ_NODE_FILE"'])
+    assert hq_env.wait_job(job) == 0
+    lines = (hq_env.work / "out.txt").read_text().split()
+    assert lines[0] == "2"
+    assert sorted(lines[1:]) == ["node-a", "node-b"], lines  # one group: never node-c
+    assert hq_env.job(job)["nodes"] == 2
+    err = hq_env.command(["submit", "--nodes", "2", "--cpus", "2", "--", "true"],
+                         expect_fail=True)
+    assert "--nodes takes whole workers" in err
+
+
+def test_multi_node_task_waits_for_enough_idle_workers(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("1")
+    job = hq_env.submit(["--nodes", "2", "--stdout", "none", "--", "true"])
+    [fit] = hq_env.json(["task", "explain", str(job), "0"])["workers"]
+    assert "only 1 of the 2 workers" in fit["reason"], fit
+    hq_env.start_worker("1")
+    assert hq_env.wait_job(job) == 0
