@@ -51,8 +51,8 @@ bench: build
 fuzz: deps
 	@[ -f $(FUZZ_BUILD)/build.ninja ] || CC=clang CXX=clang++ cmake -S . -B $(FUZZ_BUILD) -G Ninja \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHQ_SANITIZE=ON -DHQ_FUZZ=ON -DHQ_BUILD_BENCHMARKS=OFF
-	ninja -C $(FUZZ_BUILD) -j $(JOBS) frame_decoder_fuzz journal_record_fuzz stream_reader_fuzz
-	for t in frame_decoder journal_record stream_reader; do \
+	ninja -C $(FUZZ_BUILD) -j $(JOBS) frame_decoder_fuzz journal_record_fuzz stream_reader_fuzz resources_fuzz
+	for t in frame_decoder journal_record stream_reader resources; do \
 	  mkdir -p $(FUZZ_BUILD)/corpus/$$t && \
 	  $(FUZZ_BUILD)/tests/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) \
 	    $(FUZZ_BUILD)/corpus/$$t || exit 1; \

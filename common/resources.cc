@@ -86,7 +86,7 @@ std::vector<std::string> numbered(uint64_t first, uint64_t count) {
   return labels;
 }
 
-constexpr uint64_t kMaxUnits = 1 << 20;  // per indexed resource; more is surely a typo
+constexpr uint64_t kMaxUnits = kMaxResourceUnits;
 
 Result<ResourceDefinition> indexed(std::string name, std::vector<std::vector<std::string>> groups) {
   ResourceDefinition def;
@@ -150,8 +150,12 @@ Result<ResourceDefinition> parse_cpu_definition(std::string_view text) {
     if (!groups) return groups.error();
     for (const auto& g : *groups) {
       for (const auto& label : g) {
-        if (!parse_u64(label)) {
+        auto n = parse_u64(label);
+        if (!n)
           return Error{fmt::format("invalid CPU '{}' in '{}': CPUs are numbered", label, text)};
+        if (*n >= kMaxResourceUnits) {
+          return Error{fmt::format("invalid CPU '{}' in '{}': numbers go up to {}", label, text,
+                                   kMaxResourceUnits - 1)};
         }
       }
     }
@@ -193,7 +197,7 @@ Result<ResourceDefinition> parse_resource_definition(std::string_view text) {
     auto n = parse_u64(value.substr(4, value.size() - 5));
     if (!n) return Error{fmt::format("invalid amount in '{}': expected sum(N)", text)};
     if (*n == 0) return Error{fmt::format("resource '{}' has a zero amount", name)};
-    if (*n > (std::numeric_limits<uint64_t>::max() / kAmountUnit)) {
+    if (*n > kMaxSumUnits) {
       return Error{fmt::format("resource '{}' is too large", name)};
     }
     ResourceDefinition def;
@@ -226,6 +230,16 @@ Status add_definition(ResourceDescriptor& descriptor, ResourceDefinition def,
                       std::vector<std::string>& defined) {
   if (std::find(defined.begin(), defined.end(), def.name) != defined.end()) {
     return Status::error(fmt::format("resource '{}' defined more than once", def.name));
+  }
+  if (defined.size() >= kMaxWorkerResources) {
+    return Status::error(fmt::format("more than {} resources", kMaxWorkerResources));
+  }
+  if (def.kind == ResourceKind::kIndexed && def.size() > kMaxResourceUnits) {
+    return Status::error(
+        fmt::format("resource '{}' has more than {} units", def.name, kMaxResourceUnits));
+  }
+  if (def.kind == ResourceKind::kSum && (def.sum == 0 || def.sum > kMaxSumUnits)) {
+    return Status::error(fmt::format("resource '{}' has a bad amount {}", def.name, def.sum));
   }
   defined.push_back(def.name);
   descriptor.set(std::move(def));
@@ -341,6 +355,22 @@ Result<ResourceRequestEntry> parse_named_request(std::string_view text) {
 }
 
 Result<ResourceRequest> make_request(std::vector<ResourceRequestEntry> entries) {
+  if (entries.size() > kMaxRequestEntries) {
+    return Error{fmt::format("a task requests {} resources; at most {} are supported",
+                             entries.size(), kMaxRequestEntries)};
+  }
+  for (const auto& e : entries) {
+    if (auto st = check_resource_name(e.name); !st) return Error{st.message()};
+    if (e.policy == AllocationPolicy::kAll) continue;
+    if (e.amount == 0)
+      return Error{fmt::format("resource '{}' is requested with a zero amount", e.name)};
+    if (e.amount > kMaxRequestUnits * kAmountUnit) {
+      return Error{fmt::format("resource '{}' is requested in too large an amount", e.name)};
+    }
+    if (e.amount > kAmountUnit && e.amount % kAmountUnit != 0) {
+      return Error{fmt::format("resource '{}': a fraction must be below 1 (such as 0.5)", e.name)};
+    }
+  }
   ResourceRequest r;
   r.entries = std::move(entries);
   std::sort(r.entries.begin(), r.entries.end(),

@@ -18,6 +18,13 @@ namespace hq {
 using ResourceAmount = uint64_t;
 inline constexpr ResourceAmount kAmountUnit = 10000;  // one whole unit
 
+// Limits on what a worker or a task may declare (bytes from a socket are checked against them).
+inline constexpr uint64_t kMaxResourceUnits = 1 << 20;       // units of one indexed resource
+inline constexpr uint64_t kMaxSumUnits = 1'000'000'000'000;  // of one sum resource
+inline constexpr uint64_t kMaxRequestUnits = 1'000'000'000;  // of one request entry
+inline constexpr size_t kMaxRequestEntries = 64;
+inline constexpr size_t kMaxWorkerResources = 64;
+
 inline constexpr std::string_view kCpus = "cpus";
 inline constexpr std::string_view kMem = "mem";
 inline constexpr std::string_view kNvidiaGpus = "gpus/nvidia";
@@ -57,7 +64,8 @@ Result<ResourceDefinition> parse_cpu_definition(std::string_view text);
 // `--resource NAME=VALUE`: VALUE is "[a,b,c]", "[[a,b],[c,d]]", "range(A-B)" or "sum(N)".
 // "sum" for cpus, a zero amount and an empty list are errors.
 Result<ResourceDefinition> parse_resource_definition(std::string_view text);
-// Adds definitions to a descriptor; a name given twice is an error.
+// Adds definitions to a descriptor; a name given twice, or more than kMaxWorkerResources, is an
+// error.
 Status add_definition(ResourceDescriptor& descriptor, ResourceDefinition def,
                       std::vector<std::string>& defined);
 
@@ -97,7 +105,8 @@ struct ResourceRequest {
 Result<ResourceRequestEntry> parse_request_entry(std::string_view name, std::string_view text);
 // "NAME=AMOUNT [POLICY]" (`hq submit --resource`).
 Result<ResourceRequestEntry> parse_named_request(std::string_view text);
-// Sorts the entries, checks names are unique and adds "cpus=1" when missing.
+// Checks the entries (names, amounts within kMaxRequestUnits, fractions below one, at most
+// kMaxRequestEntries), sorts them, checks names are unique and adds "cpus=1" when missing.
 Result<ResourceRequest> make_request(std::vector<ResourceRequestEntry> entries);
 
 // "1.5", "2", "0.25".

@@ -80,6 +80,10 @@ void to_wire(const ResourceRequest& request, capnp::List<wire::ResourceEntry>::B
 
 Result<ResourceRequest> from_wire(capnp::List<wire::ResourceEntry>::Reader entries) {
   std::vector<ResourceRequestEntry> list;
+  if (entries.size() > kMaxRequestEntries) {
+    return Error{fmt::format("a task requests {} resources; at most {}", entries.size(),
+                             kMaxRequestEntries)};
+  }
   for (auto e : entries) {
     ResourceRequestEntry entry;
     entry.name = std::string(e.getName().cStr(), e.getName().size());
@@ -119,6 +123,10 @@ void to_wire(const ResourceDescriptor& descriptor,
 
 Result<ResourceDescriptor> from_wire(capnp::List<wire::ResourceDefinition>::Reader defs) {
   ResourceDescriptor out;
+  if (defs.size() > kMaxWorkerResources) {
+    return Error{fmt::format("a worker declares {} resources; at most {}", defs.size(),
+                             kMaxWorkerResources)};
+  }
   std::vector<std::string> defined;
   for (auto d : defs) {
     ResourceDefinition def;
@@ -127,14 +135,19 @@ Result<ResourceDescriptor> from_wire(capnp::List<wire::ResourceDefinition>::Read
     if (d.isSum()) {
       def.kind = ResourceKind::kSum;
       def.sum = d.getSum();
-      if (def.sum == 0 || def.sum > UINT64_MAX / kAmountUnit) {
+      if (def.sum == 0 || def.sum > kMaxSumUnits) {
         return Error{fmt::format("resource '{}' has a bad amount", def.name)};
       }
     } else {
       def.kind = ResourceKind::kIndexed;
       std::set<std::string> seen;
+      uint64_t units = 0;
       for (auto g : d.getGroups()) {
         if (g.size() == 0) return Error{fmt::format("resource '{}' has an empty group", def.name)};
+        units += g.size();
+        if (units > kMaxResourceUnits) {
+          return Error{fmt::format("resource '{}' has too many units", def.name)};
+        }
         auto& group = def.groups.emplace_back();
         for (auto u : g) {
           group.emplace_back(u.cStr(), u.size());

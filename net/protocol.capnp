@@ -315,6 +315,7 @@ struct ToWorker {
     cancel @2 :List(TaskKey);     # kill these if running, drop them if queued
     retract @3 :List(TaskKey);    # give these back if they have not started
     stop @4 :Void;                # kill everything and exit
+    serving @5 :Bool;             # a secondary node of a multi-node task now, or no longer
   }
 }
 

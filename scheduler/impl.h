@@ -81,7 +81,10 @@ struct WorkerSlot {
   uint32_t stuck = 0;             // queued_cpus - retracting_cpus
   uint32_t outside = 0;           // running tasks flagged kOutside: no new placements meanwhile
 
+  // Whole CPUs free for new tasks: none while it serves a multi-node task or runs one outside
+  // the model.
   uint32_t real_free() const {
+    if (serves_job || outside > 0) return 0;
     return static_cast<uint32_t>(pool.free_amount(kCpuResource) / kAmountUnit);
   }
   uint32_t cost(const Job& job) const { return job.cpus ? job.cpus : cpus; }
@@ -169,9 +172,40 @@ struct Scheduler::Impl {
 
   // --- Reservations --------------------------------------------------------------------------
   void drop_reservation(Job& job) {
+    for (WorkerSlot* w : job.node_reservations) w->reserved_for = nullptr;
+    job.node_reservations.clear();
     if (!job.reservation) return;
     job.reservation->reserved_for = nullptr;
     job.reservation = nullptr;
+  }
+  // Keeps `nodes` workers of one group for a multi-node job that found too few idle ones, so
+  // that jobs behind it cannot keep them busy forever: the group with the most workers that can
+  // serve it, and there the least loaded workers (lowest ids among equals).
+  void reserve_nodes(Job& job) {
+    if (!job.node_reservations.empty()) return;
+    std::map<std::string_view, std::vector<WorkerSlot*>> groups;
+    for (auto& [id, holder] : workers) {
+      WorkerSlot* w = holder.get();
+      if (!w->connected || !w->lives_for(job, now)) continue;
+      if (w->reserved_for && !ReadyOrder()(&job, w->reserved_for)) continue;
+      groups[w->group].push_back(w);
+    }
+    std::vector<WorkerSlot*>* best = nullptr;
+    for (auto& [group, list] : groups) {
+      if (list.size() >= job.nodes && (!best || list.size() > best->size())) best = &list;
+    }
+    if (!best) return;  // no group is big enough: it waits for more workers
+    // Least loaded first; serving another multi-node task counts as fully loaded.
+    auto load = [](const WorkerSlot* w) { return w->held_cpus + (w->serves_job ? w->cpus : 0); };
+    std::sort(best->begin(), best->end(), [&load](const WorkerSlot* a, const WorkerSlot* b) {
+      return load(a) != load(b) ? load(a) < load(b) : a->id < b->id;
+    });
+    for (uint32_t k = 0; k < job.nodes; ++k) {
+      WorkerSlot* w = (*best)[k];
+      if (w->reserved_for) drop_reservation(*w->reserved_for);
+      w->reserved_for = &job;
+      job.node_reservations.push_back(w);
+    }
   }
   // Whether `w` is kept for a job ahead of `job`.
   static bool reserved_against(const WorkerSlot& w, const Job& job) {
@@ -444,6 +478,19 @@ struct Scheduler::Impl {
               [](const WorkerSlot* a, const WorkerSlot* b) { return a->id < b->id; });
   }
 
+  // Drops reservations that can no longer serve their job: the worker will not live long enough,
+  // could never fit it, or serves a multi-node task. The job reserves anew when still blocked.
+  void check_reservations() {
+    for (auto& [id, holder] : workers) {
+      WorkerSlot& w = *holder;
+      Job* job = w.reserved_for;
+      if (!job) continue;
+      const bool usable = w.connected && !w.serves_job && w.lives_for(*job, now) &&
+                          w.pool.could_fit(request_of(*job));
+      if (!usable) drop_reservation(*job);
+    }
+  }
+
   void assign(Decisions& d, WorkerSlot& w, Job& job, bool placed) {
     Job::Next next = job.take_ready();
     --ready_tasks;
@@ -463,7 +510,9 @@ struct Scheduler::Impl {
     WorkerSlot* best = nullptr;
     for (auto& [id, holder] : workers) {
       WorkerSlot* w = holder.get();
-      if (!w->connected || !w->pool.could_fit(r) || !w->lives_for(job, now)) continue;
+      if (!w->connected || w->serves_job || !w->pool.could_fit(r) || !w->lives_for(job, now)) {
+        continue;
+      }
       if (w->reserved_for && !ReadyOrder()(&job, w->reserved_for)) continue;
       if (!best || w->real_free() > best->real_free() ||
           (w->real_free() == best->real_free() && w->id < best->id)) {
@@ -471,7 +520,7 @@ struct Scheduler::Impl {
       }
     }
     if (!best) return;  // no worker could ever run it: it waits for one that can
-    if (best->reserved_for) best->reserved_for->reservation = nullptr;
+    if (best->reserved_for) drop_reservation(*best->reserved_for);
     best->reserved_for = &job;
     job.reservation = best;
   }
@@ -541,7 +590,7 @@ struct Scheduler::Impl {
     // keeps a worker, so that it is not passed over forever.
     if (real && full >= candidates.size()) {
       for (Job* job : ready) {
-        if (unfit_pass[job->request] == pass) continue;
+        if (unfit_pass[job->request] == pass || job->nodes > 1) continue;
         if (!job->reservation) reserve(*job);
         break;
       }
@@ -577,7 +626,11 @@ struct Scheduler::Impl {
           }
           if (chosen.size() == job.nodes) break;
         }
-        if (chosen.size() < job.nodes) break;
+        if (chosen.size() < job.nodes) {
+          reserve_nodes(job);
+          break;
+        }
+        drop_reservation(job);
         assign(d, *chosen[0], job, /*placed=*/true);
         Assignment& a = d.assign.back();
         const uint32_t task_index = *job.ids.index_of(a.key.task);

@@ -107,6 +107,16 @@ void Scheduler::Impl::check() const {
     HQ_SCHED_CHECK(jobs.contains(c), "completed job {} is unknown", c);
   }
 
+  for (const auto& [id, holder] : jobs) {
+    const Job& job = *holder;
+    HQ_SCHED_CHECK(!job.reservation || (job.reservation->reserved_for == &job &&
+                                        job.node_reservations.empty() && job.in_ready_set),
+                   "job {}: its reservation does not point back", id);
+    for (const WorkerSlot* w : job.node_reservations) {
+      HQ_SCHED_CHECK(w->reserved_for == &job && job.in_ready_set && job.nodes > 1,
+                     "job {}: a node reservation does not point back", id);
+    }
+  }
   uint64_t total_retracting = 0;
   std::map<std::pair<const Job*, uint32_t>, uint32_t> serving;
   std::vector<std::pair<const Job*, uint32_t>> held_multi;
@@ -146,6 +156,8 @@ void Scheduler::Impl::check() const {
       HQ_SCHED_CHECK(!(s.flags & kRetracting) || in_queue,
                      "worker {}: held entry {} is retracting but not queued", id, k);
       if (in_queue) queued += h.cpus;
+      HQ_SCHED_CHECK(s.state != TaskState::kRunning || (s.flags & (kPlaced | kOutside)),
+                     "worker {}: held entry {} runs without a place in the pool", id, k);
       if (s.flags & kOutside) {
         ++outside;
         HQ_SCHED_CHECK(s.state != TaskState::kWaiting && !(s.flags & kPlaced) && !in_queue,
@@ -185,9 +197,12 @@ void Scheduler::Impl::check() const {
     }
     HQ_SCHED_CHECK(multi == w.multi_held, "worker {}: holds {} multi-node tasks, counts {}", id,
                    multi, w.multi_held);
-    HQ_SCHED_CHECK(!w.reserved_for || (w.reserved_for->reservation == &w && w.connected &&
-                                       w.reserved_for->in_ready_set),
-                   "worker {}: a stale reservation", id);
+    HQ_SCHED_CHECK(
+        !w.reserved_for || ((w.reserved_for->reservation == &w ||
+                             std::count(w.reserved_for->node_reservations.begin(),
+                                        w.reserved_for->node_reservations.end(), &w) == 1) &&
+                            w.connected && w.reserved_for->in_ready_set),
+        "worker {}: a stale reservation", id);
     HQ_SCHED_CHECK(w.held_cpus <= w.limit, "worker {}: holds {} CPUs over its limit {}", id,
                    w.held_cpus, w.limit);
     total_retracting += retracting;

@@ -66,6 +66,7 @@ class Job {
   const uint32_t cpus;                // whole CPUs per task; 0: all of the worker's (`--cpus all`)
   uint32_t request = 0;               // index of its resource request in the scheduler's table
   WorkerSlot* reservation = nullptr;  // the worker kept free for it (no starvation)
+  std::vector<WorkerSlot*> node_reservations;  // the same for a multi-node job: `nodes` workers
   const int32_t priority;
   bool open = false;         // more tasks may come (open jobs): complete jobs are kOpened
   uint32_t crash_limit = 0;  // see JobSpec

@@ -298,6 +298,7 @@ bool Scheduler::task_retracted(WorkerId worker, TaskKey key) {
 Decisions Scheduler::schedule(int64_t now) {
   Impl& m = *impl_;
   m.now = now;
+  m.check_reservations();
   Decisions d;
   m.compact_lists();
   if (!m.ready.empty()) m.fill_multi_node(d);

@@ -204,6 +204,10 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
       w.hostname = reg.getHostname().cStr();
       w.cpus = resources->cpus();
       w.resources = std::move(*resources);
+      constexpr uint64_t kYearMs = 366ull * 24 * 3600 * 1000;
+      if (reg.getTimeLimitMs() > kYearMs) {
+        throw std::runtime_error("worker registration: a time limit longer than a year");
+      }
       if (reg.getTimeLimitMs() > 0) {
         w.limit_time = unix_millis_now() + static_cast<int64_t>(reg.getTimeLimitMs());
       }
@@ -397,7 +401,19 @@ void Server::send_to_worker(WorkerRecord& w, capnp::MessageBuilder& message) {
 
 // --- Scheduling -------------------------------------------------------------------------------
 
+void Server::set_serving(WorkerRecord& w, bool serving) {
+  if (w.serving == serving) return;
+  w.serving = serving;
+  capnp::MallocMessageBuilder message;
+  message.initRoot<wire::ToWorker>().setServing(serving);
+  send_to_worker(w, message);
+}
+
 void Server::after_state_change() {
+  // Secondary nodes whose multi-node task ended take work again: they may idle out again too.
+  for (auto& [id, w] : workers_) {
+    if (w.serving && w.connection && !scheduler_.serving(id)) set_serving(w, false);
+  }
   for (JobId id : scheduler_.take_aborted_jobs()) {
     spdlog::info("job {}: more failed tasks than --max-fails allows; the rest is aborted", id);
     journal::EventMessage event(unix_millis_now());
@@ -470,6 +486,9 @@ void Server::run_schedule() {
     send_to_worker(w, message);
   }
 
+  for (const auto& a : decisions.assign) {
+    for (WorkerId o : a.others) set_serving(workers_.at(o), true);
+  }
   for (auto& [wid, keys] : by_worker(decisions.retract)) {
     WorkerRecord& w = workers_.at(wid);
     capnp::MallocMessageBuilder message;

@@ -50,6 +50,7 @@ struct WorkerRecord {
   std::unordered_set<JobId> known_jobs;  // jobs whose body this worker has
   asio::steady_timer::time_point last_seen;
   bool stopping = false;  // asked to stop on purpose
+  bool serving = false;   // told it serves a multi-node task (ToWorker.serving)
 };
 
 // A client waiting for jobs to complete.
@@ -133,6 +134,8 @@ class Server {
                        wire::JobSelector::Reader selector);
   void handle_task_list(net::Connection& c, wire::TaskQuery::Reader query);
   void handle_task_explain(net::Connection& c, wire::TaskKey::Reader key);
+  // Tells a worker whether it serves a multi-node task as a secondary node (no idle timeout).
+  void set_serving(WorkerRecord& w, bool serving);
   void handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids);
   void handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector);
   void handle_server_info(net::Connection& c);

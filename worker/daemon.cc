@@ -186,8 +186,10 @@ class Worker {
                          if (shut_down_) return io_.stop();  // our own close completed
                          std::string why = reason.empty() ? "the server closed the connection"
                                                           : "lost the server: " + reason;
+                         // An orderly close means the server dropped this worker (its tasks
+                         // run elsewhere now): only a broken connection lets them finish here.
                          if (options_.finish_running_on_server_lost && !stopping_on_request_ &&
-                             !running_.empty()) {
+                             !reason.empty() && !running_.empty()) {
                            return drain(why);
                          }
                          shutdown(why, stopping_on_request_ ? 0 : 1);
@@ -230,6 +232,7 @@ class Worker {
         for (auto k : a.getTasks()) queue_.push_back(net::from_wire(k));
         for (auto n : a.getNodes()) {
           auto& hosts = node_hosts_[net::from_wire(n.getKey())];
+          hosts.clear();
           for (auto h : n.getHosts()) hosts.emplace_back(h.cStr(), h.size());
         }
         start_queued();
@@ -247,6 +250,11 @@ class Worker {
         }
         update_idle();
         return;
+      case wire::ToWorker::SERVING:
+        // A secondary node of a multi-node task: busy (no idle timeout) while it serves.
+        serving_ = msg.getServing();
+        update_idle();
+        return;
       case wire::ToWorker::STOP:
         stopping_on_request_ = true;
         return shutdown("stopped by the server", 0);
@@ -258,6 +266,7 @@ class Worker {
     for (auto it = queue_.begin(); it != queue_.end(); ++it) {
       if (*it == key) {
         queue_.erase(it);
+        node_hosts_.erase(key);
         return true;
       }
     }
@@ -317,6 +326,7 @@ class Worker {
   }
 
   void fail_unstarted(const TaskKey& key, std::string error) {
+    node_hosts_.erase(key);
     events_.failed.push_back({key, unix_millis_now(), std::move(error)});
     flush_soon();
   }
@@ -434,6 +444,7 @@ class Worker {
           (options_.work_dir / fmt::format("nodes-{}-{}-{}", key.job, key.task, key.instance))
               .string();
       if (auto st = write_lines(path, hosts->second); !st) {
+        node_hosts_.erase(hosts);
         pool_.release(task.allocation);
         events_.failed.push_back({key, now, st.message()});
         return flush_soon();
@@ -452,6 +463,10 @@ class Worker {
         });
     if (!pid) {
       pool_.release(task.allocation);
+      if (!task.node_file.empty()) {
+        std::error_code ec;
+        fs::remove(task.node_file, ec);
+      }
       events_.failed.push_back({key, now, pid.message()});
       return flush_soon();
     }
@@ -637,7 +652,7 @@ class Worker {
 
   void update_idle() {
     if (!options_.idle_timeout) return;
-    bool idle = queue_.empty() && running_.empty();
+    bool idle = queue_.empty() && running_.empty() && !serving_;
     if (!idle) {
       idle_armed_ = false;
       idle_timer_.cancel();
@@ -703,6 +718,7 @@ class Worker {
   asio::steady_timer lifetime_timer_;
   std::chrono::steady_clock::time_point started_;
   bool draining_ = false;
+  bool serving_ = false;  // a secondary node of a multi-node task
   std::string drain_reason_;
   asio::steady_timer stream_flush_timer_;
   std::shared_ptr<net::Connection> connection_;

@@ -229,7 +229,12 @@ std::vector<std::string> nvidia_smi_indices() {
 }
 
 std::vector<std::string> nvidia_gpus() {
-  if (auto visible = env_list("CUDA_VISIBLE_DEVICES"); !visible.empty()) return visible;
+  // Set, even empty or to "-1"/"NoDevFiles", it is what CUDA programs will see: no probing.
+  if (const char* set = std::getenv("CUDA_VISIBLE_DEVICES")) {
+    std::string_view value = trim(set);
+    if (value.empty() || value.starts_with("-1") || value == "NoDevFiles") return {};
+    return env_list("CUDA_VISIBLE_DEVICES");
+  }
   if (auto indices = nvidia_smi_indices(); !indices.empty()) return indices;
   std::vector<std::string> labels;
   std::error_code ec;

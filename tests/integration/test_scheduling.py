@@ -100,15 +100,16 @@ def test_big_task_is_not_starved_by_a_stream_of_small_ones(hq_env):
 
 def test_multi_node_task_gets_whole_workers_and_a_node_file(hq_env):
     hq_env.start_server()
-    hq_env.start_worker("1", "--hostname", "node-a")
-    hq_env.start_worker("1", "--hostname", "node-b")
+    hq_env.start_worker("2", "--hostname", "node-a")
+    hq_env.start_worker("2", "--hostname", "node-b")
     hq_env.start_worker("1", "--hostname", "node-c", "--group", "other")
     job = hq_env.submit(["--nodes", "2", "--stdout", "out.txt", "--", "bash", "-c",
-                         'echo "$HQ_NUM_NODES"; cat "$HQ_NODE_FILE"'])
+                         'echo "$HQ_NUM_NODES $HQ_CPUS"; cat "$HQ_NODE_FILE"'])
     assert hq_env.wait_job(job) == 0
     lines = (hq_env.work / "out.txt").read_text().split()
     assert lines[0] == "2"
-    assert sorted(lines[1:]) == ["node-a", "node-b"], lines  # one group: never node-c
+    assert lines[1] == "0,1"  # every CPU of the worker it runs on
+    assert sorted(lines[2:]) == ["node-a", "node-b"], lines  # one group: never node-c
     assert hq_env.job(job)["nodes"] == 2
     err = hq_env.command(["submit", "--nodes", "2", "--cpus", "2", "--", "true"],
                          expect_fail=True)

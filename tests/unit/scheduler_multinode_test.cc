@@ -127,3 +127,47 @@ TEST_F(MultiNodeTest, LosingTheRootFreesTheSecondaries) {
 
 }  // namespace
 }  // namespace hq::sched
+
+namespace hq::sched {
+namespace {
+
+// Two 1-CPU workers kept busy by a stream of 1-CPU tasks of a lower priority: the multi-node task
+// reserves both, they drain, and it runs.
+TEST_F(MultiNodeTest, NotStarvedByAStreamOfSingleTasks) {
+  worker(1, 1);
+  worker(2, 1);
+  job(1, "0-999", 0, 0);
+  std::vector<Assignment> running;
+  auto start_all = [&](const Decisions& d) {
+    for (const Assignment& a : d.assign) {
+      ASSERT_TRUE(s.task_started(a.worker, a.key, 1));
+      running.push_back(a);
+    }
+  };
+  start_all(schedule());  // both busy, 2 more queued
+  job(2, "0", 2, 1);      // higher priority, needs both workers whole
+  int rounds = 0;
+  bool started = false;
+  while (!started && rounds++ < 20) {
+    ASSERT_FALSE(running.empty());
+    Assignment done = running.front();
+    running.erase(running.begin());
+    ASSERT_TRUE(s.task_finished(done.worker, done.key, 2));
+    s.check_invariants();
+    Decisions d = schedule();
+    for (const Assignment& a : d.assign) started = started || a.key.job == 2;
+    // Queued single tasks start as their worker frees up; never on a reserved, idle worker.
+    std::vector<Assignment> queued;
+    for (const Assignment& a : d.assign) {
+      if (a.key.job == 1) queued.push_back(a);
+    }
+    EXPECT_TRUE(started || queued.empty() || rounds <= 2)
+        << "round " << rounds << ": single tasks still go to workers kept for the big task";
+    start_all(d);
+  }
+  EXPECT_TRUE(started) << "the multi-node task never ran";
+  EXPECT_LE(rounds, 6);
+}
+
+}  // namespace
+}  // namespace hq::sched
