@@ -1,6 +1,7 @@
 // libFuzzer target for net::FrameDecoder: arbitrary socket bytes, fed in pieces, must never crash
 // the decoder or a reader of the messages it returns; malformed content may only throw
-// kj::Exception.
+// kj::Exception. Submissions and worker registrations are also decoded as the server does
+// (net/convert.h), resources included.
 
 #include <cstddef>
 #include <cstdint>
@@ -8,6 +9,8 @@
 #include <capnp/any.h>
 #include <kj/exception.h>
 
+#include "common/resources.h"
+#include "net/convert.h"
 #include "net/framing.h"
 #include "net/protocol.capnp.h"
 
@@ -25,6 +28,8 @@ void read_request(hq::net::Message& message) {
       for (auto arg : body.getProgram()) (void)arg.size();
       for (auto pair : body.getEnv()) (void)pair.getKey().size();
       (void)body.getCwd().size();
+      // What the server does with a submission: decode it whole (resources included).
+      (void)hq::net::from_wire(job);
       break;
     }
     case hq::wire::ClientRequest::JOB_INFO:
@@ -39,6 +44,12 @@ void read_request(hq::net::Message& message) {
       break;
   }
   (void)message.root<capnp::AnyPointer>().targetSize();
+  // The same bytes as a worker's registration: its resources as the server decodes them.
+  auto from_worker = message.root<hq::wire::FromWorker>();
+  if (from_worker.isRegister()) {
+    auto resources = hq::net::from_wire(from_worker.getRegister().getResources());
+    if (resources) (void)hq::describe(*resources);
+  }
 }
 
 }  // namespace
