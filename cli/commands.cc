@@ -185,12 +185,7 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   bool streamed = !job.stream.empty();
   TaskBodySpec& body = job.body;
   body.program = o.program;
-  body.cpus = static_cast<uint32_t>(request.cpus() / kAmountUnit);
   body.resources = std::move(request);
-  if (o.nodes > 1) {  // whole workers: every CPU of the one it runs on
-    body.resources.entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
-    body.cpus = 0;
-  }
   if (o.pin == "taskset") {
     body.pin = PinMode::kTaskset;
   } else if (o.pin == "omp") {

@@ -55,4 +55,11 @@ struct JobDescriptionSpec {
   uint32_t nodes = 0;
 };
 
+// What each task of the job needs: `body.resources`, or `body.cpus` whole CPUs (at least one)
+// when it is empty; every CPU of a worker for a multi-node job (nodes > 1).
+ResourceRequest task_request(const TaskBodySpec& body, uint32_t nodes = 0);
+// Sets the body's request to task_request() (and `cpus` to match), so that every reader of the
+// job (scheduler, workers, clients) sees one request. The server does it on submit and replay.
+void normalize_request(JobDescriptionSpec& job);
+
 }  // namespace hq

@@ -397,17 +397,17 @@ std::string format_amount(ResourceAmount amount) {
   return fmt::format("{}.{}", whole, digits);
 }
 
+std::string describe(const ResourceRequestEntry& e) {
+  if (e.policy == AllocationPolicy::kAll) return "all";
+  if (e.policy == AllocationPolicy::kCompact) return format_amount(e.amount);
+  return format_amount(e.amount) + " " + to_string(e.policy);
+}
+
 std::string describe(const ResourceRequest& request) {
   std::string out;
   for (const auto& e : request.entries) {
     if (!out.empty()) out += "; ";
-    if (e.policy == AllocationPolicy::kAll) {
-      out += fmt::format("{}=all", e.name);
-    } else if (e.policy == AllocationPolicy::kCompact) {
-      out += fmt::format("{}={}", e.name, format_amount(e.amount));
-    } else {
-      out += fmt::format("{}={} {}", e.name, format_amount(e.amount), to_string(e.policy));
-    }
+    out += e.name + "=" + describe(e);
   }
   return out;
 }

@@ -111,6 +111,8 @@ Result<ResourceRequest> make_request(std::vector<ResourceRequestEntry> entries);
 
 // "1.5", "2", "0.25".
 std::string format_amount(ResourceAmount amount);
+// One entry as the user writes it, without the name: "2", "2 compact!", "0.5", "all".
+std::string describe(const ResourceRequestEntry& entry);
 // "cpus=4 compact!; gpus/nvidia=0.5".
 std::string describe(const ResourceRequest& request);
 

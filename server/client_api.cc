@@ -91,11 +91,7 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
     return reply_error(c, "invalid job: a time limit or time request longer than a year");
   }
   if (job->nodes > 1'000'000) return reply_error(c, "invalid job: too many nodes per task");
-  if (job->nodes > 1) {
-    // Whole workers: the task gets every CPU of the worker it runs on.
-    job->body.resources.entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
-    job->body.cpus = 0;
-  }
+  normalize_request(*job);
   if (job->task_ids.size() > kMaxTasksPerJob) {
     return reply_error(c, fmt::format("invalid job: {} tasks; a job holds at most {} (split it "
                                       "into several jobs)",

@@ -79,10 +79,7 @@ void Server::restore(journal::Seq seq, schema::Event::Reader e) {
       const JobId id = submitted.getJob();
       auto description = journal::from_record(submitted.getDescription());
       sched::JobSpec spec;
-      if (description && description->nodes > 1) {  // as handle_submit does
-        description->body.resources.entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
-        description->body.cpus = 0;
-      }
+      if (description) normalize_request(*description);  // as handle_submit does
       if (description) {
         spec = {id,
                 description->task_ids,

@@ -87,22 +87,6 @@ Result<ResourceDescriptor> worker_resources(const WorkerOptions& options) {
   return descriptor;
 }
 
-// What a task of `body` needs: its resources, or `cpus` whole CPUs (at least one).
-ResourceRequest task_request(const TaskBodySpec& body) {
-  if (!body.resources.entries.empty()) return body.resources;
-  ResourceRequest r;
-  r.entries.push_back({std::string(kCpus), std::max<uint32_t>(body.cpus, 1) * kAmountUnit,
-                       AllocationPolicy::kCompact});
-  return r;
-}
-
-// The request of one resource as the user wrote it: "2", "2 compact!", "0.5", "all".
-std::string request_text(const ResourceRequestEntry& e) {
-  if (e.policy == AllocationPolicy::kAll) return "all";
-  if (e.policy == AllocationPolicy::kCompact) return format_amount(e.amount);
-  return format_amount(e.amount) + " " + to_string(e.policy);
-}
-
 // Writes one line per entry, replacing the file.
 Status write_lines(const std::string& path, const std::vector<std::string>& lines) {
   std::ofstream out(path, std::ios::trunc);
@@ -362,7 +346,7 @@ class Worker {
     for (const ResourceRequestEntry& e : job.request.entries) {
       uint32_t id = names_.find(e.name);
       std::string suffix = env_name(e.name);
-      env.emplace_back("HQ_RESOURCE_REQUEST_" + suffix, request_text(e));
+      env.emplace_back("HQ_RESOURCE_REQUEST_" + suffix, describe(e));
       const ResourceDefinition* def = descriptor_.find(e.name);
       std::string values;
       if (def && def->kind == ResourceKind::kSum) {
