@@ -115,6 +115,7 @@ struct Scheduler::Impl {
   ResourceNames names;
   std::vector<PoolRequest> requests;
   std::vector<ResourceRequest> request_specs;   // the same, as submitted
+  std::vector<bool> cpu_only;                   // the same: it asks for CPUs only
   std::map<std::string, uint32_t> request_ids;  // by describe(request)
 
   // Jobs with ready tasks, in scheduling order.
@@ -164,6 +165,10 @@ struct Scheduler::Impl {
     auto [it, added] = request_ids.emplace(describe(r), static_cast<uint32_t>(requests.size()));
     if (added) {
       requests.push_back(hq::intern_request(r, names));
+      const PoolRequest& pooled = requests.back();
+      cpu_only.push_back(std::all_of(pooled.begin(), pooled.end(), [](const PoolEntry& e) {
+        return e.resource == kCpuResource;
+      }));
       request_specs.push_back(r);
       unfit_pass.push_back(0);
     }
@@ -210,6 +215,27 @@ struct Scheduler::Impl {
   // Whether `w` is kept for a job ahead of `job`.
   static bool reserved_against(const WorkerSlot& w, const Job& job) {
     return w.reserved_for && w.reserved_for != &job && ReadyOrder()(w.reserved_for, &job);
+  }
+  // Backfill on a reserved worker: a task of a job behind the reserved one may take what the
+  // reserved job does not need. The reservation keeps back one task's request of the reserved
+  // job (by amounts), no more: of a resource it needs and finds short (the GPU it waits for),
+  // nothing may be taken; of one it finds enough of, everything above its need.
+  bool leaves_room_for_reserved(const WorkerSlot& w, const Job& job) const {
+    const PoolRequest& take = request_of(job);
+    const PoolRequest& keep = request_of(*w.reserved_for);
+    size_t k = 0;
+    for (const PoolEntry& e : take) {
+      while (k < keep.size() && keep[k].resource < e.resource) ++k;
+      if (k == keep.size() || keep[k].resource != e.resource) continue;
+      const ResourceAmount kept = keep[k].policy == AllocationPolicy::kAll
+                                      ? w.pool.total_amount(e.resource)
+                                      : keep[k].amount;
+      const ResourceAmount free = w.pool.free_amount(e.resource);
+      const ResourceAmount amount =
+          e.policy == AllocationPolicy::kAll ? w.pool.total_amount(e.resource) : e.amount;
+      if (free < kept || amount > free - kept) return false;
+    }
+    return true;
   }
 
   // --- Ready set -----------------------------------------------------------------------------
@@ -527,9 +553,9 @@ struct Scheduler::Impl {
 
   // Gives ready tasks to workers, jobs in order: into free resources (`real`), or into worker
   // queues up to each worker's limit. A cursor goes round the workers, one task per worker per
-  // visit, across jobs too, so that tasks spread. A worker kept for a job ahead takes nothing
-  // from jobs behind it. Cost: O(workers + assignments + jobs visited), plus one lap of misses
-  // per distinct request that fits nowhere now.
+  // visit, across jobs too, so that tasks spread. A worker kept for a job ahead gives jobs behind
+  // it only what the kept job does not need, and queues none of their tasks. Cost: O(workers +
+  // assignments + jobs visited), plus one lap of misses per distinct request that fits nowhere now.
   void fill(Decisions& d, bool real) {
     auto has_room = [real](const WorkerSlot* w) {
       return real
@@ -537,9 +563,15 @@ struct Scheduler::Impl {
                  : w->queue_room() > 0;
     };
     auto room = [this, real](WorkerSlot* w, Job& job) {
-      if (reserved_against(*w, job)) return false;
       const PoolRequest& r = request_of(job);
-      if (real) return w->can_place(job, r, now);
+      if (real) {
+        if (reserved_against(*w, job) && !leaves_room_for_reserved(*w, job)) return false;
+        return w->can_place(job, r, now);
+      }
+      // Queued tasks start in order on the worker: one queued behind a reservation would take
+      // what the reserved job waits for, and one waiting for anything but CPUs would hold up
+      // every task behind it while CPUs idle. Those wait at the server instead.
+      if (reserved_against(*w, job) || !cpu_only[job.request]) return false;
       return w->cost(job) <= w->queue_room() && w->lives_for(job, now) && w->pool.could_fit(r);
     };
     candidates.clear();

@@ -425,7 +425,8 @@ std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now) const {
           fmt::format("stops in {} s, before the task's time request of {} s",
                       std::max<int64_t>(0, (w.end_time - now) / 1000), job->time_request_ms / 1000);
     }
-    if (fit.fits_now && Impl::reserved_against(w, *job)) {
+    if (fit.fits_now && Impl::reserved_against(w, *job) &&
+        !impl_->leaves_room_for_reserved(w, *job)) {
       fit.fits_now = false;
       fit.reason =
           fmt::format("kept free for job {}, which waits for a bigger share", w.reserved_for->id);
@@ -444,6 +445,24 @@ void Scheduler::for_each_task(JobId id, const std::function<void(const TaskView&
   for (const IdRange& r : job->ids.ranges()) {
     for (uint64_t t = r.start; t <= r.end; t += r.step) {
       f(make_view(*job, index++, static_cast<TaskId>(t)));
+    }
+  }
+}
+
+void Scheduler::for_each_task_from(JobId id, TaskId from,
+                                   const std::function<bool(const TaskView&)>& f) const {
+  const Job* job = impl_->find_job(id);
+  if (!job) return;
+  const std::vector<IdRange>& ranges = job->ids.ranges();
+  auto r = std::lower_bound(ranges.begin(), ranges.end(), from,
+                            [](const IdRange& range, TaskId id) { return range.end < id; });
+  for (; r != ranges.end(); ++r) {
+    uint64_t t = r->start;
+    if (from > r->start) t += (uint64_t{from} - r->start + r->step - 1) / r->step * r->step;
+    uint32_t index = job->ids.first_index(static_cast<size_t>(r - ranges.begin())) +
+                     static_cast<uint32_t>((t - r->start) / r->step);
+    for (; t <= r->end; t += r->step) {
+      if (!f(make_view(*job, index++, static_cast<TaskId>(t)))) return;
     }
   }
 }

@@ -214,6 +214,9 @@ class Scheduler {
   JobId reserved_for(WorkerId id) const;
   // Calls f(const TaskView&) for every task of the job in increasing task id order.
   void for_each_task(JobId id, const std::function<void(const TaskView&)>& f) const;
+  // The same for the tasks with an id >= `from`, until f returns false. O(log ranges) to start.
+  void for_each_task_from(JobId id, TaskId from,
+                          const std::function<bool(const TaskView&)>& f) const;
   // The task, if the job has it.
   std::optional<TaskView> task(JobId job, TaskId task) const;
   // Tasks held by the worker (queued or running, canceled ones not yet ended included).

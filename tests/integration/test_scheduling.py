@@ -124,3 +124,28 @@ def test_multi_node_task_waits_for_enough_idle_workers(hq_env):
     assert "only 1 of the 2 workers" in fit["reason"], fit
     hq_env.start_worker("1")
     assert hq_env.wait_job(job) == 0
+
+
+def test_cpu_only_jobs_backfill_while_higher_priority_jobs_wait_for_a_gpu(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("10", "--resource", "gpus=[0]")
+    release = hq_env.root / "release"
+    # The GPU is taken until the test releases it.
+    holder = hq_env.submit(["--resource", "gpus=1", "--stdout", "none", "--", "bash", "-c",
+                            f"while [ ! -e {release} ]; do sleep 0.05; done"])
+    hq_env.wait_for_task_state(holder, 0, "running")
+    gpu_jobs = [hq_env.submit(["--resource", "gpus=1", "--priority", str(p), "--stdout", "none",
+                               "--", "true"]) for p in (9, 5, 4)]
+    cpu_jobs = [hq_env.submit(["--priority", str(i % 3), "--stdout", "none", "--", "true"])
+                for i in range(12)]
+    # Nine CPUs are free: every CPU-only job runs while the GPU jobs ahead of them wait.
+    for job in cpu_jobs:
+        assert hq_env.wait_job(job) == 0, f"CPU-only job {job} did not run"
+    for job in gpu_jobs:
+        assert hq_env.job(job)["state"] == "waiting"
+    release.touch()
+    for job in [holder, *gpu_jobs]:
+        assert hq_env.wait_job(job) == 0
+    # The GPU jobs ran in priority order.
+    starts = [hq_env.tasks(job)[0]["started_at"] for job in gpu_jobs]
+    assert starts == sorted(starts), starts

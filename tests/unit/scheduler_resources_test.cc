@@ -576,6 +576,76 @@ TEST(SchedulerResourcesTest, BigTaskIsNotStarvedOnMixedWorkers) {
   EXPECT_LE(rounds, bound) << "the 8-CPU task started in round " << rounds;
 }
 
+// Backfill: 9 CPUs are free while the only GPU is busy. Jobs of several priorities wait for the
+// GPU; CPU-only jobs of lower priority must start on the free CPUs meanwhile. The reservation of
+// the first GPU job keeps back only what that job needs (one CPU and the GPU), not the worker.
+TEST(SchedulerResourcesTest, CpuOnlyTasksBackfillWhileHigherPriorityJobsWaitForAGpu) {
+  Sim sim;
+  sim.add_worker(1, "10", {"gpus=[0]"});
+  sim.add_job(1, 1, {"cpus=1", "gpus=1"}, 0);  // takes the GPU and keeps it
+  sim.schedule();
+  ASSERT_EQ(sim.start().size(), 1u);
+  sim.add_job(2, 3, {"cpus=1", "gpus=1"}, 9);
+  sim.add_job(3, 2, {"cpus=2", "gpus=1"}, 5);
+  for (JobId j = 4; j < 16; ++j) sim.add_job(j, 1, {"cpus=1"}, static_cast<int32_t>(j % 3));
+  sim.add_job(16, 1, {"cpus=1", "gpus=1"}, 4);
+  uint32_t cpu_only_started = 0;
+  for (int round = 0; round < 5; ++round) {
+    sim.schedule();
+    for (const Assignment& a : sim.start()) {
+      EXPECT_TRUE(a.key.job >= 4 && a.key.job < 16) << "job " << a.key.job << " needs the GPU";
+      ++cpu_only_started;
+    }
+  }
+  // The reserved job needs one CPU: the other 8 free CPUs run CPU-only tasks.
+  EXPECT_EQ(cpu_only_started, 8u);
+  EXPECT_EQ(sim.s.reserved_for(1), 2u);
+  // The CPU-only tasks end; the rest of them take their place.
+  while (sim.running(1) > 1) sim.finish(1, 1);
+  for (int round = 0; round < 5; ++round) {
+    sim.schedule();
+    for (const Assignment& a : sim.start()) {
+      EXPECT_TRUE(a.key.job >= 4 && a.key.job < 16) << "job " << a.key.job << " needs the GPU";
+      ++cpu_only_started;
+    }
+  }
+  EXPECT_EQ(cpu_only_started, 12u);
+  // The GPU frees: the GPU jobs run in priority order, none starved by the CPU-only ones.
+  sim.finish(1, 0);
+  std::vector<JobId> gpu_order;
+  for (int round = 0; round < 50 && !sim.all_complete(); ++round) {
+    sim.schedule();
+    for (const Assignment& a : sim.start()) {
+      if (a.key.job < 4 || a.key.job == 16) gpu_order.push_back(a.key.job);
+    }
+    sim.finish_all();
+  }
+  EXPECT_TRUE(sim.all_complete());
+  EXPECT_EQ(gpu_order, (std::vector<JobId>{2, 2, 2, 3, 3, 16}));
+}
+
+// A reservation never holds what its job cannot use: a job waiting for a GPU on a worker that has
+// none free keeps that worker's spare CPUs from nobody, and when several blocked jobs each keep
+// a worker, every worker still runs CPU-only work on what the blocked jobs do not need.
+TEST(SchedulerResourcesTest, ReservationsKeepBackOnlyTheBlockedJobsRequest) {
+  Sim sim;
+  sim.add_worker(1, "4", {"gpus=[0]"});
+  sim.add_worker(2, "4", {"gpus=[0]"});
+  sim.add_job(1, 2, {"cpus=1", "gpus=1"}, 0);
+  sim.schedule();
+  ASSERT_EQ(sim.start().size(), 2u);  // both GPUs busy
+  sim.add_job(2, 1, {"cpus=2", "gpus=1"}, 3);
+  sim.add_job(3, 1, {"cpus=1", "gpus=1"}, 2);
+  sim.add_job(4, 100, {"cpus=1"}, 1);
+  sim.schedule();
+  std::map<WorkerId, uint32_t> started = per_worker(sim.start());
+  // Worker kept for job 2: 3 free CPUs, 2 kept back. For job 3: 3 free, 1 kept back.
+  EXPECT_EQ(started[1] + started[2], 3u);
+  EXPECT_NE(sim.s.reserved_for(1), 0u);
+  EXPECT_NE(sim.s.reserved_for(2), 0u);
+  EXPECT_NE(sim.s.reserved_for(1), sim.s.reserved_for(2));
+}
+
 // --- explain() ----------------------------------------------------------------------------------
 
 TEST(SchedulerResourcesTest, ExplainSaysWhyEachWorkerCannotRunATask) {
