@@ -137,11 +137,11 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   ResourceRequest request = must(make_request(std::move(entries)), "invalid --resource");
   JobDescriptionSpec job;
   job.name = o.name.empty() ? fs::path(o.program[0]).filename().string() : o.name;
-  job.task_ids =
-      o.array.empty() ? IdSet::single(0) : must(IdSet::parse(o.array), "invalid --array");
+  // Given but empty ("" as well as " ") is an error of its own, not the default single task.
+  job.task_ids = o.array ? must(IdSet::parse(*o.array), "invalid --array") : IdSet::single(0);
   // Duplicate ids would make two tasks with one id.
   if (job.task_ids.normalized().size() != job.task_ids.size()) {
-    throw CommandError{fmt::format("invalid --array '{}': an id is listed twice", o.array)};
+    throw CommandError{fmt::format("invalid --array '{}': an id is listed twice", *o.array)};
   }
   job.priority = o.priority;
   if (!o.time_limit.empty()) {
@@ -437,27 +437,32 @@ int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_t
   }
   auto st = query.initStates(states.size());
   for (size_t i = 0; i < states.size(); ++i) st.set(i, states[i]);
-  auto response = must(client.call(request));
-  auto list = response.root<wire::ClientResponse>().getTasks();
   json out = json::array();
   Table table({"TASK", "STATE", "WORKER", "INSTANCE", "STARTED", "DURATION", "ERROR"});
   std::string text;
-  for (auto t : list) {
-    out.push_back(task_json(t));
-    std::string worker = t.getWorker() ? std::to_string(t.getWorker()) : "";
-    table.add({std::to_string(t.getId()), state_name(t.getState()), worker,
-               std::to_string(t.getInstance()), time_text(t.getStartTime()),
-               duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
-    if (!text.empty()) text += "\n";
-    text += render_pairs({{"Job", std::to_string(job)},
-                          {"Task", std::to_string(t.getId())},
-                          {"State", state_name(t.getState())},
-                          {"Instance", std::to_string(t.getInstance())},
-                          {"Worker", worker},
-                          {"Started", time_text(t.getStartTime())},
-                          {"Finished", time_text(t.getEndTime())},
-                          {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
-                          {"Error", t.getError().cStr()}});
+  // The answer comes in pages, each asked for from where the last one ended.
+  for (bool more = true; more;) {
+    auto response = must(client.call(request));
+    auto page = response.root<wire::ClientResponse>().getTaskPage();
+    more = page.getMore();
+    query.setFrom(page.getNext());
+    for (auto t : page.getTasks()) {
+      out.push_back(task_json(t));
+      std::string worker = t.getWorker() ? std::to_string(t.getWorker()) : "";
+      table.add({std::to_string(t.getId()), state_name(t.getState()), worker,
+                 std::to_string(t.getInstance()), time_text(t.getStartTime()),
+                 duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
+      if (!text.empty()) text += "\n";
+      text += render_pairs({{"Job", std::to_string(job)},
+                            {"Task", std::to_string(t.getId())},
+                            {"State", state_name(t.getState())},
+                            {"Instance", std::to_string(t.getInstance())},
+                            {"Worker", worker},
+                            {"Started", time_text(t.getStartTime())},
+                            {"Finished", time_text(t.getEndTime())},
+                            {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
+                            {"Error", t.getError().cStr()}});
+    }
   }
   if (g.mode() == OutputMode::kJson) {
     print_json(out);

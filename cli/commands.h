@@ -13,7 +13,7 @@ namespace hq::cli {
 
 struct SubmitOptions {
   std::string name;
-  std::string array;
+  std::optional<std::string> array;  // unset: one task 0
   std::string cpus = "1";              // "N [POLICY]" or "all"
   std::vector<std::string> resources;  // NAME="AMOUNT [POLICY]"
   std::string pin;                     // taskset, omp; empty: none

@@ -1,6 +1,7 @@
 #include "common/host.h"
 
 #include <sched.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 namespace hq {
@@ -20,6 +21,17 @@ uint32_t available_cpus() {
   }
   long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<uint32_t>(n) : 1;
+}
+
+uint64_t raise_descriptor_limit() {
+  struct rlimit limit {};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    struct rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur == RLIM_INFINITY ? UINT64_MAX : static_cast<uint64_t>(limit.rlim_cur);
 }
 
 }  // namespace hq

@@ -12,4 +12,9 @@ std::string local_hostname();
 // The number of CPUs in this process's affinity mask (at least 1).
 uint32_t available_cpus();
 
+// Raises this process's soft limit of open file descriptors to its hard limit, so that many
+// connections cannot exhaust the descriptors its storage needs. Returns the soft limit now in
+// force.
+uint64_t raise_descriptor_limit();
+
 }  // namespace hq

@@ -1,8 +1,12 @@
 #include "net/connection.h"
 
+#include <algorithm>
 #include <cstring>
+#include <list>
 #include <optional>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include <capnp/message.h>
 #include <fmt/format.h>
@@ -23,6 +27,11 @@ constexpr auto kShutdownTimeout = std::chrono::seconds(5);
 constexpr size_t kCoalesceBytes = 256 * 1024;
 // Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 constexpr auto kAcceptRetryDelay = std::chrono::milliseconds(100);
+// Handshakes in flight (accepted, not yet authenticated) per listener and per source address:
+// each costs a descriptor and about 90 KiB. Beyond either cap the oldest one is dropped, so a
+// flood of silent connections cannot starve the descriptors and memory of real peers.
+constexpr size_t kMaxPendingHandshakes = 1024;
+constexpr size_t kMaxPendingPerSource = 64;
 
 using asio::ip::tcp;
 
@@ -146,7 +155,7 @@ void Connection::on_read(const asio::error_code& ec, size_t bytes) {
     if (ec == asio::error::eof) {
       // Orderly close by the peer: it reads no more, so drop what is not yet being written.
       closing_ = true;
-      while (write_queue_.size() > (writing_ ? 1u : 0u)) write_queue_.pop_back();
+      drop_unsent();
       if (!writing_) begin_shutdown();
       return;
     }
@@ -189,8 +198,33 @@ void Connection::send(capnp::MessageBuilder& message) {
 
 void Connection::send_frame(kj::Array<capnp::word> frame) {
   if (closing_ || closed_) return;
+  const size_t bytes = frame.size() * sizeof(capnp::word);
+  if (bytes > kMaxMessageBytes) {
+    // The peer would refuse it and drop the connection: do so here, saying why.
+    spdlog::error("a message of {} bytes for {} exceeds the {} byte limit", bytes, remote_,
+                  kMaxMessageBytes);
+    fail(fmt::format("an outgoing message of {} bytes exceeds the {} byte limit", bytes,
+                     kMaxMessageBytes));
+    return;
+  }
+  queued_bytes_ += bytes;
+  if (queued_bytes_ > write_queue_limit_) {
+    fail(fmt::format("the peer does not read what it is sent ({} bytes wait for it)",
+                     queued_bytes_));
+    return;
+  }
   write_queue_.push_back(std::move(frame));
   if (!writing_) write_next();
+}
+
+void Connection::set_write_queue_limit(size_t bytes) { write_queue_limit_ = bytes; }
+
+void Connection::drop_unsent() {
+  // An in-flight write still reads the front buffer until its handler runs.
+  while (write_queue_.size() > (writing_ ? 1u : 0u)) {
+    queued_bytes_ -= write_queue_.back().size() * sizeof(capnp::word);
+    write_queue_.pop_back();
+  }
 }
 
 void Connection::write_next() {
@@ -230,6 +264,7 @@ void Connection::on_written(const asio::error_code& ec) {
     fail("write failed: " + describe_error(ec));
     return;
   }
+  queued_bytes_ -= write_queue_.front().size() * sizeof(capnp::word);
   write_queue_.pop_front();
   write_next();
 }
@@ -253,8 +288,7 @@ void Connection::fail(const std::string& reason) {
   if (closed_) return;
   closed_ = true;
   closing_ = true;
-  // An in-flight write still reads the front buffer until its handler runs.
-  while (write_queue_.size() > (writing_ ? 1u : 0u)) write_queue_.pop_back();
+  drop_unsent();
   shutdown_timer_.cancel();
   asio::error_code ignored;
   stream_->next_layer().close(ignored);
@@ -274,6 +308,8 @@ namespace {
 
 // Shared by the Listener, its accept loop and the handshakes in flight, so none of them dangles
 // when the Listener goes away first.
+class Accepting;
+
 struct ListenerState {
   ListenerState(asio::io_context& io, wire::Role role, std::shared_ptr<PskContext> tls,
                 std::string server_uid)
@@ -283,6 +319,10 @@ struct ListenerState {
         tls(std::move(tls)),
         server_uid(std::move(server_uid)) {}
 
+  // Registers a new handshake, dropping the oldest ones beyond the caps. Returns its place.
+  std::list<Accepting*>::iterator admit(Accepting* accepting, const std::string& source);
+  void leave(std::list<Accepting*>::iterator place, const std::string& source);
+
   tcp::acceptor acceptor;
   asio::steady_timer retry_timer;
   wire::Role role;
@@ -291,6 +331,13 @@ struct ListenerState {
   Listener::AcceptHandler on_accept;
   std::chrono::milliseconds handshake_timeout = kHandshakeTimeout;
   bool stopped = false;
+  // Handshakes in flight, oldest first, and how many per source address.
+  std::list<Accepting*> pending;
+  std::unordered_map<std::string, size_t> per_source;
+  size_t max_pending = kMaxPendingHandshakes;
+  size_t max_per_source = kMaxPendingPerSource;
+  uint64_t evicted = 0;  // since the last warning about it
+  std::chrono::steady_clock::time_point evict_logged{};
 };
 
 // One accepted socket until its Hello is answered: TLS handshake, read Hello, reply.
@@ -299,10 +346,15 @@ class Accepting : public std::enable_shared_from_this<Accepting> {
   Accepting(std::shared_ptr<ListenerState> state, tcp::socket socket)
       : state_(std::move(state)),
         remote_(remote_of(socket)),
+        source_(source_of(socket)),
         stream_(std::make_unique<TlsStream>(std::move(socket), state_->tls->ssl())),
         timer_(stream_->get_executor()) {}
+  ~Accepting() { leave(); }
 
   void start() {
+    place_ = state_->admit(this, source_);
+    admitted_ = true;
+    if (done_) return;  // dropped at once: the caps leave no room at all
     timer_.expires_after(state_->handshake_timeout);
     timer_.async_wait([self = shared_from_this()](const asio::error_code& ec) {
       if (!ec) self->drop("timed out waiting for the TLS handshake and Hello");
@@ -310,6 +362,17 @@ class Accepting : public std::enable_shared_from_this<Accepting> {
     stream_->async_handshake(
         asio::ssl::stream_base::server,
         [self = shared_from_this()](const asio::error_code& ec) { self->on_tls(ec); });
+  }
+
+  const std::string& source() const { return source_; }
+  // Ends the handshake now, quietly: a newer one needs its place.
+  void evict() {
+    if (done_) return;
+    done_ = true;
+    leave();
+    timer_.cancel();
+    asio::error_code ignored;
+    stream_->next_layer().close(ignored);
   }
 
  private:
@@ -367,9 +430,22 @@ class Accepting : public std::enable_shared_from_this<Accepting> {
     }
   }
 
+ private:
+  static std::string source_of(tcp::socket& socket) {
+    asio::error_code ec;
+    tcp::endpoint endpoint = socket.remote_endpoint(ec);
+    return ec ? std::string() : endpoint.address().to_string();
+  }
+  void leave() {
+    if (!admitted_) return;
+    admitted_ = false;
+    state_->leave(place_, source_);
+  }
+
   // Answers the Hello; an empty `error` accepts the connection.
   void reply(const std::string& error) {
     done_ = true;
+    leave();
     timer_.cancel();
     capnp::MallocMessageBuilder builder;
     auto answer = builder.initRoot<wire::HelloReply>();
@@ -392,6 +468,7 @@ class Accepting : public std::enable_shared_from_this<Accepting> {
   void drop(const std::string& reason) {
     if (done_) return;
     done_ = true;
+    leave();
     timer_.cancel();
     asio::error_code ignored;
     stream_->next_layer().close(ignored);
@@ -400,12 +477,58 @@ class Accepting : public std::enable_shared_from_this<Accepting> {
 
   std::shared_ptr<ListenerState> state_;
   std::string remote_;
+  std::string source_;  // the address without the port
   std::unique_ptr<TlsStream> stream_;
   asio::steady_timer timer_;
   FrameDecoder decoder_;
   std::array<uint8_t, 4096> buffer_;
   bool done_ = false;
+  bool admitted_ = false;  // in state_->pending at place_
+  std::list<Accepting*>::iterator place_;
 };
+
+std::list<Accepting*>::iterator ListenerState::admit(Accepting* accepting,
+                                                     const std::string& source) {
+  auto place = pending.insert(pending.end(), accepting);
+  const size_t from_source = ++per_source[source];
+  std::vector<Accepting*> victims;
+  if (from_source > max_per_source) {
+    // The oldest of the same source (the list is short: at most max_pending).
+    size_t excess = from_source - max_per_source;
+    for (Accepting* a : pending) {
+      if (excess == 0) break;
+      if (a->source() == source) {
+        victims.push_back(a);
+        --excess;
+      }
+    }
+  }
+  size_t over = pending.size() > max_pending ? pending.size() - max_pending : 0;
+  for (auto it = pending.begin(); over > 0 && it != pending.end(); ++it) {
+    if (std::find(victims.begin(), victims.end(), *it) == victims.end()) {
+      victims.push_back(*it);
+      --over;
+    }
+  }
+  for (Accepting* victim : victims) victim->evict();
+  evicted += victims.size();
+  const auto now = std::chrono::steady_clock::now();
+  if (evicted > 0 && now - evict_logged > std::chrono::seconds(10)) {
+    spdlog::warn(
+        "dropped {} unauthenticated {} connection(s): more than {} handshakes in flight ({} per "
+        "address); the oldest go first",
+        evicted, role_word(role), max_pending, max_per_source);
+    evicted = 0;
+    evict_logged = now;
+  }
+  return place;
+}
+
+void ListenerState::leave(std::list<Accepting*>::iterator place, const std::string& source) {
+  pending.erase(place);
+  auto it = per_source.find(source);
+  if (it != per_source.end() && --it->second == 0) per_source.erase(it);
+}
 
 void accept_next(const std::shared_ptr<ListenerState>& state) {
   state->acceptor.async_accept([state](const asio::error_code& ec, tcp::socket socket) {
@@ -487,6 +610,11 @@ void Listener::stop() {
 
 void Listener::set_handshake_timeout(std::chrono::milliseconds timeout) {
   impl_->state->handshake_timeout = timeout;
+}
+
+void Listener::set_handshake_limits(size_t in_flight, size_t per_source) {
+  impl_->state->max_pending = std::max<size_t>(in_flight, 1);
+  impl_->state->max_per_source = std::max<size_t>(per_source, 1);
 }
 
 // --- async_connect ------------------------------------------------------------------------------

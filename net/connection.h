@@ -41,6 +41,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   using MessageHandler = std::function<void(Message&)>;
   // `reason` is empty for an orderly close by either side.
   using CloseHandler = std::function<void(const std::string& reason)>;
+  // A peer that does not read what it is sent is dropped once this much waits for it.
+  static constexpr size_t kDefaultWriteQueueLimit = 256u << 20;
 
   Connection(std::unique_ptr<TlsStream> stream, FrameDecoder decoder);
   ~Connection();
@@ -54,8 +56,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // connection is closed.
   void send(capnp::MessageBuilder& message);
   // Queues a frame made earlier by net::encode (framing.h), e.g. a reply held back until the
-  // journal has synced what it shows.
+  // journal has synced what it shows. A frame over kMaxMessageBytes (which the peer would refuse)
+  // closes the connection instead, naming its size; so does one that brings the bytes waiting
+  // to be written over the write queue limit (a peer that stops reading is dropped, not
+  // buffered for without bound).
   void send_frame(kj::Array<capnp::word> frame);
+  // Bytes that may wait to be written (default 256 MiB).
+  void set_write_queue_limit(size_t bytes);
   // Sends what is queued, then closes. on_close runs with an empty reason. Messages that arrive
   // meanwhile are discarded.
   void close();
@@ -69,6 +76,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void write_next();
   void on_written(const asio::error_code& ec);
   void begin_shutdown();
+  // Forgets the queued messages not yet being written.
+  void drop_unsent();
   // Closes the socket now (or ends an orderly close) and runs on_close with `reason`.
   void fail(const std::string& reason);
 
@@ -76,6 +85,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   FrameDecoder decoder_;
   std::array<uint8_t, 64 * 1024> read_buffer_;
   std::deque<kj::Array<capnp::word>> write_queue_;
+  size_t queued_bytes_ = 0;  // of write_queue_
+  size_t write_queue_limit_ = kDefaultWriteQueueLimit;
   MessageHandler on_message_;
   CloseHandler on_close_;
   bool writing_ = false;
@@ -107,6 +118,9 @@ class Listener {
   void stop();
   // How long an accepted socket may take for TLS and Hello before it is dropped (default 10 s).
   void set_handshake_timeout(std::chrono::milliseconds timeout);
+  // How many accepted sockets may be in their handshake at once, in all and from one address
+  // (defaults 1024 and 64); beyond either, the oldest (of that address) is dropped.
+  void set_handshake_limits(size_t in_flight, size_t per_source);
 
  private:
   struct Impl;

@@ -7,7 +7,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("hq::wire");
 
 # Bumped whenever a peer of an older version could misread a message.
-const protocolVersion :UInt32 = 1;
+const protocolVersion :UInt32 = 2;
 
 enum Role {
   client @0;
@@ -163,6 +163,14 @@ struct TaskQuery {
   job @0 :UInt32;
   tasks @1 :List(IdRange);  # empty: all tasks
   states @2 :List(TaskState);   # empty: all states
+  from @3 :UInt32;          # only tasks with an id >= from (the next page of an answer)
+}
+
+# One bounded page of a task list, in increasing task id order.
+struct TaskPage {
+  tasks @0 :List(TaskInfo);
+  more @1 :Bool;            # more tasks match: ask again with from = next
+  next @2 :UInt32;
 }
 
 struct WorkerSummary {
@@ -257,12 +265,13 @@ struct ClientResponse {
     jobs @2 :List(JobSummary);        # jobList, jobWait (final states)
     jobDetails @3 :List(JobDetail);   # jobInfo
     canceled @4 :List(CancelResult);
-    tasks @5 :List(TaskInfo);
+    tasks @5 :List(TaskInfo);         # unused since protocol 2: see taskPage
     workers @6 :List(WorkerSummary);  # workerList, workerInfo, workerStop (the stopped ones)
     serverInfo @7 :ServerInfo;
     ok @8 :Void;                      # serverStop, journalFlush
     journalPruned @9 :JournalPruneResult;
     explanation @10 :TaskExplanation;
+    taskPage @11 :TaskPage;           # taskList
   }
 }
 

@@ -242,20 +242,44 @@ void Server::handle_job_cancel(net::Connection& c, wire::JobSelector::Reader sel
 
 void Server::handle_job_wait(const std::shared_ptr<net::Connection>& c,
                              wire::JobSelector::Reader selector) {
-  waiters_.push_back(Waiter{c, select_jobs(selector)});
-  notify_waiters();
+  Waiter waiter{c, select_jobs(selector)};
+  for (JobId id : waiter.jobs) waiter.incomplete += !scheduler_.counts(id).complete();
+  if (waiter.incomplete == 0) return reply_job_summaries(*c, waiter.jobs);
+  if (waiters_.size() >= waiters_swept_at_) {
+    // Waiters of clients that went away, swept once their number doubled: O(1) per wait.
+    std::erase_if(waiters_, [this](const auto& entry) {
+      if (!entry.second.connection.expired()) return false;
+      for (JobId id : entry.second.jobs) {
+        auto it = waiters_by_job_.find(id);
+        if (it == waiters_by_job_.end()) continue;
+        std::erase(it->second, entry.first);
+        if (it->second.empty()) waiters_by_job_.erase(it);
+      }
+      return true;
+    });
+    waiters_swept_at_ = std::max<size_t>(64, 2 * waiters_.size());
+  }
+  const uint64_t key = next_waiter_++;
+  for (JobId id : waiter.jobs) {
+    if (!scheduler_.counts(id).complete()) waiters_by_job_[id].push_back(key);
+  }
+  waiters_.emplace(key, std::move(waiter));
 }
 
-void Server::notify_waiters() {
-  std::erase_if(waiters_, [this](const Waiter& waiter) {
-    auto c = waiter.connection.lock();
-    if (!c || !c->is_open()) return true;
-    for (JobId id : waiter.jobs) {
-      if (!scheduler_.counts(id).complete()) return false;
+void Server::notify_waiters(const std::vector<JobId>& completed) {
+  for (JobId id : completed) {
+    auto by_job = waiters_by_job_.find(id);
+    if (by_job == waiters_by_job_.end()) continue;
+    std::vector<uint64_t> keys = std::move(by_job->second);
+    waiters_by_job_.erase(by_job);
+    for (uint64_t key : keys) {
+      auto it = waiters_.find(key);
+      if (it == waiters_.end() || --it->second.incomplete > 0) continue;
+      auto connection = it->second.connection.lock();
+      if (connection && connection->is_open()) reply_job_summaries(*connection, it->second.jobs);
+      waiters_.erase(it);
     }
-    reply_job_summaries(*c, waiter.jobs);
-    return true;
-  });
+  }
 }
 
 void Server::handle_task_explain(net::Connection& c, wire::TaskKey::Reader key) {
@@ -292,47 +316,62 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
   for (auto s : query.getStates()) {
     if (static_cast<unsigned>(s) < 32) state_mask |= 1u << static_cast<unsigned>(s);
   }
+  const TaskId from = query.getFrom();
+  // One page: at most kTasksPerPage tasks and about kPageBytes, so that no answer comes near the
+  // peer's message limit however large the job; the client asks for the next page from `next`.
   std::vector<sched::TaskView> views;
+  std::vector<std::string> errors;  // copied at once: TaskView::error is valid for one call only
+  size_t bytes = 0;
+  bool more = false;
+  TaskId next = 0;
   auto keep = [&](const sched::TaskView& v) {
-    if (state_mask == 0 || (state_mask & (1u << static_cast<unsigned>(v.state)))) {
-      views.push_back(v);
-      // The error pointer is only valid until the next scheduler call; copy below at once.
+    if (state_mask != 0 && !(state_mask & (1u << static_cast<unsigned>(v.state)))) return true;
+    if (views.size() == kTasksPerPage || bytes >= kPageBytes) {
+      more = true;
+      next = v.id;
+      return false;
     }
+    views.push_back(v);
+    errors.push_back(v.error ? *v.error : std::string());
+    bytes += 64 + errors.back().size();
+    return true;
   };
-  std::vector<std::string> errors;
   if (query.getTasks().size() == 0) {
-    scheduler_.for_each_task(job, keep);
+    scheduler_.for_each_task_from(job, from, keep);
   } else {
     auto ids = net::from_wire(query.getTasks());
     if (!ids) return reply_error(c, "invalid task selection: " + ids.message());
     if (ids->size() > scheduler_.counts(job).total()) {
       // A selection larger than the job: walk the job, not the selection.
-      scheduler_.for_each_task(job, [&](const sched::TaskView& v) {
-        if (ids->contains(v.id)) keep(v);
-      });
+      scheduler_.for_each_task_from(
+          job, from, [&](const sched::TaskView& v) { return !ids->contains(v.id) || keep(v); });
     } else {
-      ids->for_each([&](uint32_t id) {
-        if (auto v = scheduler_.task(job, id)) keep(*v);
-      });
+      bool going = true;
+      const IdSet selected = ids->normalized();
+      for (const IdRange& r : selected.ranges()) {
+        for (uint64_t t = r.start; going && t <= r.end; t += r.step) {
+          if (t < from) continue;
+          if (auto v = scheduler_.task(job, static_cast<TaskId>(t))) going = keep(*v);
+        }
+        if (!going) break;
+      }
     }
-    if (views.empty() && state_mask == 0) {
+    if (views.empty() && state_mask == 0 && from == 0) {
       return reply_error(c, fmt::format("job {} has no task {}", job, ids->to_string()));
     }
   }
-  if (views.size() > kMaxTasksPerReply) {
-    return reply_error(c, fmt::format("{} tasks match, more than one answer holds ({}); narrow "
-                                      "the selection with --tasks or --filter",
-                                      views.size(), kMaxTasksPerReply));
-  }
   capnp::MallocMessageBuilder reply;
-  auto list = reply.initRoot<wire::ClientResponse>().initTasks(views.size());
+  auto page = reply.initRoot<wire::ClientResponse>().initTaskPage();
+  page.setMore(more);
+  page.setNext(next);
+  auto list = page.initTasks(static_cast<unsigned>(views.size()));
   for (size_t i = 0; i < views.size(); ++i) {
     const sched::TaskView& v = views[i];
     list[i].setId(v.id);
     list[i].setState(static_cast<wire::TaskState>(v.state));
     list[i].setInstance(v.instance);
     list[i].setWorker(v.worker);
-    if (v.error) list[i].setError(*v.error);
+    if (!errors[i].empty()) list[i].setError(errors[i]);
     list[i].setStartTime(v.start_time);
     list[i].setEndTime(v.end_time);
     list[i].setCrashCount(v.crashes);

@@ -295,8 +295,17 @@ void Server::when_durable(std::function<void(const Status&)> fn) {
 }
 
 void Server::respond(net::Connection& c, capnp::MessageBuilder& reply) {
-  if (journal_status_ && all_durable()) return c.send(reply);
   auto frame = std::make_shared<kj::Array<capnp::word>>(net::encode(reply));
+  if (const size_t bytes = frame->size() * sizeof(capnp::word); bytes > net::kMaxMessageBytes) {
+    // Answers are bounded where they are built (task lists come in pages): a bug, not the
+    // client's fault, but the client hears of it instead of losing its connection.
+    spdlog::error("an answer of {} bytes exceeds the {} byte message limit", bytes,
+                  net::kMaxMessageBytes);
+    return reply_error(c, fmt::format("the answer ({} bytes) exceeds the {} byte message limit; "
+                                      "narrow the request",
+                                      bytes, net::kMaxMessageBytes));
+  }
+  if (journal_status_ && all_durable()) return c.send_frame(std::move(*frame));
   when_durable([this, frame,
                 weak = std::weak_ptr<net::Connection>(c.shared_from_this())](const Status& status) {
     auto connection = weak.lock();

@@ -66,6 +66,9 @@ Status Server::start() {
         options_.server_dir.string(), who));
   }
 
+  // Connections must never take the descriptors the journal needs (handshakes in flight are
+  // capped per listener as well: net/connection.h).
+  raise_descriptor_limit();
   if (auto st = open_journal(); !st) return st;
 
   // A restarted server keeps its access file: the same keys (clients, scripts and workers set up
@@ -421,11 +424,12 @@ void Server::after_state_change() {
     record(event);
   }
   send_cancels(scheduler_.take_kills());
-  for (JobId id : scheduler_.take_completed_jobs()) {
+  const std::vector<JobId> completed = scheduler_.take_completed_jobs();
+  for (JobId id : completed) {
     auto it = jobs_.find(id);
     if (it != jobs_.end() && it->second.end_time == 0) it->second.end_time = unix_millis_now();
   }
-  notify_waiters();
+  notify_waiters(completed);
   request_schedule();
 }
 

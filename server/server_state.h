@@ -24,9 +24,10 @@ namespace hq::server {
 
 // Bounds the memory one submission can claim (about 32 bytes per task).
 inline constexpr uint64_t kMaxTasksPerJob = 100'000'000;
-// Keeps a task list answer well below the peer's message size limit (net/framing.h).
-// TODO(scale): page task lists instead.
-inline constexpr size_t kMaxTasksPerReply = 1'000'000;
+// A task list answer is sent in pages of at most this many tasks and about this many bytes,
+// well below the peer's message size limit (net/framing.h).
+inline constexpr size_t kTasksPerPage = 50'000;
+inline constexpr size_t kPageBytes = 8u << 20;
 
 struct JobRecord {
   JobDescriptionSpec description;
@@ -57,6 +58,7 @@ struct WorkerRecord {
 struct Waiter {
   std::weak_ptr<net::Connection> connection;
   std::vector<JobId> jobs;
+  size_t incomplete = 0;  // of `jobs`
 };
 
 class Server {
@@ -140,7 +142,8 @@ class Server {
   void handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector);
   void handle_server_info(net::Connection& c);
   void reply_job_summaries(net::Connection& c, const std::vector<JobId>& ids);
-  void notify_waiters();
+  // Answers the waiters whose last incomplete job is among `completed`: O(waiters of those jobs).
+  void notify_waiters(const std::vector<JobId>& completed);
 
   asio::io_context& io_;
   ServerOptions options_;
@@ -184,7 +187,10 @@ class Server {
   std::map<WorkerId, WorkerRecord> workers_;
   JobId last_job_id_ = 0;
   WorkerId last_worker_id_ = 0;
-  std::vector<Waiter> waiters_;
+  std::unordered_map<uint64_t, Waiter> waiters_;
+  std::unordered_map<JobId, std::vector<uint64_t>> waiters_by_job_;  // of its incomplete jobs
+  uint64_t next_waiter_ = 1;
+  size_t waiters_swept_at_ = 64;  // sweep closed connections' waiters when there are this many
   std::set<std::shared_ptr<net::Connection>> clients_;
 };
 

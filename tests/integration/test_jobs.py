@@ -95,3 +95,20 @@ def test_job_list_filters(hq_env):
     assert [j["id"] for j in hq_env.json(["job", "list", "--filter", "finished"])] == [done]
     err = hq_env.command(["job", "list", "--filter", "bogus"], expect_fail=True)
     assert "unknown job state 'bogus'" in err
+
+
+def test_task_list_of_a_large_job_comes_in_pages(hq_env):
+    hq_env.start_server()
+    # 120,005 waiting tasks (no worker): more than two pages of the server's answer.
+    job = hq_env.submit(["--array", "1-120000,200000-200004", "--", "true"])
+    tasks = hq_env.tasks(job)
+    ids = [t["id"] for t in tasks]
+    assert len(ids) == 120005
+    assert ids == list(range(1, 120001)) + list(range(200000, 200005))
+    assert all(t["state"] == "waiting" for t in tasks)
+    # A selection across a page boundary, and a filter, page the same way.
+    picked = hq_env.json(["task", "list", str(job), "--tasks", "49990-50010,119999-200001"])
+    assert [t["id"] for t in picked] == (list(range(49990, 50011)) +
+                                         [119999, 120000, 200000, 200001])
+    waiting = hq_env.json(["task", "list", str(job), "--filter", "waiting"])
+    assert len(waiting) == 120005

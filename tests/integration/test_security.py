@@ -59,3 +59,44 @@ def test_server_dir_flag_before_or_after_subcommand(hq_env):
     a = hq_env.command(["--server-dir", str(other), "server", "info"])
     b = hq_env.command(["server", "info", "--server-dir", str(other)])
     assert a == b and str(other) in a
+
+
+def test_flood_of_silent_connections_is_capped_while_clients_work(hq_env):
+    import resource
+    import socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    hq_env.start_server()
+    hq_env.start_worker(cpus=1)
+    info = hq_env.json(["server", "info"])
+    port = info["client_port"]
+    server_pid = info["pid"]
+    flood = []
+    try:
+        # 2,000 connections that never speak.
+        for _ in range(2000):
+            s = socket.create_connection(("127.0.0.1", port))
+            flood.append(s)
+        # A real client submits through it, the journal syncs, the job runs.
+        job = hq_env.submit(["--", "true"])
+        assert hq_env.wait_job(job) == 0
+        assert hq_env.job(job)["state"] == "finished"
+        # The server holds a bounded number of them: the oldest were dropped.
+        open_fds = len(os.listdir(f"/proc/{server_pid}/fd"))
+        assert open_fds < 400, f"the server holds {open_fds} descriptors"
+        # The dropped ones see the end of their connection.
+        closed = 0
+        for s in flood[:100]:
+            s.settimeout(10)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except ConnectionResetError:
+                closed += 1
+        assert closed == 100
+    finally:
+        for s in flood:
+            s.close()
+    log = hq_env.log_of(hq_env.server)
+    assert "unauthenticated client connection(s)" in log

@@ -128,6 +128,11 @@ def test_bad_cli_input_is_reported(hq_env):
     hq_env.start_server()
     err = hq_env.command(["submit", "--array", "5-2", "--", "true"], expect_fail=True)
     assert "reversed range" in err
+    # An empty --array is refused, blank or not, with one message (not a one-task job).
+    empty = hq_env.command(["submit", "--array", "", "--", "true"], expect_fail=True)
+    blank = hq_env.command(["submit", "--array", " ", "--", "true"], expect_fail=True)
+    assert "invalid --array" in empty and "empty id set" in empty
+    assert empty == blank
     err = hq_env.command(["submit", "--env", "NOEQUALS", "--", "true"], expect_fail=True)
     assert "KEY=VALUE" in err
     err = hq_env.command(["job", "info", "abc"], expect_fail=True)

@@ -399,6 +399,103 @@ TEST(ConnectionTest, SilentPeerIsDroppedAfterTheHandshakeTimeout) {
   EXPECT_EQ(accepted, 0);
 }
 
+// Silent connections beyond the per-address cap are dropped oldest first, so a flood of them
+// never keeps a real client out, and never holds more than the cap of descriptors.
+TEST(ConnectionTest, SilentFloodIsCappedAndARealClientStillConnects) {
+  Keys keys;
+  asio::io_context io;
+  auto listener = Listener::bind(io, "127.0.0.1", 0, wire::Role::CLIENT, keys.client, kServerUid);
+  ASSERT_TRUE(listener) << listener.message();
+  (*listener)->set_handshake_limits(8, 4);
+  int accepted = 0;
+  std::vector<std::shared_ptr<Connection>> connections;
+  (*listener)->start([&](std::shared_ptr<Connection> c) {
+    ++accepted;
+    connections.push_back(c);
+  });
+
+  constexpr int kSilent = 10;
+  std::vector<std::unique_ptr<tcp::socket>> silent;
+  std::vector<std::array<uint8_t, 16>> buffers(kSilent);
+  int dropped = 0;
+  bool connected = false;
+  auto check_done = [&] {
+    if (connected && dropped >= kSilent - 4 + 1) io.stop();
+  };
+  for (int i = 0; i < kSilent; ++i) {
+    silent.push_back(std::make_unique<tcp::socket>(io));
+    silent.back()->connect({asio::ip::make_address("127.0.0.1"), (*listener)->port()});
+    silent.back()->async_read_some(asio::buffer(buffers[i]),
+                                   [&](const asio::error_code& ec, size_t) {
+                                     if (ec) ++dropped;
+                                     check_done();
+                                   });
+  }
+  std::string error;
+  async_connect(io, "127.0.0.1", (*listener)->port(), wire::Role::CLIENT, keys.client,
+                [&](Result<Connected> r) {
+                  if (!r) error = r.message();
+                  connected = r.is_ok();
+                  if (r) connections.push_back(r->connection);
+                  check_done();
+                });
+  io.run_for(kDeadline);
+  EXPECT_TRUE(connected) << error;
+  EXPECT_EQ(accepted, 1);
+  // 10 silent ones over a cap of 4, and one more for the client's place.
+  EXPECT_EQ(dropped, kSilent - 4 + 1);
+}
+
+// A peer that stops reading is dropped once what waits for it passes the write queue limit,
+// instead of being buffered for without bound.
+TEST(ConnectionTest, PeerThatDoesNotReadIsDropped) {
+  Keys keys;
+  asio::io_context io;
+  auto listener = Listener::bind(io, "127.0.0.1", 0, wire::Role::CLIENT, keys.client, kServerUid);
+  ASSERT_TRUE(listener) << listener.message();
+  std::string reason;
+  bool closed = false;
+  std::shared_ptr<Connection> server_side;
+  asio::steady_timer pace(io);
+  uint64_t sent = 0;
+  std::function<void()> send_more = [&] {
+    if (closed) return;
+    capnp::MallocMessageBuilder builder;
+    builder.initRoot<wire::ClientResponse>().setError(std::string(256 * 1024, 'x'));
+    server_side->send(builder);
+    ++sent;
+    pace.expires_after(std::chrono::milliseconds(1));
+    pace.async_wait([&](const asio::error_code& ec) {
+      if (!ec) send_more();
+    });
+  };
+  (*listener)->start([&](std::shared_ptr<Connection> c) {
+    server_side = c;
+    c->set_write_queue_limit(4u << 20);
+    c->start([](Message&) {},
+             [&](const std::string& why) {
+               reason = why;
+               closed = true;
+               pace.cancel();
+               (*listener)->stop();
+               io.stop();
+             });
+    send_more();
+  });
+  // The peer connects, then never reads again.
+  std::shared_ptr<Connection> peer;
+  async_connect(io, "127.0.0.1", (*listener)->port(), wire::Role::CLIENT, keys.client,
+                [&](Result<Connected> r) {
+                  ASSERT_TRUE(r) << r.message();
+                  peer = r->connection;
+                });
+  io.run_for(kDeadline);
+  EXPECT_TRUE(closed);
+  EXPECT_TRUE(contains(reason, "does not read")) << reason;
+  // More than the limit was offered before the drop: the kernel's buffers took some of it.
+  EXPECT_GT(sent * 256 * 1024, 4u << 20);
+}
+
 // --- Against a server thread ------------------------------------------------------------------
 
 TEST(SyncClientTest, CallsAndClosesCleanly) {
