@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <ctime>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -21,43 +22,101 @@ std::string format_iso8601(int64_t unix_ms) {
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, unix_ms % 1000);
 }
 
-Result<Millis> parse_duration(std::string_view text) {
+namespace {
+
+constexpr const char* kDurationHint = "expected e.g. 30s, 5m, 1h 30m, 1s 200ms or 00:10:00";
+
+// Milliseconds per unit, in the spellings HyperQueue accepts (humantime's); 0: unknown.
+int64_t unit_scale(std::string_view unit) {
+  struct Unit {
+    std::string_view name;
+    int64_t ms;
+  };
+  static constexpr Unit kUnits[] = {
+      {"ms", 1},           {"msec", 1},           {"millis", 1},
+      {"s", 1000},         {"sec", 1000},         {"secs", 1000},
+      {"second", 1000},    {"seconds", 1000},     {"m", 60'000},
+      {"min", 60'000},     {"mins", 60'000},      {"minute", 60'000},
+      {"minutes", 60'000}, {"h", 3'600'000},      {"hr", 3'600'000},
+      {"hrs", 3'600'000},  {"hour", 3'600'000},   {"hours", 3'600'000},
+      {"d", 86'400'000},   {"day", 86'400'000},   {"days", 86'400'000},
+      {"w", 604'800'000},  {"week", 604'800'000}, {"weeks", 604'800'000}};
+  for (const Unit& u : kUnits) {
+    if (u.name == unit) return u.ms;
+  }
+  return 0;
+}
+
+// "HH:MM:SS" or "MM:SS" (as SLURM and PBS write times); nullopt when `text` is not of that form.
+std::optional<Result<Millis>> parse_clock(std::string_view text) {
+  if (text.find(':') == std::string_view::npos) return std::nullopt;
+  int64_t parts[3] = {};
+  int n = 0;
   std::string_view rest = text;
-  if (rest.empty()) return Error{"empty duration: expected e.g. 30s, 5m, 1h30m"};
+  while (true) {
+    uint64_t value = 0;
+    auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), value);
+    if (ec != std::errc() || ptr == rest.data() || n == 3 || value > 1'000'000'000) {
+      return Result<Millis>(Error{fmt::format("invalid duration '{}': {}", text, kDurationHint)});
+    }
+    parts[n++] = static_cast<int64_t>(value);
+    rest.remove_prefix(ptr - rest.data());
+    if (rest.empty()) break;
+    if (rest[0] != ':') {
+      return Result<Millis>(Error{fmt::format("invalid duration '{}': {}", text, kDurationHint)});
+    }
+    rest.remove_prefix(1);
+  }
+  if (n < 2) {
+    return Result<Millis>(Error{fmt::format("invalid duration '{}': {}", text, kDurationHint)});
+  }
+  const int64_t hours = n == 3 ? parts[0] : 0;
+  const int64_t minutes = parts[n - 2], seconds = parts[n - 1];
+  if (minutes >= 60 || seconds >= 60) {
+    return Result<Millis>(Error{
+        fmt::format("invalid duration '{}': minutes and seconds go up to 59 in HH:MM:SS", text)});
+  }
+  return Result<Millis>(Millis(((hours * 60 + minutes) * 60 + seconds) * 1000));
+}
+
+}  // namespace
+
+Result<Millis> parse_duration(std::string_view text) {
+  auto is_space = [](char c) { return c == ' ' || c == '\t'; };
+  while (!text.empty() && is_space(text.front())) text.remove_prefix(1);
+  while (!text.empty() && is_space(text.back())) text.remove_suffix(1);
+  if (text.empty()) return Error{fmt::format("empty duration: {}", kDurationHint)};
+  if (auto clock = parse_clock(text)) return std::move(*clock);
+  std::string_view rest = text;
   int64_t total_ms = 0;
   bool plain_number = true;
   while (!rest.empty()) {
     uint64_t value = 0;
     auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), value);
+    if (ec == std::errc::result_out_of_range) {
+      return Error{fmt::format("duration '{}' is too long", text)};
+    }
     if (ec != std::errc() || ptr == rest.data()) {
-      return Error{fmt::format("invalid duration '{}': expected e.g. 30s, 5m, 1h30m", text)};
+      return Error{fmt::format("invalid duration '{}': {}", text, kDurationHint)};
     }
     rest.remove_prefix(ptr - rest.data());
+    while (!rest.empty() && is_space(rest.front())) rest.remove_prefix(1);
     size_t unit_len = 0;
     while (unit_len < rest.size() && std::isalpha(static_cast<unsigned char>(rest[unit_len]))) {
       ++unit_len;
     }
     std::string_view unit = rest.substr(0, unit_len);
     rest.remove_prefix(unit_len);
+    while (!rest.empty() && is_space(rest.front())) rest.remove_prefix(1);
     int64_t scale;
     if (unit.empty()) {
       if (!plain_number || !rest.empty()) {
         return Error{fmt::format("invalid duration '{}': a number needs a unit here", text)};
       }
-      scale = 1000;
-    } else if (unit == "ms") {
-      scale = 1;
-    } else if (unit == "s") {
-      scale = 1000;
-    } else if (unit == "m" || unit == "min") {
-      scale = 60'000;
-    } else if (unit == "h") {
-      scale = 3'600'000;
-    } else if (unit == "d") {
-      scale = 86'400'000;
-    } else {
-      return Error{
-          fmt::format("invalid duration '{}': unknown unit '{}' (use ms, s, m, h, d)", text, unit)};
+      scale = 1000;  // a plain number: seconds
+    } else if ((scale = unit_scale(unit)) == 0) {
+      return Error{fmt::format("invalid duration '{}': unknown unit '{}' (use ms, s, m, h, d or w)",
+                               text, unit)};
     }
     plain_number = false;
     if (value > static_cast<uint64_t>(INT64_MAX / scale) ||

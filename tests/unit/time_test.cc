@@ -15,6 +15,21 @@ TEST(Duration, ParsesUnits) {
   EXPECT_EQ(parse_duration("12")->count(), 12'000);
 }
 
+// The spellings HyperQueue users write: spaces between parts, long unit names, HH:MM:SS.
+TEST(Duration, ParsesHyperQueueSpellings) {
+  EXPECT_EQ(parse_duration("1s 200ms")->count(), 1'200);
+  EXPECT_EQ(parse_duration("1h 30m")->count(), 5'400'000);
+  EXPECT_EQ(parse_duration("90s")->count(), 90'000);
+  EXPECT_EQ(parse_duration(" 2 hours 5 minutes ")->count(), 7'500'000);
+  EXPECT_EQ(parse_duration("1w")->count(), 604'800'000);
+  EXPECT_EQ(parse_duration("00:10:00")->count(), 600'000);
+  EXPECT_EQ(parse_duration("48:00:00")->count(), 172'800'000);
+  EXPECT_EQ(parse_duration("05:30")->count(), 330'000);
+  for (const char* text : {"00:60:00", "1:2:3:4", "1:", ":5", "1h:5", "10:xx"}) {
+    EXPECT_FALSE(parse_duration(text).is_ok()) << text;
+  }
+}
+
 TEST(Duration, RejectsBadInput) {
   for (const char* text : {"", "abc", "5x", "1h30", "-5s", "99999999999999999999s"}) {
     auto d = parse_duration(text);
