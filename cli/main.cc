@@ -69,7 +69,7 @@ bool takes_value(std::string_view option) {
       "--name",        "--array",     "--cpus",         "--priority",    "--cwd",
       "--stdout",      "--stderr",    "--env",          "--stream",      "--time-limit",
       "--crash-limit", "--max-fails", "--server-dir",   "--output-mode", "--log-level",
-      "--resource",    "--pin",       "--time-request", "--nodes"};
+      "--resource",    "--pin",       "--time-request", "--nodes",       "--colors"};
   if (option.find('=') != std::string_view::npos) return false;
   return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
 }
@@ -103,6 +103,50 @@ std::vector<std::string> split_submit_program(const std::vector<std::string>& ar
   return args;
 }
 
+// HyperQueue's spelling of `hq output`: `hq output-log DIR SUBCOMMAND ARGS...`, where `cat`
+// takes its channel as a word (`cat JOB stdout`). Rewritten to `hq output SUBCOMMAND DIR ARGS...`
+// (and `--channel CHANNEL`) before parsing; other arguments are returned as they are.
+std::vector<std::string> rewrite_output_log(std::vector<std::string> args) {
+  size_t at = 1;
+  while (at < args.size() && args[at].starts_with("-")) at += takes_value(args[at]) ? 2 : 1;
+  if (at >= args.size() || args[at] != "output-log") return args;
+  std::vector<std::string> out(args.begin(), args.begin() + static_cast<std::ptrdiff_t>(at));
+  std::vector<std::string> options;  // before the directory, e.g. --server-uid X
+  size_t i = at + 1;
+  while (i < args.size() && args[i].starts_with("-")) {
+    options.push_back(args[i]);
+    if (args[i] == "--server-uid" && i + 1 < args.size()) options.push_back(args[++i]);
+    ++i;
+  }
+  out.push_back("output");
+  if (i + 1 >= args.size()) {  // no subcommand: let `hq output` say what is missing
+    out.insert(out.end(), args.begin() + static_cast<std::ptrdiff_t>(at + 1), args.end());
+    return out;
+  }
+  const std::string dir = args[i];
+  const std::string sub = args[i + 1];
+  out.push_back(sub);
+  out.push_back(dir);
+  out.insert(out.end(), options.begin(), options.end());
+  std::vector<std::string> rest(args.begin() + static_cast<std::ptrdiff_t>(i + 2), args.end());
+  if (sub == "cat") {
+    // The first positional after the job is the channel.
+    int positional = 0;
+    for (size_t k = 0; k < rest.size(); ++k) {
+      if (rest[k].starts_with("-")) {
+        if (rest[k] == "--task" || rest[k] == "--channel" || rest[k] == "--server-uid") ++k;
+        continue;
+      }
+      if (++positional == 2 && (rest[k] == "stdout" || rest[k] == "stderr")) {
+        rest[k] = "--channel=" + rest[k];
+        break;
+      }
+    }
+  }
+  out.insert(out.end(), rest.begin(), rest.end());
+  return out;
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"hq: a crash-resilient task runtime for HPC clusters"};
   app.require_subcommand(1);
@@ -116,6 +160,13 @@ int run(int argc, char** argv) {
       ->check(CLI::IsMember({"cli", "json", "quiet"}));
   app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  // HyperQueue's global flags (read before parsing, by main(), to set up logging).
+  std::string colors = "auto";
+  bool debug = false;
+  app.add_option("--colors", colors, "Colour the output: always, never or auto (on a terminal)")
+      ->check(CLI::IsMember({"always", "never", "auto"}));
+  app.add_flag("--debug", debug, "Log at debug level (as --log-level debug)");
+  app.set_version_flag("--version", std::string("hq ") + HQ_VERSION);
   int code = 0;
 
   // --- server ---
@@ -325,6 +376,7 @@ int run(int argc, char** argv) {
   }
 
   std::vector<std::string> args(argv, argv + argc);
+  args = rewrite_output_log(std::move(args));
   args = split_submit_program(args, submit.program);
   std::reverse(args.begin(), args.end());
   args.pop_back();  // CLI11 takes the arguments without the program name, in reverse
@@ -342,13 +394,22 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   // Logging is set up before parsing so that the daemons log from their first line.
   std::string level = "info";
+  hq::Colors colors = hq::Colors::kAuto;
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     if (arg == "--") break;  // the task's own arguments follow
-    if (arg == "--log-level" && i + 1 < argc) level = argv[i + 1];
-    if (arg.starts_with("--log-level=")) level = arg.substr(12);
+    std::string_view value;
+    if ((arg == "--log-level" || arg == "--colors") && i + 1 < argc) value = argv[i + 1];
+    if (arg.starts_with("--log-level=") || arg.starts_with("--colors=")) {
+      value = arg.substr(arg.find('=') + 1);
+      arg = arg.substr(0, arg.find('='));
+    }
+    if (arg == "--log-level") level = value;
+    if (arg == "--debug") level = "debug";
+    if (arg == "--colors" && value == "always") colors = hq::Colors::kAlways;
+    if (arg == "--colors" && value == "never") colors = hq::Colors::kNever;
   }
-  hq::init_logging(level);
+  hq::init_logging(level, colors);
   try {
     return hq::cli::run(argc, argv);
   } catch (const hq::cli::CommandError& e) {

@@ -1,21 +1,21 @@
 #include "common/id_set.h"
 
 #include <algorithm>
-#include <charconv>
 
 #include <fmt/format.h>
+
+#include "common/numbers.h"
 
 namespace hq {
 namespace {
 
 Result<uint32_t> parse_number(std::string_view text, std::string_view item) {
-  uint32_t value = 0;
-  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || ec != std::errc() || ptr != text.data() + text.size()) {
+  std::optional<uint64_t> value = parse_unsigned(text, UINT32_MAX);
+  if (!value) {
     return Error{fmt::format("invalid id '{}' in '{}': expected a number from 0 to {}", text, item,
                              UINT32_MAX)};
   }
-  return value;
+  return static_cast<uint32_t>(*value);
 }
 
 std::string_view trim(std::string_view s) {

@@ -2,12 +2,13 @@
 
 #include <algorithm>
 #include <cctype>
-#include <charconv>
 #include <limits>
 #include <optional>
 #include <set>
 
 #include <fmt/format.h>
+
+#include "common/numbers.h"
 
 namespace hq {
 namespace {
@@ -18,13 +19,7 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-std::optional<uint64_t> parse_u64(std::string_view s) {
-  s = trim(s);
-  uint64_t v = 0;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
-  return v;
-}
+std::optional<uint64_t> parse_u64(std::string_view s) { return parse_unsigned(trim(s)); }
 
 // "[a,b,c]" (one group) or "[[a,b],[c,d]]" (groups).
 Result<std::vector<std::vector<std::string>>> parse_groups(std::string_view text,

@@ -1,0 +1,60 @@
+"""What a HyperQueue user types works as they expect: global flags in front of any command,
+HyperQueue's value spellings and command names."""
+
+import re
+
+
+def test_global_flags_before_server_start_and_a_job_through_it(hq_env):
+    # HyperQueue's global flags in front: accepted, and --debug logs at debug level.
+    hq_env.server = hq_env._spawn("server", ["--colors", "never", "--debug", "--server-dir",
+                                             str(hq_env.server_dir), "server", "start",
+                                             "--host", "127.0.0.1"])
+    from conftest import wait_until
+    wait_until(lambda: hq_env.run(["server", "info"]).returncode == 0,
+               message="the server to answer")
+    hq_env.start_worker(1)
+    job = hq_env.submit(["--", "true"])
+    assert hq_env.wait_job(job) == 0
+    out = hq_env.command(["--colors", "always", "--server-dir", str(hq_env.server_dir),
+                          "job", "info", str(job)])
+    assert str(job) in out
+    log = hq_env.log_of(hq_env.server)
+    assert "debug]" in log, log[:2000]
+    # --colors never: no escape codes in the log, even with colour sinks.
+    assert "\x1b[" not in log
+    bad = hq_env.command(["--colors", "sometimes", "server", "info"], expect_fail=True)
+    assert "--colors" in bad
+
+
+def test_version(hq_env):
+    out = hq_env.command(["--version"])
+    assert re.fullmatch(r"hq \d+\.\d+\.\d+\n", out), out
+
+
+def test_numbers_with_underscores_and_durations_in_hyperqueue_spelling(hq_env):
+    hq_env.start_server()
+    job = hq_env.submit(["--array", "1-10_000", "--time-limit", "1h 30m", "--", "true"])
+    assert hq_env.job(job)["task_counts"]["waiting"] == 10_000
+    job2 = hq_env.submit(["--time-limit", "00:10:00", "--", "true"])
+    assert hq_env.job(job2)["task_counts"]["waiting"] == 1
+    err = hq_env.command(["submit", "--time-limit", "00:61:00", "--", "true"], expect_fail=True)
+    assert "invalid --time-limit" in err
+
+
+def test_output_log_is_hyperqueues_name_of_output(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker(1)
+    stream = hq_env.root / "stream"
+    job = hq_env.submit(["--array", "1-3", "--stream", str(stream), "--", "bash", "-c",
+                         'echo "out $HQ_TASK_ID"; echo "err $HQ_TASK_ID" >&2'])
+    assert hq_env.wait_job(job) == 0
+    # HyperQueue: hq output-log DIR cat JOB stdout|stderr [--task ...]
+    out = hq_env.command(["output-log", str(stream), "cat", str(job), "stdout", "--task", "3,1"])
+    assert out == "out 3\nout 1\n"
+    err = hq_env.command(["output-log", str(stream), "cat", str(job), "stderr"])
+    assert err == "err 1\nerr 2\nerr 3\n"
+    # The same as hq's own spelling.
+    assert hq_env.command(["output-log", str(stream), "summary"]) == \
+        hq_env.command(["output", "summary", str(stream)])
+    jobs = hq_env.json(["output-log", str(stream), "jobs"])
+    assert jobs == hq_env.json(["output", "jobs", str(stream)])
