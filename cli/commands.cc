@@ -2,10 +2,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <set>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -562,20 +565,130 @@ int cmd_task_explain(const GlobalOptions& g, uint32_t job, uint32_t task) {
   return 0;
 }
 
-int cmd_worker_list(const GlobalOptions& g, bool all) {
-  Client client = must(Client::connect(g));
+namespace {
+
+// Every worker the server knows, connected or not, in id order.
+net::Message all_workers(Client& client) {
   capnp::MallocMessageBuilder request;
   request.initRoot<wire::ClientRequest>().setWorkerList();
-  auto response = must(client.call(request));
-  return print_workers(g, response.root<wire::ClientResponse>().getWorkers(), all, false);
+  return must(client.call(request));
 }
 
-int cmd_worker_info(const GlobalOptions& g, uint32_t id) {
+// The ids a worker selector names among the known workers: an id, ids and ranges, `last` (the
+// newest) or `all`.
+std::vector<uint32_t> select_workers(capnp::List<wire::WorkerSummary>::Reader workers,
+                                     const std::string& selector) {
+  std::vector<uint32_t> ids;
+  if (selector == "all") {
+    for (auto w : workers) ids.push_back(w.getId());
+  } else if (selector == "last") {
+    if (workers.size() == 0) throw CommandError{"there is no worker yet"};
+    uint32_t last = 0;
+    for (auto w : workers) last = std::max(last, w.getId());
+    ids.push_back(last);
+  } else {
+    IdSet wanted = must(IdSet::parse(selector),
+                        fmt::format("invalid worker selector '{}' (use an id, a range such as "
+                                    "1-4, last or all)",
+                                    selector));
+    for (auto w : workers) {
+      if (wanted.contains(w.getId())) ids.push_back(w.getId());
+    }
+    if (ids.empty() && wanted.size() == 1) {
+      throw CommandError{fmt::format("worker {} not found", wanted.ranges()[0].start)};
+    }
+    if (ids.empty()) throw CommandError{fmt::format("no worker matches '{}'", selector)};
+  }
+  return ids;
+}
+
+// The selected workers, as a WorkerSummary list of their own.
+capnp::List<wire::WorkerSummary>::Reader pick(capnp::MallocMessageBuilder& holder,
+                                              capnp::List<wire::WorkerSummary>::Reader workers,
+                                              const std::vector<uint32_t>& ids) {
+  auto list = holder.initRoot<wire::ClientResponse>().initWorkers(ids.size());
+  unsigned k = 0;
+  for (auto w : workers) {
+    if (std::find(ids.begin(), ids.end(), w.getId()) != ids.end()) list.setWithCaveats(k++, w);
+  }
+  return list.asReader();
+}
+
+}  // namespace
+
+int cmd_worker_list(const GlobalOptions& g, bool all, const std::string& filter) {
   Client client = must(Client::connect(g));
-  capnp::MallocMessageBuilder request;
-  request.initRoot<wire::ClientRequest>().setWorkerInfo(id);
-  auto response = must(client.call(request));
-  return print_workers(g, response.root<wire::ClientResponse>().getWorkers(), true, true);
+  auto response = all_workers(client);
+  auto workers = response.root<wire::ClientResponse>().getWorkers();
+  if (filter.empty()) return print_workers(g, workers, all, false);
+  std::vector<uint32_t> ids;
+  for (auto w : workers) {
+    if (w.getConnected() == (filter == "running")) ids.push_back(w.getId());
+  }
+  capnp::MallocMessageBuilder holder;
+  return print_workers(g, pick(holder, workers, ids), true, false);
+}
+
+int cmd_worker_info(const GlobalOptions& g, const std::string& selector) {
+  Client client = must(Client::connect(g));
+  auto response = all_workers(client);
+  auto workers = response.root<wire::ClientResponse>().getWorkers();
+  capnp::MallocMessageBuilder holder;
+  return print_workers(g, pick(holder, workers, select_workers(workers, selector)), true, true);
+}
+
+int cmd_worker_address(const GlobalOptions& g, const std::string& selector) {
+  Client client = must(Client::connect(g));
+  auto response = all_workers(client);
+  auto workers = response.root<wire::ClientResponse>().getWorkers();
+  std::vector<uint32_t> ids = select_workers(workers, selector);
+  json out = json::array();
+  for (auto w : workers) {
+    if (std::find(ids.begin(), ids.end(), w.getId()) == ids.end()) continue;
+    out.push_back({{"id", w.getId()}, {"hostname", w.getHostname().cStr()}});
+    if (g.mode() != OutputMode::kJson) std::cout << w.getHostname().cStr() << "\n";
+  }
+  if (g.mode() == OutputMode::kJson) print_json(ids.size() == 1 ? out[0] : out);
+  return 0;
+}
+
+int cmd_worker_wait(const GlobalOptions& g, uint32_t count) {
+  Client client = must(Client::connect(g));
+  for (;;) {
+    auto response = all_workers(client);
+    uint32_t connected = 0;
+    for (auto w : response.root<wire::ClientResponse>().getWorkers()) connected += w.getConnected();
+    if (connected >= count) {
+      if (g.mode() == OutputMode::kCli) {
+        std::cout << fmt::format("{} worker(s) connected\n", connected);
+      }
+      return 0;
+    }
+    // TODO(perf): a server-side wait, answered when workers connect.
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+int cmd_server_wait(const GlobalOptions& g, std::optional<Millis> timeout) {
+  const auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout
+                                : std::chrono::steady_clock::time_point::max();
+  for (;;) {
+    auto client = Client::connect(g);
+    if (client) {
+      capnp::MallocMessageBuilder request;
+      request.initRoot<wire::ClientRequest>().setServerInfo();
+      if (client->call(request)) {
+        if (g.mode() == OutputMode::kCli) std::cout << "The server is running\n";
+        return 0;
+      }
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      throw CommandError{fmt::format("no server answered in {} within {}: {}",
+                                     g.resolved_server_dir().string(), format_duration(*timeout),
+                                     client ? "it does not answer" : client.message())};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 int cmd_worker_stop(const GlobalOptions& g, const std::string& selector) {
@@ -585,9 +698,16 @@ int cmd_worker_stop(const GlobalOptions& g, const std::string& selector) {
   if (selector == "all") {
     sel.setAll();
   } else {
-    IdSet ids = must(IdSet::parse(selector), fmt::format("invalid worker selector '{}' (use an "
-                                                         "id, a range such as 1-4, or all)",
-                                                         selector));
+    IdSet ids;
+    if (selector == "last") {
+      auto listed = all_workers(client);
+      ids = IdSet::single(
+          select_workers(listed.root<wire::ClientResponse>().getWorkers(), "last")[0]);
+    } else {
+      ids = must(IdSet::parse(selector), fmt::format("invalid worker selector '{}' (use an id, a "
+                                                     "range such as 1-4, last or all)",
+                                                     selector));
+    }
     net::to_wire(ids, sel.initIds(ids.ranges().size()));
   }
   auto response = must(client.call(request));

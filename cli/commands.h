@@ -8,12 +8,13 @@
 
 #include "cli/client.h"
 #include "common/job_spec.h"
+#include "common/time.h"
 
 namespace hq::cli {
 
 struct SubmitOptions {
   std::string name;
-  std::optional<std::string> array;  // unset: one task 0
+  std::optional<std::string> array;    // unset: one task 0
   std::string cpus = "1";              // "N [POLICY]" or "all"
   std::vector<std::string> resources;  // NAME="AMOUNT [POLICY]"
   std::string pin;                     // taskset, omp; empty: none
@@ -41,9 +42,16 @@ int cmd_task_list(const GlobalOptions& g, const std::string& job, const std::str
                   const std::string& filter);
 int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::string& tasks);
 int cmd_task_explain(const GlobalOptions& g, uint32_t job, uint32_t task);
-int cmd_worker_list(const GlobalOptions& g, bool all);
-int cmd_worker_info(const GlobalOptions& g, uint32_t id);
+// `filter`: empty (connected workers; all of them with `all`), "running" or "offline".
+int cmd_worker_list(const GlobalOptions& g, bool all, const std::string& filter = {});
+// Worker selectors: an id, a range or list ("1-3,7"), `last` or `all`.
+int cmd_worker_info(const GlobalOptions& g, const std::string& selector);
 int cmd_worker_stop(const GlobalOptions& g, const std::string& selector);
+int cmd_worker_address(const GlobalOptions& g, const std::string& selector);
+// Until at least `count` workers are connected.
+int cmd_worker_wait(const GlobalOptions& g, uint32_t count);
+// Until the server of the server directory answers, or `timeout` passed (nullopt: forever).
+int cmd_server_wait(const GlobalOptions& g, std::optional<Millis> timeout);
 int cmd_server_info(const GlobalOptions& g);
 int cmd_server_stop(const GlobalOptions& g);
 

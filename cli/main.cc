@@ -204,6 +204,17 @@ int run(int argc, char** argv) {
   server->add_subcommand("info", "Show the server's address, ports and identity")->callback([&] {
     code = cmd_server_info(g);
   });
+  std::string server_wait_timeout;
+  auto* server_wait = server->add_subcommand("wait", "Wait until the server answers");
+  server_wait->add_option("--timeout", server_wait_timeout,
+                          "Fail after this long (e.g. 30s; default: wait forever)");
+  server_wait->callback([&] {
+    std::optional<Millis> timeout;
+    if (!server_wait_timeout.empty()) {
+      timeout = duration_option("--timeout", server_wait_timeout);
+    }
+    code = cmd_server_wait(g, timeout);
+  });
 
   // --- worker ---
   auto* worker = app.add_subcommand("worker", "Start, stop and inspect workers");
@@ -268,16 +279,28 @@ int run(int argc, char** argv) {
   worker_hwdetect->callback(
       [&] { code = cmd_worker_hwdetect(g, detect_option(detect_list, no_hyper_threading)); });
   bool worker_all = false;
+  std::string worker_filter;
   auto* worker_list = worker->add_subcommand("list", "List connected workers");
   worker_list->add_flag("--all", worker_all, "Include disconnected workers");
-  worker_list->callback([&] { code = cmd_worker_list(g, worker_all); });
-  uint32_t worker_id = 0;
-  auto* worker_info = worker->add_subcommand("info", "Show one worker");
-  worker_info->add_option("id", worker_id, "Worker id")->required();
-  worker_info->callback([&] { code = cmd_worker_info(g, worker_id); });
+  worker_list
+      ->add_option("--filter", worker_filter,
+                   "Only running (connected) or offline (disconnected) workers")
+      ->check(CLI::IsMember({"running", "offline"}));
+  worker_list->callback([&] { code = cmd_worker_list(g, worker_all, worker_filter); });
   std::string worker_selector;
+  const char* kWorkerSelector = "Worker id, ids and ranges (1-3,7), last or all";
+  auto* worker_info = worker->add_subcommand("info", "Show workers in detail");
+  worker_info->add_option("selector", worker_selector, kWorkerSelector)->required();
+  worker_info->callback([&] { code = cmd_worker_info(g, worker_selector); });
+  auto* worker_address = worker->add_subcommand("address", "Print the hostname of workers");
+  worker_address->add_option("selector", worker_selector, kWorkerSelector)->required();
+  worker_address->callback([&] { code = cmd_worker_address(g, worker_selector); });
+  uint32_t wait_count = 0;
+  auto* worker_wait = worker->add_subcommand("wait", "Wait until at least N workers are connected");
+  worker_wait->add_option("count", wait_count, "How many workers")->required();
+  worker_wait->callback([&] { code = cmd_worker_wait(g, wait_count); });
   auto* worker_stop = worker->add_subcommand("stop", "Stop workers; their tasks run elsewhere");
-  worker_stop->add_option("selector", worker_selector, "Worker id, range (1-3) or all")->required();
+  worker_stop->add_option("selector", worker_selector, kWorkerSelector)->required();
   worker_stop->callback([&] { code = cmd_worker_stop(g, worker_selector); });
 
   // --- submit / job submit ---

@@ -58,3 +58,47 @@ def test_output_log_is_hyperqueues_name_of_output(hq_env):
         hq_env.command(["output", "summary", str(stream)])
     jobs = hq_env.json(["output-log", str(stream), "jobs"])
     assert jobs == hq_env.json(["output", "jobs", str(stream)])
+
+
+def test_server_wait_and_worker_wait(hq_env):
+    import subprocess
+    # `hq server wait` started before the server returns once it answers.
+    waiter = subprocess.Popen([__import__("conftest").HQ_BIN, "server", "wait"], env=hq_env.env,
+                              cwd=hq_env.work, stdout=subprocess.PIPE, text=True)
+    hq_env.start_server()
+    assert waiter.wait(timeout=60) == 0
+    # `hq worker wait 2` returns once two workers are connected, not before.
+    worker_waiter = subprocess.Popen([__import__("conftest").HQ_BIN, "worker", "wait", "2"],
+                                     env=hq_env.env, cwd=hq_env.work, stdout=subprocess.PIPE,
+                                     text=True)
+    hq_env.start_worker(1)
+    assert worker_waiter.poll() is None or len(hq_env.connected_workers()) >= 2
+    hq_env.start_worker(1)
+    assert worker_waiter.wait(timeout=60) == 0
+    assert len(hq_env.connected_workers()) == 2
+
+
+def test_server_wait_times_out_with_a_clear_error(hq_env):
+    err = hq_env.command(["server", "wait", "--timeout", "300ms"], expect_fail=True)
+    assert "no server answered" in err
+
+
+def test_worker_selectors_filter_and_address(hq_env):
+    hq_env.start_server()
+    w1 = hq_env.start_worker(1, "--hostname", "node-a")
+    hq_env.start_worker(1, "--hostname", "node-b")
+    w3 = hq_env.start_worker(1, "--hostname", "node-c")
+    assert hq_env.command(["worker", "address", "last"]) == "node-c\n"
+    assert hq_env.command(["worker", "address", str(w1.worker_id)]) == "node-a\n"
+    infos = hq_env.json(["worker", "info", "1-2"])
+    assert [w["id"] for w in infos] == [1, 2]
+    one = hq_env.json(["worker", "info", "last"])
+    assert one["id"] == w3.worker_id
+    assert [w["id"] for w in hq_env.json(["worker", "info", "all"])] == [1, 2, 3]
+    hq_env.command(["worker", "stop", "last"])
+    from conftest import wait_until
+    wait_until(lambda: [w["id"] for w in hq_env.json(["worker", "list", "--filter", "offline"])]
+               == [3], message="worker 3 offline")
+    assert [w["id"] for w in hq_env.json(["worker", "list", "--filter", "running"])] == [1, 2]
+    err = hq_env.command(["worker", "info", "9-12"], expect_fail=True)
+    assert "no worker matches '9-12'" in err
