@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/completion.h"
 #include "cli/journal_commands.h"
 #include "cli/output_commands.h"
 #include "common/log.h"
@@ -392,6 +393,18 @@ int run(int argc, char** argv) {
 
   add_journal_commands(app, g, code);
   add_output_commands(app, g, code);
+
+  // Last, so that the script it prints covers every command above.
+  std::string shell;
+  auto* completion = app.add_subcommand(
+      "generate-completion", "Print a shell completion script for hq: bash, zsh or fish");
+  completion->add_option("shell", shell, "bash, zsh or fish")
+      ->required()
+      ->check(CLI::IsMember({"bash", "zsh", "fish"}));
+  completion->callback([&] {
+    std::cout << must(completion_script(app, shell));
+    code = 0;
+  });
 
   for (CLI::App* sub : app.get_subcommands({})) {
     sub->fallthrough();

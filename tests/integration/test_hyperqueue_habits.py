@@ -102,3 +102,39 @@ def test_worker_selectors_filter_and_address(hq_env):
     assert [w["id"] for w in hq_env.json(["worker", "list", "--filter", "running"])] == [1, 2]
     err = hq_env.command(["worker", "info", "9-12"], expect_fail=True)
     assert "no worker matches '9-12'" in err
+
+
+def completion_of(hq_env, shell, line):
+    """Loads `hq generate-completion SHELL` in that shell and returns what it offers for the
+    last word of `line`."""
+    import subprocess
+    script = hq_env.root / f"hq.{shell}"
+    script.write_text(hq_env.command(["generate-completion", shell]))
+    words = line.split(" ")
+    if shell == "bash":
+        code = (f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _hq; "
+                'printf "%s\\n" "${COMPREPLY[@]}"')
+        args = ["bash", "-c", code]
+    elif shell == "zsh":
+        # The real compadd filters by the typed prefix; this one prints what it is offered.
+        code = (f"source {script}; compadd() {{ shift; print -l -- \"$@\"; }}; "
+                f"words=({line}); CURRENT={len(words)}; _hq")
+        args = ["zsh", "-c", code]
+    else:
+        args = ["fish", "-c", f"source {script}; complete -C '{line}'"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    offered = [w.split("\t")[0] for w in p.stdout.split("\n") if w]
+    prefix = words[-1]
+    return [w for w in offered if w.startswith(prefix)]
+
+
+def test_generated_completion_loads_in_each_shell_and_completes(hq_env):
+    for shell in ["bash", "zsh", "fish"]:
+        assert completion_of(hq_env, shell, "hq jo") == ["job", "journal"], shell
+        assert completion_of(hq_env, shell, "hq --server-dir d job li") == ["list"], shell
+        assert completion_of(hq_env, shell, "hq worker list --fi") == ["--filter"], shell
+        # Made from the command tree: the newest commands are in it too.
+        assert completion_of(hq_env, shell, "hq generate-") == ["generate-completion"], shell
+    err = hq_env.command(["generate-completion", "tcsh"], expect_fail=True)
+    assert "tcsh" in err
