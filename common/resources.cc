@@ -241,7 +241,21 @@ Status add_definition(ResourceDescriptor& descriptor, ResourceDefinition def,
   return Status::ok();
 }
 
+namespace {
+
+// Memory (counted in MiB) in binary units, as people read it: "512 MiB", "8.84 GiB".
+std::string mib_text(uint64_t mib) {
+  if (mib < 1024) return fmt::format("{} MiB", mib);
+  if (mib < 1024 * 1024) return fmt::format("{:.2f} GiB", static_cast<double>(mib) / 1024);
+  return fmt::format("{:.2f} TiB", static_cast<double>(mib) / (1024 * 1024));
+}
+
+}  // namespace
+
 std::string describe(const ResourceDefinition& def) {
+  if (def.kind == ResourceKind::kSum && def.name == kMem) {
+    return fmt::format("{} {}", def.name, mib_text(def.sum));
+  }
   if (def.kind == ResourceKind::kSum) return fmt::format("{} {}", def.name, def.sum);
   bool equal = def.groups.size() > 1;
   for (const auto& g : def.groups) equal = equal && g.size() == def.groups.front().size();

@@ -44,7 +44,7 @@ def test_worker_list_shows_resources(hq_env):
     hq_env.start_worker("2x2", "--resource", "mem=sum(100)", "--resource", "gpus/nvidia=[0,1]",
                         "--detect-resources", "none")
     out = hq_env.command(["worker", "list"])
-    assert "cpus 2x2; gpus/nvidia 2; mem 100" in out, out
+    assert "cpus 2x2; gpus/nvidia 2; mem 100 MiB" in out, out
     [w] = hq_env.json(["worker", "list"])
     by_name = {r["name"]: r for r in w["resources"]}
     assert by_name["cpus"]["groups"] == [["0", "1"], ["2", "3"]]

@@ -76,7 +76,7 @@ TEST(Descriptor, DescribeAndSet) {
   d.set(*parse_cpu_definition("2x4"));
   d.set(*parse_resource_definition("gpus/nvidia=[0,1]"));
   d.set(*parse_resource_definition("mem=sum(64000)"));
-  EXPECT_EQ(describe(d), "cpus 2x4; gpus/nvidia 2; mem 64000");
+  EXPECT_EQ(describe(d), "cpus 2x4; gpus/nvidia 2; mem 62.50 GiB");
   d.set(*parse_cpu_definition("3"));
   EXPECT_EQ(d.cpus(), 3u);
   EXPECT_EQ(d.resources.size(), 3u);
