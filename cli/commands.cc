@@ -20,6 +20,16 @@
 namespace hq::cli {
 namespace {
 
+// A selector that names no job: "job 99 not found", "there is no job yet" for `last`.
+CommandError no_job(const std::string& selector) {
+  if (selector == "last") return CommandError{"there is no job yet"};
+  auto ids = IdSet::parse(selector);
+  if (ids && ids->size() == 1) {
+    return CommandError{fmt::format("job {} not found", ids->ranges()[0].start)};
+  }
+  return CommandError{fmt::format("no job matches '{}'", selector)};
+}
+
 using nlohmann::json;
 
 // Text that is not UTF-8 (a file name, say) is printed with replacement characters.
@@ -116,7 +126,7 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
   auto response = must(client.call(request));
   auto jobs = response.root<wire::ClientResponse>().getJobs();
   if (jobs.size() == 0 && selector != "all") {
-    throw CommandError{fmt::format("no job matches '{}'", selector)};
+    throw no_job(selector);
   }
   return report_waited(g, jobs);
 }
@@ -306,7 +316,7 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
   set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobInfo());
   auto response = must(client.call(request));
   auto details = response.root<wire::ClientResponse>().getJobDetails();
-  if (details.size() == 0) throw CommandError{fmt::format("no job matches '{}'", selector)};
+  if (details.size() == 0) throw no_job(selector);
   json out = json::array();
   std::string text;
   for (auto d : details) {
@@ -388,7 +398,7 @@ int cmd_job_cancel(const GlobalOptions& g, const std::string& selector) {
   set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobCancel());
   auto response = must(client.call(request));
   auto results = response.root<wire::ClientResponse>().getCanceled();
-  if (results.size() == 0) throw CommandError{fmt::format("no job matches '{}'", selector)};
+  if (results.size() == 0) throw no_job(selector);
   json out = json::array();
   for (auto r : results) {
     out.push_back({{"id", r.getJob()}, {"canceled_tasks", r.getCanceledTasks()}});

@@ -1,6 +1,7 @@
 // The `hq` binary: the server, the worker and every client command.
 
 #include <algorithm>
+#include <cstdlib>
 #include <iostream>
 #include <string_view>
 
@@ -431,12 +432,18 @@ int main(int argc, char** argv) {
   // Logging is set up before parsing so that the daemons log from their first line.
   std::string level = "info";
   hq::Colors colors = hq::Colors::kAuto;
+  // In JSON mode a failed command prints {"error": ...} too, for scripts (as HyperQueue does).
+  const char* mode_env = std::getenv("HQ_OUTPUT_MODE");
+  bool json_errors = mode_env && std::string_view(mode_env) == "json";
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     if (arg == "--") break;  // the task's own arguments follow
     std::string_view value;
-    if ((arg == "--log-level" || arg == "--colors") && i + 1 < argc) value = argv[i + 1];
-    if (arg.starts_with("--log-level=") || arg.starts_with("--colors=")) {
+    if ((arg == "--log-level" || arg == "--colors" || arg == "--output-mode") && i + 1 < argc) {
+      value = argv[i + 1];
+    }
+    if (arg.starts_with("--log-level=") || arg.starts_with("--colors=") ||
+        arg.starts_with("--output-mode=")) {
       value = arg.substr(arg.find('=') + 1);
       arg = arg.substr(0, arg.find('='));
     }
@@ -444,12 +451,18 @@ int main(int argc, char** argv) {
     if (arg == "--debug") level = "debug";
     if (arg == "--colors" && value == "always") colors = hq::Colors::kAlways;
     if (arg == "--colors" && value == "never") colors = hq::Colors::kNever;
+    if (arg == "--output-mode") json_errors = value == "json";
   }
   hq::init_logging(level, colors);
   try {
     return hq::cli::run(argc, argv);
   } catch (const hq::cli::CommandError& e) {
     std::cerr << "error: " << e.message << "\n";
+    if (json_errors) {
+      std::cout << nlohmann::json{{"error", e.message}}.dump(
+                       2, ' ', false, nlohmann::json::error_handler_t::replace)
+                << "\n";
+    }
     return e.exit_code;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

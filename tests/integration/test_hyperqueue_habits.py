@@ -1,6 +1,7 @@
 """What a HyperQueue user types works as they expect: global flags in front of any command,
 HyperQueue's value spellings and command names."""
 
+import json
 import re
 
 
@@ -138,3 +139,12 @@ def test_generated_completion_loads_in_each_shell_and_completes(hq_env):
         assert completion_of(hq_env, shell, "hq generate-") == ["generate-completion"], shell
     err = hq_env.command(["generate-completion", "tcsh"], expect_fail=True)
     assert "tcsh" in err
+
+
+def test_commands_about_nothing_say_so_and_json_mode_prints_the_error(hq_env):
+    hq_env.start_server()
+    p = hq_env.run(["job", "info", "last"])
+    assert p.returncode == 1 and "there is no job yet" in p.stderr
+    p = hq_env.run(["--output-mode", "json", "job", "info", "99"])
+    assert p.returncode == 1
+    assert json.loads(p.stdout) == {"error": "job 99 not found"}

@@ -63,7 +63,7 @@ def test_job_wait_exit_codes(hq_env):
     assert hq_env.wait_job("all") == 1
     assert hq_env.wait_job(f"{ok}") == 0
     p = hq_env.run(["job", "wait", "99"])
-    assert p.returncode != 0 and "no job matches '99'" in p.stderr
+    assert p.returncode != 0 and "job 99 not found" in p.stderr
     help_text = hq_env.command(["job", "wait", "--help"])
     assert "Exit code 0" in help_text and "1 when any failed" in help_text
 

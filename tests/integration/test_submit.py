@@ -138,7 +138,9 @@ def test_bad_cli_input_is_reported(hq_env):
     err = hq_env.command(["job", "info", "abc"], expect_fail=True)
     assert "invalid job selector" in err
     err = hq_env.command(["job", "info", "42"], expect_fail=True)
-    assert "no job matches" in err
+    assert "job 42 not found" in err
+    err = hq_env.command(["job", "info", "40-45"], expect_fail=True)
+    assert "no job matches '40-45'" in err
     err = hq_env.command(["task", "list", "7"], expect_fail=True)
     assert "job 7 not found" in err
     err = hq_env.command(["submit", "--array", "1-200000000", "--", "true"], expect_fail=True)
