@@ -1,0 +1,154 @@
+#include "cli/job_file.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace hq::cli {
+namespace {
+
+// The error of parsing `text`, which must fail.
+std::string error_of(const std::string& text) {
+  Result<JobFile> r = parse_job_file(text, "jobs.toml");
+  EXPECT_FALSE(r.is_ok()) << text;
+  return r.is_ok() ? std::string() : r.message();
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+TEST(JobFile, ReadsTasksWithEveryKey) {
+  Result<JobFile> r = parse_job_file(R"(
+name = "test-job"
+stream = "out/%{JOB_ID}"
+max_fails = 11
+
+[[task]]
+id = 7
+stdout = "testout-%{TASK_ID}"
+stderr = { path = "testerr-%{TASK_ID}", mode = "rm-if-finished" }
+task_dir = true
+time_limit = "1m 10s"
+priority = -1
+crash_limit = 12
+pin = "omp"
+cwd = "/tmp"
+command = ["/bin/bash", "-c", "echo $ABC"]
+env = { "ABC" = "123", "XYZ" = "aaaa" }
+stdin = "Hello world!"
+
+[[task.request]]
+resources = { "cpus" = "4 compact!", "gpus" = 2 }
+time_request = "10s"
+
+[[task.request]]
+resources = { "cpus" = 1, "mem" = 0.5 }
+n_nodes = 2
+
+[[task]]
+command = ["true"]
+deps = [7]
+)",
+                                     "jobs.toml");
+  ASSERT_TRUE(r.is_ok()) << r.message();
+  EXPECT_EQ(r->name, "test-job");
+  EXPECT_EQ(r->stream, "out/%{JOB_ID}");
+  EXPECT_EQ(r->max_fails, 11);
+  ASSERT_EQ(r->tasks.size(), 2u);
+  const JobFileTask& t = r->tasks[0];
+  EXPECT_EQ(t.id, 7u);
+  EXPECT_EQ(t.command, (std::vector<std::string>{"/bin/bash", "-c", "echo $ABC"}));
+  EXPECT_EQ(t.env.size(), 2u);
+  EXPECT_EQ(t.stdout_output->path, "testout-%{TASK_ID}");
+  EXPECT_FALSE(t.stdout_output->remove_if_finished);
+  EXPECT_TRUE(t.stderr_output->remove_if_finished);
+  EXPECT_TRUE(t.task_dir);
+  EXPECT_EQ(t.time_limit_ms, 70'000u);
+  EXPECT_EQ(t.priority, -1);
+  EXPECT_EQ(t.crash_limit, 12u);
+  EXPECT_EQ(t.pin, "omp");
+  EXPECT_EQ(t.stdin_text, "Hello world!");
+  ASSERT_EQ(t.requests.size(), 2u);
+  EXPECT_EQ(describe(t.requests[0].resources),
+            describe(*make_request(
+                {*parse_named_request("cpus=4 compact!"), *parse_named_request("gpus=2")})));
+  EXPECT_EQ(t.requests[0].time_request_ms, 10'000u);
+  EXPECT_EQ(t.requests[1].nodes, 2u);
+  // The second task has no id: the first free one from 0.
+  EXPECT_EQ(r->tasks[1].id, 0u);
+  EXPECT_EQ(r->tasks[1].deps, (std::vector<TaskId>{7}));
+  EXPECT_EQ(r->tasks[1].requests.size(), 1u);  // the default: 1 CPU
+}
+
+TEST(JobFile, ConsecutiveIdsSkipTheGivenOnes) {
+  Result<JobFile> r = parse_job_file(R"(
+[[task]]
+command = ["a"]
+[[task]]
+id = 1
+command = ["b"]
+[[task]]
+command = ["c"]
+)",
+                                     "f");
+  ASSERT_TRUE(r.is_ok()) << r.message();
+  EXPECT_EQ(r->tasks[0].id, 0u);
+  EXPECT_EQ(r->tasks[1].id, 1u);
+  EXPECT_EQ(r->tasks[2].id, 2u);
+}
+
+TEST(JobFile, ArrayWithIdsAndEntries) {
+  Result<JobFile> r = parse_job_file(R"(
+[array]
+ids = "1,2,50-51"
+entries = ["One", "Two", "Three", "Four"]
+command = ["sleep", "1"]
+)",
+                                     "f");
+  ASSERT_TRUE(r.is_ok()) << r.message();
+  ASSERT_EQ(r->tasks.size(), 4u);
+  EXPECT_EQ(r->tasks[2].id, 50u);
+  EXPECT_EQ(r->tasks[2].entry, "Three");
+  Result<JobFile> only_entries =
+      parse_job_file("[[array]]\nentries = [\"a\", \"b\"]\ncommand = [\"x\"]\n", "f");
+  ASSERT_TRUE(only_entries.is_ok()) << only_entries.message();
+  EXPECT_EQ(only_entries->tasks[1].id, 1u);
+}
+
+// Every kind of error names the file, the line and the key.
+TEST(JobFile, ErrorsNameFileLineAndKey) {
+  EXPECT_TRUE(contains(error_of("[[task]]\ncommand = [\"a\"]\ncolour = 1\n"),
+                       "jobs.toml:3: key 'task.colour': unknown key"));
+  EXPECT_TRUE(contains(error_of("[[task]]\ncommand = \"echo hi\"\n"),
+                       "jobs.toml:2: key 'task.command': expected a list of strings"));
+  EXPECT_TRUE(contains(error_of("[[task]]\ncommand = [\"a\"]\npriority = \"high\"\n"),
+                       "jobs.toml:3: key 'task.priority': expected an integer"));
+  EXPECT_TRUE(contains(error_of("[[task]]\nid = 1\ncommand = [\"a\"]\n[[task]]\nid = 1\n"
+                                "command = [\"b\"]\n"),
+                       "jobs.toml:5: key 'task.id': task id 1 is used twice"));
+  EXPECT_TRUE(contains(error_of("[[task]]\nid = 1\ncommand = [\"a\"]\ndeps = [9]\n"),
+                       "jobs.toml:1: key 'task.deps': task 1 depends on task 9, which the file "
+                       "does not define"));
+  const std::string cycle = error_of(
+      "[[task]]\nid = 1\ncommand = [\"a\"]\ndeps = [2]\n"
+      "[[task]]\nid = 2\ncommand = [\"b\"]\ndeps = [1]\n");
+  EXPECT_TRUE(contains(cycle, "key 'task.deps': the dependencies form a cycle: tasks")) << cycle;
+  EXPECT_TRUE(contains(cycle, "1 -> 2 -> 1") || contains(cycle, "2 -> 1 -> 2")) << cycle;
+  EXPECT_TRUE(contains(error_of("[[task]]\ncommand = [\"a\"]\n[array]\nids = \"1\"\n"
+                                "command = [\"b\"]\n"),
+                       "key 'array': [array] and [[task]] cannot be mixed"));
+  EXPECT_TRUE(contains(error_of("[[task]]\ncommand = [\"a\"]\n[[task.request]]\n"
+                                "resources = { gpus = \"two\" }\n"),
+                       "jobs.toml:4: key 'task.request.resources.gpus'"));
+  EXPECT_TRUE(contains(error_of("[[task]]\ncommand = [\"a\"]\ntime_limit = \"soon\"\n"),
+                       "jobs.toml:3: key 'task.time_limit': invalid duration 'soon'"));
+  EXPECT_TRUE(contains(error_of("name = \"x\"\n[[task]\ncommand = [\"a\"]\n"), "jobs.toml:2: "));
+  EXPECT_TRUE(contains(error_of("name = \"x\"\n"), "defines no task"));
+  EXPECT_TRUE(contains(error_of("[[task]]\nenv = { A = \"1\" }\n"), "needs a command"));
+  EXPECT_TRUE(contains(error_of("[array]\nids = \"1-3\"\nentries = [\"a\"]\ncommand = [\"x\"]\n"),
+                       "1 entries for 3 ids"));
+}
+
+}  // namespace
+}  // namespace hq::cli
