@@ -247,6 +247,8 @@ void Server::handle_job_wait(const std::shared_ptr<net::Connection>& c,
 }
 
 void Server::notify_waiters() {
+  // While the journal fails, completions wait to be stored: answered when it recovers.
+  if (!journal_status_ && !journal_broken_) return;
   std::erase_if(waiters_, [this](const Waiter& waiter) {
     auto c = waiter.connection.lock();
     if (!c || !c->is_open()) return true;

@@ -111,6 +111,13 @@ class Server {
   void commit_now();
   void commit_journal();
   void on_commit(journal::Seq upto, const Status& status);
+  // Posted by the journal when its writes start failing (error) and go through again (ok): while
+  // they fail, changes are refused and replies showing unstored state too, but nothing recorded
+  // is dropped, and what waits for the journal goes out once its records are written.
+  void on_journal_health(const Status& health);
+  // A record could not even be queued (or a commit was given up): the journal no longer holds
+  // everything, so nothing more is recorded, shown unsynced, scheduled or sent to workers; a
+  // restart is needed.
   void fail_journal(const std::string& error);
   // Runs `fn` once every record appended so far is synced (at once when none is pending), with
   // the error of a failed journal.
@@ -156,7 +163,8 @@ class Server {
 
   std::unique_ptr<journal::Journal> journal_;
   fs::path journal_path_;
-  Status journal_status_ = Status::ok();  // the error that stopped the journal
+  Status journal_status_ = Status::ok();  // why the journal cannot store changes now
+  bool journal_broken_ = false;           // for good: see fail_journal()
   journal::Seq appended_seq_ = 0;         // the last record appended
   journal::Seq committed_seq_ = 0;        // the last record handed to commit()
   journal::Seq durable_seq_ = 0;          // the last record known synced
