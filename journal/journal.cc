@@ -54,6 +54,10 @@ class HQ_CAPABILITY("mutex") Mutex {
   void unlock() HQ_RELEASE() { mu_.unlock(); }
   // Blocks until notified; `this` must be held.
   void wait(std::condition_variable_any& cv) { cv.wait(mu_); }
+  // Blocks until notified or `deadline`; `this` must be held.
+  void wait_until(std::condition_variable_any& cv, std::chrono::steady_clock::time_point deadline) {
+    cv.wait_until(mu_, deadline);
+  }
 
  private:
   std::mutex mu_;
@@ -257,6 +261,14 @@ class JournalImpl final : public Journal {
   void post(Done done, const Status& status);
   void write_loop();
   void write_groups(std::deque<Item>& items, size_t begin, size_t end);
+  // Writes batch_ (synced when Options::sync).
+  Status write_batch();
+  // After batch_ failed to write with `error`: retries with backoff until it is written (ok) or
+  // the journal closes (the last error). Journal thread.
+  Status retry_write(Status error);
+  // Closes the database and opens it again, then flushes every family. Journal thread, with the
+  // maintenance thread held off meanwhile.
+  Status reopen();
   void maintenance_loop();
   Status run(const Task& task);
   Status flush_all();
@@ -282,10 +294,8 @@ class JournalImpl final : public Journal {
   WorkerId max_worker_ = 0;
   std::shared_ptr<const std::string> server_uid_;
 
-  // Set (with status_) by the journal thread when a write fails; read by append() without the lock.
-  std::atomic<bool> failed_{false};
   std::atomic<uint64_t> appended_{0}, commits_{0}, batches_{0}, bytes_written_{0}, compactions_{0},
-      last_seq_{0};
+      last_seq_{0}, write_failures_{0};
 
   mutable Mutex mu_;
   std::condition_variable_any write_cv_;        // queue_ or stopping_ changed
@@ -294,10 +304,16 @@ class JournalImpl final : public Journal {
   std::deque<Task> tasks_ HQ_GUARDED_BY(mu_);
   bool stopping_writes_ HQ_GUARDED_BY(mu_) = false;
   bool stopping_maintenance_ HQ_GUARDED_BY(mu_) = false;
-  Status status_ HQ_GUARDED_BY(mu_);
+  // Set by the journal thread while it reopens the database: the maintenance thread leaves db_
+  // alone (it is running a task while maintaining_).
+  bool paused_ HQ_GUARDED_BY(mu_) = false;
+  bool maintaining_ HQ_GUARDED_BY(mu_) = false;
+  Status status_ HQ_GUARDED_BY(mu_);  // the last failed write's error while retrying
 
   // Journal thread.
   rocksdb::WriteBatch batch_;
+  rocksdb::DBOptions db_options_;  // as open() opened the database, for reopen()
+  std::vector<rocksdb::ColumnFamilyDescriptor> families_;
 
   std::thread writer_;
   std::thread maintainer_;
@@ -363,6 +379,9 @@ Status JournalImpl::open() {
   db_options.avoid_flush_during_recovery = true;
   db_options.WAL_ttl_seconds = 0;  // no WAL archive: obsolete WAL files go away
   db_options.WAL_size_limit_MB = 0;
+  // The MANIFEST holds a few records: 64 KiB ahead, not RocksDB's 4 MiB, which a full disk would
+  // get back only when a reopen after a failed write deletes the old MANIFEST.
+  db_options.manifest_preallocation_size = 64u << 10;
   if (options_.read_only) db_options.max_open_files = -1;  // as secondary instances require
 
   rocksdb::ColumnFamilyOptions family_options;
@@ -393,6 +412,8 @@ Status JournalImpl::open() {
   }
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const auto& name : names) families.emplace_back(name, family_options);
+  db_options_ = db_options;  // for reopen()
+  families_ = families;
 
   rocksdb::DB* db = nullptr;
   rocksdb::Status s;
@@ -516,7 +537,6 @@ Status JournalImpl::writable() const {
   if (options_.read_only) {
     return Status::error(fmt::format("journal '{}' is open read-only", path_.string()));
   }
-  if (failed_.load(std::memory_order_acquire)) return status();
   return Status::ok();
 }
 
@@ -657,9 +677,9 @@ void JournalImpl::write_loop() {
 }
 
 void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end) {
-  Status result = status();
+  Status result = Status::ok();
   Task compaction{TaskKind::kCompactPruned, {}, {}, {}};
-  if (result) {
+  {
     batch_.Clear();
     for (size_t i = begin; i < end; ++i) {
       const Group& group = std::get<Group>(items[i]);
@@ -695,9 +715,8 @@ void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end
     if (last.server_uid) state.setServerUid(*last.server_uid);
     if (result) result = from_rocks(batch_.Put(meta_, kStateKey, flat_bytes(message)), "batch");
     if (result) {
-      rocksdb::WriteOptions write;
-      write.sync = options_.sync;
-      result = from_rocks(db_->Write(write, &batch_), "journal write failed");
+      result = write_batch();
+      if (!result) result = retry_write(result);
     }
     if (result) {
       batches_.fetch_add(1, std::memory_order_relaxed);
@@ -705,10 +724,8 @@ void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end
       bytes_written_.fetch_add(batch_.GetDataSize(), std::memory_order_relaxed);
       last_seq_.store(last.last_seq, std::memory_order_relaxed);
     } else {
-      spdlog::error("journal '{}' stopped: {}", path_.string(), result.message());
-      MutexLock lock(mu_);
-      status_ = result;
-      failed_.store(true, std::memory_order_release);
+      spdlog::error("journal '{}': {} group(s) not written: {}", path_.string(), end - begin,
+                    result.message());
     }
   }
   for (size_t i = begin; i < end; ++i) post(std::move(std::get<Group>(items[i]).done), result);
@@ -721,20 +738,142 @@ void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end
   }
 }
 
+Status JournalImpl::write_batch() {
+  rocksdb::WriteOptions write;
+  write.sync = options_.sync;
+  return from_rocks(db_->Write(write, &batch_), "journal write failed");
+}
+
+Status JournalImpl::retry_write(Status error) {
+  constexpr auto kFirstDelay = std::chrono::milliseconds(100);
+  constexpr auto kMaxDelay = std::chrono::milliseconds(5000);
+  const auto since = std::chrono::steady_clock::now();
+  write_failures_.fetch_add(1, std::memory_order_relaxed);
+  {
+    MutexLock lock(mu_);
+    status_ = error;
+  }
+  post(options_.health, error);
+  auto delay = kFirstDelay;
+  for (int attempt = 1;; ++attempt) {
+    {
+      MutexLock lock(mu_);
+      if (stopping_writes_) {
+        return Status::error(
+            fmt::format("{} (the journal closed while retrying)", error.message()));
+      }
+    }
+    // One line per backoff step: at most one every 5 s while the disk stays full.
+    spdlog::error("journal '{}': {}; retrying in {} ms (attempt {})", path_.string(),
+                  error.message(), delay.count(), attempt);
+    const auto deadline = std::chrono::steady_clock::now() + delay;
+    {
+      MutexLock lock(mu_);
+      while (!stopping_writes_ && std::chrono::steady_clock::now() < deadline) {
+        mu_.wait_until(write_cv_, deadline);
+      }
+    }
+    delay = std::min<std::chrono::milliseconds>(delay * 2, kMaxDelay);
+    // After a failed WAL write or sync RocksDB refuses writes (a background error). Its
+    // DB::Resume() is no way out here: RocksDB 7.8 declares a failed sync fatal, and resuming
+    // after a failed WAL append trips an assertion of its own on the damaged WAL writer. A
+    // reopen recovers the WAL up to the torn record (point-in-time recovery), and its flush puts
+    // the tables past that WAL, so that no later write follows the torn record in a WAL.
+    if (Status reopened = reopen(); !reopened) {
+      error = reopened;
+      write_failures_.fetch_add(1, std::memory_order_relaxed);
+      MutexLock lock(mu_);
+      status_ = error;
+      continue;
+    }
+    // The same batch again: its records are keyed by seq, so one that reached the disk before
+    // the failure is overwritten by itself.
+    if (Status written = write_batch(); !written) {
+      error = written;
+      write_failures_.fetch_add(1, std::memory_order_relaxed);
+      MutexLock lock(mu_);
+      status_ = error;
+      continue;
+    }
+    {
+      MutexLock lock(mu_);
+      status_ = Status::ok();
+    }
+    spdlog::info("journal '{}' writes again after {} failed attempt(s) in {} ms", path_.string(),
+                 attempt,
+                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::steady_clock::now() - since)
+                     .count());
+    post(options_.health, Status::ok());
+    return Status::ok();
+  }
+}
+
 void JournalImpl::maintenance_loop() {
   for (;;) {
     Task task;
+    bool closed = false;  // stopping while a reopen left the database closed
     {
       MutexLock lock(mu_);
-      while (tasks_.empty() && !stopping_maintenance_) mu_.wait(maintenance_cv_);
+      while ((tasks_.empty() || paused_) && !stopping_maintenance_) mu_.wait(maintenance_cv_);
       if (tasks_.empty()) return;
       task = std::move(tasks_.front());
       tasks_.pop_front();
+      closed = paused_;
+      maintaining_ = !closed;
     }
-    Status result = run(task);
+    Status result =
+        closed ? Status::error("the journal closed while its database could not be reopened")
+               : run(task);
+    {
+      MutexLock lock(mu_);
+      maintaining_ = false;
+    }
+    write_cv_.notify_all();  // a reopen may wait for this task
     if (!result) spdlog::warn("journal '{}': {}", path_.string(), result.message());
     post(std::move(task.done), result);
   }
+}
+
+Status JournalImpl::reopen() {
+  {
+    MutexLock lock(mu_);
+    paused_ = true;
+    while (maintaining_) mu_.wait(write_cv_);
+  }
+  if (db_) {
+    for (auto* handle : handles_) db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
+    handles_.clear();
+    meta_ = jobs_ = global_ = nullptr;
+    // Closing a database in a background-error state reports that error again: nothing new.
+    db_->Close().PermitUncheckedError();
+    db_.reset();
+  }
+  rocksdb::DB* db = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options_, path_.string(), families_, &handles_, &db);
+  if (db) db_.reset(db);
+  if (!s.ok()) {
+    if (db_) {
+      for (auto* handle : handles_) db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
+      db_->Close().PermitUncheckedError();
+      db_.reset();
+    }
+    handles_.clear();
+    return from_rocks(s, "journal write failed, and the journal cannot be reopened");
+  }
+  for (auto* handle : handles_) {
+    if (handle->GetName() == rocksdb::kDefaultColumnFamilyName) meta_ = handle;
+    if (handle->GetName() == kJobsFamily) jobs_ = handle;
+    if (handle->GetName() == kGlobalFamily) global_ = handle;
+  }
+  if (Status st = flush_all(); !st) return st;  // still paused: the next attempt reopens again
+  {
+    MutexLock lock(mu_);
+    paused_ = false;
+  }
+  maintenance_cv_.notify_one();
+  spdlog::debug("journal '{}' reopened after a failed write", path_.string());
+  return Status::ok();
 }
 
 Status JournalImpl::flush_all() {
@@ -791,6 +930,7 @@ JournalStats JournalImpl::stats() const {
   s.batches = batches_.load(std::memory_order_relaxed);
   s.bytes_written = bytes_written_.load(std::memory_order_relaxed);
   s.compactions = compactions_.load(std::memory_order_relaxed);
+  s.write_failures = write_failures_.load(std::memory_order_relaxed);
   s.last_seq = last_seq_.load(std::memory_order_relaxed);
   return s;
 }

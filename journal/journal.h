@@ -22,8 +22,14 @@
 // once (group commit), then posts each group's callback, in commit order. A group is atomic: after
 // a crash it is either all there or not at all. RocksDB recovers its WAL up to the first damaged
 // record (kPointInTimeRecovery): a torn tail loses only the groups that were never acknowledged,
-// and what was dropped is reported by recovery(). A failed write stops the journal: every waiting
-// and later callback gets the error, and append() refuses with it.
+// and what was dropped is reported by recovery(). A failed write (a full disk) holds the journal
+// back, never drops a record: the journal thread retries the same batch with backoff (100 ms,
+// doubling to 5 s), first reopening the database (RocksDB stays read-only after a failed WAL
+// write; the reopen recovers the WAL up to the torn record, and a flush puts the tables past
+// it); the callbacks of the groups behind it run only once they are written. Meanwhile append() and
+// commit() go on queueing in memory, status() is the error, and Options::health hears of the
+// failure and of the recovery. A record written twice by a retry lands on its own key again: replay
+// sees it once.
 //
 // Threads: one owner thread (the server's event loop) calls append, prune, prune_global, commit,
 // flush and compact; stats() and size_on_disk() may be called from any thread. Writes run on the
@@ -75,6 +81,9 @@ struct Options {
   // The environment RocksDB does its I/O through; nullptr: the real one. Tests pass one that
   // injects failures. Must outlive the journal.
   rocksdb::Env* env = nullptr;
+  // Told, through post, when writes start failing (with the error) and when they go through
+  // again (ok). Empty: nobody is told (status() still says).
+  Done health;
 };
 
 // What open() found.
@@ -91,12 +100,13 @@ struct RecoveryInfo {
 };
 
 struct JournalStats {
-  uint64_t appended = 0;       // records appended (range deletions included)
-  uint64_t commits = 0;        // commit() calls written
-  uint64_t batches = 0;        // WriteBatches written (each synced once when Options::sync)
-  uint64_t bytes_written = 0;  // WriteBatch bytes written
-  uint64_t compactions = 0;    // compactions of pruned ranges run
-  Seq last_seq = 0;            // the last seq on disk
+  uint64_t appended = 0;        // records appended (range deletions included)
+  uint64_t commits = 0;         // commit() calls written
+  uint64_t batches = 0;         // WriteBatches written (each synced once when Options::sync)
+  uint64_t bytes_written = 0;   // WriteBatch bytes written
+  uint64_t compactions = 0;     // compactions of pruned ranges run
+  uint64_t write_failures = 0;  // write attempts that failed (each is retried)
+  Seq last_seq = 0;             // the last seq on disk
 };
 
 struct ReplayOptions {
@@ -134,8 +144,9 @@ class Journal {
   virtual const RecoveryInfo& recovery() const = 0;
 
   // Adds the event built in `event` (root: schema::Event) to the open group and returns its seq.
-  // Owner thread. Fails when the journal is read-only or stopped by a failed write (with that
-  // write's error): the caller must then refuse the change it was about to acknowledge.
+  // Owner thread. Fails when the journal is read-only or the event is too large: the caller must
+  // then refuse the change it was about to acknowledge. A failing disk does not fail it: the
+  // record waits in memory for the write to go through.
   virtual Result<Seq> append(capnp::MessageBuilder& event) = 0;
 
   // Deletes every event of `jobs` (jobs the server has forgotten): range deletions in the open
@@ -147,7 +158,8 @@ class Journal {
   virtual Status prune_global(Seq before) = 0;
 
   // Closes the open group (possibly empty) and queues it for writing. `done` runs once its batch is
-  // written (and synced), or failed; callbacks run in commit order. Owner thread.
+  // written (and synced), however many retries that takes, or with the error when the journal
+  // closes before it could be written; callbacks run in commit order. Owner thread.
   virtual void commit(Done done) = 0;
 
   // Flushes the memtables to table files (the WAL then holds nothing to replay), after every
@@ -163,7 +175,7 @@ class Journal {
   // read at all. Owner thread (before appending, at start; or any time on a read-only journal).
   virtual Result<ReplayStats> replay(const ReplayOptions& options, const ReplayFn& fn) = 0;
 
-  // Ok while the journal accepts appends; else the error that stopped it.
+  // Ok while writes go through; else the error of the last failed attempt (retries go on).
   virtual Status status() const = 0;
   virtual JournalStats stats() const = 0;
   // Bytes of every file in the journal directory (WAL, tables, manifest).

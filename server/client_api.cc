@@ -267,6 +267,11 @@ void Server::handle_job_wait(const std::shared_ptr<net::Connection>& c,
 }
 
 void Server::notify_waiters(const std::vector<JobId>& completed) {
+  // While the journal fails, completions wait to be stored: answered when it recovers.
+  if (!journal_status_ && !journal_broken_) {
+    deferred_completions_.insert(deferred_completions_.end(), completed.begin(), completed.end());
+    return;
+  }
   for (JobId id : completed) {
     auto by_job = waiters_by_job_.find(id);
     if (by_job == waiters_by_job_.end()) continue;

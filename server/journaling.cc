@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <tuple>
+#include <utility>
 
 #include <capnp/message.h>
 #include <fmt/format.h>
@@ -33,6 +34,7 @@ Status Server::open_journal() {
       options_.journal.empty() ? journal_dir_path(options_.server_dir) : options_.journal;
   journal::Options options;
   options.post = [this](std::function<void()> fn) { asio::post(io_, std::move(fn)); };
+  options.health = [this](Status health) { on_journal_health(health); };
   auto opened = journal::Journal::open(journal_path_, std::move(options));
   if (!opened) return Status::error("cannot open the journal: " + opened.message());
   journal_ = std::move(*opened);
@@ -172,7 +174,7 @@ constexpr auto kLazyCommit = std::chrono::milliseconds(20);
 }  // namespace
 
 void Server::record(journal::EventMessage& event) {
-  if (!journal_ || !journal_status_) return;
+  if (!journal_ || journal_broken_) return;
   flush_task_batches();
   auto seq = journal_->append(event.message());
   if (!seq) return fail_journal(seq.message());
@@ -181,7 +183,7 @@ void Server::record(journal::EventMessage& event) {
 }
 
 void Server::record_task(TaskRecord kind, WorkerId worker, TaskKey key, int64_t time) {
-  if (!journal_ || !journal_status_) return;
+  if (!journal_ || journal_broken_) return;
   pending_tasks_[static_cast<int>(kind)].push_back({key, time, worker});
   arm_lazy_commit();
 }
@@ -190,7 +192,7 @@ void Server::flush_task_batches() {
   auto clear = [this] {
     for (auto& tasks : pending_tasks_) tasks.clear();
   };
-  if (!journal_ || !journal_status_) return clear();
+  if (!journal_ || journal_broken_) return clear();
   for (int kind = 0; kind < 2; ++kind) {
     auto& tasks = pending_tasks_[kind];
     // One record per job and worker, in the order of their first task.
@@ -255,7 +257,7 @@ void Server::commit_now() {
 }
 
 void Server::commit_journal() {
-  if (!journal_ || !journal_status_) return;
+  if (!journal_ || journal_broken_) return;
   flush_task_batches();
   if (appended_seq_ <= committed_seq_) return;
   committed_seq_ = appended_seq_;
@@ -273,8 +275,29 @@ void Server::on_commit(journal::Seq upto, const Status& status) {
   }
 }
 
+void Server::on_journal_health(const Status& health) {
+  if (journal_broken_) return;
+  if (!health) {
+    const bool first = journal_status_.is_ok();
+    journal_status_ = Status::error(fmt::format(
+        "the journal '{}' cannot store changes ({}); the server retries by itself (free space "
+        "on its disk); until then it refuses changes, shows no state it has not stored and gives "
+        "workers no task it has not reserved",
+        journal_path_.string(), health.message()));
+    if (first) spdlog::critical("{}", journal_status_.message());
+    return;
+  }
+  journal_status_ = Status::ok();
+  spdlog::warn("the journal '{}' stores changes again: serving", journal_path_.string());
+  // Replies and worker messages held meanwhile go out as their commits complete; the waiters
+  // whose jobs completed meanwhile are answered once that is stored too.
+  notify_waiters(std::exchange(deferred_completions_, {}));
+  request_schedule();
+}
+
 void Server::fail_journal(const std::string& error) {
-  if (!journal_status_) return;
+  if (journal_broken_) return;
+  journal_broken_ = true;
   journal_status_ = Status::error(fmt::format(
       "the journal '{}' cannot store changes ({}); the server refuses new submissions and shows "
       "no state it could not store: restart it once the disk is fixed",
@@ -286,10 +309,10 @@ void Server::fail_journal(const std::string& error) {
 }
 
 void Server::when_durable(std::function<void(const Status&)> fn) {
-  if (!journal_status_) return fn(journal_status_);
+  if (journal_broken_) return fn(journal_status_);
   if (all_durable()) return fn(Status::ok());
   flush_task_batches();
-  if (!journal_status_) return fn(journal_status_);
+  if (journal_broken_) return fn(journal_status_);
   durable_waiters_.emplace_back(appended_seq_, std::move(fn));
   commit_now();  // somebody waits
 }
@@ -305,7 +328,9 @@ void Server::respond(net::Connection& c, capnp::MessageBuilder& reply) {
                                       "narrow the request",
                                       bytes, net::kMaxMessageBytes));
   }
-  if (journal_status_ && all_durable()) return c.send_frame(std::move(*frame));
+  if (!journal_broken_ && all_durable()) return c.send_frame(std::move(*frame));
+  // While the journal fails, a reply that shows unstored state is refused at once, with why.
+  if (!journal_status_) return reply_error(c, journal_status_.message());
   when_durable([this, frame,
                 weak = std::weak_ptr<net::Connection>(c.shared_from_this())](const Status& status) {
     auto connection = weak.lock();

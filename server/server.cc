@@ -385,19 +385,23 @@ void Server::send_cancels(const std::vector<sched::Assignment>& held) {
 
 void Server::send_to_worker(WorkerRecord& w, capnp::MessageBuilder& message) {
   if (!w.connection) return;
+  // A journal that lost records cannot back any assignment: nothing goes out until a restart.
+  if (journal_broken_) return;
   if (!journal_ || (durable_seq_ >= must_sync_seq_ && worker_sends_waiting_ == 0)) {
     return w.connection->send(message);
   }
   // Behind the records it depends on, and in order with the messages already waiting: a worker
-  // never gets a cancel or a retraction before the task it names. Sent also when the journal
-  // failed: the server keeps working, it only stores nothing more.
+  // never gets a cancel or a retraction before the task it names. While the journal fails to
+  // write, it waits (the records are retried), so that no task runs unless the journal knows
+  // it may have run.
   auto frame = std::make_shared<kj::Array<capnp::word>>(net::encode(message));
   ++worker_sends_waiting_;
-  auto send = [this, frame, weak = std::weak_ptr<net::Connection>(w.connection)](const Status&) {
+  auto send = [this, frame,
+               weak = std::weak_ptr<net::Connection>(w.connection)](const Status& stored) {
     --worker_sends_waiting_;
+    if (!stored) return;  // never stored: the worker must not act on it
     if (auto c = weak.lock()) c->send_frame(std::move(*frame));
   };
-  if (!journal_status_) return send(journal_status_);
   durable_waiters_.emplace_back(must_sync_seq_, std::move(send));
   commit_now();
 }
@@ -442,7 +446,7 @@ void Server::request_schedule() {
 
 void Server::run_schedule() {
   schedule_pending_ = false;
-  if (stopping_) return;
+  if (stopping_ || journal_broken_) return;
   sched::Decisions decisions = scheduler_.schedule(unix_millis_now());
   if (decisions.empty()) return;
 

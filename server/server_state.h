@@ -113,6 +113,13 @@ class Server {
   void commit_now();
   void commit_journal();
   void on_commit(journal::Seq upto, const Status& status);
+  // Posted by the journal when its writes start failing (error) and go through again (ok): while
+  // they fail, changes are refused and replies showing unstored state too, but nothing recorded
+  // is dropped, and what waits for the journal goes out once its records are written.
+  void on_journal_health(const Status& health);
+  // A record could not even be queued (or a commit was given up): the journal no longer holds
+  // everything, so nothing more is recorded, shown unsynced, scheduled or sent to workers; a
+  // restart is needed.
   void fail_journal(const std::string& error);
   // Runs `fn` once every record appended so far is synced (at once when none is pending), with
   // the error of a failed journal.
@@ -159,7 +166,8 @@ class Server {
 
   std::unique_ptr<journal::Journal> journal_;
   fs::path journal_path_;
-  Status journal_status_ = Status::ok();  // the error that stopped the journal
+  Status journal_status_ = Status::ok();  // why the journal cannot store changes now
+  bool journal_broken_ = false;           // for good: see fail_journal()
   journal::Seq appended_seq_ = 0;         // the last record appended
   journal::Seq committed_seq_ = 0;        // the last record handed to commit()
   journal::Seq durable_seq_ = 0;          // the last record known synced
@@ -190,6 +198,7 @@ class Server {
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::unordered_map<JobId, std::vector<uint64_t>> waiters_by_job_;  // of its incomplete jobs
   uint64_t next_waiter_ = 1;
+  std::vector<JobId> deferred_completions_;  // completed while the journal failed
   size_t waiters_swept_at_ = 64;  // sweep closed connections' waiters when there are this many
   std::set<std::shared_ptr<net::Connection>> clients_;
 };

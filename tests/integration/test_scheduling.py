@@ -86,16 +86,47 @@ def test_request_is_shown_and_survives_a_restart(hq_env):
 
 
 def test_big_task_is_not_starved_by_a_stream_of_small_ones(hq_env):
+    """Each small task ends only when the test releases it, one at a time: the big task must run
+    after a few releases, however fast or slow the machine, not once the stream drained."""
     hq_env.start_server()
     hq_env.start_worker("2")
+    root = hq_env.root
     # A long stream of 1-CPU tasks keeps both CPUs busy...
-    small = hq_env.submit(["--array", "1-400", "--stdout", "none", "--", "sleep", "0.05"])
-    hq_env.wait_for_task_state(small, 1, "finished")
+    small = hq_env.submit(["--array", "1-400", "--stdout", "none", "--", "bash", "-c",
+                           f'until [ -e {root}/go.$HQ_TASK_ID ] || [ -e {root}/go.all ]; do '
+                           f'sleep 0.02; done'])
+    hq_env.wait_for_task_state(small, 1, "running")
+    hq_env.wait_for_task_state(small, 2, "running")
     # ...and a 2-CPU task of a higher priority must still run before the stream ends.
     big = hq_env.submit(["--cpus", "2", "--priority", "1", "--stdout", "none", "--", "true"])
-    assert hq_env.wait_job(big) == 0
-    left = hq_env.job(small)["task_counts"]["waiting"]
-    assert left > 100, f"the big task ran only after the stream drained ({left} left)"
+    released = set()
+
+    def big_done():
+        return hq_env.job(big)["state"] == "finished"
+
+    def running_unreleased():
+        return [t["id"] for t in hq_env.tasks(small)
+                if t["state"] == "running" and t["id"] not in released]
+
+    try:
+        while not big_done():
+            assert len(released) < 20, \
+                f"the big task did not run while {len(released)} small ones were released"
+            # Release one running small task, then wait for its CPU to be given away.
+            running = wait_until(lambda: big_done() or running_unreleased(),
+                                 message="a running small task or the big one done")
+            if running is True:
+                break
+            task = running[0]
+            (root / f"go.{task}").touch()
+            released.add(task)
+            wait_until(lambda: big_done() or any(
+                t["id"] == task and t["state"] == "finished" for t in hq_env.tasks(small)),
+                message=f"small task {task} to finish")
+        left = hq_env.job(small)["task_counts"]["waiting"]
+        assert left >= 400 - 2 - len(released), left
+    finally:
+        (root / "go.all").touch()
 
 
 def test_multi_node_task_gets_whole_workers_and_a_node_file(hq_env):

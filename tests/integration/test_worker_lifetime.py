@@ -34,9 +34,10 @@ def test_time_limit_stops_the_worker_cleanly_and_requeues_without_a_crash(hq_env
     hq_env.start_server()
     started = hq_env.root / "started"
     job = hq_env.submit(["--stdout", "none", "--", "bash", "-c", f"touch {started}; sleep 60"])
-    worker = hq_env.start_worker(1, "--time-limit", "3s")
+    # Long enough for a worker started on a loaded machine to get the task before it stops.
+    worker = hq_env.start_worker(1, "--time-limit", "10s")
     wait_until(started.exists, message="the task to start")
-    assert wait_exit(worker, 15) == 0, hq_env.log_of(worker)
+    assert wait_exit(worker, 30) == 0, hq_env.log_of(worker)
 
     def requeued():
         [t] = hq_env.tasks(job)

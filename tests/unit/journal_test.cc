@@ -80,6 +80,16 @@ class Loop {
 
 std::string message_of(const Status& s) { return s ? std::string() : s.message(); }
 
+// Polls `done` (set by another thread) until it holds; false after 20 s.
+bool eventually(const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
 // Injects failures and delays into the WAL files RocksDB writes.
 class FaultFs : public rocksdb::FileSystemWrapper {
  public:
@@ -89,6 +99,7 @@ class FaultFs : public rocksdb::FileSystemWrapper {
   std::atomic<bool> fail_wal{false};
   std::atomic<int> sync_delay_ms{0};
   std::atomic<int> syncs{0};
+  std::atomic<int> failures{0};  // WAL appends and syncs failed by fail_wal
 
   rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
                                     std::unique_ptr<rocksdb::FSWritableFile>* result,
@@ -101,19 +112,24 @@ class FaultFs : public rocksdb::FileSystemWrapper {
   }
 
  private:
+  rocksdb::IOStatus no_space() {
+    ++failures;
+    return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+  }
+
   class File : public rocksdb::FSWritableFileOwnerWrapper {
    public:
     File(std::unique_ptr<rocksdb::FSWritableFile> file, FaultFs& fs)
         : rocksdb::FSWritableFileOwnerWrapper(std::move(file)), fs_(fs) {}
     rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
                              rocksdb::IODebugContext* dbg) override {
-      if (fs_.fail_wal) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+      if (fs_.fail_wal) return fs_.no_space();
       return FSWritableFileOwnerWrapper::Append(data, options, dbg);
     }
     rocksdb::IOStatus Append(const rocksdb::Slice& data, const rocksdb::IOOptions& options,
                              const rocksdb::DataVerificationInfo& info,
                              rocksdb::IODebugContext* dbg) override {
-      if (fs_.fail_wal) return rocksdb::IOStatus::NoSpace("injected: no space left on device");
+      if (fs_.fail_wal) return fs_.no_space();
       return FSWritableFileOwnerWrapper::Append(data, options, info, dbg);
     }
     rocksdb::IOStatus Sync(const rocksdb::IOOptions& options,
@@ -130,7 +146,10 @@ class FaultFs : public rocksdb::FileSystemWrapper {
     rocksdb::IOStatus sync(F&& real) {
       ++fs_.syncs;
       if (int ms = fs_.sync_delay_ms) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-      if (fs_.fail_wal) return rocksdb::IOStatus::IOError("injected: I/O error on sync");
+      if (fs_.fail_wal) {
+        ++fs_.failures;
+        return rocksdb::IOStatus::IOError("injected: I/O error on sync");
+      }
       return real();
     }
     FaultFs& fs_;
@@ -644,39 +663,93 @@ TEST(Journal, GroupCommitMergesCommitsQueuedDuringASync) {
   fs->sync_delay_ms = 0;
 }
 
-TEST(Journal, FailedWriteIsReportedAndStopsAppends) {
+TEST(Journal, FailedWriteIsRetriedUntilTheDiskRecovers) {
   TempDir dir;
   auto fs = std::make_shared<FaultFs>();
   auto env = rocksdb::NewCompositeEnv(fs);
   Options options;
   options.env = env.get();
-  Harness h(dir.path(), options);
-  ASSERT_TRUE(h.journal);
-  h.append(submitted(1));
-  ASSERT_TRUE(h.commit());
+  std::vector<Status> health;
+  options.health = [&](Status s) { health.push_back(s); };
+  auto seqs = [](const std::vector<Replayed>& events) {
+    std::vector<Seq> out;
+    for (const auto& e : events) out.push_back(e.seq);
+    return out;
+  };
+  {
+    Harness h(dir.path(), options);
+    ASSERT_TRUE(h.journal);
+    h.append(submitted(1));
+    ASSERT_TRUE(h.commit());
 
-  fs->fail_wal = true;
-  h.append(started(1, 1));
+    fs->fail_wal = true;
+    h.append(started(1, 1));
+    std::vector<int> done;
+    std::vector<Status> results;
+    h.journal->commit([&](Status s) {
+      done.push_back(1);
+      results.push_back(s);
+    });
+    // Told of the failure; the group waits, it is not failed.
+    ASSERT_TRUE(h.loop.run_until([&] { return !health.empty(); }));
+    ASSERT_FALSE(health[0]);
+    EXPECT_NE(health[0].message().find("injected"), std::string::npos) << health[0].message();
+    EXPECT_FALSE(h.journal->status());
+    // Appends and commits go on queueing meanwhile.
+    const Seq queued = h.append(finished(1, 1));
+    EXPECT_GT(queued, 0u);
+    h.journal->commit([&](Status s) {
+      done.push_back(2);
+      results.push_back(s);
+    });
+    // Retries fail too (100 ms, then 200 ms later), and nothing is acknowledged.
+    ASSERT_TRUE(eventually([&] { return h.journal->stats().write_failures >= 3; }));
+    EXPECT_TRUE(done.empty());
+    EXPECT_EQ(health.size(), 1u);  // told once, not at every attempt
+
+    fs->fail_wal = false;  // space freed
+    ASSERT_TRUE(h.loop.run_until([&] { return done.size() == 2; }));
+    EXPECT_EQ(done, (std::vector<int>{1, 2}));  // in commit order
+    EXPECT_TRUE(results[0]) << results[0].message();
+    EXPECT_TRUE(results[1]) << results[1].message();
+    ASSERT_EQ(health.size(), 2u);
+    EXPECT_TRUE(health[1]);
+    EXPECT_TRUE(h.journal->status());
+    EXPECT_EQ(h.journal->stats().last_seq, queued);
+    h.append(finished(1, 2));
+    EXPECT_TRUE(h.commit());
+    // Every record once, in order.
+    EXPECT_EQ(seqs(replay_all(*h.journal)), (std::vector<Seq>{1, 2, 3, 4}));
+  }
+  // And after a restart: the WAL torn by the failure is not in the way.
+  Harness again(dir.path());
+  ASSERT_TRUE(again.journal);
+  EXPECT_TRUE(again.journal->recovery().damage.empty());
+  EXPECT_EQ(again.journal->recovery().last_seq, 4u);
+  EXPECT_EQ(seqs(replay_all(*again.journal)), (std::vector<Seq>{1, 2, 3, 4}));
+}
+
+TEST(Journal, ClosingWhileAWriteFailsGivesUpWithTheError) {
+  TempDir dir;
+  auto fs = std::make_shared<FaultFs>();
+  auto env = rocksdb::NewCompositeEnv(fs);
+  Options options;
+  options.env = env.get();
   std::vector<Status> results;
-  h.journal->commit([&](Status s) { results.push_back(s); });
-  h.journal->commit([&](Status s) { results.push_back(s); });  // queued behind the failure
-  ASSERT_TRUE(h.loop.run_until([&] { return results.size() == 2; }));
+  {
+    Harness h(dir.path(), options);
+    ASSERT_TRUE(h.journal);
+    fs->fail_wal = true;
+    h.append(submitted(1));
+    h.journal->commit([&](Status s) { results.push_back(s); });
+    ASSERT_TRUE(eventually([&] { return fs->failures > 0; }));
+    h.journal.reset();  // does not wait for the disk
+    h.loop.run_until([&] { return !results.empty(); });
+  }
+  ASSERT_EQ(results.size(), 1u);
   ASSERT_FALSE(results[0]);
-  ASSERT_FALSE(results[1]);
   EXPECT_NE(results[0].message().find("journal write failed"), std::string::npos)
       << results[0].message();
-  EXPECT_NE(results[0].message().find("injected"), std::string::npos) << results[0].message();
-
-  // Refused from now on, with the same error, even once the disk is fine again.
-  fs->fail_wal = false;
-  EventMessage message(time_of(1));
-  finished(1, 1)(message.event());
-  auto seq = h.journal->append(message.message());
-  ASSERT_FALSE(seq);
-  EXPECT_EQ(seq.message(), results[0].message());
-  EXPECT_FALSE(h.journal->status());
-  EXPECT_FALSE(h.journal->prune(IdSet::single(1)));
-  EXPECT_FALSE(h.commit());
 }
 
 TEST(Journal, PruneShrinksTheDiskAndHidesThePrunedJobs) {
