@@ -28,6 +28,7 @@ struct State {
   maxJob @1 :UInt32;        # the highest job id ever journaled
   maxWorker @2 :UInt32;     # the highest worker id ever journaled
   serverUid @3 :Text;       # of the last serverStarted event
+  liveJobs @4 :UInt64;      # jobs submitted and not pruned (0 in journals of hq before 1.1)
 }
 
 # --- The job description, as submitted (a copy of the wire's, so that the two formats evolve
