@@ -764,6 +764,7 @@ Status JournalImpl::open() {
   // A read-write open deletes the table files its MANIFEST does not name and writes a new
   // MANIFEST: first a read-only look, which changes nothing, refuses a journal that lost
   // acknowledged records (unless another process holds it: the open below then fails on its lock).
+  // TODO(perf): the look replays the WAL (at most max_total_wal_size) in memory a second time.
   std::optional<std::vector<JobId>> checked;
   if (exists && !options_.read_only && !locked_on_this_host(path_ / "LOCK")) {
     checked.emplace();

@@ -86,7 +86,9 @@ struct RecoveryInfo {
   uint16_t format_minor = 0;   // of the journal as found (a newer minor adds records we skip)
   // What recovery dropped, one line each with its position ("WAL recovery: /j/000012.log:
   // dropping 137 bytes; Corruption: truncated record body (recovered through seq 41)"). Empty
-  // when the journal was intact. Not logged by the journal: the opener reports it.
+  // when the journal was intact. A read-only open adds what is missing against the high-water
+  // mark and the state record ("lost records: ..."), which a read-write open refuses instead.
+  // Not logged by the journal: the opener reports it.
   std::vector<std::string> damage;
 };
 

@@ -123,11 +123,17 @@ def test_a_cut_manifest_never_serves_fewer_jobs(hq_env):
             (copy / "CURRENT").unlink()
         else:
             (copy / cut).unlink()
+        files = {f.name: f.stat().st_size for f in copy.iterdir()}
         up, p = start_server_outcome(hq_env, "--journal", str(copy))
         if not up:
+            # Refused before anything was deleted or rewritten: the evidence is intact.
+            assert {f.name: f.stat().st_size for f in copy.iterdir()} == files, (kind, cut)
             assert ("has lost acknowledged records" in p or "the journal is damaged" in p or
                     "has no CURRENT file" in p), f"{kind} {cut}: unclear refusal:\n{p}"
             outcomes["refused"] += 1
+            reason = next((line for line in p.splitlines() if "journal" in line and
+                           ("lost" in line or "damaged" in line or "CURRENT" in line)), p)
+            print(f"{kind} {cut}: refused: {reason[-300:]}")
             continue
         listed = [j["id"] for j in hq_env.json(["job", "list", "--all"])]
         stop_server(hq_env, p)
