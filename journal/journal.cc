@@ -182,6 +182,10 @@ struct StateRecord {
   WorkerId max_worker = 0;
   std::string server_uid;
   uint64_t live_jobs = 0;
+  JobId last_job_event_job = 0;  // the newest event of the jobs family (seq 0: none)
+  Seq last_job_event_seq = 0;
+  Seq last_global_seq = 0;  // the newest event of the global family (0: none)
+  Seq global_pruned_before = 0;
 };
 
 Status parse_state(const std::string& bytes, StateRecord& out) {
@@ -192,6 +196,10 @@ Status parse_state(const std::string& bytes, StateRecord& out) {
     out.max_worker = state.getMaxWorker();
     out.server_uid = state.getServerUid().cStr();
     out.live_jobs = state.getLiveJobs();
+    out.last_job_event_job = state.getLastJobEventJob();
+    out.last_job_event_seq = state.getLastJobEventSeq();
+    out.last_global_seq = state.getLastGlobalSeq();
+    out.global_pruned_before = state.getGlobalPrunedBefore();
   });
 }
 
@@ -205,10 +213,20 @@ struct HighWater {
   Seq last_seq = 0;
   JobId max_job = 0;
   uint64_t live_jobs = 0;
+  // The newest event of each family then: a table file lost with it loses task states of jobs
+  // that are still there, which the counts above cannot see.
+  JobId last_job_event_job = 0;
+  Seq last_job_event_seq = 0;
+  Seq last_global_seq = 0;
   bool operator==(const HighWater&) const = default;
 };
 
 constexpr std::string_view kHighWaterMagic = "hq-journal-high-water 1";
+
+HighWater high_water_of(const StateRecord& state) {
+  return {state.last_seq,           state.max_job,        state.live_jobs, state.last_job_event_job,
+          state.last_job_event_seq, state.last_global_seq};
+}
 
 std::string errno_text() { return std::strerror(errno); }
 
@@ -222,11 +240,12 @@ Result<std::optional<HighWater>> read_high_water(const fs::path& dir) {
   std::string magic;
   std::getline(in, magic);
   HighWater mark;
-  std::string k1, k2, k3, rest;
-  in >> k1 >> mark.last_seq >> k2 >> mark.max_job >> k3 >> mark.live_jobs;
+  std::string k1, k2, k3, k4, k5, rest;
+  in >> k1 >> mark.last_seq >> k2 >> mark.max_job >> k3 >> mark.live_jobs >> k4 >>
+      mark.last_job_event_job >> mark.last_job_event_seq >> k5 >> mark.last_global_seq;
   const bool complete = in && !(in >> rest);
   if (magic != kHighWaterMagic || !complete || k1 != "last_seq" || k2 != "max_job" ||
-      k3 != "live_jobs") {
+      k3 != "live_jobs" || k4 != "last_job_event" || k5 != "last_global") {
     return Error{fmt::format(
         "the high-water mark '{}' is damaged (it is written atomically, so something else "
         "changed it): restore it from a backup, or delete it if you accept that the journal "
@@ -239,9 +258,10 @@ Result<std::optional<HighWater>> read_high_water(const fs::path& dir) {
 Status write_high_water(const fs::path& dir, const HighWater& mark) {
   const fs::path file = dir / kHighWaterFile;
   const fs::path temp = dir / (std::string(kHighWaterFile) + ".tmp");
-  const std::string text =
-      fmt::format("{}\nlast_seq {}\nmax_job {}\nlive_jobs {}\n", kHighWaterMagic, mark.last_seq,
-                  mark.max_job, mark.live_jobs);
+  const std::string text = fmt::format(
+      "{}\nlast_seq {}\nmax_job {}\nlive_jobs {}\nlast_job_event {} {}\nlast_global {}\n",
+      kHighWaterMagic, mark.last_seq, mark.max_job, mark.live_jobs, mark.last_job_event_job,
+      mark.last_job_event_seq, mark.last_global_seq);
   auto fail = [&](const char* what, const fs::path& p) {
     return Status::error(fmt::format("cannot {} '{}': {}", what, p.string(), errno_text()));
   };
@@ -298,7 +318,7 @@ class HighWaterKeeper : public rocksdb::EventListener {
     StateRecord state;
     Status st = s.ok() ? parse_state(value, state)
                        : Status::error(fmt::format("cannot read the state: {}", s.ToString()));
-    if (st) st = update({state.last_seq, state.max_job, state.live_jobs});
+    if (st) st = update(high_water_of(state));
     if (!st) {
       // The journal goes on (its records are safe); only a later check of it is weaker.
       spdlog::error(
@@ -376,6 +396,54 @@ std::vector<std::string> shortfall(const std::optional<HighWater>& mark, const S
         "{} acknowledged job(s) missing: the journal should hold {} live job(s), but holds {} "
         "(jobs {})",
         expected - live.size(), expected, live.size(), ids_text(live)));
+  }
+  return lines;
+}
+
+// Whether the newest event of each family, as the mark and the state record name it, is there:
+// a lost table file that held only task events of jobs still there goes unnoticed otherwise.
+// One line per missing event.
+std::vector<std::string> missing_newest(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* jobs,
+                                        rocksdb::ColumnFamilyHandle* global,
+                                        const std::optional<HighWater>& mark,
+                                        const StateRecord& state, const std::vector<JobId>& live) {
+  std::vector<std::string> lines;
+  auto present = [&](rocksdb::ColumnFamilyHandle* family, const std::string& key) {
+    if (!family) return false;
+    std::string value;
+    rocksdb::ReadOptions read;
+    read.fill_cache = false;
+    return !db.Get(read, family, key, &value).IsNotFound();  // a read error fails the replay
+  };
+  std::vector<std::pair<JobId, Seq>> job_events = {
+      {state.last_job_event_job, state.last_job_event_seq}};
+  std::vector<Seq> global_events = {state.last_global_seq};
+  if (mark) {
+    job_events.emplace_back(mark->last_job_event_job, mark->last_job_event_seq);
+    global_events.push_back(mark->last_global_seq);
+  }
+  for (size_t i = 0; i < job_events.size(); ++i) {
+    const auto [job, seq] = job_events[i];
+    if (seq == 0 || (i > 0 && job_events[i] == job_events[0])) continue;
+    if (!std::binary_search(live.begin(), live.end(), job)) continue;  // pruned since
+    if (!present(jobs, job_key(job, seq))) {
+      lines.push_back(fmt::format(
+          "the newest job event the journal {} (job {}, seq {}) is missing: task states recorded "
+          "with it are lost",
+          i == 0 ? "records" : "had stored at its last flush", job, seq));
+    }
+  }
+  for (size_t i = 0; i < global_events.size(); ++i) {
+    const Seq seq = global_events[i];
+    if (seq == 0 || seq < state.global_pruned_before || (i > 0 && seq == global_events[0])) {
+      continue;
+    }
+    if (!present(global, global_key(seq))) {
+      lines.push_back(fmt::format(
+          "the newest server or worker event the journal {} (seq {}) is missing: server restarts "
+          "recorded with it are lost",
+          i == 0 ? "records" : "had stored at its last flush", seq));
+    }
   }
   return lines;
 }
@@ -525,6 +593,10 @@ struct Group {
   JobId max_job = 0;
   WorkerId max_worker = 0;
   uint64_t live_jobs = 0;
+  JobId last_job_event_job = 0;
+  Seq last_job_event_seq = 0;
+  Seq last_global_seq = 0;
+  Seq global_pruned_before = 0;
   std::shared_ptr<const std::string> server_uid;
 };
 
@@ -637,7 +709,11 @@ class JournalImpl final : public Journal {
   Seq next_seq_ = 1;
   JobId max_job_ = 0;
   WorkerId max_worker_ = 0;
-  std::vector<JobId> live_;  // jobs submitted and not pruned, in id order
+  std::vector<JobId> live_;       // jobs submitted and not pruned, in id order
+  JobId last_job_event_job_ = 0;  // the newest event appended to each family (state record)
+  Seq last_job_event_seq_ = 0;
+  Seq last_global_seq_ = 0;
+  Seq global_pruned_before_ = 0;
   std::shared_ptr<const std::string> server_uid_;
 
   // Set (with status_) by the journal thread when a write fails; read by append() without the lock.
@@ -882,13 +958,16 @@ Status JournalImpl::open() {
   std::vector<std::string> lost;
   live_ = checked ? std::move(*checked) : scan_jobs(*db_, jobs_, lost);
   for (auto& line : shortfall(high_water, state, live_)) lost.push_back(std::move(line));
+  for (auto& line : missing_newest(*db_, jobs_, global_, high_water, state, live_)) {
+    lost.push_back(std::move(line));
+  }
   if (!lost.empty() && !options_.read_only) return refuse_lost(path_, lost);
   for (const auto& line : lost) recovery_.damage.push_back("lost records: " + line);
   if (!options_.read_only) {
     if (Status st = make_private(path_); !st) return st;
   }
   if (keeper_) {
-    if (Status st = keeper_->update({state.last_seq, state.max_job, live_.size()}); !st) {
+    if (Status st = keeper_->update(high_water_of(state)); !st) {
       return Status::error(fmt::format("journal '{}': {}", path_.string(), st.message()));
     }
   }
@@ -896,6 +975,10 @@ Status JournalImpl::open() {
   next_seq_ = recovery_.last_seq + 1;
   max_job_ = recovery_.max_job_id;
   max_worker_ = recovery_.max_worker_id;
+  last_job_event_job_ = state.last_job_event_job;
+  last_job_event_seq_ = state.last_job_event_seq;
+  last_global_seq_ = state.last_global_seq;
+  global_pruned_before_ = state.global_pruned_before;
   server_uid_ = std::make_shared<const std::string>(recovery_.server_uid);
   last_seq_ = recovery_.last_seq;
   if (!options_.read_only) {
@@ -924,8 +1007,10 @@ Status JournalImpl::precheck(const rocksdb::DBOptions& db_options,
     return open_failed(s, fmt::format("cannot open journal '{}'", path_.string()));
   }
   rocksdb::ColumnFamilyHandle* jobs = nullptr;
+  rocksdb::ColumnFamilyHandle* global = nullptr;
   for (auto* handle : handles) {
     if (handle->GetName() == kJobsFamily) jobs = handle;
+    if (handle->GetName() == kGlobalFamily) global = handle;
   }
   StateRecord state;
   std::string value;
@@ -938,6 +1023,9 @@ Status JournalImpl::precheck(const rocksdb::DBOptions& db_options,
   if (st) {
     live = scan_jobs(*db, jobs, lost);
     for (auto& line : shortfall(mark, state, live)) lost.push_back(std::move(line));
+    for (auto& line : missing_newest(*db, jobs, global, mark, state, live)) {
+      lost.push_back(std::move(line));
+    }
   }
   close();
   if (!st) return st;
@@ -986,6 +1074,12 @@ Result<Seq> JournalImpl::append(capnp::MessageBuilder& message) {
   }
   open_.ops.push_back(op);
   ++next_seq_;
+  if (job) {
+    last_job_event_job_ = *job;
+    last_job_event_seq_ = seq;
+  } else {
+    last_global_seq_ = seq;
+  }
   appended_.fetch_add(1, std::memory_order_relaxed);
   switch (event.which()) {
     case schema::Event::JOB_SUBMITTED: {
@@ -1049,6 +1143,7 @@ Status JournalImpl::prune(const IdSet& jobs) {
 Status JournalImpl::prune_global(Seq before) {
   if (Status st = writable(); !st) return st;
   if (before > 1) add_op(OpKind::kDeleteGlobal, global_key(0), global_key(before));
+  global_pruned_before_ = std::max(global_pruned_before_, before);
   return Status::ok();
 }
 
@@ -1064,6 +1159,10 @@ void JournalImpl::commit(Done done) {
   group.max_job = max_job_;
   group.max_worker = max_worker_;
   group.live_jobs = live_.size();
+  group.last_job_event_job = last_job_event_job_;
+  group.last_job_event_seq = last_job_event_seq_;
+  group.last_global_seq = last_global_seq_;
+  group.global_pruned_before = global_pruned_before_;
   group.server_uid = server_uid_;
   enqueue(std::move(group));
 }
@@ -1156,6 +1255,10 @@ void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end
     state.setMaxJob(last.max_job);
     state.setMaxWorker(last.max_worker);
     state.setLiveJobs(last.live_jobs);
+    state.setLastJobEventJob(last.last_job_event_job);
+    state.setLastJobEventSeq(last.last_job_event_seq);
+    state.setLastGlobalSeq(last.last_global_seq);
+    state.setGlobalPrunedBefore(last.global_pruned_before);
     if (last.server_uid) state.setServerUid(*last.server_uid);
     if (result) result = from_rocks(batch_.Put(meta_, kStateKey, flat_bytes(message)), "batch");
     if (result) {

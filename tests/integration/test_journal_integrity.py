@@ -90,7 +90,14 @@ def test_a_cut_manifest_never_serves_fewer_jobs(hq_env):
     acknowledged job."""
     hq_env.start_server()
     jobs = submit_idle(hq_env, 4)
+    ran = hq_env.submit(["--array", "1-3", "--stdout", "none", "--stderr", "none", "--", "true"])
+    jobs.append(ran)
     hq_env.command(["journal", "flush"])  # table files and the MANIFEST hold them
+    # The tasks' ends go to a later table file than their job's submission.
+    worker = hq_env.start_worker(cpus=2)
+    assert hq_env.wait_job(ran) == 0
+    hq_env.kill(worker)
+    hq_env.command(["journal", "flush"])
     jobs += submit_idle(hq_env, 2)        # and these are in the WAL only
     hq_env.kill(hq_env.server)
     journal = hq_env.server_dir / "journal"
@@ -135,9 +142,11 @@ def test_a_cut_manifest_never_serves_fewer_jobs(hq_env):
                            ("lost" in line or "damaged" in line or "CURRENT" in line)), p)
             print(f"{kind} {cut}: refused: {reason[-300:]}")
             continue
-        listed = [j["id"] for j in hq_env.json(["job", "list", "--all"])]
+        listed = {j["id"]: j for j in hq_env.json(["job", "list", "--all"])}
         stop_server(hq_env, p)
-        assert listed == jobs, f"{kind} at {cut} of {len(data)}: started with {listed}"
+        assert sorted(listed) == jobs, f"{kind} at {cut} of {len(data)}: started with {listed}"
+        # Finished tasks stay finished (a task seen finished never runs again).
+        assert listed[ran]["task_counts"]["finished"] == 3, (kind, cut, listed[ran])
         outcomes["whole"] += 1
     # Both outcomes occur: the cuts that lose table files are refused, the whole file starts.
     assert outcomes["refused"] > 0 and outcomes["whole"] > 0, outcomes

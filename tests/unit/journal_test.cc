@@ -1042,7 +1042,8 @@ TEST(Journal, AHighWaterMarkAboveWhatTheJournalHoldsRefusesTheOpen) {
   EXPECT_NE(text.find("last_seq 4\n"), std::string::npos) << text;
   EXPECT_NE(text.find("live_jobs 4\n"), std::string::npos) << text;
   // As if a damaged MANIFEST had dropped the table file with seq 5..9 and jobs 5..8.
-  std::ofstream(mark) << "hq-journal-high-water 1\nlast_seq 9\nmax_job 8\nlive_jobs 8\n";
+  std::ofstream(mark) << "hq-journal-high-water 1\nlast_seq 9\nmax_job 8\nlive_jobs 8\n"
+                         "last_job_event 8 9\nlast_global 0\n";
   auto opened = Journal::open(dir.path(), {});
   ASSERT_FALSE(opened);
   EXPECT_NE(opened.message().find("has lost acknowledged records"), std::string::npos)
@@ -1081,6 +1082,32 @@ TEST(Journal, MissingJobsAgainstTheStateRecordRefuseTheOpen) {
   auto opened = Journal::open(dir.path(), {});
   ASSERT_FALSE(opened);
   EXPECT_NE(opened.message().find("3 acknowledged job(s) missing"), std::string::npos)
+      << opened.message();
+}
+
+TEST(Journal, ALostNewestTaskEventRefusesTheOpen) {
+  TempDir dir;
+  {
+    Harness h(dir.path());
+    h.append(submitted(1));
+    h.append(started(1, 1));
+    h.append(finished(1, 1));  // seq 3: the newest job event
+    ASSERT_TRUE(h.commit());
+    ASSERT_TRUE(h.flush());
+  }
+  {
+    // The job is there, its task's end is not: what a lost table file of a later flush does.
+    RawDb raw(dir.path());
+    std::string key(12, '\0');
+    key[3] = 1;
+    key[11] = 3;
+    ASSERT_TRUE(raw.db->Delete(rocksdb::WriteOptions(), raw.family("jobs"), key).ok());
+  }
+  auto opened = Journal::open(dir.path(), {});
+  ASSERT_FALSE(opened);
+  EXPECT_NE(opened.message().find("the newest job event the journal records (job 1, seq 3) is "
+                                  "missing"),
+            std::string::npos)
       << opened.message();
 }
 
