@@ -503,20 +503,20 @@ Status make_private(const fs::path& dir) {
     return Status::error(fmt::format("cannot make journal directory '{}' private (mode 0700): {}",
                                      dir.string(), ec.message()));
   }
+  // The journal's own files only: a directory given with --journal may hold others.
+  std::vector<std::string> names = journal_files(dir);
+  for (const char* name : {"CURRENT", "IDENTITY", "LOCK", "LOG"}) names.emplace_back(name);
   const auto owner_rw = fs::perms::owner_read | fs::perms::owner_write;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+  for (const auto& name : names) {
+    const fs::path file = dir / name;
     std::error_code file_ec;
-    auto st = it->symlink_status(file_ec);
+    auto st = fs::symlink_status(file, file_ec);
     if (file_ec || st.type() != fs::file_type::regular || st.permissions() == owner_rw) continue;
-    fs::permissions(it->path(), owner_rw, fs::perm_options::replace, file_ec);
+    fs::permissions(file, owner_rw, fs::perm_options::replace, file_ec);
     if (file_ec) {
       return Status::error(fmt::format("cannot make journal file '{}' private (mode 0600): {}",
-                                       it->path().string(), file_ec.message()));
+                                       file.string(), file_ec.message()));
     }
-  }
-  if (ec) {
-    return Status::error(
-        fmt::format("cannot list journal directory '{}': {}", dir.string(), ec.message()));
   }
   return Status::ok();
 }
