@@ -5,7 +5,6 @@
 #include <iostream>
 #include <map>
 #include <optional>
-#include <unordered_map>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
@@ -15,6 +14,7 @@
 #include "common/time.h"
 #include "journal/journal.h"
 #include "scheduler/scheduler.h"
+#include "server/restore.h"
 
 namespace hq::cli {
 namespace {
@@ -238,22 +238,12 @@ int cmd_journal_export(const GlobalOptions& g, const std::string& path_flag) {
   return 0;
 }
 
-// --- report: the journal folded into final states ---
+// --- report: the journal folded as a restarted server folds it (server/restore.h) ---
 
-using sched::TaskState;
-
-struct JobFold {
-  uint64_t total = 0;                    // tasks
-  TaskState rest = TaskState::kWaiting;  // the state of tasks without an entry in `tasks`
-  std::unordered_map<TaskId, TaskState> tasks;
-};
-
-bool ended(TaskState s) {
-  return s == TaskState::kFinished || s == TaskState::kFailed || s == TaskState::kCanceled;
-}
-
-class Fold {
+class Report {
  public:
+  Report() : restore_(scheduler_, jobs_) {}
+
   void apply(journal::Seq seq, Event::Reader e) {
     ++events_;
     ++by_type_[journal::event_type_name(e.which())];
@@ -263,67 +253,32 @@ class Fold {
       first_time_ = first_time_ ? std::min(first_time_, e.getTime()) : e.getTime();
       last_time_ = std::max(last_time_, e.getTime());
     }
-    switch (e.which()) {
-      case Event::JOB_SUBMITTED: {
-        auto spec = journal::from_record(e.getJobSubmitted().getDescription());
-        jobs_[e.getJobSubmitted().getJob()].total = spec ? spec->task_ids.normalized().size() : 0;
-        break;
-      }
-      case Event::TASK_STARTED:
-        set(e.getTaskStarted().getJob(), e.getTaskStarted().getTask(), TaskState::kRunning);
-        break;
-      case Event::TASKS_STARTED:
-        for (auto t : e.getTasksStarted().getTasks()) {
-          set(e.getTasksStarted().getJob(), t.getTask(), TaskState::kRunning);
-        }
-        break;
-      case Event::TASKS_FINISHED:
-        for (auto t : e.getTasksFinished().getTasks()) {
-          set(e.getTasksFinished().getJob(), t.getTask(), TaskState::kFinished);
-        }
-        break;
-      case Event::TASK_FINISHED:
-        set(e.getTaskFinished().getJob(), e.getTaskFinished().getTask(), TaskState::kFinished);
-        break;
-      case Event::TASK_FAILED:
-        set(e.getTaskFailed().getJob(), e.getTaskFailed().getTask(), TaskState::kFailed);
-        break;
-      case Event::TASK_CANCELED:
-        set(e.getTaskCanceled().getJob(), e.getTaskCanceled().getTask(), TaskState::kCanceled);
-        break;
-      case Event::TASK_REQUEUED:
-        set(e.getTaskRequeued().getJob(), e.getTaskRequeued().getTask(), TaskState::kWaiting);
-        break;
-      case Event::JOB_CANCELED:
-        end_job(e.getJobCanceled().getJob(), TaskState::kCanceled);
-        break;
-      case Event::JOB_FORGOTTEN:
-        if (jobs_.erase(e.getJobForgotten().getJob())) ++forgotten_;
-        break;
-      case Event::JOB_ABORTED:
-        end_job(e.getJobAborted().getJob(), TaskState::kAborted);
-        break;
-      default:
-        break;
-    }
+    restore_.apply(seq, e);
+  }
+  // After the last event; `damage` gets a job that could not be restored.
+  void finish(std::vector<std::string>& damage) {
+    restore_.finish();
+    if (!restore_.status()) damage.push_back(restore_.status().message());
   }
 
   json to_json(const fs::path& path, uint64_t size, const journal::RecoveryInfo& recovery,
                const journal::ReplayStats& stats, const std::vector<std::string>& damage) const {
     std::map<std::string, uint64_t> task_states, job_states;
+    json job_list = json::array();
     for (const auto& [id, job] : jobs_) {
-      sched::TaskCounts counts;
-      for (const auto& [task, state] : job.tasks) ++counts.by_state[static_cast<int>(state)];
-      uint64_t listed = job.tasks.size();
-      counts.by_state[static_cast<int>(job.rest)] +=
-          static_cast<uint32_t>(job.total > listed ? job.total - listed : 0);
+      const sched::TaskCounts counts = scheduler_.counts(id);
+      json tasks = json::object();
       for (int s = 0; s < 6; ++s) {
-        if (counts.by_state[s]) {
-          task_states[sched::to_string(static_cast<TaskState>(s))] += counts.by_state[s];
-        }
+        if (!counts.by_state[s]) continue;
+        const char* name = sched::to_string(static_cast<sched::TaskState>(s));
+        task_states[name] += counts.by_state[s];
+        tasks[name] = counts.by_state[s];
       }
-      ++job_states[sched::to_string(sched::derive_job_state(counts))];
+      const char* state = sched::to_string(scheduler_.job_state(id));
+      ++job_states[state];
+      job_list.push_back({{"id", id}, {"state", state}, {"tasks", std::move(tasks)}});
     }
+    auto forgotten = by_type_.find("job-forgotten");
     return {{"journal", path.string()},
             {"size_on_disk", size},
             {"events", events_},
@@ -336,8 +291,9 @@ class Fold {
             {"events_by_type", by_type_},
             {"jobs", jobs_.size()},
             {"jobs_by_state", job_states},
-            {"forgotten_jobs", forgotten_},
+            {"forgotten_jobs", forgotten == by_type_.end() ? 0 : forgotten->second},
             {"tasks_by_state", task_states},
+            {"job_list", std::move(job_list)},
             {"server_uid", recovery.server_uid},
             {"max_job_id", recovery.max_job_id},
             {"max_worker_id", recovery.max_worker_id},
@@ -345,29 +301,13 @@ class Fold {
   }
 
  private:
-  JobFold* find(JobId id) {
-    auto it = jobs_.find(id);
-    return it == jobs_.end() ? nullptr : &it->second;
-  }
-  // Every task of the job not yet ended becomes `to`.
-  void end_job(JobId job_id, TaskState to) {
-    JobFold* job = find(job_id);
-    if (!job) return;
-    job->rest = to;
-    for (auto& [id, state] : job->tasks) {
-      if (!ended(state)) state = to;
-    }
-  }
-  void set(JobId job_id, TaskId task, TaskState state) {
-    if (JobFold* job = find(job_id)) job->tasks[task] = state;
-  }
-
   uint64_t events_ = 0;
   journal::Seq first_seq_ = 0, last_seq_ = 0;
   int64_t first_time_ = 0, last_time_ = 0;
   std::map<std::string, uint64_t> by_type_;
-  std::map<JobId, JobFold> jobs_;
-  uint64_t forgotten_ = 0;
+  sched::Scheduler scheduler_;
+  std::map<JobId, server::JobRecord> jobs_;
+  server::Restore restore_;
 };
 
 std::string counts_line(const json& counts) {
@@ -387,11 +327,12 @@ std::string bytes_text(uint64_t bytes) {
 int cmd_journal_report(const GlobalOptions& g, const std::string& path_flag) {
   const fs::path path = journal_path(g, path_flag);
   auto reader = open_journal(path, /*warn=*/false);  // the report lists the damage
-  Fold fold;
+  Report fold;
   auto stats =
       must(reader->replay({}, [&](journal::Seq seq, Event::Reader e) { fold.apply(seq, e); }));
   std::vector<std::string> damage = reader->recovery().damage;
   damage.insert(damage.end(), stats.damage.begin(), stats.damage.end());
+  fold.finish(damage);
   json report = fold.to_json(path, reader->size_on_disk(), reader->recovery(), stats, damage);
   switch (g.mode()) {
     case OutputMode::kJson:

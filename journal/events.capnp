@@ -28,6 +28,11 @@ struct State {
   maxJob @1 :UInt32;        # the highest job id ever journaled
   maxWorker @2 :UInt32;     # the highest worker id ever journaled
   serverUid @3 :Text;       # of the last serverStarted event
+  liveJobs @4 :UInt64;      # jobs submitted and not pruned (0 in journals of hq before 1.1)
+  lastJobEventJob @5 :UInt32;   # the newest event of the jobs family: its job and seq (0: none)
+  lastJobEventSeq @6 :UInt64;
+  lastGlobalSeq @7 :UInt64;     # the newest event of the global family (0: none)
+  globalPrunedBefore @8 :UInt64;  # prune_global() removed the global events before this seq
 }
 
 # --- The job description, as submitted (a copy of the wire's, so that the two formats evolve

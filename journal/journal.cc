@@ -1,8 +1,10 @@
 #include "journal/journal.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,6 +26,8 @@
 #include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
+#include <rocksdb/file_system.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
@@ -173,6 +177,405 @@ class RocksLogger : public rocksdb::Logger {
   std::vector<std::string> damage_ HQ_GUARDED_BY(mu_);
 };
 
+// --- The state record and the high-water mark ---
+
+// The "state" record of the default family.
+struct StateRecord {
+  Seq last_seq = 0;
+  JobId max_job = 0;
+  WorkerId max_worker = 0;
+  std::string server_uid;
+  uint64_t live_jobs = 0;
+  JobId last_job_event_job = 0;  // the newest event of the jobs family (seq 0: none)
+  Seq last_job_event_seq = 0;
+  Seq last_global_seq = 0;  // the newest event of the global family (0: none)
+  Seq global_pruned_before = 0;
+};
+
+Status parse_state(const std::string& bytes, StateRecord& out) {
+  return read_meta(bytes, "state", [&](capnp::MessageReader& reader) {
+    auto state = reader.getRoot<schema::State>();
+    out.last_seq = state.getLastSeq();
+    out.max_job = state.getMaxJob();
+    out.max_worker = state.getMaxWorker();
+    out.server_uid = state.getServerUid().cStr();
+    out.live_jobs = state.getLiveJobs();
+    out.last_job_event_job = state.getLastJobEventJob();
+    out.last_job_event_seq = state.getLastJobEventSeq();
+    out.last_global_seq = state.getLastGlobalSeq();
+    out.global_pruned_before = state.getGlobalPrunedBefore();
+  });
+}
+
+// What the journal had made durable when the mark was last written: RocksDB's own state may be
+// at or above it, never below. It lives in a small file of its own (kHighWaterFile), outside
+// RocksDB, so that a damaged MANIFEST or a lost table file cannot take it along. It is written
+// from the synced state record before every memtable flush (after which RocksDB may delete the
+// WAL that held the flushed records) and at every open, atomically (temporary file, fsync,
+// rename, fsync of the directory), so it costs nothing per commit.
+struct HighWater {
+  Seq last_seq = 0;
+  JobId max_job = 0;
+  uint64_t live_jobs = 0;
+  // The newest event of each family then: a table file lost with it loses task states of jobs
+  // that are still there, which the counts above cannot see.
+  JobId last_job_event_job = 0;
+  Seq last_job_event_seq = 0;
+  Seq last_global_seq = 0;
+  bool operator==(const HighWater&) const = default;
+};
+
+constexpr std::string_view kHighWaterMagic = "hq-journal-high-water 1";
+
+HighWater high_water_of(const StateRecord& state) {
+  return {state.last_seq,           state.max_job,        state.live_jobs, state.last_job_event_job,
+          state.last_job_event_seq, state.last_global_seq};
+}
+
+std::string errno_text() { return std::strerror(errno); }
+
+// The mark in `dir`; nullopt when there is none (a journal of hq before 1.1, or a new one).
+Result<std::optional<HighWater>> read_high_water(const fs::path& dir) {
+  const fs::path file = dir / kHighWaterFile;
+  std::error_code ec;
+  if (!fs::exists(file, ec)) return std::optional<HighWater>();
+  std::ifstream in(file);
+  if (!in) return Error{fmt::format("cannot read '{}': {}", file.string(), errno_text())};
+  std::string magic;
+  std::getline(in, magic);
+  HighWater mark;
+  std::string k1, k2, k3, k4, k5, rest;
+  in >> k1 >> mark.last_seq >> k2 >> mark.max_job >> k3 >> mark.live_jobs >> k4 >>
+      mark.last_job_event_job >> mark.last_job_event_seq >> k5 >> mark.last_global_seq;
+  const bool complete = in && !(in >> rest);
+  if (magic != kHighWaterMagic || !complete || k1 != "last_seq" || k2 != "max_job" ||
+      k3 != "live_jobs" || k4 != "last_job_event" || k5 != "last_global") {
+    return Error{fmt::format(
+        "the high-water mark '{}' is damaged (it is written atomically, so something else "
+        "changed it): restore it from a backup, or delete it if you accept that the journal "
+        "cannot prove it holds every acknowledged job",
+        file.string())};
+  }
+  return std::optional<HighWater>(mark);
+}
+
+Status write_high_water(const fs::path& dir, const HighWater& mark) {
+  const fs::path file = dir / kHighWaterFile;
+  const fs::path temp = dir / (std::string(kHighWaterFile) + ".tmp");
+  const std::string text = fmt::format(
+      "{}\nlast_seq {}\nmax_job {}\nlive_jobs {}\nlast_job_event {} {}\nlast_global {}\n",
+      kHighWaterMagic, mark.last_seq, mark.max_job, mark.live_jobs, mark.last_job_event_job,
+      mark.last_job_event_seq, mark.last_global_seq);
+  auto fail = [&](const char* what, const fs::path& p) {
+    return Status::error(fmt::format("cannot {} '{}': {}", what, p.string(), errno_text()));
+  };
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return fail("create", temp);
+  size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      Status st = fail("write", temp);
+      ::close(fd);
+      return st;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    Status st = fail("sync", temp);
+    ::close(fd);
+    return st;
+  }
+  if (::close(fd) != 0) return fail("close", temp);
+  if (::rename(temp.c_str(), file.c_str()) != 0) return fail("rename into", file);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) return fail("open", dir);
+  const bool synced = ::fsync(dir_fd) == 0;
+  Status st = synced ? Status::ok() : fail("sync", dir);
+  ::close(dir_fd);
+  return st;
+}
+
+// Keeps the high-water mark up with the state record before each flush. RocksDB calls it from its
+// flush threads, with no lock of its own held.
+class HighWaterKeeper : public rocksdb::EventListener {
+ public:
+  HighWaterKeeper(fs::path dir, std::optional<HighWater> written)
+      : dir_(std::move(dir)), written_(written) {}
+
+  // Writes the mark unless it says that already.
+  Status update(const HighWater& mark) {
+    MutexLock lock(mu_);
+    if (written_ && *written_ == mark) return Status::ok();
+    if (Status st = write_high_water(dir_, mark); !st) return st;
+    written_ = mark;
+    return Status::ok();
+  }
+
+  void OnFlushBegin(rocksdb::DB* db, const rocksdb::FlushJobInfo&) override {
+    // The state record as readers see it: only synced writes are visible (the WAL is synced
+    // before the memtable takes a write), so the mark never claims more than the disk holds.
+    std::string value;
+    auto s = db->Get(rocksdb::ReadOptions(), db->DefaultColumnFamily(), kStateKey, &value);
+    if (s.IsNotFound()) return;
+    StateRecord state;
+    Status st = s.ok() ? parse_state(value, state)
+                       : Status::error(fmt::format("cannot read the state: {}", s.ToString()));
+    if (st) st = update(high_water_of(state));
+    if (!st) {
+      // The journal goes on (its records are safe); only a later check of it is weaker.
+      spdlog::error(
+          "journal '{}': cannot update the high-water mark ({}); a damaged MANIFEST found at a "
+          "later start may go unnoticed: free space or fix the directory's permissions",
+          dir_.string(), st.message());
+    }
+  }
+
+ private:
+  const fs::path dir_;
+  Mutex mu_;
+  std::optional<HighWater> written_ HQ_GUARDED_BY(mu_);
+};
+
+// The jobs whose events the `jobs` family holds, in id order. Each job's first record must be its
+// submission (pruning removes a job whole); one that begins otherwise lost it, reported in
+// `damage`. Costs one seek per job, not a read of every event.
+std::vector<JobId> scan_jobs(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* jobs,
+                             std::vector<std::string>& damage) {
+  std::vector<JobId> ids;
+  if (!jobs) return ids;
+  rocksdb::ReadOptions read;
+  read.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it(db.NewIterator(read, jobs));
+  EventDecoder decoder;
+  it->SeekToFirst();
+  while (it->Valid()) {
+    if (it->key().size() != kJobKeySize) {  // replay reports it
+      it->Next();
+      continue;
+    }
+    const JobId job = get_be32(it->key().data());
+    auto event = decoder.decode(it->value().data(), it->value().size());
+    if (event && event->which() == schema::Event::JOB_SUBMITTED) {
+      ids.push_back(job);
+    } else {
+      damage.push_back(fmt::format(
+          "job {}: its first record (seq {}) is {}, not its submission: the submission is lost",
+          job, get_be64(it->key().data() + 4),
+          event ? std::string(event_type_name(event->which())) : "undecodable"));
+    }
+    if (job == std::numeric_limits<JobId>::max()) break;
+    it->Seek(job_prefix(job + 1));
+  }
+  if (!it->status().ok()) {
+    damage.push_back(
+        fmt::format("reading the jobs family stopped early: {}", it->status().ToString()));
+  }
+  return ids;
+}
+
+std::string ids_text(const std::vector<JobId>& ids) {
+  if (ids.empty()) return "none";
+  IdSetBuilder set;
+  for (JobId id : ids) set.add(id);
+  return std::move(set).build().to_string();
+}
+
+// What the journal lacks against its high-water mark and its own state record, one line each;
+// empty when it holds every acknowledged job.
+std::vector<std::string> shortfall(const std::optional<HighWater>& mark, const StateRecord& state,
+                                   const std::vector<JobId>& live) {
+  std::vector<std::string> lines;
+  uint64_t expected = state.live_jobs;
+  if (mark && (state.last_seq < mark->last_seq || state.max_job < mark->max_job)) {
+    lines.push_back(fmt::format(
+        "high-water mark: the journal had stored its events through seq {} and job ids through "
+        "{}, but it now holds them only through seq {} and job {}: the newest records are lost",
+        mark->last_seq, mark->max_job, state.last_seq, state.max_job));
+    expected = std::max(expected, mark->live_jobs);
+  }
+  if (live.size() < expected) {
+    lines.push_back(fmt::format(
+        "{} acknowledged job(s) missing: the journal should hold {} live job(s), but holds {} "
+        "(jobs {})",
+        expected - live.size(), expected, live.size(), ids_text(live)));
+  }
+  return lines;
+}
+
+// Whether the newest event of each family, as the mark and the state record name it, is there:
+// a lost table file that held only task events of jobs still there goes unnoticed otherwise.
+// One line per missing event.
+std::vector<std::string> missing_newest(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* jobs,
+                                        rocksdb::ColumnFamilyHandle* global,
+                                        const std::optional<HighWater>& mark,
+                                        const StateRecord& state, const std::vector<JobId>& live) {
+  std::vector<std::string> lines;
+  auto present = [&](rocksdb::ColumnFamilyHandle* family, const std::string& key) {
+    if (!family) return false;
+    std::string value;
+    rocksdb::ReadOptions read;
+    read.fill_cache = false;
+    return !db.Get(read, family, key, &value).IsNotFound();  // a read error fails the replay
+  };
+  std::vector<std::pair<JobId, Seq>> job_events = {
+      {state.last_job_event_job, state.last_job_event_seq}};
+  std::vector<Seq> global_events = {state.last_global_seq};
+  if (mark) {
+    job_events.emplace_back(mark->last_job_event_job, mark->last_job_event_seq);
+    global_events.push_back(mark->last_global_seq);
+  }
+  for (size_t i = 0; i < job_events.size(); ++i) {
+    const auto [job, seq] = job_events[i];
+    if (seq == 0 || (i > 0 && job_events[i] == job_events[0])) continue;
+    if (!std::binary_search(live.begin(), live.end(), job)) continue;  // pruned since
+    if (!present(jobs, job_key(job, seq))) {
+      lines.push_back(fmt::format(
+          "the newest job event the journal {} (job {}, seq {}) is missing: task states recorded "
+          "with it are lost",
+          i == 0 ? "records" : "had stored at its last flush", job, seq));
+    }
+  }
+  for (size_t i = 0; i < global_events.size(); ++i) {
+    const Seq seq = global_events[i];
+    if (seq == 0 || seq < state.global_pruned_before || (i > 0 && seq == global_events[0])) {
+      continue;
+    }
+    if (!present(global, global_key(seq))) {
+      lines.push_back(fmt::format(
+          "the newest server or worker event the journal {} (seq {}) is missing: server restarts "
+          "recorded with it are lost",
+          i == 0 ? "records" : "had stored at its last flush", seq));
+    }
+  }
+  return lines;
+}
+
+// The files RocksDB and the journal keep in a journal directory (not LOCK, nor temporaries).
+std::vector<std::string> journal_files(const fs::path& dir) {
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    auto ends_with = [&](std::string_view suffix) {
+      return name.size() > suffix.size() &&
+             name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with(".log") || ends_with(".sst") || name.rfind("MANIFEST-", 0) == 0 ||
+        name.rfind("OPTIONS-", 0) == 0 || name == kHighWaterFile) {
+      found.push_back(name);
+    }
+  }
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+// The refusal for a directory that holds journal files but no CURRENT: creating a database there
+// would start an empty journal over the acknowledged jobs (and hide the WAL for good).
+Status lost_current(const fs::path& dir, const std::vector<std::string>& files) {
+  std::vector<std::string> manifests;
+  size_t wals = 0, tables = 0;
+  for (const auto& name : files) {
+    if (name.rfind("MANIFEST-", 0) == 0) manifests.push_back(name);
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".log") == 0) ++wals;
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".sst") == 0) ++tables;
+  }
+  std::string fix;
+  if (!manifests.empty()) {
+    // Numbered with leading zeros: the last in name order is the newest.
+    fix = fmt::format(
+        "if '{}' is the newest manifest, recreate CURRENT with `printf '{}\\n' > {}` and start "
+        "again; otherwise ",
+        manifests.back(), manifests.back(), (dir / "CURRENT").string());
+  }
+  return Status::error(fmt::format(
+      "journal '{}' has no CURRENT file but holds journal files ({} WAL file(s), {} table "
+      "file(s), manifest(s): {}): CURRENT was deleted or lost, and the jobs recorded there would "
+      "be lost if a new journal were created over them; {}restore the directory from a backup, "
+      "or move it aside to start with an empty journal",
+      dir.string(), wals, tables,
+      manifests.empty() ? "none" : fmt::format("{}", fmt::join(manifests, ", ")), fix));
+}
+
+// Makes the journal directory (0700) and its files (0600) the owner's alone, whatever the umask
+// was: events hold what tasks are given (`--env API_TOKEN=...`).
+Status make_private(const fs::path& dir) {
+  std::error_code ec;
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+  if (ec) {
+    return Status::error(fmt::format("cannot make journal directory '{}' private (mode 0700): {}",
+                                     dir.string(), ec.message()));
+  }
+  // The journal's own files only: a directory given with --journal may hold others.
+  std::vector<std::string> names = journal_files(dir);
+  for (const char* name : {"CURRENT", "IDENTITY", "LOCK", "LOG"}) names.emplace_back(name);
+  const auto owner_rw = fs::perms::owner_read | fs::perms::owner_write;
+  for (const auto& name : names) {
+    const fs::path file = dir / name;
+    std::error_code file_ec;
+    auto st = fs::symlink_status(file, file_ec);
+    if (file_ec || st.type() != fs::file_type::regular || st.permissions() == owner_rw) continue;
+    fs::permissions(file, owner_rw, fs::perm_options::replace, file_ec);
+    if (file_ec) {
+      return Status::error(fmt::format("cannot make journal file '{}' private (mode 0600): {}",
+                                       file.string(), file_ec.message()));
+    }
+  }
+  return Status::ok();
+}
+
+// Creates every file owner-only (0600), whatever the umask: RocksDB's own default is 0644.
+class PrivateFs : public rocksdb::FileSystemWrapper {
+ public:
+  explicit PrivateFs(const std::shared_ptr<rocksdb::FileSystem>& target)
+      : rocksdb::FileSystemWrapper(target) {}
+  const char* Name() const override { return "HqPrivateFs"; }
+
+  rocksdb::IOStatus NewWritableFile(const std::string& name, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                    rocksdb::IODebugContext* dbg) override {
+    return restrict(name, target()->NewWritableFile(name, options, result, dbg));
+  }
+  rocksdb::IOStatus ReopenWritableFile(const std::string& name, const rocksdb::FileOptions& options,
+                                       std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                       rocksdb::IODebugContext* dbg) override {
+    return restrict(name, target()->ReopenWritableFile(name, options, result, dbg));
+  }
+  rocksdb::IOStatus ReuseWritableFile(const std::string& name, const std::string& old,
+                                      const rocksdb::FileOptions& options,
+                                      std::unique_ptr<rocksdb::FSWritableFile>* result,
+                                      rocksdb::IODebugContext* dbg) override {
+    return restrict(name, target()->ReuseWritableFile(name, old, options, result, dbg));
+  }
+  rocksdb::IOStatus NewRandomRWFile(const std::string& name, const rocksdb::FileOptions& options,
+                                    std::unique_ptr<rocksdb::FSRandomRWFile>* result,
+                                    rocksdb::IODebugContext* dbg) override {
+    return restrict(name, target()->NewRandomRWFile(name, options, result, dbg));
+  }
+
+ private:
+  // The directory is 0700 already, so nobody else could open the file in between.
+  static rocksdb::IOStatus restrict(const std::string& name, rocksdb::IOStatus created) {
+    if (!created.ok()) return created;
+    if (::chmod(name.c_str(), 0600) != 0) {
+      return rocksdb::IOStatus::IOError(
+          fmt::format("cannot make '{}' private (mode 0600): {}", name, errno_text()));
+    }
+    return created;
+  }
+};
+
+// The refusal of a read-write open of a journal that lost acknowledged records.
+Status refuse_lost(const fs::path& dir, const std::vector<std::string>& lines) {
+  return Status::error(fmt::format(
+      "journal '{}' has lost acknowledged records, so it is not opened for writing: {}. A "
+      "damaged or cut MANIFEST, or a deleted table (.sst) file, does this. The directory was left "
+      "untouched: restore it from a backup and start again, see what is left with `hq journal "
+      "report --journal {}`, or move it aside to start with an empty journal",
+      dir.string(), fmt::join(lines, "; "), dir.string()));
+}
+
 // --- Work items ---
 
 enum class OpKind : uint8_t { kPutJob, kPutGlobal, kDeleteJobs, kDeleteGlobal };
@@ -193,10 +596,15 @@ struct Group {
   Seq last_seq = 0;
   JobId max_job = 0;
   WorkerId max_worker = 0;
+  uint64_t live_jobs = 0;
+  JobId last_job_event_job = 0;
+  Seq last_job_event_seq = 0;
+  Seq last_global_seq = 0;
+  Seq global_pruned_before = 0;
   std::shared_ptr<const std::string> server_uid;
 };
 
-enum class TaskKind : uint8_t { kFlush, kCompact, kCompactPruned };
+enum class TaskKind : uint8_t { kFlush, kCompact, kCompactPruned, kMeasure };
 
 // Work for the maintenance thread.
 struct Task {
@@ -205,6 +613,7 @@ struct Task {
   // kCompactPruned: the key ranges to compact, [begin, end).
   std::optional<std::pair<std::string, std::string>> jobs_range;
   std::optional<std::pair<std::string, std::string>> global_range;
+  std::function<void(uint64_t)> measured;  // kMeasure: told the size on disk
 };
 
 using Item = std::variant<Group, Task>;
@@ -223,6 +632,16 @@ void cover(std::optional<std::pair<std::string, std::string>>& range, const rock
 Status from_rocks(const rocksdb::Status& s, const std::string& context) {
   if (s.ok()) return Status::ok();
   return Status::error(fmt::format("{}: {}", context, s.ToString()));
+}
+
+// An open that failed: for damage, what the user can do about it.
+Status open_failed(const rocksdb::Status& s, const std::string& context) {
+  Status st = from_rocks(s, context);
+  if (!s.IsCorruption() && !s.IsIOError() && !s.IsInvalidArgument()) return st;
+  if (s.ToString().find("lock") != std::string::npos) return st;  // held by another process
+  return Status::error(st.message() +
+                       " (the journal is damaged; nothing was changed in it: restore it from a "
+                       "backup, or move it aside to start with an empty journal)");
 }
 
 rocksdb::CompressionType pick(const std::vector<rocksdb::CompressionType>& supported,
@@ -248,8 +667,11 @@ class JournalImpl final : public Journal {
   Status prune(const IdSet& jobs) override;
   Status prune_global(Seq before) override;
   void commit(Done done) override;
-  void flush(Done done) override { enqueue(Task{TaskKind::kFlush, std::move(done), {}, {}}); }
-  void compact(Done done) override { enqueue(Task{TaskKind::kCompact, std::move(done), {}, {}}); }
+  void flush(Done done) override { enqueue(Task{TaskKind::kFlush, std::move(done), {}, {}, {}}); }
+  void compact(Done done) override {
+    enqueue(Task{TaskKind::kCompact, std::move(done), {}, {}, {}});
+  }
+  void measure(std::function<void(uint64_t)> done) override;
   Result<ReplayStats> replay(const ReplayOptions& options, const ReplayFn& fn) override;
   Status status() const override;
   JournalStats stats() const override;
@@ -272,6 +694,11 @@ class JournalImpl final : public Journal {
   void maintenance_loop();
   Status run(const Task& task);
   Status flush_all();
+  // The read-only look before a read-write open: fails, changing nothing, when the journal lost
+  // acknowledged records; else sets `live` to its jobs (scan_jobs).
+  Status precheck(const rocksdb::DBOptions& db_options,
+                  const std::vector<rocksdb::ColumnFamilyDescriptor>& families,
+                  const std::optional<HighWater>& mark, std::vector<JobId>& live);
   // No key in any family.
   bool empty();
   void add_op(OpKind kind, const std::string& key, const std::string& value);
@@ -280,6 +707,8 @@ class JournalImpl final : public Journal {
   const Options options_;
   fs::path secondary_dir_;  // read-only: the secondary instance's own directory
   std::shared_ptr<RocksLogger> logger_;
+  std::unique_ptr<rocksdb::Env> private_env_;  // read-write: RocksDB's I/O, files made 0600
+  std::shared_ptr<HighWaterKeeper> keeper_;    // read-write: RocksDB's listener
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;  // every family of the database
   rocksdb::ColumnFamilyHandle* meta_ = nullptr;
@@ -292,6 +721,11 @@ class JournalImpl final : public Journal {
   Seq next_seq_ = 1;
   JobId max_job_ = 0;
   WorkerId max_worker_ = 0;
+  std::vector<JobId> live_;       // jobs submitted and not pruned, in id order
+  JobId last_job_event_job_ = 0;  // the newest event appended to each family (state record)
+  Seq last_job_event_seq_ = 0;
+  Seq last_global_seq_ = 0;
+  Seq global_pruned_before_ = 0;
   std::shared_ptr<const std::string> server_uid_;
 
   std::atomic<uint64_t> appended_{0}, commits_{0}, batches_{0}, bytes_written_{0}, compactions_{0},
@@ -351,6 +785,7 @@ Status JournalImpl::open() {
   std::error_code ec;
   const bool exists = fs::exists(path_ / "CURRENT", ec);
   if (!exists) {
+    if (auto files = journal_files(path_); !files.empty()) return lost_current(path_, files);
     if (options_.read_only || !options_.create_if_missing) {
       return Status::error(fmt::format(
           "no journal in '{}' (the server creates it when it starts; --journal PATH picks "
@@ -364,10 +799,23 @@ Status JournalImpl::open() {
     }
   }
 
+  if (!options_.read_only) {
+    if (Status st = make_private(path_); !st) return st;
+    // RocksDB then creates its files 0600 (LOCK aside, fixed after the open).
+    rocksdb::Env* base = options_.env ? options_.env : rocksdb::Env::Default();
+    private_env_ = rocksdb::NewCompositeEnv(std::make_shared<PrivateFs>(base->GetFileSystem()));
+  }
+  // Read before RocksDB opens, so that it is never newer than what the open sees.
+  auto mark = read_high_water(path_);
+  if (!mark && !options_.read_only) return Status::error(mark.message());
+  if (!mark) recovery_.damage.push_back(mark.message());
+  const std::optional<HighWater> high_water = mark ? *mark : std::nullopt;
+
   rocksdb::DBOptions db_options;
   logger_ = std::make_shared<RocksLogger>();
   db_options.info_log = logger_;
   if (options_.env) db_options.env = options_.env;
+  if (private_env_) db_options.env = private_env_.get();
   db_options.create_if_missing = true;
   db_options.create_missing_column_families = true;
   db_options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
@@ -400,24 +848,40 @@ Status JournalImpl::open() {
   if (exists) {
     auto s = rocksdb::DB::ListColumnFamilies(db_options, path_.string(), &names);
     if (!s.ok()) {
-      return from_rocks(s, fmt::format("cannot read journal '{}'", path_.string()));
+      return open_failed(s, fmt::format("cannot read journal '{}'", path_.string()));
     }
   } else {
     names.push_back(rocksdb::kDefaultColumnFamilyName);
   }
-  if (!options_.read_only) {
-    for (const char* name : {kJobsFamily, kGlobalFamily}) {
-      if (std::find(names.begin(), names.end(), name) == names.end()) names.emplace_back(name);
-    }
-  }
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const auto& name : names) families.emplace_back(name, family_options);
-  db_options_ = db_options;  // for reopen()
-  families_ = families;
+
+  // A read-write open deletes the table files its MANIFEST does not name and writes a new
+  // MANIFEST: first a read-only look, which changes nothing, refuses a journal that lost
+  // acknowledged records (unless another process holds it: the open below then fails on its lock).
+  // TODO(perf): the look replays the WAL (at most max_total_wal_size) in memory a second time.
+  std::optional<std::vector<JobId>> checked;
+  if (exists && !options_.read_only && !locked_on_this_host(path_ / "LOCK")) {
+    checked.emplace();
+    if (Status st = precheck(db_options, families, high_water, *checked); !st) return st;
+  }
+
+  if (!options_.read_only) {
+    for (const char* name : {kJobsFamily, kGlobalFamily}) {
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        families.emplace_back(name, family_options);
+      }
+    }
+  }
 
   rocksdb::DB* db = nullptr;
   rocksdb::Status s;
   if (!options_.read_only) {
+    keeper_ = std::make_shared<HighWaterKeeper>(path_, high_water);
+    db_options.listeners.push_back(keeper_);
+    // reopen() after a failed write opens it again as here: every family, the same listener.
+    db_options_ = db_options;
+    families_ = families;
     s = rocksdb::DB::Open(db_options, path_.string(), families, &handles_, &db);
   } else if (!locked_on_this_host(path_ / "LOCK")) {
     // No server has it open: recover the WAL in memory, reporting a torn tail as damage.
@@ -437,7 +901,7 @@ Status JournalImpl::open() {
   }
   if (db) db_.reset(db);
   if (!s.ok()) {
-    return from_rocks(s, fmt::format("cannot open journal '{}'", path_.string()));
+    return open_failed(s, fmt::format("cannot open journal '{}'", path_.string()));
   }
   for (auto* handle : handles_) {
     if (handle->GetName() == rocksdb::kDefaultColumnFamilyName) meta_ = handle;
@@ -493,34 +957,101 @@ Status JournalImpl::open() {
   }
 
   // The state record: where numbering continues.
+  StateRecord state;
   s = db_->Get(rocksdb::ReadOptions(), meta_, kStateKey, &value);
   if (s.ok()) {
-    Status read = read_meta(value, "state", [&](capnp::MessageReader& reader) {
-      auto state = reader.getRoot<schema::State>();
-      recovery_.last_seq = state.getLastSeq();
-      recovery_.max_job_id = state.getMaxJob();
-      recovery_.max_worker_id = state.getMaxWorker();
-      recovery_.server_uid = state.getServerUid().cStr();
-    });
-    if (!read)
+    if (Status read = parse_state(value, state); !read) {
       return Status::error(fmt::format("journal '{}': {}", path_.string(), read.message()));
+    }
   } else if (!s.IsNotFound()) {
     return from_rocks(s, fmt::format("cannot read journal '{}'", path_.string()));
   }
-  recovery_.damage = logger_->take_damage();
-  for (auto& line : recovery_.damage) {
+  recovery_.last_seq = state.last_seq;
+  recovery_.max_job_id = state.max_job;
+  recovery_.max_worker_id = state.max_worker;
+  recovery_.server_uid = state.server_uid;
+  std::vector<std::string> wal_damage = logger_->take_damage();
+  for (auto& line : wal_damage) {
     line += fmt::format(" (recovered through seq {})", recovery_.last_seq);
+  }
+  recovery_.damage.insert(recovery_.damage.begin(), wal_damage.begin(), wal_damage.end());
+
+  // Every acknowledged job must be there (the high-water mark, the state record's count).
+  std::vector<std::string> lost;
+  live_ = checked ? std::move(*checked) : scan_jobs(*db_, jobs_, lost);
+  for (auto& line : shortfall(high_water, state, live_)) lost.push_back(std::move(line));
+  for (auto& line : missing_newest(*db_, jobs_, global_, high_water, state, live_)) {
+    lost.push_back(std::move(line));
+  }
+  if (!lost.empty() && !options_.read_only) return refuse_lost(path_, lost);
+  for (const auto& line : lost) recovery_.damage.push_back("lost records: " + line);
+  if (!options_.read_only) {
+    if (Status st = make_private(path_); !st) return st;
+  }
+  if (keeper_) {
+    if (Status st = keeper_->update(high_water_of(state)); !st) {
+      return Status::error(fmt::format("journal '{}': {}", path_.string(), st.message()));
+    }
   }
 
   next_seq_ = recovery_.last_seq + 1;
   max_job_ = recovery_.max_job_id;
   max_worker_ = recovery_.max_worker_id;
+  last_job_event_job_ = state.last_job_event_job;
+  last_job_event_seq_ = state.last_job_event_seq;
+  last_global_seq_ = state.last_global_seq;
+  global_pruned_before_ = state.global_pruned_before;
   server_uid_ = std::make_shared<const std::string>(recovery_.server_uid);
   last_seq_ = recovery_.last_seq;
   if (!options_.read_only) {
     writer_ = std::thread([this] { write_loop(); });
     maintainer_ = std::thread([this] { maintenance_loop(); });
   }
+  return Status::ok();
+}
+
+Status JournalImpl::precheck(const rocksdb::DBOptions& db_options,
+                             const std::vector<rocksdb::ColumnFamilyDescriptor>& families,
+                             const std::optional<HighWater>& mark, std::vector<JobId>& live) {
+  rocksdb::DBOptions options = db_options;
+  options.info_log = std::make_shared<RocksLogger>();  // the open after it reports WAL damage
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  auto s = rocksdb::DB::OpenForReadOnly(options, path_.string(), families, &handles, &raw);
+  std::unique_ptr<rocksdb::DB> db(raw);
+  auto close = [&] {
+    if (!db) return;
+    for (auto* handle : handles) db->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
+    db->Close().PermitUncheckedError();
+  };
+  if (!s.ok()) {
+    close();
+    return open_failed(s, fmt::format("cannot open journal '{}'", path_.string()));
+  }
+  rocksdb::ColumnFamilyHandle* jobs = nullptr;
+  rocksdb::ColumnFamilyHandle* global = nullptr;
+  for (auto* handle : handles) {
+    if (handle->GetName() == kJobsFamily) jobs = handle;
+    if (handle->GetName() == kGlobalFamily) global = handle;
+  }
+  StateRecord state;
+  std::string value;
+  std::vector<std::string> lost;
+  s = db->Get(rocksdb::ReadOptions(), db->DefaultColumnFamily(), kStateKey, &value);
+  Status st = s.ok() || s.IsNotFound()
+                  ? Status::ok()
+                  : from_rocks(s, fmt::format("cannot read journal '{}'", path_.string()));
+  if (st && s.ok()) st = parse_state(value, state);
+  if (st) {
+    live = scan_jobs(*db, jobs, lost);
+    for (auto& line : shortfall(mark, state, live)) lost.push_back(std::move(line));
+    for (auto& line : missing_newest(*db, jobs, global, mark, state, live)) {
+      lost.push_back(std::move(line));
+    }
+  }
+  close();
+  if (!st) return st;
+  if (!lost.empty()) return refuse_lost(path_, lost);
   return Status::ok();
 }
 
@@ -564,11 +1095,24 @@ Result<Seq> JournalImpl::append(capnp::MessageBuilder& message) {
   }
   open_.ops.push_back(op);
   ++next_seq_;
+  if (job) {
+    last_job_event_job_ = *job;
+    last_job_event_seq_ = seq;
+  } else {
+    last_global_seq_ = seq;
+  }
   appended_.fetch_add(1, std::memory_order_relaxed);
   switch (event.which()) {
-    case schema::Event::JOB_SUBMITTED:
-      max_job_ = std::max(max_job_, event.getJobSubmitted().getJob());
+    case schema::Event::JOB_SUBMITTED: {
+      const JobId id = event.getJobSubmitted().getJob();
+      max_job_ = std::max(max_job_, id);
+      if (live_.empty() || live_.back() < id) {
+        live_.push_back(id);
+      } else if (!std::binary_search(live_.begin(), live_.end(), id)) {
+        live_.insert(std::lower_bound(live_.begin(), live_.end(), id), id);
+      }
       break;
+    }
     case schema::Event::TASK_STARTED:
       max_worker_ = std::max(max_worker_, event.getTaskStarted().getWorker());
       break;
@@ -591,6 +1135,19 @@ Result<Seq> JournalImpl::append(capnp::MessageBuilder& message) {
 Status JournalImpl::prune(const IdSet& jobs) {
   if (Status st = writable(); !st) return st;
   const IdSet normalized = jobs.normalized();
+  // The state record's count of live jobs goes down by the jobs that were there.
+  std::vector<bool> gone(live_.size());
+  for (const IdRange& range : normalized.ranges()) {
+    for (auto it = std::lower_bound(live_.begin(), live_.end(), range.start);
+         it != live_.end() && *it <= range.end; ++it) {
+      if ((*it - range.start) % range.step == 0) gone[it - live_.begin()] = true;
+    }
+  }
+  size_t kept = 0;
+  for (size_t i = 0; i < live_.size(); ++i) {
+    if (!gone[i]) live_[kept++] = live_[i];
+  }
+  live_.resize(kept);
   for (const IdRange& range : normalized.ranges()) {
     if (range.step == 1) {
       add_op(OpKind::kDeleteJobs, job_prefix(range.start), job_prefix_after(range.end));
@@ -607,6 +1164,7 @@ Status JournalImpl::prune(const IdSet& jobs) {
 Status JournalImpl::prune_global(Seq before) {
   if (Status st = writable(); !st) return st;
   if (before > 1) add_op(OpKind::kDeleteGlobal, global_key(0), global_key(before));
+  global_pruned_before_ = std::max(global_pruned_before_, before);
   return Status::ok();
 }
 
@@ -621,6 +1179,11 @@ void JournalImpl::commit(Done done) {
   group.last_seq = next_seq_ - 1;
   group.max_job = max_job_;
   group.max_worker = max_worker_;
+  group.live_jobs = live_.size();
+  group.last_job_event_job = last_job_event_job_;
+  group.last_job_event_seq = last_job_event_seq_;
+  group.last_global_seq = last_global_seq_;
+  group.global_pruned_before = global_pruned_before_;
   group.server_uid = server_uid_;
   enqueue(std::move(group));
 }
@@ -678,7 +1241,7 @@ void JournalImpl::write_loop() {
 
 void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end) {
   Status result = Status::ok();
-  Task compaction{TaskKind::kCompactPruned, {}, {}, {}};
+  Task compaction{TaskKind::kCompactPruned, {}, {}, {}, {}};
   {
     batch_.Clear();
     for (size_t i = begin; i < end; ++i) {
@@ -712,6 +1275,11 @@ void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end
     state.setLastSeq(last.last_seq);
     state.setMaxJob(last.max_job);
     state.setMaxWorker(last.max_worker);
+    state.setLiveJobs(last.live_jobs);
+    state.setLastJobEventJob(last.last_job_event_job);
+    state.setLastJobEventSeq(last.last_job_event_seq);
+    state.setLastGlobalSeq(last.last_global_seq);
+    state.setGlobalPrunedBefore(last.global_pruned_before);
     if (last.server_uid) state.setServerUid(*last.server_uid);
     if (result) result = from_rocks(batch_.Put(meta_, kStateKey, flat_bytes(message)), "batch");
     if (result) {
@@ -822,6 +1390,21 @@ void JournalImpl::maintenance_loop() {
       closed = paused_;
       maintaining_ = !closed;
     }
+    if (task.kind == TaskKind::kMeasure) {
+      // A directory walk: harmless while a reopen runs, so it does not wait for one.
+      const uint64_t size = size_on_disk();
+      {
+        MutexLock lock(mu_);
+        maintaining_ = false;
+      }
+      write_cv_.notify_all();
+      if (options_.post) {
+        options_.post([done = std::move(task.measured), size] { done(size); });
+      } else {
+        task.measured(size);
+      }
+      continue;
+    }
     Status result =
         closed ? Status::error("the journal closed while its database could not be reopened")
                : run(task);
@@ -886,6 +1469,8 @@ Status JournalImpl::run(const Task& task) {
   switch (task.kind) {
     case TaskKind::kFlush:
       return flush_all();
+    case TaskKind::kMeasure:  // answered by maintenance_loop()
+      return Status::ok();
     case TaskKind::kCompact:
     case TaskKind::kCompactPruned: {
       // Flushing every family first lets the WAL files that still hold pruned records go.
@@ -933,6 +1518,21 @@ JournalStats JournalImpl::stats() const {
   s.write_failures = write_failures_.load(std::memory_order_relaxed);
   s.last_seq = last_seq_.load(std::memory_order_relaxed);
   return s;
+}
+
+void JournalImpl::measure(std::function<void(uint64_t)> done) {
+  if (options_.read_only) {
+    // No maintenance thread: measured here, as the caller reads the journal offline.
+    const uint64_t size = size_on_disk();
+    if (options_.post) {
+      options_.post([done = std::move(done), size] { done(size); });
+    } else {
+      done(size);
+    }
+    return;
+  }
+  Task task{TaskKind::kMeasure, {}, {}, {}, std::move(done)};
+  enqueue(std::move(task));
 }
 
 uint64_t JournalImpl::size_on_disk() const {

@@ -32,9 +32,9 @@
 // sees it once.
 //
 // Threads: one owner thread (the server's event loop) calls append, prune, prune_global, commit,
-// flush and compact; stats() and size_on_disk() may be called from any thread. Writes run on the
-// journal thread; flushes and compactions on a maintenance thread, so that neither blocks the
-// owner nor delays syncs.
+// flush, compact and measure; stats() and size_on_disk() may be called from any thread. Writes run
+// on the journal thread; flushes and compactions on a maintenance thread, so that neither blocks
+// the owner nor delays syncs.
 
 #include <chrono>
 #include <cstdint>
@@ -95,7 +95,9 @@ struct RecoveryInfo {
   uint16_t format_minor = 0;   // of the journal as found (a newer minor adds records we skip)
   // What recovery dropped, one line each with its position ("WAL recovery: /j/000012.log:
   // dropping 137 bytes; Corruption: truncated record body (recovered through seq 41)"). Empty
-  // when the journal was intact. Not logged by the journal: the opener reports it.
+  // when the journal was intact. A read-only open adds what is missing against the high-water
+  // mark and the state record ("lost records: ..."), which a read-write open refuses instead.
+  // Not logged by the journal: the opener reports it.
   std::vector<std::string> damage;
 };
 
@@ -135,6 +137,15 @@ class Journal {
   // it is not a journal, was written by another major format version, or RocksDB cannot open it
   // (another server holds it: "lock ... held"); succeeds on a journal with a torn tail, reporting
   // the loss in recovery().
+  //
+  // Never creates a journal over a directory that holds journal files but no CURRENT (fails,
+  // naming the manifest CURRENT could name). Before a read-write open, which would delete table
+  // files a damaged MANIFEST no longer names, a read-only look compares what the journal holds
+  // with its high-water mark (a file of its own, kept from the synced state before every flush)
+  // and with its state record's count of live jobs: when records are missing it fails, changing
+  // nothing, and says what is missing. A read-only open reports the same shortfall in
+  // recovery().damage ("lost records: ..."). A read-write open makes the directory 0700 and its
+  // files 0600.
   static Result<std::unique_ptr<Journal>> open(const fs::path& path, Options options);
 
   // Writes the groups already committed and runs their callbacks (through Options::post), waits
@@ -178,8 +189,12 @@ class Journal {
   // Ok while writes go through; else the error of the last failed attempt (retries go on).
   virtual Status status() const = 0;
   virtual JournalStats stats() const = 0;
-  // Bytes of every file in the journal directory (WAL, tables, manifest).
+  // Bytes of every file in the journal directory (WAL, tables, manifest). Walks the directory on
+  // the calling thread: not for the owner's event loop, which uses measure().
   virtual uint64_t size_on_disk() const = 0;
+  // Calls `done` (through Options::post) with size_on_disk(), measured on the maintenance thread
+  // after the work queued before it (commits, flushes, compactions). Owner thread.
+  virtual void measure(std::function<void(uint64_t)> done) = 0;
 };
 
 }  // namespace hq::journal

@@ -13,6 +13,8 @@
 namespace hq::journal {
 
 inline constexpr char kFormatKey[] = "format";
+// The high-water mark's file in the journal directory (journal.cc, docs/journal-format.md).
+inline constexpr char kHighWaterFile[] = "HQ-HIGH-WATER";
 inline constexpr char kStateKey[] = "state";
 inline constexpr char kJobsFamily[] = "jobs";
 inline constexpr char kGlobalFamily[] = "global";

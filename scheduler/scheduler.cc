@@ -12,6 +12,19 @@
 
 namespace hq::sched {
 
+JobSpec job_spec(JobId id, JobDescriptionSpec& job) {
+  normalize_request(job);
+  return {id,
+          job.task_ids,
+          job.body.cpus,
+          job.priority,
+          job.crash_limit,
+          job.max_fails,
+          job.body.resources,
+          job.body.time_request_ms,
+          job.nodes};
+}
+
 const char* to_string(TaskState s) {
   switch (s) {
     case TaskState::kWaiting:

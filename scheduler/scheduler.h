@@ -16,6 +16,7 @@
 
 #include "common/id_set.h"
 #include "common/ids.h"
+#include "common/job_spec.h"
 #include "common/resources.h"
 #include "common/result.h"
 
@@ -67,6 +68,11 @@ struct JobSpec {
   // is then all of each worker's CPUs.
   uint32_t nodes = 0;
 };
+
+// Normalizes the job's request (normalize_request) and returns what the scheduler is given of it:
+// the one conversion that submit and restore share, which must agree for a restarted server to
+// rebuild the campaign it acknowledged.
+JobSpec job_spec(JobId id, JobDescriptionSpec& job);
 
 struct Assignment {
   WorkerId worker = 0;

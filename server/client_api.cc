@@ -91,7 +91,8 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
     return reply_error(c, "invalid job: a time limit or time request longer than a year");
   }
   if (job->nodes > 1'000'000) return reply_error(c, "invalid job: too many nodes per task");
-  normalize_request(*job);
+  const JobId id = last_job_id_ + 1;
+  sched::JobSpec spec = sched::job_spec(id, *job);
   if (job->task_ids.size() > kMaxTasksPerJob) {
     return reply_error(c, fmt::format("invalid job: {} tasks; a job holds at most {} (split it "
                                       "into several jobs)",
@@ -100,16 +101,6 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
 
   if (!journal_status_) return reply_error(c, journal_status_.message());
 
-  JobId id = last_job_id_ + 1;
-  sched::JobSpec spec{id,
-                      job->task_ids,
-                      job->body.cpus,
-                      job->priority,
-                      job->crash_limit,
-                      job->max_fails,
-                      job->body.resources,
-                      job->body.time_request_ms,
-                      job->nodes};
   if (auto st = sched::Scheduler::validate_job(spec); !st) {
     return reply_error(c, "invalid job: " + st.message());
   }

@@ -40,18 +40,20 @@ Status Server::open_journal() {
   journal_ = std::move(*opened);
 
   const auto begin = std::chrono::steady_clock::now();
+  Restore restore(scheduler_, jobs_);
   auto stats = journal_->replay(
-      {}, [this](journal::Seq seq, schema::Event::Reader event) { restore(seq, event); });
+      {}, [&restore](journal::Seq seq, schema::Event::Reader event) { restore.apply(seq, event); });
   if (!stats) return Status::error("cannot replay the journal: " + stats.message());
-  scheduler_.finish_restore();
+  if (!restore.status()) {
+    return Status::error("cannot restore the journal: " + restore.status().message());
+  }
+  restore.finish();
   for (auto& [id, job] : jobs_) {
     ++restored_jobs_;
-    sched::TaskCounts counts = scheduler_.counts(id);
-    restored_tasks_ += counts.total();
-    if (!counts.complete()) job.end_time = 0;  // end_time held the last end seen
+    restored_tasks_ += scheduler_.counts(id).total();
   }
   const auto& recovery = journal_->recovery();
-  last_job_id_ = std::max(last_job_id_, recovery.max_job_id);
+  last_job_id_ = std::max({last_job_id_, restore.max_job_id(), recovery.max_job_id});
   last_worker_id_ = std::max(last_worker_id_, recovery.max_worker_id);
   replay_ms_ = static_cast<uint32_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                          std::chrono::steady_clock::now() - begin)
@@ -62,105 +64,6 @@ Status Server::open_journal() {
   for (const auto& line : recovery.damage) spdlog::warn("journal damage: {}", line);
   for (const auto& line : stats->damage) spdlog::warn("journal damage: {}", line);
   return Status::ok();
-}
-
-void Server::restore(journal::Seq seq, schema::Event::Reader e) {
-  const int64_t time = e.getTime();
-  auto note_end = [this](JobId job, int64_t t) {
-    auto it = jobs_.find(job);
-    if (it != jobs_.end()) it->second.end_time = std::max(it->second.end_time, t);
-  };
-  auto ended = [&](auto r, sched::TaskState state, std::string error = {}, WorkerId worker = 0) {
-    scheduler_.restore_ended({r.getJob(), r.getTask(), r.getInstance()}, state, time,
-                             std::move(error), worker);
-    note_end(r.getJob(), time);
-  };
-  switch (e.which()) {
-    case schema::Event::JOB_SUBMITTED: {
-      auto submitted = e.getJobSubmitted();
-      const JobId id = submitted.getJob();
-      auto description = journal::from_record(submitted.getDescription());
-      sched::JobSpec spec;
-      if (description) normalize_request(*description);  // as handle_submit does
-      if (description) {
-        spec = {id,
-                description->task_ids,
-                description->body.cpus,
-                description->priority,
-                description->crash_limit,
-                description->max_fails,
-                description->body.resources,
-                description->body.time_request_ms,
-                description->nodes};
-      }
-      Status added = description ? scheduler_.add_job(spec) : Status(description.status());
-      if (!added) {
-        spdlog::warn("journal seq {}: job {} cannot be restored: {}", seq, id, added.message());
-        return;
-      }
-      JobRecord& record = jobs_[id];
-      record.description = std::move(*description);
-      record.submit_time = time;
-      last_job_id_ = std::max(last_job_id_, id);
-      return;
-    }
-    case schema::Event::TASK_STARTED: {
-      auto r = e.getTaskStarted();
-      scheduler_.restore_started({r.getJob(), r.getTask(), r.getInstance()}, r.getWorker(), time);
-      return;
-    }
-    case schema::Event::JOB_RESERVED:
-      scheduler_.restore_reserved(e.getJobReserved().getJob(), e.getJobReserved().getTasks());
-      return;
-    case schema::Event::TASKS_STARTED: {
-      auto batch = e.getTasksStarted();
-      for (auto t : batch.getTasks()) {
-        scheduler_.restore_started({batch.getJob(), t.getTask(), t.getInstance()},
-                                   batch.getWorker(), t.getTime());
-      }
-      return;
-    }
-    case schema::Event::TASK_FINISHED:
-      return ended(e.getTaskFinished(), sched::TaskState::kFinished);
-    case schema::Event::TASKS_FINISHED: {
-      auto batch = e.getTasksFinished();
-      int64_t last = 0;
-      for (auto t : batch.getTasks()) {
-        scheduler_.restore_ended({batch.getJob(), t.getTask(), t.getInstance()},
-                                 sched::TaskState::kFinished, t.getTime(), {}, batch.getWorker());
-        last = std::max(last, t.getTime());
-      }
-      note_end(batch.getJob(), last);
-      return;
-    }
-    case schema::Event::TASK_FAILED:
-      return ended(e.getTaskFailed(), sched::TaskState::kFailed,
-                   e.getTaskFailed().getError().cStr(), e.getTaskFailed().getWorker());
-    case schema::Event::TASK_CANCELED:
-      return ended(e.getTaskCanceled(), sched::TaskState::kCanceled);
-    case schema::Event::JOB_CANCELED:
-      scheduler_.cancel_job(e.getJobCanceled().getJob(), time);
-      note_end(e.getJobCanceled().getJob(), time);
-      return;
-    case schema::Event::TASK_REQUEUED: {
-      auto r = e.getTaskRequeued();
-      scheduler_.restore_requeued({r.getJob(), r.getTask(), r.getInstance()}, r.getCrashCounter());
-      return;
-    }
-    case schema::Event::JOB_ABORTED:
-      scheduler_.abort_job(e.getJobAborted().getJob(), time);
-      note_end(e.getJobAborted().getJob(), time);
-      return;
-    case schema::Event::SERVER_STARTED:
-      // The run before it ended in a crash or a stop: what may have run then is a new instance
-      // in the runs after it (the restarted server did the same, without a record).
-      scheduler_.restore_restart();
-      return;
-    case schema::Event::JOB_FORGOTTEN:  // not written yet (no `job forget`)
-    case schema::Event::WORKER_CONNECTED:
-    case schema::Event::WORKER_LOST:
-      return;  // ids continue from the journal's state record; workers reconnect anew
-  }
 }
 
 // --- Recording --------------------------------------------------------------------------------
@@ -388,7 +291,10 @@ void Server::handle_journal_prune(net::Connection& c) {
       ++pruned;
     }
   }
-  const uint64_t before = journal_->size_on_disk();
+  // Sizes are measured on the journal's maintenance thread (a directory walk waits on the disk):
+  // `before` ahead of the prune's commit and compaction, which run after it in order.
+  auto before = std::make_shared<uint64_t>(0);
+  journal_->measure([before](uint64_t size) { *before = size; });
   Status st = pruned ? journal_->prune(std::move(complete).build()) : Status::ok();
   // Server and worker events stay: the serverStarted records mark the restarts that replay
   // needs (they are few, one per run and worker connection).
@@ -407,12 +313,16 @@ void Server::handle_journal_prune(net::Connection& c) {
       auto connection = weak.lock();
       if (!connection) return;
       if (!compacted) return reply_error(*connection, "journal compaction: " + compacted.message());
-      capnp::MallocMessageBuilder reply;
-      auto r = reply.initRoot<wire::ClientResponse>().initJournalPruned();
-      r.setPrunedJobs(pruned);
-      r.setSizeBefore(before);
-      r.setSizeAfter(journal_->size_on_disk());
-      connection->send(reply);
+      journal_->measure([weak, pruned, before](uint64_t after) {
+        auto connection = weak.lock();
+        if (!connection) return;
+        capnp::MallocMessageBuilder reply;
+        auto r = reply.initRoot<wire::ClientResponse>().initJournalPruned();
+        r.setPrunedJobs(pruned);
+        r.setSizeBefore(*before);
+        r.setSizeAfter(after);
+        connection->send(reply);
+      });
     });
   });
 }

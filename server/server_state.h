@@ -18,6 +18,7 @@
 #include "net/connection.h"
 #include "net/convert.h"
 #include "scheduler/scheduler.h"
+#include "server/restore.h"
 #include "server/server.h"
 
 namespace hq::server {
@@ -28,12 +29,6 @@ inline constexpr uint64_t kMaxTasksPerJob = 100'000'000;
 // well below the peer's message size limit (net/framing.h).
 inline constexpr size_t kTasksPerPage = 50'000;
 inline constexpr size_t kPageBytes = 8u << 20;
-
-struct JobRecord {
-  JobDescriptionSpec description;
-  int64_t submit_time = 0;
-  int64_t end_time = 0;  // set when the job completes
-};
 
 struct WorkerRecord {
   WorkerId id = 0;
@@ -92,7 +87,6 @@ class Server {
   // scheduler accepts it; what a client sees is sent only once the records behind it are synced.
   // Opens the journal and replays it into the scheduler (nothing to do with --no-journal).
   Status open_journal();
-  void restore(journal::Seq seq, journal::schema::Event::Reader event);
   // Appends the event (after the task batches pending before it) to the open group. Once the
   // journal failed, records are dropped (the failure was reported and submissions are refused).
   // Nothing waits for a record nobody has seen: the commit comes when a client's reply needs

@@ -1,6 +1,7 @@
 #include "journal/journal.h"
 
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -8,7 +9,9 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -1057,6 +1060,220 @@ TEST(Journal, CompactKeepsEverythingLive) {
   ASSERT_TRUE(h.commit());
   ASSERT_TRUE(h.compact());
   EXPECT_EQ(replay_all(*h.journal).size(), 3u);
+}
+
+// --- Trust what exists: damage the journal cannot prove harmless ---
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(Journal, ADirectoryWithJournalFilesButNoCurrentIsRefusedNotRecreated) {
+  TempDir dir;
+  {
+    Harness h(dir.path());
+    for (JobId job = 1; job <= 3; ++job) h.append(submitted(job));
+    ASSERT_TRUE(h.commit());
+  }
+  fs::remove(dir.path() / "CURRENT");
+  auto before = std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator());
+  for (bool read_only : {false, true}) {
+    Options options;
+    options.read_only = read_only;
+    auto opened = Journal::open(dir.path(), options);
+    ASSERT_FALSE(opened);
+    EXPECT_NE(opened.message().find("has no CURRENT file"), std::string::npos) << opened.message();
+    EXPECT_NE(opened.message().find("MANIFEST-"), std::string::npos) << opened.message();
+  }
+  // Nothing was created: a second attempt finds the same directory, and fails the same way.
+  EXPECT_FALSE(fs::exists(dir.path() / "CURRENT"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator()), before);
+  EXPECT_FALSE(Journal::open(dir.path(), {}));
+  // The fix the message names brings every job back.
+  std::string manifest;
+  for (const auto& entry : fs::directory_iterator(dir.path())) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("MANIFEST-", 0) == 0) manifest = std::max(manifest, name);
+  }
+  std::ofstream(dir.path() / "CURRENT") << manifest << "\n";
+  Harness h(dir.path());
+  EXPECT_EQ(replay_all(*h.journal).size(), 3u);
+}
+
+TEST(Journal, AHighWaterMarkAboveWhatTheJournalHoldsRefusesTheOpen) {
+  TempDir dir;
+  {
+    Harness h(dir.path());
+    for (JobId job = 1; job <= 4; ++job) h.append(submitted(job));
+    ASSERT_TRUE(h.commit());
+    ASSERT_TRUE(h.flush());
+  }
+  const fs::path mark = dir.path() / "HQ-HIGH-WATER";
+  ASSERT_TRUE(fs::exists(mark));
+  const std::string text = read_text(mark);
+  EXPECT_NE(text.find("last_seq 4\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("live_jobs 4\n"), std::string::npos) << text;
+  // As if a damaged MANIFEST had dropped the table file with seq 5..9 and jobs 5..8.
+  std::ofstream(mark) << "hq-journal-high-water 1\nlast_seq 9\nmax_job 8\nlive_jobs 8\n"
+                         "last_job_event 8 9\nlast_global 0\n";
+  auto opened = Journal::open(dir.path(), {});
+  ASSERT_FALSE(opened);
+  EXPECT_NE(opened.message().find("has lost acknowledged records"), std::string::npos)
+      << opened.message();
+  EXPECT_NE(opened.message().find("through seq 9"), std::string::npos) << opened.message();
+  EXPECT_NE(opened.message().find("4 acknowledged job(s) missing"), std::string::npos)
+      << opened.message();
+  // Reported as damage by a reader.
+  Options options;
+  options.read_only = true;
+  auto reader = Journal::open(dir.path(), options);
+  ASSERT_TRUE(reader) << reader.message();
+  ASSERT_FALSE((*reader)->recovery().damage.empty());
+  EXPECT_NE((*reader)->recovery().damage[0].find("lost records: high-water mark"),
+            std::string::npos)
+      << (*reader)->recovery().damage[0];
+}
+
+TEST(Journal, MissingJobsAgainstTheStateRecordRefuseTheOpen) {
+  TempDir dir;
+  {
+    Harness h(dir.path());
+    for (JobId job = 1; job <= 3; ++job) h.append(submitted(job));
+    ASSERT_TRUE(h.commit());
+  }
+  {
+    // The jobs' records gone, the state record intact: what a lost table file of the jobs
+    // family does.
+    RawDb raw(dir.path());
+    ASSERT_TRUE(raw.db
+                    ->DeleteRange(rocksdb::WriteOptions(), raw.family("jobs"),
+                                  std::string(4, '\0') + std::string(8, '\0'),
+                                  std::string(1, '\x01') + std::string(11, '\0'))
+                    .ok());
+  }
+  auto opened = Journal::open(dir.path(), {});
+  ASSERT_FALSE(opened);
+  EXPECT_NE(opened.message().find("3 acknowledged job(s) missing"), std::string::npos)
+      << opened.message();
+}
+
+TEST(Journal, ALostNewestTaskEventRefusesTheOpen) {
+  TempDir dir;
+  {
+    Harness h(dir.path());
+    h.append(submitted(1));
+    h.append(started(1, 1));
+    h.append(finished(1, 1));  // seq 3: the newest job event
+    ASSERT_TRUE(h.commit());
+    ASSERT_TRUE(h.flush());
+  }
+  {
+    // The job is there, its task's end is not: what a lost table file of a later flush does.
+    RawDb raw(dir.path());
+    std::string key(12, '\0');
+    key[3] = 1;
+    key[11] = 3;
+    ASSERT_TRUE(raw.db->Delete(rocksdb::WriteOptions(), raw.family("jobs"), key).ok());
+  }
+  auto opened = Journal::open(dir.path(), {});
+  ASSERT_FALSE(opened);
+  EXPECT_NE(opened.message().find("the newest job event the journal records (job 1, seq 3) is "
+                                  "missing"),
+            std::string::npos)
+      << opened.message();
+}
+
+TEST(Journal, PrunedJobsAreNotMissing) {
+  TempDir dir;
+  {
+    Harness h(dir.path());
+    for (JobId job = 1; job <= 5; ++job) h.append(submitted(job));
+    ASSERT_TRUE(h.commit());
+    ASSERT_TRUE(h.journal->prune(IdSet::range(2, 3)));
+    ASSERT_TRUE(h.commit());
+    ASSERT_TRUE(h.journal->prune(IdSet({IdRange{1, 3, 1}, IdRange{3, 9, 2}})));  // again, more
+    ASSERT_TRUE(h.commit());
+    ASSERT_TRUE(h.flush());
+  }
+  EXPECT_NE(read_text(dir.path() / "HQ-HIGH-WATER").find("live_jobs 1\n"), std::string::npos)
+      << read_text(dir.path() / "HQ-HIGH-WATER");
+  Harness h(dir.path());
+  ASSERT_TRUE(h.journal);
+  EXPECT_TRUE(h.journal->recovery().damage.empty());
+  auto events = replay_all(*h.journal);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].job, JobId{4});
+}
+
+TEST(Journal, JobEventsWithoutTheirSubmissionAreDamage) {
+  TempDir dir;
+  {
+    Harness h(dir.path());
+    h.append(submitted(1));
+    h.append(started(1, 1));
+    ASSERT_TRUE(h.commit());
+  }
+  {
+    RawDb raw(dir.path());
+    ASSERT_TRUE(raw.db
+                    ->Delete(rocksdb::WriteOptions(), raw.family("jobs"),
+                             [] {
+                               std::string key(12, '\0');
+                               key[3] = 1;
+                               key[11] = 1;
+                               return key;
+                             }())
+                    .ok());
+  }
+  auto opened = Journal::open(dir.path(), {});
+  ASSERT_FALSE(opened);
+  EXPECT_NE(opened.message().find("job 1: its first record (seq 2) is task-started"),
+            std::string::npos)
+      << opened.message();
+}
+
+TEST(Journal, FilesArePrivateWhateverTheUmask) {
+  TempDir dir;
+  const fs::path path = dir.path() / "journal";
+  fs::create_directories(path);
+  fs::permissions(path, fs::perms::all, fs::perm_options::replace);  // 0777, as umask 0 makes
+  const mode_t old = ::umask(0);
+  {
+    Harness h(path);
+    h.append(submitted(1));
+    ASSERT_TRUE(h.commit());
+    ASSERT_TRUE(h.flush());
+    h.append(submitted(2));
+    ASSERT_TRUE(h.commit());
+  }
+  ::umask(old);
+  EXPECT_EQ(fs::status(path).permissions(), fs::perms::owner_all);
+  size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(path)) {
+    if (!entry.is_regular_file()) continue;
+    ++files;
+    EXPECT_EQ(entry.status().permissions(), fs::perms::owner_read | fs::perms::owner_write)
+        << entry.path();
+  }
+  EXPECT_GT(files, 4u);
+}
+
+TEST(Journal, MeasureAnswersThroughTheLoop) {
+  TempDir dir;
+  Harness h(dir.path());
+  for (JobId job = 1; job <= 3; ++job) h.append(submitted(job));
+  ASSERT_TRUE(h.commit());
+  std::optional<uint64_t> size;
+  const auto owner = std::this_thread::get_id();
+  std::thread::id measured_on;
+  h.journal->measure([&](uint64_t bytes) {
+    measured_on = std::this_thread::get_id();
+    size = bytes;
+  });
+  ASSERT_TRUE(h.loop.run_until([&] { return size.has_value(); }));
+  EXPECT_EQ(measured_on, owner);  // posted back to the loop
+  EXPECT_GT(*size, 0u);
 }
 
 }  // namespace

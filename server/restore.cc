@@ -1,0 +1,114 @@
+#include "server/restore.h"
+
+#include <algorithm>
+#include <string>
+
+#include <fmt/format.h>
+
+namespace hq::server {
+
+namespace schema = journal::schema;
+
+void Restore::note_end(JobId job, int64_t time) {
+  auto it = jobs_.find(job);
+  if (it != jobs_.end()) it->second.end_time = std::max(it->second.end_time, time);
+}
+
+void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
+  const int64_t time = e.getTime();
+  auto ended = [&](auto r, sched::TaskState state, std::string error = {}, WorkerId worker = 0) {
+    scheduler_.restore_ended({r.getJob(), r.getTask(), r.getInstance()}, state, time,
+                             std::move(error), worker);
+    note_end(r.getJob(), time);
+  };
+  switch (e.which()) {
+    case schema::Event::JOB_SUBMITTED: {
+      auto submitted = e.getJobSubmitted();
+      const JobId id = submitted.getJob();
+      max_job_id_ = std::max(max_job_id_, id);
+      auto description = journal::from_record(submitted.getDescription());
+      Status added = description.status();
+      if (description) added = scheduler_.add_job(sched::job_spec(id, *description));
+      if (!added) {
+        // Never skipped: the job was acknowledged.
+        if (status_) {
+          status_ = Status::error(fmt::format(
+              "journal seq {}: job {} was acknowledged but cannot be restored ({}); a server "
+              "without it would serve a smaller campaign than it accepted: run the hq release "
+              "that accepted it, or move the journal aside to start with an empty one",
+              seq, id, added.message()));
+        }
+        return;
+      }
+      JobRecord& record = jobs_[id];
+      record.description = std::move(*description);
+      record.submit_time = time;
+      return;
+    }
+    case schema::Event::TASK_STARTED: {
+      auto r = e.getTaskStarted();
+      scheduler_.restore_started({r.getJob(), r.getTask(), r.getInstance()}, r.getWorker(), time);
+      return;
+    }
+    case schema::Event::JOB_RESERVED:
+      scheduler_.restore_reserved(e.getJobReserved().getJob(), e.getJobReserved().getTasks());
+      return;
+    case schema::Event::TASKS_STARTED: {
+      auto batch = e.getTasksStarted();
+      for (auto t : batch.getTasks()) {
+        scheduler_.restore_started({batch.getJob(), t.getTask(), t.getInstance()},
+                                   batch.getWorker(), t.getTime());
+      }
+      return;
+    }
+    case schema::Event::TASK_FINISHED:
+      return ended(e.getTaskFinished(), sched::TaskState::kFinished);
+    case schema::Event::TASKS_FINISHED: {
+      auto batch = e.getTasksFinished();
+      int64_t last = 0;
+      for (auto t : batch.getTasks()) {
+        scheduler_.restore_ended({batch.getJob(), t.getTask(), t.getInstance()},
+                                 sched::TaskState::kFinished, t.getTime(), {}, batch.getWorker());
+        last = std::max(last, t.getTime());
+      }
+      note_end(batch.getJob(), last);
+      return;
+    }
+    case schema::Event::TASK_FAILED:
+      return ended(e.getTaskFailed(), sched::TaskState::kFailed,
+                   e.getTaskFailed().getError().cStr(), e.getTaskFailed().getWorker());
+    case schema::Event::TASK_CANCELED:
+      return ended(e.getTaskCanceled(), sched::TaskState::kCanceled);
+    case schema::Event::JOB_CANCELED:
+      scheduler_.cancel_job(e.getJobCanceled().getJob(), time);
+      note_end(e.getJobCanceled().getJob(), time);
+      return;
+    case schema::Event::TASK_REQUEUED: {
+      auto r = e.getTaskRequeued();
+      scheduler_.restore_requeued({r.getJob(), r.getTask(), r.getInstance()}, r.getCrashCounter());
+      return;
+    }
+    case schema::Event::JOB_ABORTED:
+      scheduler_.abort_job(e.getJobAborted().getJob(), time);
+      note_end(e.getJobAborted().getJob(), time);
+      return;
+    case schema::Event::SERVER_STARTED:
+      // The run before it ended in a crash or a stop: what may have run then is a new instance
+      // in the runs after it (the restarted server did the same, without a record).
+      scheduler_.restore_restart();
+      return;
+    case schema::Event::JOB_FORGOTTEN:  // not written yet (no `job forget`)
+    case schema::Event::WORKER_CONNECTED:
+    case schema::Event::WORKER_LOST:
+      return;  // ids continue from the journal's state record; workers reconnect anew
+  }
+}
+
+void Restore::finish() {
+  scheduler_.finish_restore();
+  for (auto& [id, job] : jobs_) {
+    if (!scheduler_.counts(id).complete()) job.end_time = 0;  // end_time held the last end seen
+  }
+}
+
+}  // namespace hq::server

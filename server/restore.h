@@ -1,0 +1,49 @@
+#pragma once
+// Rebuilding the server's jobs and tasks from the journal: the one fold of journal events into a
+// scheduler and job records. The server runs it at start; `hq journal report` runs it offline, so
+// that the report shows what a restarted server would serve.
+
+#include <cstdint>
+#include <map>
+
+#include "common/job_spec.h"
+#include "common/result.h"
+#include "journal/journal.h"
+#include "scheduler/scheduler.h"
+
+namespace hq::server {
+
+struct JobRecord {
+  JobDescriptionSpec description;
+  int64_t submit_time = 0;
+  int64_t end_time = 0;  // set when the job completes
+};
+
+// Applies journal events, in seq order, to `scheduler` (fresh: no workers) and `jobs`, which
+// must outlive it. Owner thread of both.
+class Restore {
+ public:
+  Restore(sched::Scheduler& scheduler, std::map<JobId, JobRecord>& jobs)
+      : scheduler_(scheduler), jobs_(jobs) {}
+
+  void apply(journal::Seq seq, journal::schema::Event::Reader event);
+  // Ends the restore: the scheduler's finish_restore() (tasks that were running wait again with
+  // instance + 1), and incomplete jobs lose the end time of their last ended task.
+  void finish();
+
+  // Ok, or why an acknowledged job could not be restored (the first one, named): a server must
+  // then not start, since it would serve a smaller campaign than it acknowledged.
+  const Status& status() const { return status_; }
+  // The highest job id of the jobSubmitted events applied.
+  JobId max_job_id() const { return max_job_id_; }
+
+ private:
+  void note_end(JobId job, int64_t time);
+
+  sched::Scheduler& scheduler_;
+  std::map<JobId, JobRecord>& jobs_;
+  Status status_ = Status::ok();
+  JobId max_job_id_ = 0;
+};
+
+}  // namespace hq::server
