@@ -22,7 +22,7 @@ Result<Client> Client::connect(const GlobalOptions& options) {
     return Error{fmt::format("cannot reach the server of '{}' at {}:{} (is it running?): {}",
                              dir.string(), access->host, access->client_port, client.message())};
   }
-  return Client(std::move(*client));
+  return Client(std::move(*client), access->server_uid);
 }
 
 Result<net::Message> Client::call(capnp::MessageBuilder& request) {

@@ -32,10 +32,14 @@ class Client {
   // Sends the request and returns the response; an error response becomes an Error with the
   // server's text.
   Result<net::Message> call(capnp::MessageBuilder& request);
+  // The UID of the server, as its access file says.
+  const std::string& server_uid() const { return server_uid_; }
 
  private:
-  explicit Client(std::unique_ptr<net::SyncClient> client) : client_(std::move(client)) {}
+  Client(std::unique_ptr<net::SyncClient> client, std::string server_uid)
+      : client_(std::move(client)), server_uid_(std::move(server_uid)) {}
   std::shared_ptr<net::SyncClient> client_;
+  std::string server_uid_;
 };
 
 // Thrown by commands to end with a message on stderr and the given exit code; caught in main().

@@ -193,7 +193,18 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   }
   if (o.stream) {
     if (o.stream->empty()) throw CommandError{"--stream needs a directory"};
-    job.stream = (fs::path(submit_dir) / *o.stream).lexically_normal().string();
+    if (auto names = per_task_placeholders(*o.stream); !names.empty()) {
+      throw CommandError{fmt::format(
+          "--stream names one directory for the whole job: %{{{}}} has no single value there "
+          "(use %{{JOB_ID}}, %{{SUBMIT_DIR}} or %{{SERVER_UID}})",
+          names[0])};
+    }
+    // Absolute, with %{SUBMIT_DIR} resolved; the worker resolves the rest (stream_dir()).
+    PlaceholderValues known;
+    known.submit_dir = submit_dir;
+    known.job_id = "%{JOB_ID}";
+    known.server_uid = "%{SERVER_UID}";
+    job.stream = resolve_stream_dir(*o.stream, known);
   }
   bool streamed = !job.stream.empty();
   TaskBodySpec& body = job.body;
@@ -228,7 +239,8 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   }
   for (const auto& [flag, pattern] : {std::pair{"--cwd", body.cwd},
                                       {"--stdout", body.stdout_path},
-                                      {"--stderr", body.stderr_path}}) {
+                                      {"--stderr", body.stderr_path},
+                                      {"--stream", job.stream}}) {
     for (const auto& name : unknown_placeholders(pattern)) {
       warnings.push_back(
           fmt::format("unknown placeholder %{{{}}} in {} is left as written", name, flag));
@@ -244,24 +256,49 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   return job;
 }
 
+namespace {
+
+// The job's stream directory, as its workers will resolve it.
+std::string stream_dir(const JobDescriptionSpec& job, JobId id, const std::string& server_uid) {
+  PlaceholderValues values;
+  values.job_id = std::to_string(id);
+  values.server_uid = server_uid;
+  values.submit_dir = job.body.submit_dir;
+  return resolve_stream_dir(job.stream, values);
+}
+
+Status create_stream_dir(const std::string& dir) {
+  if (auto st = create_private_directories(dir); !st) {
+    return Status::error(fmt::format("cannot create stream directory '{}': {}", dir, st.message()));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
 int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
   std::vector<std::string> warnings;
   JobDescriptionSpec job = make_job_description(o, current_dir(), warnings);
   for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
-  if (!job.stream.empty()) {
-    // Workers create it too; doing it here reports a bad path before anything runs.
-    std::error_code ec;
-    fs::create_directories(job.stream, ec);
-    if (ec) {
-      throw CommandError{
-          fmt::format("cannot create stream directory '{}': {}", job.stream, ec.message())};
+  Client client = must(Client::connect(g));
+  // Workers create the stream directory too; doing it here reports a bad path before anything
+  // runs, or (when it names the job, known only once submitted) at least at once.
+  bool names_job = job.stream.find("%{JOB_ID}") != std::string::npos;
+  if (!job.stream.empty() && !names_job) {
+    if (auto st = create_stream_dir(stream_dir(job, 0, client.server_uid())); !st) {
+      throw CommandError{st.message()};
     }
   }
-  Client client = must(Client::connect(g));
   capnp::MallocMessageBuilder request;
   net::to_wire(job, request.initRoot<wire::ClientRequest>().initSubmit());
   auto response = must(client.call(request));
   JobId id = response.root<wire::ClientResponse>().getSubmitted();
+  if (!job.stream.empty() && names_job) {
+    if (auto st = create_stream_dir(stream_dir(job, id, client.server_uid())); !st) {
+      std::cerr << fmt::format("warning: job {} is submitted, but its tasks will fail: {}\n", id,
+                               st.message());
+    }
+  }
   switch (g.mode()) {
     case OutputMode::kJson:
       if (!o.wait) print_json({{"id", id}});

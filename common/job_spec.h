@@ -42,8 +42,9 @@ struct JobDescriptionSpec {
   IdSet task_ids;
   int32_t priority = 0;
   TaskBodySpec body;
-  // Output stream directory (absolute; `hq submit --stream`, docs/stream-format.md): the channels
-  // whose path is empty go there. Empty: no stream, per-task files.
+  // Output stream directory (`hq submit --stream`, docs/stream-format.md): the channels whose
+  // path is empty go there. Absolute, and may hold %{JOB_ID} and %{SERVER_UID}, which workers
+  // resolve (resolve_stream_dir). Empty: no stream, per-task files.
   std::string stream;
   // A task whose worker is lost while running it for the crash_limit-th time fails instead of
   // running again; 0: unlimited (`--crash-limit unlimited`), 1: `never-restart`.

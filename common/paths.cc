@@ -1,6 +1,10 @@
 #include "common/paths.h"
 
+#include <sys/stat.h>
+
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include <fmt/format.h>
 
@@ -38,6 +42,28 @@ fs::path stream_index_path(const fs::path& stream_file) {
   fs::path p = stream_file;
   p.replace_extension(std::string(kStreamIndexExtension));
   return p;
+}
+
+Status create_private_directories(const fs::path& dir) {
+  fs::path path;
+  for (const fs::path& part : dir.lexically_normal()) {
+    if (part.empty()) continue;  // after a trailing slash
+    path /= part;
+    if (::mkdir(path.c_str(), 0700) == 0) {
+      // The umask may have taken bits away; the mode is 0700 exactly.
+      if (::chmod(path.c_str(), 0700) != 0) {
+        return Status::error(fmt::format("{}: {}", path.string(), std::strerror(errno)));
+      }
+    } else if (errno != EEXIST) {
+      return Status::error(fmt::format("{}: {}", path.string(), std::strerror(errno)));
+    }
+  }
+  struct stat st;
+  if (::stat(dir.c_str(), &st) != 0) {
+    return Status::error(fmt::format("{}: {}", dir.string(), std::strerror(errno)));
+  }
+  if (!S_ISDIR(st.st_mode)) return Status::error(fmt::format("{}: Not a directory", dir.string()));
+  return Status::ok();
 }
 
 }  // namespace hq

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "common/ids.h"
+#include "common/result.h"
 
 namespace hq {
 
@@ -37,5 +38,10 @@ std::string stream_file_name(std::string_view server_uid, WorkerId worker, uint3
 bool is_stream_file_name(const fs::path& path);
 // The index sidecar of a stream file: the same name with ".hqx".
 fs::path stream_index_path(const fs::path& stream_file);
+
+// Creates `dir` and its missing parents, each one it creates with mode 0700 whatever the umask
+// (directories that exist are left as they are). Fails, naming the path, when one cannot be
+// created or `dir` exists as something else than a directory.
+Status create_private_directories(const fs::path& dir);
 
 }  // namespace hq

@@ -1,5 +1,7 @@
 #include "common/placeholders.h"
 
+#include <filesystem>
+
 namespace hq {
 namespace {
 
@@ -29,6 +31,11 @@ const std::string* lookup(std::string_view name, const PlaceholderValues& v) {
   return nullptr;
 }
 
+// The placeholders with one value for a whole job.
+bool job_wide(std::string_view name) {
+  return name == "JOB_ID" || name == "SUBMIT_DIR" || name == "SERVER_UID";
+}
+
 }  // namespace
 
 std::string expand_placeholders(std::string_view pattern, const PlaceholderValues& values) {
@@ -52,6 +59,30 @@ std::vector<std::string> unknown_placeholders(std::string_view pattern) {
         if (!lookup(name, kEmpty)) unknown.emplace_back(name);
       });
   return unknown;
+}
+
+std::string resolve_stream_dir(std::string_view pattern, const PlaceholderValues& values) {
+  std::string expanded;
+  scan(
+      pattern, [&](std::string_view text) { expanded += text; },
+      [&](std::string_view name, std::string_view raw) {
+        const std::string* value = job_wide(name) ? lookup(name, values) : nullptr;
+        expanded += value ? std::string_view(*value) : raw;
+      });
+  std::filesystem::path path(expanded);
+  if (path.is_relative()) path = std::filesystem::path(values.submit_dir) / path;
+  return path.lexically_normal().string();
+}
+
+std::vector<std::string> per_task_placeholders(std::string_view pattern) {
+  static const PlaceholderValues kEmpty;
+  std::vector<std::string> found;
+  scan(
+      pattern, [](std::string_view) {},
+      [&](std::string_view name, std::string_view) {
+        if (lookup(name, kEmpty) && !job_wide(name)) found.emplace_back(name);
+      });
+  return found;
 }
 
 }  // namespace hq

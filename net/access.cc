@@ -6,9 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <random>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <openssl/rand.h>
@@ -52,13 +50,18 @@ Status write_access_file(const fs::path& path, const AccessRecord& r) {
   std::string text = j.dump(2) + "\n";
   fs::path tmp = path;
   tmp += ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  // A fresh file, never one (or a link) left there: whoever planted it could read the keys.
+  if (::unlink(tmp.c_str()) != 0 && errno != ENOENT) {
+    return Status::error(
+        fmt::format("cannot remove the old '{}': {}", tmp.string(), std::strerror(errno)));
+  }
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) {
     return Status::error(
         fmt::format("cannot write access file '{}': {}", tmp.string(), std::strerror(errno)));
   }
-  ::fchmod(fd, 0600);
-  bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  bool ok = ::fchmod(fd, 0600) == 0;  // whatever the umask
+  ok = ok && ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
   ok = ::fsync(fd) == 0 && ok;
   ::close(fd);
   if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -69,8 +72,8 @@ Status write_access_file(const fs::path& path, const AccessRecord& r) {
 }
 
 Result<AccessRecord> read_access_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
     if (errno == ENOENT) {
       return Error{fmt::format(
           "no access file at '{}': is a server running? (start one with `hq server start`, or "
@@ -80,12 +83,40 @@ Result<AccessRecord> read_access_file(const fs::path& path) {
     return Error{
         fmt::format("cannot read access file '{}': {}", path.string(), std::strerror(errno))};
   }
-  std::stringstream text;
-  text << in.rdbuf();
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return Error{
+        fmt::format("cannot read access file '{}': {}", path.string(), std::strerror(err))};
+  }
+  // Like ssh with a private key: keys that others could read are not trusted (nor used).
+  if ((st.st_mode & 077) != 0) {
+    ::close(fd);
+    return Error{fmt::format(
+        "access file '{}' is readable by group or others (mode {:04o}): whoever can read it "
+        "can use the server; make it private with `chmod 600 {}`",
+        path.string(), st.st_mode & 07777, path.string())};
+  }
+  std::string text;
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      return Error{
+          fmt::format("cannot read access file '{}': {}", path.string(), std::strerror(err))};
+    }
+    if (n == 0) break;
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
   auto bad = [&](const std::string& what) {
     return Error{fmt::format("malformed access file '{}': {}", path.string(), what)};
   };
-  nlohmann::json j = nlohmann::json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
   try {
     int version = j.at("version").get<int>();

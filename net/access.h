@@ -27,10 +27,12 @@ struct AccessRecord {
 // A fresh record with new random keys and a new server UID.
 AccessRecord new_access_record(std::string host);
 
-// Writes atomically (temporary file, then rename) with mode 0600.
+// Writes atomically (a new temporary file, never a link left there, then rename) with mode
+// 0600 whatever the umask.
 Status write_access_file(const fs::path& path, const AccessRecord& record);
 // Fails with a message naming the file and the problem: missing ("no server is running ...?"),
-// unreadable, malformed, or of another format version.
+// readable by group or others (refused, like ssh does with a private key, naming the
+// `chmod 600 FILE` that fixes it), unreadable, malformed, or of another format version.
 Result<AccessRecord> read_access_file(const fs::path& path);
 
 }  // namespace hq::net

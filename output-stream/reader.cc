@@ -85,8 +85,15 @@ Status save_sidecar(const fs::path& path, const std::vector<uint8_t>& bytes) {
   std::random_device random;
   fs::path tmp = path;
   tmp += fmt::format(".tmp-{}-{:08x}", ::getpid(), random());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  // Private like the stream files it indexes (it tells which tasks wrote how much).
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0) return Status::error(std::strerror(errno));
+  if (::fchmod(fd, 0600) != 0) {
+    int err = errno;
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return Status::error(std::strerror(err));
+  }
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);

@@ -69,6 +69,12 @@ class StreamWriter {
   Status task_end(const TaskKey& key, bool ok, int32_t exit_code, int64_t time_ms);
   // Writes the buffer to the file (write(2), no fsync).
   Status flush();
+  // Writes the buffer and waits until the file's data is on disk (fdatasync): what was appended
+  // so far survives a crash of the machine. A failure breaks the writer.
+  Status sync();
+  // How many times sync() reached the disk (for tests: the worker reports a task's end only
+  // after a sync).
+  uint64_t syncs() const;
   // Flushes, fsyncs and closes the file. Later calls fail.
   Status close();
 

@@ -1,6 +1,7 @@
 // StreamWriter: buffered appends of records to a stream file of its own.
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -60,6 +61,7 @@ struct StreamWriter::Impl {
   WriterOptions options;
   std::vector<uint8_t> buffer;
   uint64_t written = 0;
+  uint64_t syncs = 0;
   std::string error;
 
   ~Impl() {
@@ -117,11 +119,9 @@ StreamWriter::~StreamWriter() {
 Result<std::unique_ptr<StreamWriter>> StreamWriter::create(const fs::path& dir,
                                                            const std::string& server_uid,
                                                            WorkerId worker, WriterOptions options) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) {
+  if (Status st = create_private_directories(dir); !st) {
     return Error{
-        fmt::format("cannot create stream directory '{}': {}", dir.string(), ec.message())};
+        fmt::format("cannot create stream directory '{}': {}", dir.string(), st.message())};
   }
   auto impl = std::make_unique<Impl>();
   if (!options.clock) options.clock = unix_millis_now;
@@ -138,11 +138,19 @@ Result<std::unique_ptr<StreamWriter>> StreamWriter::create(const fs::path& dir,
   header.hostname = local_hostname();
   for (int attempt = 0; attempt < kNameAttempts && impl->fd < 0; ++attempt) {
     impl->path = dir / stream_file_name(server_uid, worker, header.pid, random());
-    impl->fd = ::open(impl->path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    // O_EXCL: never a file (or a link) that is already there.
+    impl->fd = ::open(impl->path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (impl->fd < 0 && errno != EEXIST) {
       return Error{fmt::format("cannot create stream file '{}': {}", impl->path.string(),
                                std::strerror(errno))};
     }
+  }
+  // Output is private to its owner whatever the umask (which may have taken bits away).
+  if (impl->fd >= 0 && ::fchmod(impl->fd, 0600) != 0) {
+    Error e{fmt::format("cannot set the mode of stream file '{}': {}", impl->path.string(),
+                        std::strerror(errno))};
+    ::unlink(impl->path.c_str());
+    return e;
   }
   if (impl->fd < 0) {
     return Error{
@@ -198,6 +206,24 @@ Status StreamWriter::flush() {
   if (auto s = impl_->check(); !s) return s;
   return impl_->write_out();
 }
+
+Status StreamWriter::sync() {
+  if (auto s = impl_->check(); !s) return s;
+  if (auto s = impl_->write_out(); !s) return s;
+  int r;
+  do {
+    r = ::fdatasync(impl_->fd);
+  } while (r != 0 && errno == EINTR);
+  if (r != 0) {
+    impl_->error =
+        fmt::format("cannot sync stream file '{}': {}", impl_->path.string(), std::strerror(errno));
+    return Status::error(impl_->error);
+  }
+  ++impl_->syncs;
+  return Status::ok();
+}
+
+uint64_t StreamWriter::syncs() const { return impl_->syncs; }
 
 Status StreamWriter::close() {
   if (auto s = impl_->check(); !s) return s;

@@ -1,11 +1,13 @@
 #include "worker/daemon.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstring>
 #include <deque>
-#include <fstream>
 #include <map>
 #include <unordered_map>
 #include <vector>
@@ -24,13 +26,16 @@
 #include "net/convert.h"
 #include "output-stream/stream.h"
 #include "worker/process.h"
+#include "worker/reaper.h"
+#include "worker/reports.h"
 
 namespace hq::worker {
 namespace {
 
 struct JobBody {
   TaskBodySpec body;
-  std::string stream;  // absolute; empty: no stream (see JobDescriptionSpec::stream)
+  // A pattern (resolve_stream_dir); empty: no stream (see JobDescriptionSpec::stream).
+  std::string stream;
   // What each task needs: body.resources, or `body.cpus` whole CPUs when that is empty.
   ResourceRequest request;
   PoolRequest pool_request;  // `request` interned in the worker's ResourceNames
@@ -87,12 +92,30 @@ Result<ResourceDescriptor> worker_resources(const WorkerOptions& options) {
   return descriptor;
 }
 
-// Writes one line per entry, replacing the file.
+// Writes one line per entry into a new file (mode 0600) at `path`, replacing what was there.
+// Never writes through a link or into a file that someone else created at that name.
 Status write_lines(const std::string& path, const std::vector<std::string>& lines) {
-  std::ofstream out(path, std::ios::trunc);
-  for (const std::string& line : lines) out << line << '\n';
-  out.close();
-  if (!out) return Status::error(fmt::format("cannot write the node file '{}'", path));
+  auto fail = [&](int err) {
+    return Status::error(
+        fmt::format("cannot write the node file '{}': {}", path, std::strerror(err)));
+  };
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT) return fail(errno);
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd < 0) return fail(errno);
+  std::string text;
+  for (const std::string& line : lines) text += line + '\n';
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = n < 0 ? errno : EIO;
+      ::close(fd);
+      return fail(err);
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd) != 0) return fail(errno);
   return Status::ok();
 }
 
@@ -104,10 +127,11 @@ std::string resolve(const std::string& base, const std::string& path) {
 
 class Worker {
  public:
-  Worker(asio::io_context& io, WorkerOptions options)
+  // `reaper` must outlive the worker.
+  Worker(asio::io_context& io, WorkerOptions options, TaskReaper& reaper)
       : io_(io),
         options_(std::move(options)),
-        runner_(io),
+        runner_(io, Millis(1000), &reaper),
         signals_(io, SIGINT, SIGTERM),
         heartbeat_timer_(io),
         idle_timer_(io),
@@ -132,14 +156,23 @@ class Worker {
     auto access = net::read_access_file(access_file_path(options_.server_dir));
     if (!access) return access.status();
     if (options_.hostname.empty()) options_.hostname = local_hostname();
-    std::error_code ec;
     if (options_.work_dir.empty()) {
-      options_.work_dir = fs::temp_directory_path() / fmt::format("hq-worker-{}", ::getpid());
-    }
-    fs::create_directories(options_.work_dir, ec);
-    if (ec) {
+      // Private and unpredictable: another user of the machine can neither guess nor plant it.
+      std::error_code ec;
+      fs::path tmp = fs::temp_directory_path(ec);
+      if (ec) tmp = "/tmp";
+      std::string pattern = (tmp / "hq-worker-XXXXXX").string();
+      if (::mkdtemp(pattern.data()) == nullptr) {
+        return Status::error(
+            fmt::format("cannot create a work directory in '{}': {} (give one "
+                        "with --work-dir)",
+                        tmp.string(), std::strerror(errno)));
+      }
+      options_.work_dir = pattern;
+      owned_work_dir_ = true;
+    } else if (auto st = create_private_directories(options_.work_dir); !st) {
       return Status::error(fmt::format("cannot create work directory '{}': {}",
-                                       options_.work_dir.string(), ec.message()));
+                                       options_.work_dir.string(), st.message()));
     }
     signals_.async_wait([this](const std::error_code& error, int signal) {
       if (!error) shutdown(fmt::format("received signal {}", signal), 0);
@@ -160,6 +193,16 @@ class Worker {
   }
 
   int exit_code() const { return exit_code_; }
+
+  ~Worker() {
+    if (!owned_work_dir_) return;
+    std::error_code ec;
+    fs::remove_all(options_.work_dir, ec);
+    if (ec) {
+      spdlog::warn("cannot remove the work directory '{}': {}", options_.work_dir.string(),
+                   ec.message());
+    }
+  }
 
  private:
   void on_connected(Result<net::Connected>& connected) {
@@ -230,7 +273,7 @@ class Worker {
       case wire::ToWorker::RETRACT:
         for (auto k : msg.getRetract()) {
           TaskKey key = net::from_wire(k);
-          if (remove_queued(key)) events_.retracted.push_back(key), flush_soon();
+          if (remove_queued(key)) reports_.pending().retracted.push_back(key), flush_soon();
         }
         update_idle();
         return;
@@ -260,7 +303,7 @@ class Worker {
   void cancel(const TaskKey& key) {
     if (remove_queued(key)) {
       // Never started: giving it back releases its place on the server.
-      events_.retracted.push_back(key);
+      reports_.pending().retracted.push_back(key);
       flush_soon();
       return;
     }
@@ -288,7 +331,7 @@ class Worker {
           Millis(static_cast<int64_t>(job.body.time_request_ms)) > remaining()) {
         // It could not finish before this worker stops: back to the server for another one.
         it = queue_.erase(it);
-        events_.retracted.push_back(key);
+        reports_.pending().retracted.push_back(key);
         flush_soon();
         continue;
       }
@@ -311,7 +354,7 @@ class Worker {
 
   void fail_unstarted(const TaskKey& key, std::string error) {
     node_hosts_.erase(key);
-    events_.failed.push_back({key, unix_millis_now(), std::move(error)});
+    reports_.pending().failed.push_back({key, unix_millis_now(), std::move(error), nullptr});
     flush_soon();
   }
 
@@ -406,10 +449,10 @@ class Worker {
     spec.stdout_path = resolve(cwd, expand_placeholders(job.body.stdout_path, values));
     spec.stderr_path = resolve(cwd, expand_placeholders(job.body.stderr_path, values));
     if (spec.capture_stdout || spec.capture_stderr) {
-      auto writer = stream_writer(resolve(job.body.submit_dir, job.stream));
+      auto writer = stream_writer(resolve_stream_dir(job.stream, values));
       if (!writer) {
         pool_.release(task.allocation);
-        events_.failed.push_back({key, now, writer.message()});
+        reports_.pending().failed.push_back({key, now, writer.message(), nullptr});
         return flush_soon();
       }
       task.stream = std::move(*writer);
@@ -430,7 +473,7 @@ class Worker {
       if (auto st = write_lines(path, hosts->second); !st) {
         node_hosts_.erase(hosts);
         pool_.release(task.allocation);
-        events_.failed.push_back({key, now, st.message()});
+        reports_.pending().failed.push_back({key, now, st.message(), nullptr});
         return flush_soon();
       }
       task.node_file = path;
@@ -451,7 +494,7 @@ class Worker {
         std::error_code ec;
         fs::remove(task.node_file, ec);
       }
-      events_.failed.push_back({key, now, pid.message()});
+      reports_.pending().failed.push_back({key, now, pid.message(), nullptr});
       return flush_soon();
     }
     task.pid = *pid;
@@ -467,7 +510,7 @@ class Worker {
       schedule_stream_flush();
     }
     running_[key.ref()] = std::move(task);
-    events_.started.push_back({key, now, {}});
+    reports_.pending().started.push_back({key, now, {}, nullptr});
     flush_soon();
   }
 
@@ -490,10 +533,15 @@ class Worker {
     if (st || !task.stream_error.empty()) return;
     task.stream_error = "cannot write the output stream: " + st.message();
     spdlog::error("task {}.{}: {}", task.key.job, task.key.task, task.stream_error);
+    drop_stream(task.stream);
+  }
+
+  // Forgets a broken writer, so that the next task of its directory starts a new file.
+  void drop_stream(const std::shared_ptr<stream::StreamWriter>& writer) {
     for (auto it = stream_writers_.begin(); it != stream_writers_.end(); ++it) {
-      if (it->second == task.stream) {
+      if (it->second == writer) {
         stream_writers_.erase(it);
-        break;
+        return;
       }
     }
   }
@@ -558,14 +606,19 @@ class Worker {
                    task.stream->task_end(
                        task.key, status.success() && !task.canceled && !task.timed_out, code, now));
     }
+    // The report waits for the stream's sync when the end record went there.
+    std::shared_ptr<stream::StreamWriter> written;
+    if (task.stream && !shut_down_ && task.stream_error.empty()) written = task.stream;
+    ReportBatch& reports = reports_.pending();
     if (task.timed_out && !task.canceled) {
-      events_.failed.push_back({task.key, now, "Time limit reached"});
+      reports.failed.push_back({task.key, now, "Time limit reached", written});
     } else if (!task.stream_error.empty()) {
-      events_.failed.push_back({task.key, now, task.stream_error});
+      reports.failed.push_back({task.key, now, task.stream_error, nullptr});
     } else if (status.success()) {
-      events_.finished.push_back({task.key, now, {}});
+      reports.finished.push_back({task.key, now, {}, written});
     } else {
-      events_.failed.push_back({task.key, now, task.canceled ? "canceled" : describe_exit(status)});
+      reports.failed.push_back(
+          {task.key, now, task.canceled ? "canceled" : describe_exit(status), written});
     }
     flush_soon();
     if (draining_) {
@@ -598,31 +651,36 @@ class Worker {
     asio::post(io_, [this] { flush(); });
   }
 
+  // Sends what the turn gathered, once the streams of the ended tasks are synced.
   void flush() {
     flush_pending_ = false;
     if (!connection_ || !connection_->is_open()) return;
+    auto broken = reports_.flush([this](const ReportBatch& batch) { send(batch); });
+    for (const auto& writer : broken) drop_stream(writer);
+    sent_since_heartbeat_ = true;
+  }
+
+  void send(const ReportBatch& batch) {
     capnp::MallocMessageBuilder message;
     auto ev = message.initRoot<wire::FromWorker>().initEvents();
-    auto started = ev.initStarted(events_.started.size());
-    for (size_t i = 0; i < events_.started.size(); ++i) {
-      net::to_wire(events_.started[i].key, started[i].initKey());
-      started[i].setTime(events_.started[i].time);
+    auto started = ev.initStarted(batch.started.size());
+    for (size_t i = 0; i < batch.started.size(); ++i) {
+      net::to_wire(batch.started[i].key, started[i].initKey());
+      started[i].setTime(batch.started[i].time);
     }
-    auto finished = ev.initFinished(events_.finished.size());
-    for (size_t i = 0; i < events_.finished.size(); ++i) {
-      net::to_wire(events_.finished[i].key, finished[i].initKey());
-      finished[i].setTime(events_.finished[i].time);
+    auto finished = ev.initFinished(batch.finished.size());
+    for (size_t i = 0; i < batch.finished.size(); ++i) {
+      net::to_wire(batch.finished[i].key, finished[i].initKey());
+      finished[i].setTime(batch.finished[i].time);
     }
-    auto failed = ev.initFailed(events_.failed.size());
-    for (size_t i = 0; i < events_.failed.size(); ++i) {
-      net::to_wire(events_.failed[i].key, failed[i].initKey());
-      failed[i].setTime(events_.failed[i].time);
-      failed[i].setError(events_.failed[i].error);
+    auto failed = ev.initFailed(batch.failed.size());
+    for (size_t i = 0; i < batch.failed.size(); ++i) {
+      net::to_wire(batch.failed[i].key, failed[i].initKey());
+      failed[i].setTime(batch.failed[i].time);
+      failed[i].setError(batch.failed[i].error);
     }
-    net::to_wire(events_.retracted, ev.initRetracted(events_.retracted.size()));
+    net::to_wire(batch.retracted, ev.initRetracted(batch.retracted.size()));
     connection_->send(message);
-    events_ = {};
-    sent_since_heartbeat_ = true;
   }
 
   void send_heartbeats() {
@@ -683,16 +741,6 @@ class Worker {
     stream_writers_.clear();
   }
 
-  struct Event {
-    TaskKey key;
-    int64_t time;
-    std::string error;
-  };
-  struct Events {
-    std::vector<Event> started, finished, failed;
-    std::vector<TaskKey> retracted;
-  };
-
   asio::io_context& io_;
   WorkerOptions options_;
   ProcessRunner runner_;
@@ -721,21 +769,28 @@ class Worker {
   ResourcePool pool_;                             // what is free now
   std::vector<std::vector<std::string>> labels_;  // by resource id: unit labels, groups flattened
   uint32_t cpus_id_ = 0, nvidia_id_ = 0, amd_id_ = 0;
-  Events events_;
+  Reports reports_;
   bool flush_pending_ = false;
   bool sent_since_heartbeat_ = false;
   bool idle_armed_ = false;
   bool stream_flush_armed_ = false;
   bool stopping_on_request_ = false;
   bool shut_down_ = false;
+  bool owned_work_dir_ = false;  // made by start(): removed at the end
   int exit_code_ = 0;
 };
 
 }  // namespace
 
 int run_worker(const WorkerOptions& options) {
+  // First, while this process has a single thread; it outlives everything below.
+  auto reaper = TaskReaper::start();
+  if (!reaper) {
+    spdlog::error("{}", reaper.message());
+    return 1;
+  }
   asio::io_context io(1);
-  Worker worker(io, options);
+  Worker worker(io, options, **reaper);
   if (auto st = worker.start(); !st) {
     spdlog::error("{}", st.message());
     return 1;

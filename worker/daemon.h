@@ -21,9 +21,11 @@ struct WorkerOptions {
   std::vector<std::string> resources;
   std::string hostname;                // empty: this machine's hostname
   std::optional<Millis> idle_timeout;  // stop after this long without tasks
-  fs::path work_dir;                   // empty: a fresh directory under $TMPDIR
-  Millis cancel_grace{1000};           // between SIGINT and SIGKILL of a canceled task
-  DetectOptions detect;                // what to detect (`--detect-resources`)
+  // Missing directories are made 0700; empty: a private one made by mkdtemp under $TMPDIR,
+  // removed when the worker stops.
+  fs::path work_dir;
+  Millis cancel_grace{1000};  // between SIGINT and SIGKILL of a canceled task
+  DetectOptions detect;       // what to detect (`--detect-resources`)
   // `--time-limit`: the worker stops cleanly this long after it starts, and the server gives it
   // no task whose `--time-request` it would outlive.
   std::optional<Millis> time_limit;

@@ -29,6 +29,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "worker/reaper.h"
+
 extern char** environ;
 
 namespace hq::worker {
@@ -327,8 +329,8 @@ struct ProcessRunner::Impl {
     std::optional<asio::steady_timer> drain_timer;
   };
 
-  Impl(asio::io_context& io, Millis drain_grace)
-      : io(io), drain_grace(drain_grace), self(std::make_shared<Impl*>(this)) {}
+  Impl(asio::io_context& io, Millis drain_grace, TaskReaper* reaper)
+      : io(io), drain_grace(drain_grace), reaper(reaper), self(std::make_shared<Impl*>(this)) {}
   ~Impl();
 
   Result<pid_t> spawn(const SpawnSpec& spec, ExitHandler on_exit, OutputHandler on_output);
@@ -346,9 +348,17 @@ struct ProcessRunner::Impl {
   void terminate(pid_t pid, Millis grace);
   void escalate(pid_t pid, uint64_t serial);
   void kill_all();
+  // The leader of group `pgid` was reaped: the group is unregistered from the reaper once no
+  // member is left (now, or at a later check_lingering()).
+  void leader_reaped(pid_t pgid);
+  void check_lingering();
 
   asio::io_context& io;
   Millis drain_grace;
+  TaskReaper* reaper;  // may be null
+  // Groups registered with the reaper whose leader was reaped while members were left.
+  std::unordered_set<pid_t> lingering;
+  std::optional<asio::steady_timer> linger_timer;
   // Handlers hold a weak reference, so a handler that runs after the runner is gone does nothing.
   std::shared_ptr<Impl*> self;
   uint64_t next_serial = 1;
@@ -361,8 +371,37 @@ struct ProcessRunner::Impl {
 ProcessRunner::Impl::~Impl() {
   self.reset();
   for (const auto& [pid, serial] : live) signal_group(pid, SIGKILL);
-  for (const auto& [pid, serial] : live) reap_blocking(pid);
+  for (pid_t pgid : lingering) ::kill(-pgid, SIGKILL);
+  for (const auto& [pid, serial] : live) {
+    reap_blocking(pid);
+    // Registered still when killed members are left: the reaper kills them once more at the
+    // worker's exit, while they are still dying.
+    if (reaper && ::kill(-pid, 0) != 0 && errno == ESRCH) reaper->remove(pid).ignore();
+  }
   children.clear();
+}
+
+void ProcessRunner::Impl::leader_reaped(pid_t pgid) {
+  if (!reaper) return;
+  if (::kill(-pgid, 0) == 0 || errno != ESRCH) {
+    lingering.insert(pgid);
+    if (!linger_timer) {
+      linger_timer.emplace(io, Millis(1000));
+      linger_timer->async_wait([weak = std::weak_ptr<Impl*>(self)](const asio::error_code& ec) {
+        if (ec == asio::error::operation_aborted) return;
+        if (auto impl = weak.lock()) (*impl)->check_lingering();
+      });
+    }
+    return;
+  }
+  if (auto st = reaper->remove(pgid); !st) spdlog::error("{}", st.message());
+}
+
+void ProcessRunner::Impl::check_lingering() {
+  linger_timer.reset();
+  std::vector<pid_t> groups(lingering.begin(), lingering.end());
+  lingering.clear();
+  for (pid_t pgid : groups) leader_reaped(pgid);
 }
 
 ProcessRunner::Impl::Child* ProcessRunner::Impl::find(uint64_t serial) {
@@ -482,9 +521,21 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
   }
   if (err != 0) return Error{fmt::format("cannot start '{}': {}", program, errno_text(err))};
 
+  // Registered at once: from here on the child's group dies with the worker. (The child could
+  // outlive a worker killed between the exec and this call, a few microseconds: posix_spawn
+  // gives no earlier moment at which its pid is known.)
+  lingering.erase(pid);  // a group of that id is gone if the id names a new child
+  if (reaper) {
+    if (auto st = reaper->add(pid); !st) {
+      signal_group(pid, SIGKILL);
+      reap_blocking(pid);
+      return Error{fmt::format("cannot start '{}': {}", program, st.message())};
+    }
+  }
   auto fail_watch = [&](const std::string& reason) -> Error {
     signal_group(pid, SIGKILL);
     reap_blocking(pid);
+    leader_reaped(pid);
     return Error{fmt::format("cannot watch '{}' (pid {}): {}", program, pid, reason)};
   };
   // The child holds its own copies now; ours would keep the pipes from ever reaching EOF.
@@ -544,6 +595,7 @@ void ProcessRunner::Impl::on_ready(uint64_t serial) {
     return;
   }
   live.erase(pid);
+  leader_reaped(pid);
   child->status = status;
   child->kill_timer.reset();
   if (child->pipes[0] || child->pipes[1]) {
@@ -668,10 +720,11 @@ void ProcessRunner::Impl::kill_all() {
     children.at(serial)->terminating = true;
     signal_group(pid, SIGKILL);
   }
+  for (pid_t pgid : lingering) ::kill(-pgid, SIGKILL);
 }
 
-ProcessRunner::ProcessRunner(asio::io_context& io, Millis drain_grace)
-    : impl_(std::make_unique<Impl>(io, drain_grace)) {}
+ProcessRunner::ProcessRunner(asio::io_context& io, Millis drain_grace, TaskReaper* reaper)
+    : impl_(std::make_unique<Impl>(io, drain_grace, reaper)) {}
 
 ProcessRunner::~ProcessRunner() = default;
 

@@ -20,6 +20,8 @@
 
 namespace hq::worker {
 
+class TaskReaper;
+
 struct SpawnSpec {
   std::vector<std::string> argv;  // argv[0] is looked up in PATH
   // Added to (and overriding) the worker's own environment.
@@ -60,8 +62,15 @@ class ProcessRunner {
 
   // `drain_grace`: how long after a child's exit the runner keeps reading its captured pipes
   // while something else (a descendant that inherited them) holds them open.
-  explicit ProcessRunner(asio::io_context& io, Millis drain_grace = Millis(1000));
-  ~ProcessRunner();  // kills every remaining child's group with SIGKILL
+  // `reaper` (when given; it must outlive the runner) is told each child's process group from
+  // the moment posix_spawn returns until the group is gone (its leader reaped and no member left,
+  // checked at the leader's exit and then every second), so that the groups die with this
+  // process however it dies. A child whose group cannot be registered is killed, and its spawn
+  // fails.
+  explicit ProcessRunner(asio::io_context& io, Millis drain_grace = Millis(1000),
+                         TaskReaper* reaper = nullptr);
+  // Kills every remaining child's group with SIGKILL, and the groups outliving their leader.
+  ~ProcessRunner();
 
   // Starts the program in a new process group. Fails with a message naming the cause when the
   // program cannot be started ("cannot start 'foo': No such file or directory"), or the cwd or an
@@ -73,7 +82,7 @@ class ProcessRunner {
   Result<pid_t> spawn(const SpawnSpec& spec, ExitHandler on_exit, OutputHandler on_output = {});
   // Sends SIGINT to the child's group, then SIGKILL after `grace` if the child has not exited.
   void terminate(pid_t pid, Millis grace);
-  // Sends SIGKILL to every child's group now.
+  // Sends SIGKILL to every child's group now, and to the groups outliving their leader.
   void kill_all();
   // Children spawned whose ExitHandler has not run yet (exited ones still draining included).
   size_t running() const;

@@ -28,6 +28,7 @@ def test_wrong_key_is_refused(hq_env):
     forged["client_key"] = "00" * 32
     forged["worker_key"] = access["client_key"]  # the client key does not open the worker port
     (bad_dir / "access.json").write_text(json.dumps(forged))
+    os.chmod(bad_dir / "access.json", 0o600)  # a readable one is refused before any handshake
     p = hq_env.run(["job", "list"], server_dir=bad_dir)
     assert p.returncode != 0
     assert "wrong key" in p.stderr or "handshake" in p.stderr

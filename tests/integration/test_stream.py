@@ -201,3 +201,20 @@ def test_unwritable_stream_on_the_worker_fails_the_task(hq_env):
     assert task["state"] == "failed"
     assert "cannot create the output stream" in task["error"]
     assert str(stream) in task["error"]
+
+
+def test_stream_path_placeholders_are_resolved_once_for_client_and_worker(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker(cpus=1)
+    uid = hq_env.json(["server", "info"])["server_uid"]
+    job = hq_env.submit(["--stream", "log-%{SERVER_UID}-%{JOB_ID}", "--", "echo", "hi"])
+    other = hq_env.submit(["--stream", "%{SUBMIT_DIR}/../s-%{JOB_ID}", "--", "echo", "ho"])
+    assert hq_env.wait_job(job) == 0 and hq_env.wait_job(other) == 0
+    stream = hq_env.work / f"log-{uid}-{job}"
+    assert output(hq_env, "cat", stream, job) == "hi\n"
+    assert output(hq_env, "cat", hq_env.root / f"s-{other}", other) == "ho\n"
+    leftovers = [p for p in [*hq_env.work.iterdir(), *hq_env.root.iterdir()] if "%" in p.name]
+    assert leftovers == [], "a directory named by unresolved placeholders"
+    # A per-task placeholder cannot name the job's one directory.
+    err = hq_env.command(["submit", "--stream", "o-%{TASK_ID}", "--", "true"], expect_fail=True)
+    assert "%{TASK_ID}" in err and "--stream" in err

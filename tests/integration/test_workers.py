@@ -1,8 +1,27 @@
 """Workers: loss, restart of tasks elsewhere, stop, idle timeout, heartbeats."""
 
+import os
 import signal
 
 from conftest import wait_until
+
+
+def live_group_members(pgid):
+    """Pids of the processes of group `pgid` that have not exited (a zombie only waits to be
+    reaped by whoever inherited it)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        state, _ppid, group = text[text.rindex(")") + 2:].split()[:3]
+        if int(group) == pgid and state not in ("Z", "X"):
+            members.append(int(name))
+    return members
 
 
 def test_killed_worker_tasks_run_again_elsewhere(hq_env):
@@ -28,6 +47,23 @@ def test_killed_worker_tasks_run_again_elsewhere(hq_env):
     workers = {w["id"]: w for w in hq_env.json(["worker", "list", "--all"])}
     assert workers[w1.worker_id]["state"] == "offline"
     assert workers[w1.worker_id]["end_reason"]
+
+
+def test_tasks_die_with_a_sigkilled_worker(hq_env):
+    hq_env.start_server()
+    worker = hq_env.start_worker(cpus=1)
+    pids = hq_env.root / "pids"
+    # The task (its own group's leader) starts a child of its own, in its group.
+    job = hq_env.submit(["--", "bash", "-c", f"sleep 300 & echo $$ $! > {pids}.tmp; "
+                         f"mv {pids}.tmp {pids}; wait"])
+    wait_until(pids.exists, message="the task to start its child")
+    leader, child = map(int, pids.read_text().split())
+    assert sorted(live_group_members(leader)) == sorted([leader, child])
+
+    hq_env.kill(worker)  # SIGKILL: the worker cleans nothing up itself
+    wait_until(lambda: not live_group_members(leader), timeout=1.0,
+               message="the task's process group to die with its worker")
+    hq_env.wait_for_task_state(job, 0, "waiting")
 
 
 def test_worker_stop_and_list(hq_env):

@@ -56,6 +56,7 @@ TEST_F(AccessFileTest, ErrorsNameTheProblem) {
 
   auto write = [&](const std::string& text) {
     std::ofstream(dir_ / "bad.json") << text;
+    fs::permissions(dir_ / "bad.json", fs::perms::owner_read | fs::perms::owner_write);
     return read_access_file(dir_ / "bad.json");
   };
   EXPECT_NE(write("{not json").message().find("malformed access file"), std::string::npos);
@@ -69,6 +70,39 @@ TEST_F(AccessFileTest, ErrorsNameTheProblem) {
   auto bad_key = write(text);
   ASSERT_FALSE(bad_key.is_ok());
   EXPECT_NE(bad_key.message().find("client_key"), std::string::npos) << bad_key.message();
+}
+
+TEST_F(AccessFileTest, ReadableByGroupOrOthersIsRefusedWithTheFix) {
+  fs::path path = dir_ / "access.json";
+  ASSERT_TRUE(write_access_file(path, new_access_record("h")).is_ok());
+  for (mode_t mode : {0640, 0604, 0644}) {
+    ASSERT_EQ(::chmod(path.c_str(), mode), 0);
+    auto r = read_access_file(path);
+    ASSERT_FALSE(r.is_ok()) << std::oct << mode;
+    EXPECT_NE(r.message().find("readable by group or others"), std::string::npos) << r.message();
+    EXPECT_NE(r.message().find("chmod 600 " + path.string()), std::string::npos) << r.message();
+  }
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  EXPECT_TRUE(read_access_file(path).is_ok());
+}
+
+TEST_F(AccessFileTest, WrittenPrivateUnderAnyUmaskAndNeverThroughAPlantedLink) {
+  fs::path path = dir_ / "access.json";
+  fs::path victim = dir_ / "victim";
+  std::ofstream(victim) << "untouched";
+  fs::create_symlink(victim, dir_ / "access.json.tmp");
+  mode_t old = ::umask(0);
+  Status st = write_access_file(path, new_access_record("h"));
+  ::umask(old);
+  ASSERT_TRUE(st.is_ok()) << st.message();
+  struct stat info;
+  ASSERT_EQ(::lstat(path.c_str(), &info), 0);
+  EXPECT_TRUE(S_ISREG(info.st_mode));
+  EXPECT_EQ(info.st_mode & 07777, 0600u);
+  std::ifstream in(victim);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "untouched");
+  EXPECT_TRUE(read_access_file(path).is_ok());
 }
 
 }  // namespace

@@ -36,5 +36,20 @@ TEST(Placeholders, ReportsUnknownNames) {
   EXPECT_TRUE(unknown_placeholders("%{JOB_ID}").empty());
 }
 
+TEST(Placeholders, ResolvesAStreamDirectoryWithTheJobWideOnes) {
+  EXPECT_EQ(resolve_stream_dir("log-%{SERVER_UID}-%{JOB_ID}", values()), "/s/log-abc-7");
+  EXPECT_EQ(resolve_stream_dir("/out/%{JOB_ID}/", values()), "/out/7/");
+  EXPECT_EQ(resolve_stream_dir("%{SUBMIT_DIR}/../x-%{JOB_ID}", values()), "/x-7");
+  EXPECT_EQ(resolve_stream_dir("../plain", values()), "/plain");
+  // Per-task ones have no single value: left as written (and refused at submit).
+  EXPECT_EQ(resolve_stream_dir("/o/%{TASK_ID}-%{FOO}", values()), "/o/%{TASK_ID}-%{FOO}");
+}
+
+TEST(Placeholders, FindsPerTaskPlaceholders) {
+  EXPECT_EQ(per_task_placeholders("%{JOB_ID}/%{TASK_ID}/%{CWD}/%{INSTANCE_ID}/%{FOO}"),
+            (std::vector<std::string>{"TASK_ID", "CWD", "INSTANCE_ID"}));
+  EXPECT_TRUE(per_task_placeholders("%{SUBMIT_DIR}/%{SERVER_UID}-%{JOB_ID}").empty());
+}
+
 }  // namespace
 }  // namespace hq
