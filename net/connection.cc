@@ -366,14 +366,7 @@ class Accepting : public std::enable_shared_from_this<Accepting> {
 
   const std::string& source() const { return source_; }
   // Ends the handshake now, quietly: a newer one needs its place.
-  void evict() {
-    if (done_) return;
-    done_ = true;
-    leave();
-    timer_.cancel();
-    asio::error_code ignored;
-    stream_->next_layer().close(ignored);
-  }
+  void evict() { close_now(); }
 
  private:
   void on_tls(const asio::error_code& ec) {
@@ -466,13 +459,19 @@ class Accepting : public std::enable_shared_from_this<Accepting> {
   }
 
   void drop(const std::string& reason) {
-    if (done_) return;
+    if (!close_now()) return;
+    spdlog::warn("dropped {} connection from {}: {}", role_word(state_->role), remote_, reason);
+  }
+
+  // Closes the socket and gives up the handshake's place; false when it had ended already.
+  bool close_now() {
+    if (done_) return false;
     done_ = true;
     leave();
     timer_.cancel();
     asio::error_code ignored;
     stream_->next_layer().close(ignored);
-    spdlog::warn("dropped {} connection from {}: {}", role_word(state_->role), remote_, reason);
+    return true;
   }
 
   std::shared_ptr<ListenerState> state_;
