@@ -552,6 +552,7 @@ int print_workers(const GlobalOptions& g, capnp::List<wire::WorkerSummary>::Read
     text += render_pairs({{"ID", std::to_string(w.getId())},
                           {"State", w.getConnected() ? "running" : "offline"},
                           {"Hostname", w.getHostname().cStr()},
+                          {"Process id", std::to_string(w.getPid())},
                           {"Address", w.getAddress().cStr()},
                           {"Resources", resources_text(w)},
                           {"Running tasks", std::to_string(w.getRunningTasks())},
@@ -774,7 +775,11 @@ int cmd_server_info(const GlobalOptions& g) {
   capnp::MallocMessageBuilder request;
   request.initRoot<wire::ClientRequest>().setServerInfo();
   auto response = must(client.call(request));
-  auto info = response.root<wire::ClientResponse>().getServerInfo();
+  print_server_info(g, response.root<wire::ClientResponse>().getServerInfo());
+  return 0;
+}
+
+void print_server_info(const GlobalOptions& g, wire::ServerInfo::Reader info) {
   json j = {{"server_uid", info.getServerUid().cStr()},
             {"host", info.getHost().cStr()},
             {"client_port", info.getClientPort()},
@@ -807,7 +812,7 @@ int cmd_server_info(const GlobalOptions& g) {
          {"Restored", fmt::format("{} job(s), {} task(s) in {} ms", info.getRestoredJobs(),
                                   info.getRestoredTasks(), info.getReplayMs())}});
   }
-  return 0;
+  std::cout.flush();
 }
 
 int cmd_server_stop(const GlobalOptions& g) {

@@ -53,6 +53,8 @@ int cmd_worker_wait(const GlobalOptions& g, uint32_t count);
 // Until the server of the server directory answers, or `timeout` passed (nullopt: forever).
 int cmd_server_wait(const GlobalOptions& g, std::optional<Millis> timeout);
 int cmd_server_info(const GlobalOptions& g);
+// Prints what `hq server info` shows (also `hq server start`, once it listens).
+void print_server_info(const GlobalOptions& g, wire::ServerInfo::Reader info);
 int cmd_server_stop(const GlobalOptions& g);
 
 // Builds the job description of `hq submit` (exposed for tests). Warnings (unknown

@@ -200,6 +200,10 @@ int run(int argc, char** argv) {
     if (o.heartbeat.count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
     if (!journal.empty()) o.journal = fs::absolute(journal);
     o.no_journal = no_journal;
+    // As HyperQueue does: the server's address and identity, once it listens.
+    o.on_started = [&g](capnp::MessageReader& info) {
+      print_server_info(g, info.getRoot<wire::ServerInfo>());
+    };
     code = server::run_server(o);
   });
   server->add_subcommand("stop", "Stop the server")->callback([&] { code = cmd_server_stop(g); });

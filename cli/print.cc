@@ -164,6 +164,7 @@ nlohmann::json worker_json(wire::WorkerSummary::Reader w) {
       {"resources", resources_json(w.getResources())},
       {"id", w.getId()},
       {"hostname", w.getHostname().cStr()},
+      {"pid", w.getPid()},
       {"state", w.getConnected() ? "running" : "offline"},
       {"cpus", w.getCpus()},
       {"running_tasks", w.getRunningTasks()},

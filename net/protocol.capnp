@@ -187,6 +187,7 @@ struct WorkerSummary {
   resources @10 :List(ResourceDefinition);
   limitTime @11 :Int64;     # Unix ms when its --time-limit stops it; 0: none
   group @12 :Text;
+  pid @13 :UInt32;          # the worker's process id (on its host)
 }
 
 struct WorkerSelector {
@@ -290,6 +291,7 @@ struct WorkerRegistration {
   resources @3 :List(ResourceDefinition);  # "cpus" among them; empty: cpus 0..cpus-1
   timeLimitMs @4 :UInt64;   # the worker stops this long after registering; 0: never
   group @5 :Text;           # `--group`; empty: "default"
+  pid @6 :UInt32;           # the worker's process id
 }
 
 struct RegistrationReply {

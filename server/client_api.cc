@@ -391,6 +391,7 @@ void Server::fill_worker_summary(const WorkerRecord& w, wire::WorkerSummary::Bui
   net::to_wire(w.resources, out.initResources(w.resources.resources.size()));
   out.setLimitTime(w.limit_time);
   out.setGroup(w.group);
+  out.setPid(w.pid);
 }
 
 void Server::handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids) {
@@ -431,9 +432,7 @@ void Server::handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader
   handle_worker_list(c, ids);
 }
 
-void Server::handle_server_info(net::Connection& c) {
-  capnp::MallocMessageBuilder reply;
-  auto info = reply.initRoot<wire::ClientResponse>().initServerInfo();
+void Server::fill_server_info(wire::ServerInfo::Builder info) const {
   info.setServerUid(access_.server_uid);
   info.setHost(access_.host);
   info.setClientPort(access_.client_port);
@@ -447,6 +446,11 @@ void Server::handle_server_info(net::Connection& c) {
   info.setRestoredJobs(restored_jobs_);
   info.setRestoredTasks(restored_tasks_);
   info.setReplayMs(replay_ms_);
+}
+
+void Server::handle_server_info(net::Connection& c) {
+  capnp::MallocMessageBuilder reply;
+  fill_server_info(reply.initRoot<wire::ClientResponse>().initServerInfo());
   c.send(reply);  // even when the journal failed: this is where to read why
 }
 

@@ -215,6 +215,7 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
         w.limit_time = unix_millis_now() + static_cast<int64_t>(reg.getTimeLimitMs());
       }
       w.group = reg.getGroup().size() ? reg.getGroup().cStr() : "default";
+      w.pid = reg.getPid();
       w.work_dir = reg.getWorkDir().cStr();
       w.address = connection->remote_address();
       w.connect_time = unix_millis_now();
@@ -514,6 +515,12 @@ int run_server(const ServerOptions& options) {
   if (auto st = server.start(); !st) {
     spdlog::error("{}", st.message());
     return 1;
+  }
+  if (options.on_started) {
+    capnp::MallocMessageBuilder info;
+    server.fill_server_info(info.initRoot<wire::ServerInfo>());
+    capnp::SegmentArrayMessageReader reader(info.getSegmentsForOutput());
+    options.on_started(reader);
   }
   io.run();
   return 0;

@@ -2,7 +2,10 @@
 // The server daemon: owns all jobs, tasks and workers, hands ready tasks to workers.
 
 #include <cstdint>
+#include <functional>
 #include <string>
+
+#include <capnp/message.h>
 
 #include "common/paths.h"
 #include "common/time.h"
@@ -21,6 +24,9 @@ struct ServerOptions {
   fs::path journal;
   // No journal: nothing survives the server (throwaway runs, benchmarks).
   bool no_journal = false;
+  // Called once the server listens and its access file is written, with what `hq server info`
+  // would answer (a wire::ServerInfo message); `hq server start` prints it.
+  std::function<void(capnp::MessageReader&)> on_started;
 };
 
 // Runs until `hq server stop`, SIGINT or SIGTERM. Returns the process exit code; errors (directory

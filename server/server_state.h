@@ -37,6 +37,7 @@ struct WorkerRecord {
   ResourceDescriptor resources;
   int64_t limit_time = 0;  // Unix ms when its time limit stops it; 0: none
   std::string group;
+  uint32_t pid = 0;  // on its host
   std::string work_dir;
   std::string address;
   int64_t connect_time = 0;
@@ -142,6 +143,12 @@ class Server {
   void handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids);
   void handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector);
   void handle_server_info(net::Connection& c);
+
+ public:
+  // What `hq server info` shows; also handed to ServerOptions::on_started.
+  void fill_server_info(wire::ServerInfo::Builder info) const;
+
+ private:
   void reply_job_summaries(net::Connection& c, const std::vector<JobId>& ids);
   // Answers the waiters whose last incomplete job is among `completed`: O(waiters of those jobs).
   void notify_waiters(const std::vector<JobId>& completed);

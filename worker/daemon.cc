@@ -227,6 +227,7 @@ class Worker {
     reg.setCpus(descriptor_.cpus());
     reg.setWorkDir(options_.work_dir.string());
     reg.setGroup(options_.group);
+    reg.setPid(static_cast<uint32_t>(::getpid()));
     if (options_.time_limit) reg.setTimeLimitMs(static_cast<uint64_t>(remaining().count()));
     net::to_wire(descriptor_, reg.initResources(descriptor_.resources.size()));
     connection_->send(message);

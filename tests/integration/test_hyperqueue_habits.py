@@ -95,6 +95,8 @@ def test_worker_selectors_filter_and_address(hq_env):
     assert [w["id"] for w in infos] == [1, 2]
     one = hq_env.json(["worker", "info", "last"])
     assert one["id"] == w3.worker_id
+    assert one["pid"] == w3.pid  # the worker's own process id
+    assert f"{w3.pid}" in hq_env.command(["worker", "info", str(w3.worker_id)])
     assert [w["id"] for w in hq_env.json(["worker", "info", "all"])] == [1, 2, 3]
     hq_env.command(["worker", "stop", "last"])
     from conftest import wait_until
@@ -148,3 +150,13 @@ def test_commands_about_nothing_say_so_and_json_mode_prints_the_error(hq_env):
     p = hq_env.run(["--output-mode", "json", "job", "info", "99"])
     assert p.returncode == 1
     assert json.loads(p.stdout) == {"error": "job 99 not found"}
+
+
+def test_server_start_prints_its_info_table(hq_env):
+    server = hq_env.start_server()
+    info = hq_env.json(["server", "info"])
+    from conftest import wait_until
+    log = wait_until(lambda: (lambda t: t if "Client port" in t else None)(hq_env.log_of(server)),
+                     message="the info table in the server's output")
+    assert re.search(rf"Client port:\s+{info['client_port']}\b", log), log
+    assert re.search(rf"Server UID:\s+{info['server_uid']}\b", log), log
