@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "cli/json_output.h"
 #include "cli/print.h"
 #include "common/placeholders.h"
 #include "common/time.h"
@@ -84,24 +85,11 @@ std::string duration_text(int64_t start, int64_t end) {
 }
 
 // Prints the final state of waited jobs; exit 0 only when all finished.
-int report_waited(const GlobalOptions& g, capnp::List<wire::JobSummary>::Reader jobs) {
-  bool all_ok = true;
-  json out = json::array();
-  uint32_t n_finished = 0, n_failed = 0, n_canceled = 0;
-  for (auto job : jobs) {
-    auto st = job.getState();
-    if (st == wire::JobState::FINISHED) {
-      ++n_finished;
-    } else {
-      all_ok = false;
-      if (st == wire::JobState::CANCELED) {
-        ++n_canceled;
-      } else {
-        ++n_failed;
-      }
-    }
-    out.push_back(job_json(job));
-  }
+int report_waited(const GlobalOptions& g, capnp::List<wire::JobSummary>::Reader jobs,
+                  int64_t waited_ms) {
+  json out = wait_json(jobs, waited_ms);
+  const uint32_t n_finished = out["finished"], n_failed = out["failed"],
+                 n_canceled = out["canceled"];
   switch (g.mode()) {
     case OutputMode::kJson:
       print_json(out);
@@ -117,10 +105,11 @@ int report_waited(const GlobalOptions& g, capnp::List<wire::JobSummary>::Reader 
       }
       break;
   }
-  return all_ok ? 0 : 1;
+  return n_finished == jobs.size() ? 0 : 1;
 }
 
 int wait_for(const GlobalOptions& g, Client& client, const std::string& selector) {
+  const int64_t started = unix_millis_now();
   capnp::MallocMessageBuilder request;
   set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobWait());
   auto response = must(client.call(request));
@@ -128,7 +117,45 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
   if (jobs.size() == 0 && selector != "all") {
     throw no_job(selector);
   }
-  return report_waited(g, jobs);
+  return report_waited(g, jobs, unix_millis_now() - started);
+}
+
+// Calls `fn` for every task of `job` that `tasks` (empty: all) and `states` (empty: any)
+// select, in id order. The server answers in bounded pages, each asked for from where the last
+// one ended.
+template <typename Fn>
+void for_each_task(Client& client, JobId job, const std::string& tasks,
+                   const std::vector<wire::TaskState>& states, Fn&& fn) {
+  capnp::MallocMessageBuilder request;
+  auto query = request.initRoot<wire::ClientRequest>().initTaskList();
+  query.setJob(job);
+  if (!tasks.empty()) {
+    IdSet ids = must(IdSet::parse(tasks), "invalid task selection");
+    net::to_wire(ids, query.initTasks(ids.ranges().size()));
+  }
+  auto st = query.initStates(states.size());
+  for (size_t i = 0; i < states.size(); ++i) st.set(i, states[i]);
+  for (bool more = true; more;) {
+    auto response = must(client.call(request));
+    auto page = response.root<wire::ClientResponse>().getTaskPage();
+    more = page.getMore();
+    query.setFrom(page.getNext());
+    for (auto t : page.getTasks()) fn(t);
+  }
+}
+
+// The tasks of a job as JSON, each with its resolved directory and output files.
+json job_tasks_json(Client& client, JobId job, wire::TaskBody::Reader body_wire,
+                    const std::string& tasks = "",
+                    const std::vector<wire::TaskState>& states = {}) {
+  auto body = net::from_wire(body_wire);
+  json out = json::array();
+  for_each_task(client, job, tasks, states, [&](wire::TaskInfo::Reader t) {
+    if (!body) return out.push_back(task_json(t, nullptr));
+    TaskPaths paths = task_paths(*body, job, t.getId(), t.getInstance(), client.server_uid());
+    out.push_back(task_json(t, &paths));
+  });
+  return out;
 }
 
 }  // namespace
@@ -363,35 +390,21 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
     std::vector<std::string> program;
     for (auto a : body.getProgram()) program.emplace_back(a.cStr());
     auto ids = must(net::from_wire(desc.getTaskIds()));
-    json j = job_json(s);
-    j["program"] = program;
-    j["task_ids"] = ids.to_string();
-    j["cpus"] = body.getCpus();
     auto request = net::from_wire(body.getResources());
     std::string request_text = request && !request->entries.empty()
                                    ? describe(*request)
                                    : fmt::format("cpus={}", body.getCpus());
-    j["resources"] = request_text;
     static const char* kPins[] = {"none", "taskset", "omp"};
-    j["pin"] = kPins[std::min<unsigned>(static_cast<unsigned>(body.getPin()), 2)];
-    j["priority"] = desc.getPriority();
-    j["cwd"] = body.getCwd().cStr();
+    const char* pin = kPins[std::min<unsigned>(static_cast<unsigned>(body.getPin()), 2)];
     std::string stream = desc.getStream().cStr();
     // An empty output path of a streamed job means "into the stream" (common/job_spec.h).
     auto output_text = [&](capnp::Text::Reader path) -> std::string {
       if (path.size() > 0) return path.cStr();
       return stream.empty() ? "none" : "stream";
     };
-    j["stdout"] = body.getStdout().cStr();
-    j["stderr"] = body.getStderr().cStr();
-    j["stream"] = stream.empty() ? json(nullptr) : json(stream);
-    j["submit_dir"] = body.getSubmitDir().cStr();
-    j["time_limit_ms"] = body.getTimeLimitMs() ? json(body.getTimeLimitMs()) : json(nullptr);
-    j["time_request_ms"] = body.getTimeRequestMs() ? json(body.getTimeRequestMs()) : json(nullptr);
-    j["crash_limit"] = desc.getCrashLimit() ? json(desc.getCrashLimit()) : json("unlimited");
-    j["max_fails"] = desc.getMaxFails() >= 0 ? json(desc.getMaxFails()) : json(nullptr);
-    j["nodes"] = std::max<uint32_t>(desc.getNodes(), 1);
-    out.push_back(j);
+    if (g.mode() == OutputMode::kJson) {
+      out.push_back(job_detail_json(d, job_tasks_json(client, s.getId(), desc.getBody())));
+    }
     if (!text.empty()) text += "\n";
     text += render_pairs({
         {"ID", std::to_string(s.getId())},
@@ -402,7 +415,7 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"Program", fmt::format("{}", fmt::join(program, " "))},
         {"Resources per task",
          desc.getNodes() > 1 ? fmt::format("{} whole workers", desc.getNodes()) : request_text},
-        {"Pin", j["pin"].get<std::string>()},
+        {"Pin", pin},
         {"Priority", std::to_string(desc.getPriority())},
         {"Working directory", body.getCwd().cStr()},
         {"Stdout", output_text(body.getStdout())},
@@ -478,47 +491,38 @@ int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_t
                 const std::string& tasks, const std::string& filter, bool detailed) {
   auto states = parse_states<wire::TaskState>(filter, "task");
   JobId job = resolve_job(client, job_text);
-  capnp::MallocMessageBuilder request;
-  auto query = request.initRoot<wire::ClientRequest>().initTaskList();
-  query.setJob(job);
-  if (!tasks.empty()) {
-    IdSet ids = must(IdSet::parse(tasks), "invalid task selection");
-    net::to_wire(ids, query.initTasks(ids.ranges().size()));
+  if (g.mode() == OutputMode::kJson) {
+    capnp::MallocMessageBuilder request;
+    net::to_wire(IdSet::single(job),
+                 request.initRoot<wire::ClientRequest>().initJobInfo().initIds(1));
+    auto response = must(client.call(request));
+    auto details = response.root<wire::ClientResponse>().getJobDetails();
+    if (details.size() == 0) throw no_job(std::to_string(job));
+    json out = job_tasks_json(client, job, details[0].getDescription().getBody(), tasks, states);
+    // HyperQueue's shapes: `task list` keys the tasks by job, `task info` lists them.
+    print_json(detailed ? out : json{{std::to_string(job), out}});
+    return 0;
   }
-  auto st = query.initStates(states.size());
-  for (size_t i = 0; i < states.size(); ++i) st.set(i, states[i]);
-  json out = json::array();
   Table table({"TASK", "STATE", "WORKER", "INSTANCE", "STARTED", "DURATION", "ERROR"});
   std::string text;
-  // The answer comes in pages, each asked for from where the last one ended.
-  for (bool more = true; more;) {
-    auto response = must(client.call(request));
-    auto page = response.root<wire::ClientResponse>().getTaskPage();
-    more = page.getMore();
-    query.setFrom(page.getNext());
-    for (auto t : page.getTasks()) {
-      out.push_back(task_json(t));
-      std::string worker = t.getWorker() ? std::to_string(t.getWorker()) : "";
-      table.add({std::to_string(t.getId()), state_name(t.getState()), worker,
-                 std::to_string(t.getInstance()), time_text(t.getStartTime()),
-                 duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
-      if (!text.empty()) text += "\n";
-      text += render_pairs({{"Job", std::to_string(job)},
-                            {"Task", std::to_string(t.getId())},
-                            {"State", state_name(t.getState())},
-                            {"Instance", std::to_string(t.getInstance())},
-                            {"Worker", worker},
-                            {"Started", time_text(t.getStartTime())},
-                            {"Finished", time_text(t.getEndTime())},
-                            {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
-                            {"Error", t.getError().cStr()}});
-    }
-  }
-  if (g.mode() == OutputMode::kJson) {
-    print_json(out);
-  } else if (g.mode() == OutputMode::kCli) {
-    std::cout << (detailed ? text : table.render());
-  }
+  for_each_task(client, job, tasks, states, [&](wire::TaskInfo::Reader t) {
+    if (g.mode() != OutputMode::kCli) return;
+    std::string worker = t.getWorker() ? std::to_string(t.getWorker()) : "";
+    table.add({std::to_string(t.getId()), state_name(t.getState()), worker,
+               std::to_string(t.getInstance()), time_text(t.getStartTime()),
+               duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
+    if (!text.empty()) text += "\n";
+    text += render_pairs({{"Job", std::to_string(job)},
+                          {"Task", std::to_string(t.getId())},
+                          {"State", state_name(t.getState())},
+                          {"Instance", std::to_string(t.getInstance())},
+                          {"Worker", worker},
+                          {"Started", time_text(t.getStartTime())},
+                          {"Finished", time_text(t.getEndTime())},
+                          {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
+                          {"Error", t.getError().cStr()}});
+  });
+  if (g.mode() == OutputMode::kCli) std::cout << (detailed ? text : table.render());
   return 0;
 }
 
@@ -780,19 +784,7 @@ int cmd_server_info(const GlobalOptions& g) {
 }
 
 void print_server_info(const GlobalOptions& g, wire::ServerInfo::Reader info) {
-  json j = {{"server_uid", info.getServerUid().cStr()},
-            {"host", info.getHost().cStr()},
-            {"client_port", info.getClientPort()},
-            {"worker_port", info.getWorkerPort()},
-            {"pid", info.getPid()},
-            {"version", info.getVersion().cStr()},
-            {"server_dir", info.getServerDir().cStr()},
-            {"started_at", format_iso8601(info.getStartTime())},
-            {"journal", info.getJournal().size() ? json(info.getJournal().cStr()) : json(nullptr)},
-            {"journal_error", info.getJournalError().cStr()},
-            {"restored_jobs", info.getRestoredJobs()},
-            {"restored_tasks", info.getRestoredTasks()},
-            {"replay_ms", info.getReplayMs()}};
+  json j = server_info_json(info);
   std::string journal = info.getJournal().size() ? info.getJournal().cStr() : "none (--no-journal)";
   if (info.getJournalError().size())
     journal += fmt::format(" FAILED: {}", info.getJournalError().cStr());

@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "cli/completion.h"
 #include "cli/journal_commands.h"
+#include "cli/json_output.h"
 #include "cli/output_commands.h"
 #include "common/log.h"
 #include "common/resources.h"
@@ -40,14 +41,7 @@ worker::DetectOptions detect_option(const std::string& list, bool no_hyper_threa
 int cmd_worker_hwdetect(const GlobalOptions& g, const worker::DetectOptions& options) {
   ResourceDescriptor d = must(worker::detect_resources(options), "hardware detection failed");
   if (g.mode() == OutputMode::kJson) {
-    nlohmann::json resources = nlohmann::json::array();
-    for (const ResourceDefinition& r : d.resources) {
-      if (r.kind == ResourceKind::kIndexed)
-        resources.push_back({{"name", r.name}, {"kind", "indexed"}, {"groups", r.groups}});
-      else
-        resources.push_back({{"name", r.name}, {"kind", "sum"}, {"amount", r.sum}});
-    }
-    nlohmann::json out = {{"resources", resources}};
+    nlohmann::json out = resources_json(d);
     std::cout << out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return 0;
   }

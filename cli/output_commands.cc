@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "cli/print.h"
 #include "common/id_set.h"
@@ -125,19 +126,24 @@ int cmd_output_summary(const GlobalOptions& g, const OutputArgs& a) {
   }
   switch (g.mode()) {
     case OutputMode::kJson:
-      print_json({{"server_uid", s.server_uid},
-                  {"files", s.files},
-                  {"file_bytes", s.file_bytes},
-                  {"records", s.records},
-                  {"jobs", s.jobs},
-                  {"tasks", s.tasks},
-                  {"finished", s.finished},
-                  {"open", s.open},
-                  {"stdout_bytes", s.bytes[0]},
-                  {"stderr_bytes", s.bytes[1]},
-                  {"superseded_instances", s.superseded_instances},
-                  {"superseded_bytes", s.superseded_bytes},
-                  {"damage", damage}});
+      // HyperQueue's shape (`hq output-log DIR summary`), hq's additions after its keys.
+      print_json({{"filename", a.dir},
+                  {"summary",
+                   {{"n_files", s.files},
+                    {"n_jobs", s.jobs},
+                    {"n_tasks", s.tasks},
+                    {"n_streams", s.tasks + s.superseded_instances},
+                    {"n_opened", s.open},
+                    {"stdout_size", s.bytes[0]},
+                    {"stderr_size", s.bytes[1]},
+                    {"n_superseded", s.superseded_instances},
+                    {"superseded_stdout_size", s.superseded_bytes[0]},
+                    {"superseded_stderr_size", s.superseded_bytes[1]},
+                    {"server_uid", s.server_uid},
+                    {"file_bytes", s.file_bytes},
+                    {"records", s.records},
+                    {"n_finished", s.finished},
+                    {"damage", damage}}}});
       break;
     case OutputMode::kQuiet:
       break;
@@ -151,8 +157,8 @@ int cmd_output_summary(const GlobalOptions& g, const OutputArgs& a) {
           {"Tasks", fmt::format("{} ({} finished, {} open)", s.tasks, s.finished, s.open)},
           {"Stdout", fmt::format("{} ({} bytes)", bytes_text(s.bytes[0]), s.bytes[0])},
           {"Stderr", fmt::format("{} ({} bytes)", bytes_text(s.bytes[1]), s.bytes[1])},
-          {"Superseded instances",
-           fmt::format("{} ({} bytes)", s.superseded_instances, s.superseded_bytes)},
+          {"Superseded instances", fmt::format("{} ({} bytes)", s.superseded_instances,
+                                               s.superseded_bytes[0] + s.superseded_bytes[1])},
           {"Damage", s.damage.empty() ? "none" : fmt::format("{} place(s)", s.damage.size())},
       });
       for (const auto& d : s.damage) {

@@ -79,11 +79,6 @@ const char* state_name(wire::JobState s) {
   return "unknown";
 }
 
-nlohmann::json counts_json(wire::TaskCounts::Reader c) {
-  return {{"waiting", c.getWaiting()}, {"running", c.getRunning()},   {"finished", c.getFinished()},
-          {"failed", c.getFailed()},   {"canceled", c.getCanceled()}, {"aborted", c.getAborted()}};
-}
-
 std::string counts_text(wire::TaskCounts::Reader c) {
   std::string out;
   auto add = [&](const char* name, uint32_t n) {
@@ -98,83 +93,10 @@ std::string counts_text(wire::TaskCounts::Reader c) {
   return out.empty() ? "none" : out;
 }
 
-namespace {
-nlohmann::json time_json(int64_t ms) {
-  if (ms == 0) return nullptr;
-  return format_iso8601(ms);
-}
-}  // namespace
-
-nlohmann::json job_json(wire::JobSummary::Reader job) {
-  const auto& c = job.getCounts();
-  return {{"id", job.getId()},
-          {"name", job.getName().cStr()},
-          {"state", state_name(job.getState())},
-          {"task_count", c.getWaiting() + c.getRunning() + c.getFinished() + c.getFailed() +
-                             c.getCanceled() + c.getAborted()},
-          {"task_counts", counts_json(c)},
-          {"submitted_at", time_json(job.getSubmitTime())},
-          {"finished_at", time_json(job.getEndTime())}};
-}
-
-nlohmann::json task_json(wire::TaskInfo::Reader task) {
-  nlohmann::json j = {
-      {"id", task.getId()},
-      {"state", state_name(task.getState())},
-      {"instance", task.getInstance()},
-      {"worker", task.getWorker() ? nlohmann::json(task.getWorker()) : nullptr},
-      {"error", task.hasError() && task.getError().size() ? nlohmann::json(task.getError().cStr())
-                                                          : nullptr},
-      {"started_at", time_json(task.getStartTime())},
-      {"finished_at", time_json(task.getEndTime())},
-      {"crash_count", task.getCrashCount()}};
-  return j;
-}
-
 std::string resources_text(wire::WorkerSummary::Reader w) {
   auto resources = net::from_wire(w.getResources());
   if (!resources || resources->resources.empty()) return fmt::format("cpus {}", w.getCpus());
   return describe(*resources);
-}
-
-nlohmann::json resources_json(capnp::List<wire::ResourceDefinition>::Reader defs) {
-  nlohmann::json out = nlohmann::json::array();
-  for (auto d : defs) {
-    nlohmann::json j = {{"name", d.getName().cStr()}};
-    if (d.isSum()) {
-      j["kind"] = "sum";
-      j["amount"] = d.getSum();
-    } else {
-      j["kind"] = "indexed";
-      nlohmann::json groups = nlohmann::json::array();
-      for (auto g : d.getGroups()) {
-        nlohmann::json units = nlohmann::json::array();
-        for (auto u : g) units.push_back(u.cStr());
-        groups.push_back(units);
-      }
-      j["groups"] = groups;
-    }
-    out.push_back(j);
-  }
-  return out;
-}
-
-nlohmann::json worker_json(wire::WorkerSummary::Reader w) {
-  return {
-      {"resources", resources_json(w.getResources())},
-      {"id", w.getId()},
-      {"hostname", w.getHostname().cStr()},
-      {"pid", w.getPid()},
-      {"state", w.getConnected() ? "running" : "offline"},
-      {"cpus", w.getCpus()},
-      {"running_tasks", w.getRunningTasks()},
-      {"group", w.getGroup().cStr()},
-      {"time_limit_at", time_json(w.getLimitTime())},
-      {"address", w.getAddress().cStr()},
-      {"work_dir", w.getWorkDir().cStr()},
-      {"started_at", time_json(w.getConnectTime())},
-      {"ended_at", time_json(w.getEndTime())},
-      {"end_reason", w.getEndReason().size() ? nlohmann::json(w.getEndReason().cStr()) : nullptr}};
 }
 
 }  // namespace hq::cli

@@ -1,10 +1,9 @@
 #pragma once
-// Printing for people (aligned tables) and for scripts (JSON with stable field names).
+// Printing for people: aligned tables, "key: value" lines, state names. cli/json_output.h
+// holds what scripts read.
 
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "net/protocol.capnp.h"
 
@@ -28,10 +27,6 @@ std::string render_pairs(const std::vector<std::pair<std::string, std::string>>&
 const char* state_name(wire::TaskState s);
 const char* state_name(wire::JobState s);
 
-nlohmann::json counts_json(wire::TaskCounts::Reader c);
-nlohmann::json job_json(wire::JobSummary::Reader job);
-nlohmann::json task_json(wire::TaskInfo::Reader task);
-nlohmann::json worker_json(wire::WorkerSummary::Reader worker);
 // "cpus 2x4; gpus/nvidia 2; mem 64000".
 std::string resources_text(wire::WorkerSummary::Reader worker);
 // "RUNNING 2, FINISHED 5" style, only non-zero counts.

@@ -63,4 +63,16 @@ ResourceRequest task_request(const TaskBodySpec& body, uint32_t nodes = 0);
 // job (scheduler, workers, clients) sees one request. The server does it on submit and replay.
 void normalize_request(JobDescriptionSpec& job);
 
+// Where one task instance runs and writes: its working directory (the body's cwd with
+// placeholders expanded, relative to the submit directory) and its output files (relative to
+// that directory; empty when discarded or streamed). The worker opens these; `hq task list`
+// shows them.
+struct TaskPaths {
+  std::string cwd;
+  std::string stdout_path;
+  std::string stderr_path;
+};
+TaskPaths task_paths(const TaskBodySpec& body, uint32_t job, uint32_t task, uint32_t instance,
+                     const std::string& server_uid);
+
 }  // namespace hq

@@ -186,7 +186,7 @@ TaskInfo make_info(const std::vector<GroupEntry>& group) {
     if (e.instance != t.instance) {
       if (counted != e.instance) ++t.superseded;
       counted = e.instance;
-      t.superseded_bytes += e.bytes[0] + e.bytes[1];
+      for (size_t c = 0; c < kChannels; ++c) t.superseded_bytes[c] += e.bytes[c];
       continue;
     }
     if ((e.flags & kEntryStarted) && !t.started) {
@@ -429,7 +429,7 @@ Summary StreamReader::summary() const {
     }
     for (size_t c = 0; c < kChannels; ++c) s.bytes[c] += t.bytes[c];
     s.superseded_instances += t.superseded;
-    s.superseded_bytes += t.superseded_bytes;
+    for (size_t c = 0; c < kChannels; ++c) s.superseded_bytes[c] += t.superseded_bytes[c];
   });
   s.damage = impl_->damage;
   return s;

@@ -119,7 +119,7 @@ struct TaskInfo {
   uint64_t bytes[kChannels] = {0, 0};  // stdout, stderr
   uint64_t chunks = 0;
   uint32_t superseded = 0;  // earlier instances in the stream, not served
-  uint64_t superseded_bytes = 0;
+  uint64_t superseded_bytes[kChannels] = {0, 0};
 };
 
 struct JobInfo {
@@ -140,7 +140,7 @@ struct Summary {
   uint64_t open = 0;  // tasks whose last instance has no end record (still running, or lost)
   uint64_t bytes[kChannels] = {0, 0};
   uint64_t superseded_instances = 0;
-  uint64_t superseded_bytes = 0;
+  uint64_t superseded_bytes[kChannels] = {0, 0};
   std::vector<Damage> damage;
 };
 

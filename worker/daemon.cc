@@ -119,12 +119,6 @@ Status write_lines(const std::string& path, const std::vector<std::string>& line
   return Status::ok();
 }
 
-// Resolves `path` against `base` unless it is absolute.
-std::string resolve(const std::string& base, const std::string& path) {
-  if (path.empty() || path[0] == '/') return path;
-  return (fs::path(base) / path).string();
-}
-
 class Worker {
  public:
   // `reaper` must outlive the worker.
@@ -429,26 +423,23 @@ class Worker {
     task.key = key;
     task.allocation = std::move(allocation);
 
+    TaskPaths paths = task_paths(job.body, key.job, key.task, key.instance, server_uid_);
     PlaceholderValues values;
     values.job_id = std::to_string(key.job);
     values.task_id = std::to_string(key.task);
     values.instance_id = std::to_string(key.instance);
     values.submit_dir = job.body.submit_dir;
     values.server_uid = server_uid_;
-    values.cwd = job.body.submit_dir;
-    std::string cwd = expand_placeholders(job.body.cwd, values);
-    if (cwd.empty()) cwd = job.body.submit_dir;
-    cwd = resolve(job.body.submit_dir, cwd);
-    values.cwd = cwd;
+    values.cwd = paths.cwd;
 
     SpawnSpec spec;
     spec.argv = job.body.program;
-    spec.cwd = cwd;
+    spec.cwd = paths.cwd;
     // With a stream directory, an empty output path means "into the stream".
     spec.capture_stdout = !job.stream.empty() && job.body.stdout_path.empty();
     spec.capture_stderr = !job.stream.empty() && job.body.stderr_path.empty();
-    spec.stdout_path = resolve(cwd, expand_placeholders(job.body.stdout_path, values));
-    spec.stderr_path = resolve(cwd, expand_placeholders(job.body.stderr_path, values));
+    spec.stdout_path = std::move(paths.stdout_path);
+    spec.stderr_path = std::move(paths.stderr_path);
     if (spec.capture_stdout || spec.capture_stderr) {
       auto writer = stream_writer(resolve_stream_dir(job.stream, values));
       if (!writer) {

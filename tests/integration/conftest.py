@@ -129,12 +129,21 @@ class HqEnv:
         out = self.command(["--output-mode", "quiet", "submit", *args], **kwargs)
         return int(out.strip())
 
-    def job(self, job_id):
+    def job_detail(self, job_id):
+        """`hq job info` in JSON: the job under "info", its submits, its tasks."""
         [job] = self.json(["job", "info", str(job_id)])
         return job
 
+    def job(self, job_id):
+        """The job as `hq job list` shows it (id, name, state, task_stats, ...)."""
+        return self.job_detail(job_id)["info"]
+
+    def task_desc(self, job_id):
+        """What the job's tasks run: program, resources, pin_mode, time_limit, ..."""
+        return self.job_detail(job_id)["submits"][0]["array"]
+
     def tasks(self, job_id):
-        return self.json(["task", "list", str(job_id)])
+        return self.json(["task", "list", str(job_id)])[str(job_id)]
 
     def wait_job(self, job_id, timeout=60):
         """Waits with `hq job wait`; returns its exit code."""

@@ -55,7 +55,7 @@ def test_default_work_directory_is_private_unpredictable_and_removed(hq_env):
     with umask(0):
         worker = hq_env.start_worker(cpus=1)
     [info] = [w for w in hq_env.json(["worker", "list"]) if w["id"] == worker.worker_id]
-    work_dir = info["work_dir"]
+    work_dir = info["configuration"]["work_dir"]
     assert os.path.basename(work_dir) != f"hq-worker-{worker.pid}"
     assert mode(work_dir) == 0o700
     hq_env.kill(worker, sig=15)

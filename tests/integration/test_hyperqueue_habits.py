@@ -35,9 +35,9 @@ def test_version(hq_env):
 def test_numbers_with_underscores_and_durations_in_hyperqueue_spelling(hq_env):
     hq_env.start_server()
     job = hq_env.submit(["--array", "1-10_000", "--time-limit", "1h 30m", "--", "true"])
-    assert hq_env.job(job)["task_counts"]["waiting"] == 10_000
+    assert hq_env.job(job)["task_stats"]["waiting"] == 10_000
     job2 = hq_env.submit(["--time-limit", "00:10:00", "--", "true"])
-    assert hq_env.job(job2)["task_counts"]["waiting"] == 1
+    assert hq_env.job(job2)["task_stats"]["waiting"] == 1
     err = hq_env.command(["submit", "--time-limit", "00:61:00", "--", "true"], expect_fail=True)
     assert "invalid --time-limit" in err
 

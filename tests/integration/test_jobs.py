@@ -107,8 +107,9 @@ def test_task_list_of_a_large_job_comes_in_pages(hq_env):
     assert ids == list(range(1, 120001)) + list(range(200000, 200005))
     assert all(t["state"] == "waiting" for t in tasks)
     # A selection across a page boundary, and a filter, page the same way.
-    picked = hq_env.json(["task", "list", str(job), "--tasks", "49990-50010,119999-200001"])
+    picked = hq_env.json(["task", "list", str(job), "--tasks",
+                          "49990-50010,119999-200001"])[str(job)]
     assert [t["id"] for t in picked] == (list(range(49990, 50011)) +
                                          [119999, 120000, 200000, 200001])
-    waiting = hq_env.json(["task", "list", str(job), "--filter", "waiting"])
+    waiting = hq_env.json(["task", "list", str(job), "--filter", "waiting"])[str(job)]
     assert len(waiting) == 120005

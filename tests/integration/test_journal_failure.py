@@ -112,7 +112,7 @@ def test_a_full_disk_holds_the_server_back_until_space_is_freed(hq_env):
         hq_env.start_server("--journal", str(journal))
         listed = {j["id"]: j for j in hq_env.json(["job", "list", "--all"])}
         assert listed[campaign]["state"] == "finished"
-        assert listed[campaign]["task_counts"]["finished"] == 3000
+        assert listed[campaign]["task_stats"]["finished"] == 3000
         assert listed[later]["state"] == "finished"
         assert_no_instance_ran_twice(hq_env)
 

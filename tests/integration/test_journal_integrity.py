@@ -146,7 +146,7 @@ def test_a_cut_manifest_never_serves_fewer_jobs(hq_env):
         stop_server(hq_env, p)
         assert sorted(listed) == jobs, f"{kind} at {cut} of {len(data)}: started with {listed}"
         # Finished tasks stay finished (a task seen finished never runs again).
-        assert listed[ran]["task_counts"]["finished"] == 3, (kind, cut, listed[ran])
+        assert listed[ran]["task_stats"]["finished"] == 3, (kind, cut, listed[ran])
         outcomes["whole"] += 1
     # Both outcomes occur: the cuts that lose table files are refused, the whole file starts.
     assert outcomes["refused"] > 0 and outcomes["whole"] > 0, outcomes
@@ -206,7 +206,7 @@ def report_jobs(hq_env):
 def server_jobs(hq_env):
     out = {}
     for j in hq_env.json(["job", "list", "--all"]):
-        out[j["id"]] = (j["state"], {k: v for k, v in j["task_counts"].items() if v})
+        out[j["id"]] = (j["state"], {k: v for k, v in j["task_stats"].items() if v})
     return out
 
 

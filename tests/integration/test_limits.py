@@ -13,7 +13,7 @@ def test_time_limit_kills_the_task(hq_env):
     [t] = hq_env.tasks(job)
     assert t["state"] == "failed"
     assert t["error"] == "Time limit reached"
-    assert hq_env.job(job)["time_limit_ms"] == 1000
+    assert hq_env.task_desc(job)["time_limit"] == 1.0
     err = hq_env.command(["submit", "--time-limit", "soon", "--", "true"], expect_fail=True)
     assert "--time-limit" in err
 
@@ -33,13 +33,13 @@ def test_max_fails_aborts_the_rest_and_survives_restart(hq_env):
     job = hq_env.submit(["--array", "1-20", "--max-fails", "2", "--stdout", "none",
                          "--stderr", "none", "--", "bash", "-c", "exit 1"])
     assert hq_env.wait_job(job) != 0
-    counts = hq_env.job(job)["task_counts"]
+    counts = hq_env.job(job)["task_stats"]
     assert counts["failed"] == 3, counts  # one worker CPU: tasks end one at a time
     assert counts["aborted"] == 17, counts
     assert hq_env.job(job)["state"] == "failed"
     hq_env.kill(hq_env.server)
     hq_env.start_server()
-    assert hq_env.job(job)["task_counts"] == counts
+    assert hq_env.job(job)["task_stats"] == counts
     err = hq_env.command(["submit", "--max-fails", "-1", "--", "true"], expect_fail=True)
     assert "--max-fails" in err
 

@@ -1,6 +1,8 @@
 """Placing tasks by their resource requests: what the server accepts, what it waits for, and how it
 explains itself (`hq task explain`)."""
 
+import re
+
 from conftest import wait_until
 
 
@@ -46,9 +48,10 @@ def test_worker_list_shows_resources(hq_env):
     out = hq_env.command(["worker", "list"])
     assert "cpus 2x2; gpus/nvidia 2; mem 100 MiB" in out, out
     [w] = hq_env.json(["worker", "list"])
-    by_name = {r["name"]: r for r in w["resources"]}
+    by_name = {r["name"]: r for r in w["configuration"]["resources"]["resources"]}
     assert by_name["cpus"]["groups"] == [["0", "1"], ["2", "3"]]
-    assert by_name["mem"] == {"name": "mem", "kind": "sum", "amount": 100}
+    assert by_name["mem"] == {"name": "mem", "kind": "sum", "size": 100}
+    assert by_name["gpus/nvidia"] == {"name": "gpus/nvidia", "kind": "list", "values": ["0", "1"]}
 
 
 def test_submit_rejects_bad_requests(hq_env):
@@ -73,14 +76,18 @@ def test_request_is_shown_and_survives_a_restart(hq_env):
     hq_env.start_server()
     job = hq_env.submit(["--cpus", "2 compact!", "--resource", "gpus=0.5", "--pin", "omp",
                          "--stdout", "none", "--", "true"])
-    info = hq_env.job(job)
-    assert info["resources"] == "cpus=2 compact!; gpus=0.5"
-    assert info["pin"] == "omp"
+    expected = [{"resource": "cpus", "request": {"ForceCompact": 20000}},
+                {"resource": "gpus", "request": {"Compact": 5000}}]
+    desc = hq_env.task_desc(job)
+    assert desc["resources"][0]["resources"] == expected
+    assert desc["pin_mode"] == "openmp"
     hq_env.kill(hq_env.server)
     hq_env.start_server()
-    info = hq_env.job(job)
-    assert info["resources"] == "cpus=2 compact!; gpus=0.5"
-    assert info["pin"] == "omp"
+    desc = hq_env.task_desc(job)
+    assert desc["resources"][0]["resources"] == expected
+    assert desc["pin_mode"] == "openmp"
+    assert re.search(r"Resources per task:\s+cpus=2 compact!; gpus=0.5\n",
+                     hq_env.command(["job", "info", str(job)]))
     hq_env.start_worker("2", "--resource", "gpus=[0]")
     assert hq_env.wait_job(job) == 0
 
@@ -123,7 +130,7 @@ def test_big_task_is_not_starved_by_a_stream_of_small_ones(hq_env):
             wait_until(lambda: big_done() or any(
                 t["id"] == task and t["state"] == "finished" for t in hq_env.tasks(small)),
                 message=f"small task {task} to finish")
-        left = hq_env.job(small)["task_counts"]["waiting"]
+        left = hq_env.job(small)["task_stats"]["waiting"]
         assert left >= 400 - 2 - len(released), left
     finally:
         (root / "go.all").touch()
@@ -141,7 +148,7 @@ def test_multi_node_task_gets_whole_workers_and_a_node_file(hq_env):
     assert lines[0] == "2"
     assert lines[1] == "0,1"  # every CPU of the worker it runs on
     assert sorted(lines[2:]) == ["node-a", "node-b"], lines  # one group: never node-c
-    assert hq_env.job(job)["nodes"] == 2
+    assert hq_env.task_desc(job)["resources"][0]["n_nodes"] == 2
     err = hq_env.command(["submit", "--nodes", "2", "--cpus", "2", "--", "true"],
                          expect_fail=True)
     assert "--nodes takes whole workers" in err

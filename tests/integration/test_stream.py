@@ -14,7 +14,7 @@ def output(hq_env, *args):
 
 
 def summary(hq_env, stream):
-    return hq_env.json(["output", "summary", str(stream)])
+    return hq_env.json(["output", "summary", str(stream)])["summary"]
 
 
 def wait_for_streamed(hq_env, stream, job, text):
@@ -41,15 +41,15 @@ def test_array_on_two_workers_into_one_directory(hq_env):
     workers = {t["worker"] for t in hq_env.tasks(job)}
     assert workers == {w1.worker_id, w2.worker_id}
     s = summary(hq_env, stream)
-    assert s["files"] == 2  # one file per worker process
-    assert (s["jobs"], s["tasks"], s["finished"], s["open"]) == (1, 20, 20, 0)
-    assert s["stdout_bytes"] == sum(len(f"out {i}\n") for i in range(1, 21))
-    assert s["superseded_instances"] == 0 and s["damage"] == []
+    assert s["n_files"] == 2  # one file per worker process
+    assert (s["n_jobs"], s["n_tasks"], s["n_finished"], s["n_opened"]) == (1, 20, 20, 0)
+    assert s["stdout_size"] == sum(len(f"out {i}\n") for i in range(1, 21))
+    assert s["n_superseded"] == 0 and s["damage"] == []
     assert len(list(stream.glob("*.hqs"))) == 2
 
-    info = hq_env.job(job)
-    assert info["stream"] == str(stream)
-    assert info["stdout"] == "" and info["stderr"] == ""
+    assert hq_env.job_detail(job)["stream"] == str(stream)
+    program = hq_env.task_desc(job)["program"]
+    assert program["stdout"] == "<stream>" and program["stderr"] == "<stream>"
     text = hq_env.command(["job", "info", str(job)])
     assert re.search(r"Stdout:\s+stream\n", text) and re.search(r"Stderr:\s+stream\n", text)
     assert re.search(r"Stream:\s+" + re.escape(str(stream)) + r"\n", text)
@@ -105,7 +105,7 @@ def test_stderr_only_and_mixed_outputs(hq_env):
     exported = hq_env.json(["output", "export", str(stream), str(only_out)])
     assert [(t["id"], t["stdout"], t["stderr"]) for t in exported] == \
         [(1, "out 1\n", ""), (2, "out 2\n", "")]
-    assert hq_env.job(only_out)["stderr"] == "/dev/null"
+    assert hq_env.task_desc(only_out)["program"]["stderr"] == "/dev/null"
 
     jobs = hq_env.json(["output", "jobs", str(stream)])
     assert [j["id"] for j in jobs] == [only_err, only_out]
@@ -148,8 +148,8 @@ def test_restarted_task_serves_the_last_instance(hq_env):
     assert output(hq_env, "cat", stream, job) == "second\n"
     assert "first" not in output(hq_env, "show", stream)
     s = summary(hq_env, stream)
-    assert s["files"] == 2 and s["tasks"] == 1 and s["open"] == 0
-    assert s["superseded_instances"] == 1 and s["superseded_bytes"] == len("first\n")
+    assert s["n_files"] == 2 and s["n_tasks"] == 1 and s["n_opened"] == 0
+    assert s["n_superseded"] == 1 and s["superseded_stdout_size"] == len("first\n")
     [task] = hq_env.json(["output", "export", str(stream), str(job)])
     assert task["instance"] == 1 and task["stdout"] == "second\n"
 
@@ -166,14 +166,14 @@ def test_unfinished_stream(hq_env):
     err = hq_env.command(["output", "cat", str(stream), str(job)], expect_fail=True)
     assert "not finished" in err and "--allow-unfinished" in err
     s = summary(hq_env, stream)
-    assert (s["tasks"], s["finished"], s["open"]) == (1, 0, 1)
+    assert (s["n_tasks"], s["n_finished"], s["n_opened"]) == (1, 0, 1)
     [task] = hq_env.json(["output", "export", str(stream), str(job)])
     assert task["finished"] is False and task["exit_code"] is None
 
     gate.touch()
     assert hq_env.wait_job(job) == 0
     assert output(hq_env, "cat", stream, job) == "started\ndone\n"
-    assert summary(hq_env, stream)["open"] == 0
+    assert summary(hq_env, stream)["n_opened"] == 0
 
 
 def test_bad_stream_directory_is_a_clear_error(hq_env):

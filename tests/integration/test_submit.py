@@ -14,7 +14,7 @@ def test_submit_runs_task_and_writes_outputs(hq_env):
     assert (hq_env.work / "job-1" / "0.stderr").read_text() == "oops\n"
     job = hq_env.job(1)
     assert job["state"] == "finished"
-    assert job["task_counts"]["finished"] == 1
+    assert job["task_stats"]["finished"] == 1
 
 
 def test_array_with_sparse_ids(hq_env):
@@ -30,7 +30,7 @@ def test_array_with_sparse_ids(hq_env):
     for i in expected:
         assert (hq_env.work / f"job-{job}" / f"{i}.stdout").read_text() == f"{job}:{i}:0\n"
     # A selection far larger than the job is answered from the job's own tasks.
-    picked = hq_env.json(["task", "list", str(job), "--tasks", "2-4294967295"])
+    picked = hq_env.json(["task", "list", str(job), "--tasks", "2-4294967295"])[str(job)]
     assert [t["id"] for t in picked] == [2, 3, 10, 20, 23, 26]
     assert sorted(os.listdir(hq_env.work / f"job-{job}")) == sorted(
         [f"{i}.stdout" for i in expected] + [f"{i}.stderr" for i in expected])
@@ -94,14 +94,15 @@ def test_json_and_quiet_output(hq_env):
     # The global option is accepted after the subcommand too, and from the environment.
     jobs = json.loads(hq_env.command(["job", "list", "--all", "--output-mode", "json"]))
     assert [(j["id"], j["state"]) for j in jobs] == [(1, "finished")]
-    assert jobs[0]["task_counts"] == {"waiting": 0, "running": 0, "finished": 1, "failed": 0,
+    assert jobs[0]["task_stats"] == {"waiting": 0, "running": 0, "finished": 1, "failed": 0,
                                       "canceled": 0, "aborted": 0}
     [info] = json.loads(hq_env.command(["job", "info", "1"], env={"HQ_OUTPUT_MODE": "json"}))
-    assert info["id"] == 1 and info["name"] == "true" and info["program"] == ["true"]
-    assert info["submitted_at"].endswith("Z") and info["finished_at"].endswith("Z")
-    [task] = hq_env.json(["task", "list", "1"])
-    assert set(task) >= {"id", "state", "worker", "error", "started_at", "finished_at"}
-    assert task["worker"] == 1 and task["error"] is None
+    assert info["info"]["id"] == 1 and info["info"]["name"] == "true"
+    assert info["submits"][0]["array"]["program"]["args"] == ["true"]
+    assert info["started_at"].endswith("Z") and info["finished_at"].endswith("Z")
+    [task] = hq_env.json(["task", "list", "1"])["1"]
+    assert set(task) >= {"id", "state", "worker", "started_at", "finished_at"}
+    assert task["worker"] == 1 and "error" not in task
     workers = hq_env.json(["worker", "list"])
     assert workers[0]["id"] == 1 and workers[0]["cpus"] == 1
 

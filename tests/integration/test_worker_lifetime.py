@@ -60,7 +60,7 @@ def test_time_request_longer_than_the_worker_lifetime_waits_for_another_worker(h
     assert hq_env.wait_job(other) == 0
     assert hq_env.tasks(other)[0]["worker"] == short.worker_id
     [t] = hq_env.tasks(job)
-    assert t["state"] == "waiting" and t["worker"] is None
+    assert t["state"] == "waiting" and "worker" not in t
 
     explained = hq_env.json(["task", "explain", str(job), "0"])
     [fit] = explained["workers"]
@@ -100,7 +100,7 @@ def test_group_is_listed(hq_env):
     hq_env.start_server()
     gpu = hq_env.start_worker(1, "--group", "gpu-nodes")
     plain = hq_env.start_worker(1)
-    groups = {w["id"]: w["group"] for w in hq_env.json(["worker", "list"])}
+    groups = {w["id"]: w["configuration"]["group"] for w in hq_env.json(["worker", "list"])}
     assert groups == {gpu.worker_id: "gpu-nodes", plain.worker_id: "default"}
 
 

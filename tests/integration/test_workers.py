@@ -71,7 +71,7 @@ def test_worker_stop_and_list(hq_env):
     w1 = hq_env.start_worker(1, "--hostname", "node-a")
     w2 = hq_env.start_worker(cpus=3)
     listed = {w["id"]: w for w in hq_env.json(["worker", "list"])}
-    assert listed[w1.worker_id]["hostname"] == "node-a"
+    assert listed[w1.worker_id]["configuration"]["hostname"] == "node-a"
     assert listed[w2.worker_id]["cpus"] == 3
     info = hq_env.json(["worker", "info", str(w1.worker_id)])
     assert info["id"] == w1.worker_id and info["state"] == "running"
