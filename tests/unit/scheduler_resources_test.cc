@@ -817,13 +817,16 @@ class Churn {
     std::vector<std::string> entries;
     if (pick(20) == 0) {
       entries.push_back("cpus=all");
+    } else if (pick(8) == 0) {
+      static const std::vector<std::string> shares = {"0.5", "1.5", "2.25 scatter", "0.75 tight"};
+      entries.push_back("cpus=" + one_of(shares));
     } else {
       static const std::vector<uint32_t> amounts = {1, 1, 1, 2, 2, 3, 4, 8};
       entries.push_back("cpus=" + std::to_string(one_of(amounts)) + one_of(policies));
     }
     switch (pick(6)) {
       case 0:
-        entries.push_back(pick(2) ? "gpus=0.5" : "gpus=0.25");
+        entries.push_back(pick(3) == 0 ? "gpus=1.5 tight" : pick(2) ? "gpus=0.5" : "gpus=0.25");
         break;
       case 1:
         entries.push_back("gpus=" + std::to_string(1 + pick(2)) + one_of(policies));
