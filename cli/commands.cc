@@ -165,9 +165,6 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   if (o.program.empty()) throw CommandError{"no program to run: hq submit [OPTIONS] -- PROGRAM"};
   std::vector<ResourceRequestEntry> entries;
   entries.push_back(must(parse_request_entry(kCpus, o.cpus), "invalid --cpus"));
-  if (entries[0].policy != AllocationPolicy::kAll && entries[0].amount % kAmountUnit != 0) {
-    throw CommandError{fmt::format("invalid --cpus '{}': CPUs are requested whole", o.cpus)};
-  }
   for (const std::string& r : o.resources) {
     entries.push_back(must(parse_named_request(r), "invalid --resource"));
     if (entries.back().name == kCpus) {

@@ -12,6 +12,12 @@ std::string local_hostname() {
   return name;
 }
 
+std::string short_hostname(std::string_view host) {
+  bool address = !host.empty() && host.find_first_not_of("0123456789.") == std::string_view::npos;
+  if (address) return std::string(host);
+  return std::string(host.substr(0, host.find('.')));
+}
+
 uint32_t available_cpus() {
   cpu_set_t set;
   CPU_ZERO(&set);

@@ -22,7 +22,7 @@ ResourceRequest task_request(const TaskBodySpec& body, uint32_t nodes) {
 
 void normalize_request(JobDescriptionSpec& job) {
   job.body.resources = task_request(job.body, job.nodes);
-  job.body.cpus = static_cast<uint32_t>(job.body.resources.cpus() / kAmountUnit);
+  job.body.cpus = whole_cpus(job.body.resources);
 }
 
 namespace {

@@ -113,18 +113,22 @@ bool ResourcePool::entry_fits(const Resource& r, const PoolEntry& e) const {
     return e.policy == AllocationPolicy::kAll ? r.sum_free == r.total : e.amount <= r.sum_free;
   }
   if (e.policy == AllocationPolicy::kAll) return r.whole_free_total == r.free.size();
-  if (e.amount < kAmountUnit) {
-    if (r.sum_free < e.amount) return false;
-    for (ResourceAmount f : r.free) {
-      if (f >= e.amount) return true;
-    }
-    return false;
-  }
+  if (e.amount > r.sum_free) return false;
   const uint32_t n = static_cast<uint32_t>(e.amount / kAmountUnit);
-  if (e.policy != AllocationPolicy::kForceCompact && e.policy != AllocationPolicy::kForceTight) {
-    return r.whole_free_total >= n;  // the others spill over groups when they must
-  }
+  const ResourceAmount share = e.amount % kAmountUnit;
+  // The share comes from a unit already shared when one has room (it is not among the n whole
+  // units), else from one more whole unit.
+  const uint32_t whole_needed = share > 0 && !shared_unit_for(r, share) ? n + 1 : n;
+  if (r.whole_free_total < whole_needed) return false;
+  if (!is_forced(e.policy)) return true;  // the others spill over groups when they must
   return choose_groups(r, n, e.policy, picks_);
+}
+
+bool ResourcePool::shared_unit_for(const Resource& r, ResourceAmount share) const {
+  for (ResourceAmount f : r.free) {
+    if (f < kAmountUnit && f >= share) return true;
+  }
+  return false;
 }
 
 bool ResourcePool::fits(const PoolRequest& request) const {
@@ -140,9 +144,8 @@ bool ResourcePool::could_fit(const PoolRequest& request) const {
     const Resource* r = get(e.resource);
     if (!r) return false;
     if (e.policy == AllocationPolicy::kAll) continue;
-    if (r->kind == ResourceKind::kIndexed && e.amount < kAmountUnit) {
-      if (r->free.empty()) return false;
-    } else if (e.amount > r->total) {
+    // Whole units are counted in kAmountUnit: ceil(amount) units fit exactly when amount does.
+    if (e.amount > r->total) {
       return false;
     }
   }
@@ -169,15 +172,9 @@ void ResourcePool::take(Resource& r, uint32_t id, const PoolEntry& e, Allocation
     for (uint32_t u = 0; u < r.free.size(); ++u) take_unit(u, kAmountUnit);
     return;
   }
-  if (e.amount < kAmountUnit) {
-    // The fullest unit that still has room, so that shared units fill up first.
-    uint32_t best = UINT32_MAX;
-    for (uint32_t u = 0; u < r.free.size(); ++u) {
-      if (r.free[u] >= e.amount && (best == UINT32_MAX || r.free[u] < r.free[best])) best = u;
-    }
-    take_unit(best, e.amount);
-    return;
-  }
+  // Whole units first, by the policy; then the share, from the fullest unit that still has room
+  // (so that shared units fill up first), in a group the whole units came from when that ties.
+  // entry_fits made sure such a unit is left.
   choose_groups(r, static_cast<uint32_t>(e.amount / kAmountUnit), e.policy, picks_);
   for (auto [group, count] : picks_) {
     for (uint32_t u : r.groups[group]) {
@@ -188,6 +185,23 @@ void ResourcePool::take(Resource& r, uint32_t id, const PoolEntry& e, Allocation
       }
     }
   }
+  const ResourceAmount share = e.amount % kAmountUnit;
+  if (share == 0) return;
+  auto picked = [&](uint32_t u) {
+    for (auto [group, count] : picks_) {
+      if (group == r.group_of[u]) return true;
+    }
+    return false;
+  };
+  uint32_t best = UINT32_MAX;
+  for (uint32_t u = 0; u < r.free.size(); ++u) {
+    if (r.free[u] < share) continue;
+    if (best == UINT32_MAX || r.free[u] < r.free[best] ||
+        (r.free[u] == r.free[best] && picked(u) && !picked(best))) {
+      best = u;
+    }
+  }
+  take_unit(best, share);
 }
 
 bool ResourcePool::allocate(const PoolRequest& request, Allocation& out) {
@@ -246,6 +260,9 @@ ResourceAmount ResourcePool::free_amount(uint32_t resource) const {
 ResourceAmount ResourcePool::total_amount(uint32_t resource) const {
   const Resource* r = get(resource);
   return r ? r->total : 0;
+}
+ResourceAmount ResourcePool::unit_free(uint32_t resource, uint32_t unit) const {
+  return resources_[resource].free[unit];
 }
 uint32_t ResourcePool::group_of(uint32_t resource, uint32_t unit) const {
   return resources_[resource].group_of[unit];

@@ -66,6 +66,7 @@ class ResourcePool {
   uint32_t units(uint32_t resource) const;
   ResourceAmount free_amount(uint32_t resource) const;   // over all units (or the sum)
   ResourceAmount total_amount(uint32_t resource) const;  // the same, with nothing allocated
+  ResourceAmount unit_free(uint32_t resource, uint32_t unit) const;  // indexed resources
   uint32_t group_of(uint32_t resource, uint32_t unit) const;
   uint32_t groups(uint32_t resource) const;
 
@@ -90,6 +91,8 @@ class ResourcePool {
   bool choose_groups(const Resource& r, uint32_t n, AllocationPolicy policy,
                      std::vector<std::pair<uint32_t, uint32_t>>& picks) const;
   bool entry_fits(const Resource& r, const PoolEntry& e) const;
+  // Whether a unit already shared (partly free) has `share` free.
+  bool shared_unit_for(const Resource& r, ResourceAmount share) const;
   void take(Resource& r, uint32_t id, const PoolEntry& e, Allocation& out);
 
   std::vector<Resource> resources_;                           // by resource id

@@ -272,6 +272,10 @@ std::string describe(const ResourceDescriptor& descriptor) {
   return out;
 }
 
+bool is_forced(AllocationPolicy p) {
+  return p == AllocationPolicy::kForceCompact || p == AllocationPolicy::kForceTight;
+}
+
 const char* to_string(AllocationPolicy p) {
   switch (p) {
     case AllocationPolicy::kCompact:
@@ -302,6 +306,10 @@ ResourceAmount ResourceRequest::cpus() const {
   return e && e->policy != AllocationPolicy::kAll ? e->amount : 0;
 }
 
+uint32_t whole_cpus(const ResourceRequest& request) {
+  return static_cast<uint32_t>((request.cpus() + kAmountUnit - 1) / kAmountUnit);
+}
+
 Result<ResourceRequestEntry> parse_request_entry(std::string_view name, std::string_view text) {
   ResourceRequestEntry e;
   e.name = std::string(name);
@@ -324,6 +332,9 @@ Result<ResourceRequestEntry> parse_request_entry(std::string_view name, std::str
   if (dot != std::string_view::npos) {
     std::string digits(amount.substr(dot + 1));
     if (digits.empty() || digits.size() > 4) return bad("at most four decimal places");
+    if (digits.find_first_not_of("0123456789") != std::string::npos) {
+      return bad("expected a number, optionally followed by a policy");
+    }
     auto f = parse_u64(digits);
     if (!f) return bad("expected a number, optionally followed by a policy");
     frac = *f;
@@ -333,7 +344,6 @@ Result<ResourceRequestEntry> parse_request_entry(std::string_view name, std::str
   if (*whole > 1'000'000'000) return bad("amount too large");
   e.amount = *whole * kAmountUnit + frac;
   if (e.amount == 0) return bad("the amount must be positive");
-  if (*whole > 0 && frac > 0) return bad("a fraction must be below 1 (such as 0.5)");
   if (policy.empty() || policy == "compact") {
     e.policy = AllocationPolicy::kCompact;
   } else if (policy == "compact!") {
@@ -349,8 +359,9 @@ Result<ResourceRequestEntry> parse_request_entry(std::string_view name, std::str
         "unknown policy '{}' (use compact, compact!, tight, tight!, scatter, or the amount all)",
         policy));
   }
-  if (frac > 0 && e.policy != AllocationPolicy::kCompact) {
-    return bad("a fraction takes no policy");
+  if (frac > 0 && is_forced(e.policy)) {
+    return bad(fmt::format("{} takes whole amounts (use {} or compact)", to_string(e.policy),
+                           format_amount(e.amount)));
   }
   return e;
 }
@@ -376,8 +387,9 @@ Result<ResourceRequest> make_request(std::vector<ResourceRequestEntry> entries) 
     if (e.amount > kMaxRequestUnits * kAmountUnit) {
       return Error{fmt::format("resource '{}' is requested in too large an amount", e.name)};
     }
-    if (e.amount > kAmountUnit && e.amount % kAmountUnit != 0) {
-      return Error{fmt::format("resource '{}': a fraction must be below 1 (such as 0.5)", e.name)};
+    if (e.amount % kAmountUnit != 0 && is_forced(e.policy)) {
+      return Error{fmt::format("resource '{}': {} takes whole amounts, not {}", e.name,
+                               to_string(e.policy), format_amount(e.amount))};
     }
   }
   ResourceRequest r;
@@ -412,6 +424,11 @@ std::string describe(const ResourceRequestEntry& e) {
   return format_amount(e.amount) + " " + to_string(e.policy);
 }
 
+std::string describe_with_policy(const ResourceRequestEntry& e) {
+  if (e.policy == AllocationPolicy::kAll) return "all";
+  return format_amount(e.amount) + " " + to_string(e.policy);
+}
+
 std::string describe(const ResourceRequest& request) {
   std::string out;
   for (const auto& e : request.entries) {
@@ -424,9 +441,7 @@ std::string describe(const ResourceRequest& request) {
 std::string env_name(std::string_view resource) {
   std::string out;
   for (char c : resource) {
-    out += std::isalnum(static_cast<unsigned char>(c))
-               ? static_cast<char>(std::toupper(static_cast<unsigned char>(c)))
-               : '_';
+    out += std::isalnum(static_cast<unsigned char>(c)) ? c : '_';
   }
   return out;
 }

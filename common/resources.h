@@ -83,6 +83,8 @@ enum class AllocationPolicy : uint8_t {
   kAll,           // every unit of the resource
 };
 const char* to_string(AllocationPolicy p);
+// compact! and tight!: the whole amount must fit the fewest groups it could, so it is whole.
+bool is_forced(AllocationPolicy p);
 
 struct ResourceRequestEntry {
   std::string name;
@@ -100,23 +102,32 @@ struct ResourceRequest {
   bool operator==(const ResourceRequest&) const = default;
 };
 
-// "AMOUNT [POLICY]" or "all": "4", "4 compact!", "0.5", "2 scatter". Fractions below one unit
-// only (and whole amounts); at most four decimal places.
+// The CPUs a request occupies, a share of one counted whole ("1.5" -> 2); 0 for "all".
+uint32_t whole_cpus(const ResourceRequest& request);
+
+// "AMOUNT [POLICY]" or "all": "4", "4 compact!", "0.5", "2.5 scatter". At most four decimal
+// places; a fraction above one is that many whole units plus a share of one more. compact! and
+// tight! take whole amounts only (as in HyperQueue).
 Result<ResourceRequestEntry> parse_request_entry(std::string_view name, std::string_view text);
 // "NAME=AMOUNT [POLICY]" (`hq submit --resource`).
 Result<ResourceRequestEntry> parse_named_request(std::string_view text);
-// Checks the entries (names, amounts within kMaxRequestUnits, fractions below one, at most
-// kMaxRequestEntries), sorts them, checks names are unique and adds "cpus=1" when missing.
+// Checks the entries (names, amounts within kMaxRequestUnits, no fraction under compact! or
+// tight!, at most kMaxRequestEntries), sorts them, checks names are unique and adds "cpus=1" when
+// missing.
 Result<ResourceRequest> make_request(std::vector<ResourceRequestEntry> entries);
 
 // "1.5", "2", "0.25".
 std::string format_amount(ResourceAmount amount);
 // One entry as the user writes it, without the name: "2", "2 compact!", "0.5", "all".
 std::string describe(const ResourceRequestEntry& entry);
+// One entry as HyperQueue tells it to a task (HQ_RESOURCE_REQUEST_<name>): the policy always
+// written, "2 compact", "0.5 scatter", "all".
+std::string describe_with_policy(const ResourceRequestEntry& entry);
 // "cpus=4 compact!; gpus/nvidia=0.5".
 std::string describe(const ResourceRequest& request);
 
-// Environment variable suffix of a resource: "gpus/nvidia" -> "GPUS_NVIDIA".
+// Environment variable suffix of a resource, as HyperQueue forms it: the case kept, every
+// character other than an ASCII letter or digit turned into '_' ("gpus/nvidia" -> "gpus_nvidia").
 std::string env_name(std::string_view resource);
 
 }  // namespace hq

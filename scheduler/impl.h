@@ -81,11 +81,12 @@ struct WorkerSlot {
   uint32_t stuck = 0;             // queued_cpus - retracting_cpus
   uint32_t outside = 0;           // running tasks flagged kOutside: no new placements meanwhile
 
-  // Whole CPUs free for new tasks: none while it serves a multi-node task or runs one outside
-  // the model.
+  // CPUs free for new tasks, a CPU partly free (shared by fractional requests) counted whole:
+  // none while it serves a multi-node task or runs one outside the model. A hint for where to
+  // look; the pool decides what fits.
   uint32_t real_free() const {
     if (serves_job || outside > 0) return 0;
-    return static_cast<uint32_t>(pool.free_amount(kCpuResource) / kAmountUnit);
+    return static_cast<uint32_t>((pool.free_amount(kCpuResource) + kAmountUnit - 1) / kAmountUnit);
   }
   uint32_t cost(const Job& job) const { return job.cpus ? job.cpus : cpus; }
   // CPUs of tasks it may still hold, queued or placed: held_cpus never exceeds limit.

@@ -3,7 +3,9 @@
 #include "scheduler/scheduler.h"
 
 #include <algorithm>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 
@@ -133,6 +135,7 @@ void Scheduler::Impl::check() const {
     uint64_t cpus = 0, retracting = 0, queued = 0;
     uint32_t running = 0, outside = 0;
     std::vector<ResourceAmount> used(names.size(), 0);
+    std::map<std::pair<uint32_t, uint32_t>, ResourceAmount> unit_used;  // by (resource, unit)
     for (size_t k = 0; k < w.held.size(); ++k) {
       const HeldTask& h = w.held[k];
       const TaskSlot& s = h.job->slots[h.index];
@@ -163,7 +166,34 @@ void Scheduler::Impl::check() const {
         HQ_SCHED_CHECK(s.state != TaskState::kWaiting && !(s.flags & kPlaced) && !in_queue,
                        "worker {}: held entry {} is outside the pool but not running alone", id, k);
       }
-      for (const AllocationEntry& a : h.alloc) used[a.resource] += a.amount;
+      // An allocation is whole units plus at most one share of one more, per resource.
+      std::map<uint32_t, uint32_t> shares;
+      std::set<std::pair<uint32_t, uint32_t>> units;
+      for (const AllocationEntry& a : h.alloc) {
+        used[a.resource] += a.amount;
+        if (a.unit == kSumUnit) continue;
+        HQ_SCHED_CHECK(a.amount > 0 && a.amount <= kAmountUnit,
+                       "worker {}: held entry {} takes {} of one unit of {}", id, k,
+                       format_amount(a.amount), names.name(a.resource));
+        HQ_SCHED_CHECK(units.emplace(a.resource, a.unit).second,
+                       "worker {}: held entry {} takes unit {} of {} twice", id, k, a.unit,
+                       names.name(a.resource));
+        if (a.amount < kAmountUnit) {
+          HQ_SCHED_CHECK(++shares[a.resource] == 1,
+                         "worker {}: held entry {} shares more than one unit of {}", id, k,
+                         names.name(a.resource));
+        }
+        unit_used[{a.resource, a.unit}] += a.amount;
+      }
+    }
+    for (uint32_t r = 0; r < names.size(); ++r) {
+      for (uint32_t u = 0; u < w.pool.units(r); ++u) {
+        auto it = unit_used.find({r, u});
+        const ResourceAmount taken = it == unit_used.end() ? 0 : it->second;
+        HQ_SCHED_CHECK(w.pool.unit_free(r, u) + taken == kAmountUnit,
+                       "worker {}: unit {} of {} has {} free, but {} of it is allocated", id, u,
+                       names.name(r), format_amount(w.pool.unit_free(r, u)), format_amount(taken));
+      }
     }
     HQ_SCHED_CHECK(cpus == w.held_cpus, "worker {}: holds {} CPUs but counts {}", id, cpus,
                    w.held_cpus);

@@ -63,7 +63,11 @@ class Job {
   Job(JobId job_id, uint32_t job_cpus, int32_t job_priority, TaskIdMap task_ids);
 
   const JobId id;
-  const uint32_t cpus;                // whole CPUs per task; 0: all of the worker's (`--cpus all`)
+  // CPUs per task, a share counted whole (its cost in a worker's queue budget); 0: `--cpus all`.
+  // TODO(perf): costs in whole CPUs let a worker hold no more `--cpus 0.25` tasks than it has
+  // CPUs (plus its queue), where its pool would fit four per CPU. Costs counted in
+  // 1/kAmountUnit would lift that.
+  const uint32_t cpus;
   uint32_t request = 0;               // index of its resource request in the scheduler's table
   WorkerSlot* reservation = nullptr;  // the worker kept free for it (no starvation)
   std::vector<WorkerSlot*> node_reservations;  // the same for a multi-node job: `nodes` workers

@@ -203,7 +203,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
 
 namespace {
 
-// The spec's request, with "cpus" whole and present.
+// The spec's request, with "cpus" present.
 Result<ResourceRequest> job_request(const JobSpec& spec) {
   if (spec.id == 0) return Error{"job id 0 is reserved"};
   ResourceRequest r = spec.resources;
@@ -215,11 +215,6 @@ Result<ResourceRequest> job_request(const JobSpec& spec) {
   }
   auto made = make_request(r.entries);
   if (!made) return Error{fmt::format("job {}: {}", spec.id, made.message())};
-  const ResourceRequestEntry* cpus = made->find(kCpus);
-  if (cpus->policy != AllocationPolicy::kAll && cpus->amount % kAmountUnit != 0) {
-    return Error{fmt::format("job {}: CPUs are requested whole (not {})", spec.id,
-                             format_amount(cpus->amount))};
-  }
   for (const auto& e : made->entries) {
     if (e.policy != AllocationPolicy::kAll && e.amount == 0) {
       return Error{fmt::format("job {} requests 0 of '{}'", spec.id, e.name)};
@@ -241,7 +236,7 @@ Status Scheduler::add_job(const JobSpec& spec) {
   if (spec.nodes > 1) {  // whole workers
     request->entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
   }
-  const uint32_t cpus = static_cast<uint32_t>(request->cpus() / kAmountUnit);
+  const uint32_t cpus = whole_cpus(*request);
   auto job = std::make_unique<Job>(spec.id, cpus, spec.priority, std::move(ids).value());
   job->request = impl_->intern_request(*request);
   job->crash_limit = spec.crash_limit;

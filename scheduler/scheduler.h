@@ -139,7 +139,7 @@ class Scheduler {
   std::vector<TaskKey> remove_worker(WorkerId id, int64_t now = 0, bool lost = true);
 
   // --- Jobs -----------------------------------------------------------------------------------
-  // Fails on a known job id, an empty or duplicated id set, zero or fractional CPUs.
+  // Fails on a known job id, an empty or duplicated id set, zero CPUs.
   Status add_job(const JobSpec& spec);
   // What add_job would refuse in the spec itself (all but the id's novelty), without adding it.
   static Status validate_job(const JobSpec& spec);

@@ -47,7 +47,8 @@ struct RunningTask {
   Allocation allocation;  // given back to the pool when the task ends
   bool canceled = false;
   bool timed_out = false;  // killed by the job's --time-limit
-  std::string node_file;   // HQ_NODE_FILE of a multi-node task, removed at its end
+  // HQ_NODE_FILE and HQ_HOST_FILE of a multi-node task, removed at its end.
+  std::vector<std::string> node_files;
   std::shared_ptr<asio::steady_timer> time_limit;
   // The writer of the job's stream directory, when a channel of the task goes there.
   std::shared_ptr<stream::StreamWriter> stream;
@@ -90,6 +91,13 @@ Result<ResourceDescriptor> worker_resources(const WorkerOptions& options) {
   std::sort(descriptor->resources.begin(), descriptor->resources.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });
   return descriptor;
+}
+
+void remove_files(const std::vector<std::string>& paths) {
+  for (const std::string& path : paths) {
+    std::error_code ec;
+    fs::remove(path, ec);
+  }
 }
 
 // Writes one line per entry into a new file (mode 0600) at `path`, replacing what was there.
@@ -353,48 +361,71 @@ class Worker {
     flush_soon();
   }
 
-  // The labels of `resource`'s units in `allocation`, by unit (indexed resources only).
-  std::vector<std::string> allocated_labels(const Allocation& allocation, uint32_t resource) const {
+  // The units of `resource` in `allocation` (indexed resources only): the whole ones in unit
+  // order, then the one shared with other tasks (a fraction), last, as HyperQueue orders them.
+  std::vector<uint32_t> allocated_units(const Allocation& allocation, uint32_t resource) const {
     std::vector<uint32_t> units;
+    uint32_t shared = kSumUnit;
     for (const AllocationEntry& a : allocation) {
-      if (a.resource == resource && a.unit != kSumUnit) units.push_back(a.unit);
+      if (a.resource != resource || a.unit == kSumUnit) continue;
+      if (a.amount < kAmountUnit) {
+        shared = a.unit;
+      } else {
+        units.push_back(a.unit);
+      }
     }
     std::sort(units.begin(), units.end());
-    std::vector<std::string> out;
-    for (uint32_t u : units) out.push_back(labels_[resource][u]);
-    return out;
+    if (shared != kSumUnit) units.push_back(shared);
+    return units;
   }
 
-  // The variables that tell a task what it got, and how to bind to it.
+  static bool job_sets(const JobBody& job, std::string_view name) {
+    return std::any_of(job.body.env.begin(), job.body.env.end(),
+                       [name](const auto& kv) { return kv.first == name; });
+  }
+
+  // The variables that tell a task what it got, and how to bind to it, named and formed as
+  // HyperQueue does (docs/hyperqueue.md lists what hq adds).
   void add_resource_env(const JobBody& job, const Allocation& allocation, SpawnSpec& spec) const {
     auto& env = spec.env;
-    std::vector<std::string> cpu_labels = allocated_labels(allocation, cpus_id_);
+    // CPU labels are numbers (parse_cpu_definition): whole CPUs in numeric order, a shared one
+    // last.
     std::vector<uint32_t> cpus;
-    for (const std::string& label : cpu_labels) {
+    bool shared_cpu = false;
+    for (uint32_t u : allocated_units(allocation, cpus_id_)) {
+      const std::string& label = labels_[cpus_id_][u];
       uint32_t cpu = 0;
-      std::from_chars(label.data(), label.data() + label.size(), cpu);  // numbers, as parsed
+      std::from_chars(label.data(), label.data() + label.size(), cpu);
       cpus.push_back(cpu);
     }
-    std::sort(cpus.begin(), cpus.end());
+    for (const AllocationEntry& a : allocation) {
+      shared_cpu = shared_cpu || (a.resource == cpus_id_ && a.amount < kAmountUnit);
+    }
+    std::sort(cpus.begin(), cpus.end() - (shared_cpu ? 1 : 0));
     std::string cpu_list = fmt::format("{}", fmt::join(cpus, ","));
     env.emplace_back("HQ_CPUS", cpu_list);
-    bool user_omp = std::any_of(job.body.env.begin(), job.body.env.end(),
-                                [](const auto& kv) { return kv.first == "OMP_NUM_THREADS"; });
-    if (!user_omp) env.emplace_back("OMP_NUM_THREADS", std::to_string(cpus.size()));
+    // A task with a share of a CPU gets no thread count, as in HyperQueue.
+    if (!shared_cpu && !job_sets(job, "OMP_NUM_THREADS")) {
+      env.emplace_back("OMP_NUM_THREADS", std::to_string(cpus.size()));
+    }
     for (const ResourceRequestEntry& e : job.request.entries) {
       uint32_t id = names_.find(e.name);
       std::string suffix = env_name(e.name);
-      env.emplace_back("HQ_RESOURCE_REQUEST_" + suffix, describe(e));
+      env.emplace_back("HQ_RESOURCE_REQUEST_" + suffix, describe_with_policy(e));
       const ResourceDefinition* def = descriptor_.find(e.name);
       std::string values;
       if (def && def->kind == ResourceKind::kSum) {
+        // hq's addition: HyperQueue sets no _VALUES_ for a sum.
         ResourceAmount amount = 0;
         for (const AllocationEntry& a : allocation) {
           if (a.resource == id) amount += a.amount;
         }
         values = format_amount(amount);
+      } else if (id == cpus_id_) {
+        values = cpu_list;
       } else {
-        std::vector<std::string> labels = allocated_labels(allocation, id);
+        std::vector<std::string_view> labels;
+        for (uint32_t u : allocated_units(allocation, id)) labels.push_back(labels_[id][u]);
         values = fmt::format("{}", fmt::join(labels, ","));
         if (id == nvidia_id_) {
           env.emplace_back("CUDA_VISIBLE_DEVICES", values);
@@ -407,11 +438,12 @@ class Worker {
     }
     if (job.body.pin == PinMode::kTaskset) {
       spec.cpu_affinity = cpus;
+      env.emplace_back("HQ_PIN", "taskset");
     } else if (job.body.pin == PinMode::kOmp) {
-      env.emplace_back("OMP_PROC_BIND", "close");
-      std::string places;
-      for (uint32_t cpu : cpus) places += fmt::format("{}{{{}}}", places.empty() ? "" : ",", cpu);
-      env.emplace_back("OMP_PLACES", places);
+      // One place holding every CPU of the task; the job's own settings win.
+      if (!job_sets(job, "OMP_PROC_BIND")) env.emplace_back("OMP_PROC_BIND", "close");
+      if (!job_sets(job, "OMP_PLACES")) env.emplace_back("OMP_PLACES", "{" + cpu_list + "}");
+      env.emplace_back("HQ_PIN", "omp");
     }
   }
 
@@ -458,20 +490,28 @@ class Worker {
     spec.env.emplace_back("HQ_WORKER_ID", std::to_string(worker_id_));
     add_resource_env(job, task.allocation, spec);
     if (auto hosts = node_hosts_.find(key); hosts != node_hosts_.end()) {
-      // A multi-node task: it runs here and is told every worker it spans, this one first.
-      std::string path =
-          (options_.work_dir / fmt::format("nodes-{}-{}-{}", key.job, key.task, key.instance))
-              .string();
-      if (auto st = write_lines(path, hosts->second); !st) {
+      // A multi-node task: it runs here and is told every worker it spans, this one first, in
+      // two files as HyperQueue writes them: short names (HQ_NODE_FILE) and full ones
+      // (HQ_HOST_FILE).
+      std::vector<std::string> short_names;
+      for (const std::string& host : hosts->second) short_names.push_back(short_hostname(host));
+      std::string stem = fmt::format("{}-{}-{}", key.job, key.task, key.instance);
+      std::string node_path = (options_.work_dir / ("nodes-" + stem)).string();
+      std::string host_path = (options_.work_dir / ("hosts-" + stem)).string();
+      Status st = write_lines(node_path, short_names);
+      if (st) task.node_files.push_back(node_path);
+      if (st) st = write_lines(host_path, hosts->second);
+      if (st) task.node_files.push_back(host_path);
+      if (!st) {
         node_hosts_.erase(hosts);
+        remove_files(task.node_files);
         pool_.release(task.allocation);
         reports_.pending().failed.push_back({key, now, st.message(), nullptr});
         return flush_soon();
       }
-      task.node_file = path;
       spec.env.emplace_back("HQ_NUM_NODES", std::to_string(hosts->second.size()));
-      spec.env.emplace_back("HQ_NODE_FILE", path);
-      spec.env.emplace_back("HQ_HOST_FILE", path);
+      spec.env.emplace_back("HQ_NODE_FILE", node_path);
+      spec.env.emplace_back("HQ_HOST_FILE", host_path);
       node_hosts_.erase(hosts);
     }
 
@@ -482,10 +522,7 @@ class Worker {
         });
     if (!pid) {
       pool_.release(task.allocation);
-      if (!task.node_file.empty()) {
-        std::error_code ec;
-        fs::remove(task.node_file, ec);
-      }
+      remove_files(task.node_files);
       reports_.pending().failed.push_back({key, now, pid.message(), nullptr});
       return flush_soon();
     }
@@ -585,10 +622,7 @@ class Worker {
     running_.erase(it);
     if (task.time_limit) task.time_limit->cancel();
     pool_.release(task.allocation);
-    if (!task.node_file.empty()) {
-      std::error_code ec;
-      fs::remove(task.node_file, ec);
-    }
+    remove_files(task.node_files);
     int64_t now = unix_millis_now();
     // A task killed because the worker stops gets no end record: it did not end, it will run
     // again (a later instance) elsewhere.

@@ -165,6 +165,56 @@ class ScopedThreadAffinity {
   CpuSet saved_;  // empty: not bound
 };
 
+// The command that runs the script `program` (a path, relative to `cwd` when not absolute)
+// through the interpreter its first line names: "#!INTERPRETER [ARG]" gives {INTERPRETER, ARG,
+// program}, with ARG everything after the interpreter (one argument, as Linux passes it). An
+// error names why it cannot, for a file that was found but is not executable.
+Result<std::vector<std::string>> script_command(const std::string& program,
+                                                const std::string& cwd) {
+  const std::string not_executable = "Permission denied: the file is not executable";
+  fs::path path(program);
+  if (path.is_relative() && !cwd.empty()) path = fs::path(cwd) / path;
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return Error{"Permission denied"};
+  int raw;
+  do {
+    raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  } while (raw < 0 && errno == EINTR);
+  if (raw < 0) {
+    return Error{fmt::format("{}, and it cannot be read: {}", not_executable, errno_text(errno))};
+  }
+  UniqueFd fd(raw);
+  char buf[256];  // Linux reads no more of a shebang line either (BINPRM_BUF_SIZE)
+  size_t len = 0;
+  while (len < sizeof(buf)) {
+    ssize_t n = ::read(fd.get(), buf + len, sizeof(buf) - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    len += static_cast<size_t>(n);
+  }
+  std::string_view line(buf, len);
+  line = line.substr(0, line.find('\n'));
+  auto space = [](char c) { return c == ' ' || c == '\t' || c == '\r'; };
+  auto trim = [&](std::string_view v) {
+    while (!v.empty() && space(v.front())) v.remove_prefix(1);
+    while (!v.empty() && space(v.back())) v.remove_suffix(1);
+    return v;
+  };
+  if (!line.starts_with("#!") || trim(line.substr(2)).empty()) {
+    return Error{fmt::format(
+        "{} and has no '#!' line naming an interpreter (make it executable with chmod +x, or "
+        "start it with a line such as #!/bin/bash)",
+        not_executable)};
+  }
+  line = trim(line.substr(2));
+  size_t end = 0;
+  while (end < line.size() && !space(line[end])) ++end;
+  std::vector<std::string> command{std::string(line.substr(0, end))};
+  if (std::string_view arg = trim(line.substr(end)); !arg.empty()) command.emplace_back(arg);
+  command.push_back(program);
+  return command;
+}
+
 std::string join_cpus(const std::vector<uint32_t>& cpus) {
   return fmt::format("{}", fmt::join(cpus, ","));
 }
@@ -518,6 +568,22 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
     }
     // glibc's posix_spawnp waits for the exec and returns its errno.
     err = posix_spawnp(&pid, program.c_str(), actions.get(), attr.get(), argv.data(), envp.data());
+    if (err == EACCES && program.find('/') != std::string::npos) {
+      // Not executable: a script with a shebang runs through its interpreter, as HyperQueue's
+      // users expect of `hq submit ./job.sh`. Only this failure path reads the file.
+      auto script = script_command(program, spec.cwd);
+      if (!script) return Error{fmt::format("cannot start '{}': {}", program, script.message())};
+      std::vector<char*> script_argv;
+      for (std::string& arg : *script) script_argv.push_back(arg.data());
+      for (size_t i = 1; i < spec.argv.size(); ++i) script_argv.push_back(argv[i]);
+      script_argv.push_back(nullptr);
+      err = posix_spawn(&pid, script_argv[0], actions.get(), attr.get(), script_argv.data(),
+                        envp.data());
+      if (err != 0) {
+        return Error{fmt::format("cannot start '{}' through its interpreter '{}': {}", program,
+                                 (*script)[0], errno_text(err))};
+      }
+    }
   }
   if (err != 0) return Error{fmt::format("cannot start '{}': {}", program, errno_text(err))};
 

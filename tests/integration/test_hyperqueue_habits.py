@@ -160,3 +160,101 @@ def test_server_start_prints_its_info_table(hq_env):
                      message="the info table in the server's output")
     assert re.search(rf"Client port:\s+{info['client_port']}\b", log), log
     assert re.search(rf"Server UID:\s+{info['server_uid']}\b", log), log
+
+
+def env_of(hq_env, job, task=0):
+    """The variables task `task` of `job` printed with `env` (NAME=VALUE lines)."""
+    text = (hq_env.work / f"job-{job}" / f"{task}.stdout").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def test_task_environment_is_named_and_formed_as_in_hyperqueue(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("2x2", "--resource", "gpus=[0,1,2]",
+                        "--resource", "gpus/nvidia=[4,5]", "--resource", "mem=sum(1_000)")
+    # 1.5 GPUs: one whole GPU and half of another, listed last.
+    job = hq_env.submit(["--resource", "gpus=1.5 compact", "--resource", "gpus/nvidia=1",
+                         "--resource", "mem=250", "--", "env"])
+    assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
+    env = env_of(hq_env, job)
+    assert env["HQ_RESOURCE_REQUEST_gpus"] == "1.5 compact"
+    values = env["HQ_RESOURCE_VALUES_gpus"].split(",")
+    assert len(values) == 2 and set(values) <= {"0", "1", "2"} and values[0] != values[1], values
+    # The resource name keeps its case; '/' becomes '_'.
+    assert env["HQ_RESOURCE_REQUEST_gpus_nvidia"] == "1 compact"
+    assert env["HQ_RESOURCE_VALUES_gpus_nvidia"] in ("4", "5")
+    assert env["CUDA_VISIBLE_DEVICES"] == env["HQ_RESOURCE_VALUES_gpus_nvidia"]
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert env["HQ_RESOURCE_REQUEST_mem"] == "250 compact"
+    assert env["HQ_RESOURCE_REQUEST_cpus"] == "1 compact"
+    assert env["HQ_CPUS"] == env["HQ_RESOURCE_VALUES_cpus"]
+    assert env["OMP_NUM_THREADS"] == "1"
+    assert "HQ_RESOURCE_REQUEST_GPUS" not in env and "HQ_RESOURCE_VALUES_CPUS" not in env
+    assert "HQ_PIN" not in env and "OMP_PLACES" not in env
+
+    # Two CPUs scattered over the two groups, pinned through OpenMP's variables.
+    job = hq_env.submit(["--cpus", "2 scatter", "--pin", "omp", "--", "env"])
+    assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
+    env = env_of(hq_env, job)
+    assert env["HQ_RESOURCE_REQUEST_cpus"] == "2 scatter"
+    cpus = [int(c) for c in env["HQ_CPUS"].split(",")]
+    assert sorted(c // 2 for c in cpus) == [0, 1], cpus  # one from each group
+    assert env["OMP_NUM_THREADS"] == "2"
+    assert env["OMP_PLACES"] == "{" + env["HQ_CPUS"] + "}"
+    assert env["OMP_PROC_BIND"] == "close"
+    assert env["HQ_PIN"] == "omp"
+
+    # A job's own OpenMP settings win.
+    job = hq_env.submit(["--cpus", "2", "--pin", "omp", "--env", "OMP_PLACES=cores",
+                         "--env", "OMP_PROC_BIND=spread", "--", "env"])
+    assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
+    env = env_of(hq_env, job)
+    assert env["OMP_PLACES"] == "cores" and env["OMP_PROC_BIND"] == "spread"
+
+    # A share of a CPU: its CPUs are listed (the shared one last), but no thread count.
+    job = hq_env.submit(["--cpus", "1.5", "--", "env"])
+    assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
+    env = env_of(hq_env, job)
+    assert env["HQ_RESOURCE_REQUEST_cpus"] == "1.5 compact"
+    assert len(env["HQ_CPUS"].split(",")) == 2
+    assert "OMP_NUM_THREADS" not in env
+
+
+def test_two_tasks_of_one_and_a_half_gpus_share_a_gpu(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker("2", "--resource", "gpus=[0,1,2]")
+    root = hq_env.root
+    # Each task waits (30 s at most) until both have started: they ran at the same time.
+    script = (f'touch {root}/started.$HQ_TASK_ID; env; '
+              f'for i in $(seq 1500); do [ -e {root}/started.1 ] && [ -e {root}/started.2 ] '
+              f'&& exit 0; sleep 0.02; done; exit 1')
+    job = hq_env.submit(["--array", "1-2", "--resource", "gpus=1.5", "--", "bash", "-c", script])
+    assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
+    a, b = (env_of(hq_env, job, t)["HQ_RESOURCE_VALUES_gpus"].split(",") for t in (1, 2))
+    # Each has a whole GPU of its own, and the last listed (the half) is the same GPU.
+    assert a[1] == b[1] and len({a[0], b[0], a[1]}) == 3, (a, b)
+
+
+def test_a_script_without_the_executable_bit_runs_through_its_shebang(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker(1)
+    script = hq_env.work / "job.sh"
+    script.write_text('#!/bin/bash -e\necho "ran by $0 with $# args: $1 $2"\n')
+    script.chmod(0o644)
+    job = hq_env.submit(["--", "./job.sh", "a b", "c"])
+    assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
+    out = (hq_env.work / f"job-{job}" / "0.stdout").read_text()
+    assert out == "ran by ./job.sh with 2 args: a b c\n", out
+
+    # A plain file, neither executable nor a script: a clear error naming it.
+    data = hq_env.work / "data.txt"
+    data.write_text("not a program\n")
+    data.chmod(0o644)
+    job = hq_env.submit(["--", "./data.txt"])
+    assert hq_env.wait_job(job) != 0
+    [task] = hq_env.tasks(job)
+    assert task["state"] == "failed", task
+    assert "cannot start './data.txt'" in task["error"], task
+    assert "not executable" in task["error"] and "#!" in task["error"], task
+    out = hq_env.command(["task", "info", str(job), "0"])
+    assert "./data.txt" in out and "not executable" in out, out

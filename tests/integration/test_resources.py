@@ -51,23 +51,23 @@ def test_cpu_policies_and_variables(hq_env):
     env = run_env(hq_env, "--cpus", "2")
     assert env["HQ_CPUS"] in ("0,1", "2,3")
     assert env["OMP_NUM_THREADS"] == "2"
-    assert env["HQ_RESOURCE_REQUEST_CPUS"] == "2"
-    assert env["HQ_RESOURCE_VALUES_CPUS"] == env["HQ_CPUS"]
+    assert env["HQ_RESOURCE_REQUEST_cpus"] == "2 compact"
+    assert env["HQ_RESOURCE_VALUES_cpus"] == env["HQ_CPUS"]
 
     env = run_env(hq_env, "--cpus", "2 compact!")
     assert env["HQ_CPUS"] in ("0,1", "2,3")
-    assert env["HQ_RESOURCE_REQUEST_CPUS"] == "2 compact!"
+    assert env["HQ_RESOURCE_REQUEST_cpus"] == "2 compact!"
 
     env = run_env(hq_env, "--cpus", "2 scatter")
     cpus = [int(c) for c in env["HQ_CPUS"].split(",")]
     assert len(cpus) == 2 and sorted(c // 2 for c in cpus) == [0, 1], cpus
     assert env["OMP_NUM_THREADS"] == "2"
-    assert env["HQ_RESOURCE_REQUEST_CPUS"] == "2 scatter"
+    assert env["HQ_RESOURCE_REQUEST_cpus"] == "2 scatter"
 
     env = run_env(hq_env, "--cpus", "all")
     assert env["HQ_CPUS"] == "0,1,2,3"
     assert env["OMP_NUM_THREADS"] == "4"
-    assert env["HQ_RESOURCE_REQUEST_CPUS"] == "all"
+    assert env["HQ_RESOURCE_REQUEST_cpus"] == "all"
 
     # The job's own OMP_NUM_THREADS wins.
     env = run_env(hq_env, "--cpus", "2", "--env", "OMP_NUM_THREADS=7")
@@ -91,8 +91,8 @@ def test_nvidia_gpus(hq_env):
     env = run_env(hq_env, "--resource", "gpus/nvidia=1")
     assert env["CUDA_VISIBLE_DEVICES"] in ("0", "1")
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    assert env["HQ_RESOURCE_VALUES_GPUS_NVIDIA"] == env["CUDA_VISIBLE_DEVICES"]
-    assert env["HQ_RESOURCE_REQUEST_GPUS_NVIDIA"] == "1"
+    assert env["HQ_RESOURCE_VALUES_gpus_nvidia"] == env["CUDA_VISIBLE_DEVICES"]
+    assert env["HQ_RESOURCE_REQUEST_gpus_nvidia"] == "1 compact"
     env = run_env(hq_env, "--resource", "gpus/nvidia=2")
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1"
 
@@ -109,8 +109,8 @@ def test_tasks_share_a_gpu(hq_env):
     assert envs[0]["CUDA_VISIBLE_DEVICES"] in ("0", "1")
     assert envs[0]["CUDA_VISIBLE_DEVICES"] == envs[1]["CUDA_VISIBLE_DEVICES"]
     for env in envs:
-        assert env["HQ_RESOURCE_REQUEST_GPUS_NVIDIA"] == "0.5"
-        assert env["HQ_RESOURCE_VALUES_GPUS_NVIDIA"] == env["CUDA_VISIBLE_DEVICES"]
+        assert env["HQ_RESOURCE_REQUEST_gpus_nvidia"] == "0.5 compact"
+        assert env["HQ_RESOURCE_VALUES_gpus_nvidia"] == env["CUDA_VISIBLE_DEVICES"]
 
 
 def test_amd_gpus(hq_env):
@@ -118,7 +118,7 @@ def test_amd_gpus(hq_env):
     hq_env.start_worker(1, "--resource", "gpus/amd=[[3],[5]]")
     env = run_env(hq_env, "--resource", "gpus/amd=2 scatter")
     assert env["ROCR_VISIBLE_DEVICES"] == "3,5"
-    assert env["HQ_RESOURCE_REQUEST_GPUS_AMD"] == "2 scatter"
+    assert env["HQ_RESOURCE_REQUEST_gpus_amd"] == "2 scatter"
 
 
 def test_sum_resource_limits_concurrency(hq_env):
@@ -137,9 +137,9 @@ def test_sum_resource_limits_concurrency(hq_env):
     assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
     for t in (1, 2, 3):
         env = task_env(hq_env, job, t)
-        assert env["HQ_RESOURCE_VALUES_MEM"] == "600"
-        assert env["HQ_RESOURCE_REQUEST_MEM"] == "600"
-        assert env["HQ_RESOURCE_REQUEST_CPUS"] == "1"
+        assert env["HQ_RESOURCE_VALUES_mem"] == "600"
+        assert env["HQ_RESOURCE_REQUEST_mem"] == "600 compact"
+        assert env["HQ_RESOURCE_REQUEST_cpus"] == "1 compact"
     # The same worker runs two tasks of 400 at once.
     job = hq_env.submit(["--array", "1-2", "--resource", "mem=400", "--", *barrier(hq_env, 2)])
     assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
@@ -167,7 +167,9 @@ def test_pin(hq_env):
 
     env = run_env(hq_env, "--cpus", "all", "--pin", "omp")
     assert env["OMP_PROC_BIND"] == "close"
-    assert env["OMP_PLACES"] == ",".join(f"{{{c}}}" for c in allowed)
+    # One place holding the task's CPUs, as HyperQueue writes it.
+    assert env["OMP_PLACES"] == "{" + ",".join(map(str, allowed)) + "}"
+    assert env["HQ_PIN"] == "omp"
     assert env["OMP_NUM_THREADS"] == str(len(allowed))
 
 

@@ -59,8 +59,9 @@ def test_submit_rejects_bad_requests(hq_env):
     cases = [
         (["--cpus", "0"], "the amount must be positive"),
         (["--cpus", "2 packed"], "unknown policy 'packed'"),
-        (["--cpus", "1.5"], "a fraction must be below 1"),
-        (["--cpus", "0.5"], "CPUs are requested whole"),
+        (["--cpus", "1.5 compact!"], "compact! takes whole amounts"),
+        (["--resource", "gpus=0.5 tight!"], "tight! takes whole amounts"),
+        (["--cpus", "1.00001"], "at most four decimal places"),
         (["--resource", "gpus"], "expected NAME=AMOUNT"),
         (["--resource", "gpus=1", "--resource", "gpus=2"], "'gpus' requested more than once"),
         (["--resource", "cpus=2"], "request CPUs with --cpus"),
@@ -152,6 +153,25 @@ def test_multi_node_task_gets_whole_workers_and_a_node_file(hq_env):
     err = hq_env.command(["submit", "--nodes", "2", "--cpus", "2", "--", "true"],
                          expect_fail=True)
     assert "--nodes takes whole workers" in err
+
+
+def test_multi_node_node_file_has_short_names_and_host_file_full_ones(hq_env):
+    """As in HyperQueue: HQ_NODE_FILE lists the nodes' short names (up to the first '.'),
+    HQ_HOST_FILE their full names; the node the task runs on comes first in both."""
+    hq_env.start_server()
+    hq_env.start_worker("1", "--hostname", "cn1.cluster.example.org")
+    hq_env.start_worker("1", "--hostname", "cn2.cluster.example.org")
+    job = hq_env.submit(["--nodes", "2", "--stdout", "files.txt", "--", "bash", "-c",
+                         'echo "$HQ_NUM_NODES"; cat "$HQ_NODE_FILE"; echo --; '
+                         'cat "$HQ_HOST_FILE"; [ "$HQ_NODE_FILE" != "$HQ_HOST_FILE" ] && echo two'])
+    assert hq_env.wait_job(job) == 0, hq_env.tasks(job)
+    out = (hq_env.work / "files.txt").read_text().split()
+    cut = out.index("--")
+    short, full = out[1:cut], out[cut + 1:-1]
+    assert out[0] == "2" and out[-1] == "two", out
+    assert sorted(short) == ["cn1", "cn2"], out
+    assert sorted(full) == ["cn1.cluster.example.org", "cn2.cluster.example.org"], out
+    assert [f.split(".")[0] for f in full] == short, out  # the same nodes in the same order
 
 
 def test_multi_node_task_waits_for_enough_idle_workers(hq_env):

@@ -269,13 +269,45 @@ TEST_F(ProcessTest, MissingProgramIsAnErrorNamingIt) {
   EXPECT_EQ(empty.message(), "cannot start a task with an empty command");
 }
 
-TEST_F(ProcessTest, NonExecutableProgramIsAnError) {
-  fs::path script = dir_ / "script.sh";
-  std::ofstream(script) << "#!/bin/sh\nexit 0\n";
+TEST_F(ProcessTest, NonExecutableScriptRunsThroughItsShebang) {
+  // Mode 0600 and a '#!' line with one argument: run as "/bin/sh -e ./script.sh ARGS".
+  fs::create_directories(dir_ / "work");
+  fs::path script = dir_ / "work" / "script.sh";
+  std::ofstream(script) << "#!/bin/sh -e\necho \"$0|$1|$2\"\nfalse\necho not reached\n";
   fs::permissions(script, fs::perms::owner_read | fs::perms::owner_write);
-  auto pid = runner_->spawn(command({script.string()}), [](ExitStatus) {});
+  SpawnSpec spec = command({"./script.sh", "a b", "c"});
+  spec.cwd = (dir_ / "work").string();  // the relative path is the child's
+  spec.stdout_path = (dir_ / "out.txt").string();
+  ExitStatus status = run(spec);
+  EXPECT_EQ(status.code, 1);  // -e took effect: `false` ended it
+  EXPECT_EQ(read_file(dir_ / "out.txt"), "./script.sh|a b|c\n");
+}
+
+TEST_F(ProcessTest, NonExecutableFileWithoutShebangIsAnErrorNamingIt) {
+  fs::path data = dir_ / "data.txt";
+  std::ofstream(data) << "just data\n";
+  fs::permissions(data, fs::perms::owner_read | fs::perms::owner_write);
+  auto pid = runner_->spawn(command({data.string()}), [](ExitStatus) { ADD_FAILURE(); });
   ASSERT_FALSE(pid.is_ok());
-  EXPECT_EQ(pid.message(), "cannot start '" + script.string() + "': Permission denied");
+  EXPECT_EQ(pid.message(),
+            "cannot start '" + data.string() +
+                "': Permission denied: the file is not executable and has no '#!' line naming an "
+                "interpreter (make it executable with chmod +x, or start it with a line such as "
+                "#!/bin/bash)");
+  // A shebang naming an interpreter that does not exist.
+  fs::path script = dir_ / "script.sh";
+  std::ofstream(script) << "#!/nonexistent/shell\n";
+  fs::permissions(script, fs::perms::owner_read | fs::perms::owner_write);
+  pid = runner_->spawn(command({script.string()}), [](ExitStatus) { ADD_FAILURE(); });
+  ASSERT_FALSE(pid.is_ok());
+  EXPECT_EQ(pid.message(), "cannot start '" + script.string() +
+                               "' through its interpreter '/nonexistent/shell': No such file or "
+                               "directory");
+  // A directory is not a program either.
+  pid = runner_->spawn(command({dir_.string()}), [](ExitStatus) { ADD_FAILURE(); });
+  ASSERT_FALSE(pid.is_ok());
+  EXPECT_EQ(pid.message(), "cannot start '" + dir_.string() + "': Permission denied");
+  EXPECT_EQ(runner_->running(), 0u);
 }
 
 TEST_F(ProcessTest, UncreatableOutputOrDirectoryIsAnError) {

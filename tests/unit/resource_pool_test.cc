@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <set>
 
 namespace hq {
@@ -134,6 +135,70 @@ TEST_F(PoolTest, FractionsShareAUnit) {
   EXPECT_FALSE(pool.fits(request({"gpus=1"})));  // half of a GPU is not a GPU
 }
 
+TEST_F(PoolTest, FractionAboveOneIsWholeUnitsPlusAShare) {
+  make({"gpus=[0,1,2]"});
+  const uint32_t gpus = names.find("gpus");
+  // units of gpus in `al`, in allocation order, with their amounts.
+  auto taken = [&](const Allocation& al) {
+    std::vector<std::pair<uint32_t, ResourceAmount>> out;
+    for (const auto& e : al) {
+      if (e.resource == gpus) out.emplace_back(e.unit, e.amount);
+    }
+    return out;
+  };
+  Allocation x, y;
+  ASSERT_TRUE(pool.allocate(request({"gpus=1.5"}), x));
+  auto tx = taken(x);
+  ASSERT_EQ(tx.size(), 2u);
+  EXPECT_EQ(tx[0].second, kAmountUnit);      // one whole GPU
+  EXPECT_EQ(tx[1].second, kAmountUnit / 2);  // and half of another, last
+  EXPECT_NE(tx[0].first, tx[1].first);
+  EXPECT_EQ(pool.free_amount(gpus), 15000u);
+  // A second 1.5 takes the last whole GPU and the other half of the shared one.
+  ASSERT_TRUE(pool.allocate(request({"gpus=1.5"}), y));
+  auto ty = taken(y);
+  ASSERT_EQ(ty.size(), 2u);
+  EXPECT_EQ(ty[1].first, tx[1].first);
+  EXPECT_EQ(ty[1].second, kAmountUnit / 2);
+  std::set<uint32_t> whole{tx[0].first, ty[0].first, tx[1].first};
+  EXPECT_EQ(whole.size(), 3u);
+  EXPECT_EQ(pool.free_amount(gpus), 0u);
+  for (uint32_t u = 0; u < 3; ++u) EXPECT_EQ(pool.unit_free(gpus, u), 0u);
+  EXPECT_FALSE(pool.fits(request({"gpus=0.0001"})));
+  EXPECT_TRUE(pool.could_fit(request({"gpus=2.5"})));
+  EXPECT_FALSE(pool.could_fit(request({"gpus=3.5"})));
+  pool.release(x);
+  EXPECT_EQ(pool.free_amount(gpus), 15000u);
+  EXPECT_EQ(pool.unit_free(gpus, tx[1].first), kAmountUnit / 2);
+  // 1.5 free as one whole GPU and half of one: 1.5 fits, 2 does not, and neither does 1.75
+  // (the share must come from one unit).
+  EXPECT_TRUE(pool.fits(request({"gpus=1.5"})));
+  EXPECT_FALSE(pool.fits(request({"gpus=2"})));
+  EXPECT_FALSE(pool.fits(request({"gpus=1.75"})));
+  pool.release(y);
+  EXPECT_EQ(pool.free_amount(gpus), 3 * kAmountUnit);
+  // With everything free, 2.5 takes two whole GPUs and half of the third; 0.6 then does not fit.
+  ASSERT_TRUE(pool.allocate(request({"gpus=2.5"}), x));
+  EXPECT_EQ(taken(x).size(), 3u);
+  EXPECT_TRUE(pool.fits(request({"gpus=0.5"})));
+  EXPECT_FALSE(pool.fits(request({"gpus=0.6"})));
+}
+
+TEST_F(PoolTest, FractionAboveOneFollowsThePolicyForItsWholeUnits) {
+  make({}, "2x4");
+  ASSERT_TRUE(pool.allocate(request({"cpus=2.5 scatter"}), a));
+  // Two whole CPUs in two groups, the share in one of them.
+  std::vector<uint32_t> cpus = cpus_of(a);
+  ASSERT_EQ(cpus.size(), 3u);
+  EXPECT_NE(pool.group_of(cpus_id(), cpus[0]), pool.group_of(cpus_id(), cpus[1]));
+  EXPECT_EQ(a.back().amount, kAmountUnit / 2);
+  Allocation b;
+  ASSERT_TRUE(pool.allocate(request({"cpus=3.5 compact"}), b));
+  // The share comes from the half-used CPU, not from a fresh one.
+  EXPECT_EQ(b.back().unit, a.back().unit);
+  EXPECT_EQ(pool.free_amount(cpus_id()), 2 * kAmountUnit);
+}
+
 TEST_F(PoolTest, SumsAndMissingResources) {
   make({"mem=sum(100)"});
   ASSERT_TRUE(pool.allocate(request({"mem=60"}), a));
@@ -154,7 +219,9 @@ TEST_F(PoolTest, RandomChurnKeepsAccounts) {
   std::vector<PoolRequest> kinds = {request({"cpus=1"}),           request({"cpus=4 compact!"}),
                                     request({"cpus=3 scatter"}),   request({"cpus=2 tight"}),
                                     request({"gpus=0.5"}),         request({"gpus=2 compact!"}),
-                                    request({"mem=16", "cpus=2"}), request({"cpus=5 tight!"})};
+                                    request({"mem=16", "cpus=2"}), request({"cpus=5 tight!"}),
+                                    request({"cpus=1.5"}),         request({"cpus=2.25 scatter"}),
+                                    request({"gpus=1.5 tight"}),   request({"mem=2.5"})};
   std::vector<Allocation> held;
   uint64_t seed = 12345;
   auto next = [&] { return seed = seed * 6364136223846793005ULL + 1442695040888963407ULL; };
@@ -170,17 +237,29 @@ TEST_F(PoolTest, RandomChurnKeepsAccounts) {
       ASSERT_EQ(pool.allocate(r, al), fits);
       if (fits) held.push_back(al);
     }
-    ResourceAmount used_cpu = 0;
-    std::set<uint32_t> whole;
+    // Per unit: what is allocated plus what is free is exactly one unit; per allocation, at
+    // most one unit of a resource is shared.
+    std::map<std::pair<uint32_t, uint32_t>, ResourceAmount> used;
+    std::map<uint32_t, ResourceAmount> used_total;
     for (const auto& al : held) {
+      std::map<uint32_t, int> shares;
       for (const auto& e : al) {
-        if (e.resource == cpus_id()) {
-          used_cpu += e.amount;
-          ASSERT_TRUE(whole.insert(e.unit).second) << "a CPU given twice";
+        used_total[e.resource] += e.amount;
+        if (e.unit == kSumUnit) continue;
+        used[{e.resource, e.unit}] += e.amount;
+        if (e.amount < kAmountUnit) {
+          ASSERT_LE(++shares[e.resource], 1) << "two shared units";
         }
       }
     }
-    ASSERT_EQ(pool.free_amount(cpus_id()) + used_cpu, pool.total_amount(cpus_id()));
+    for (const char* name : {"cpus", "gpus", "mem"}) {
+      const uint32_t r = names.find(name);
+      ASSERT_EQ(pool.free_amount(r) + used_total[r], pool.total_amount(r)) << name;
+      for (uint32_t u = 0; u < pool.units(r); ++u) {
+        const ResourceAmount taken = used[std::make_pair(r, u)];
+        ASSERT_EQ(pool.unit_free(r, u) + taken, kAmountUnit) << name << " unit " << u;
+      }
+    }
   }
 }
 

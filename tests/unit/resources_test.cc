@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 namespace hq {
 namespace {
 
@@ -107,8 +109,62 @@ TEST(Request, Parse) {
   EXPECT_EQ(format_amount(3 * kAmountUnit), "3");
 }
 
+TEST(Request, FractionsAboveOneAndWithPolicies) {
+  auto a = parse_named_request("gpus=2.5");
+  ASSERT_TRUE(a) << a.message();
+  EXPECT_EQ(a->amount, 25000u);
+  EXPECT_EQ(a->policy, AllocationPolicy::kCompact);
+  for (auto [text, amount, policy] :
+       std::vector<std::tuple<const char*, ResourceAmount, AllocationPolicy>>{
+           {"1.5", 15000, AllocationPolicy::kCompact},
+           {"2.5 compact", 25000, AllocationPolicy::kCompact},
+           {"0.5 scatter", 5000, AllocationPolicy::kScatter},
+           {"3.25 tight", 32500, AllocationPolicy::kTight},
+           {"1_000.5", 10'005'000, AllocationPolicy::kCompact},
+           {"10.0001", 100'001, AllocationPolicy::kCompact}}) {
+    auto r = parse_request_entry("cpus", text);
+    ASSERT_TRUE(r) << text << ": " << r.message();
+    EXPECT_EQ(r->amount, amount) << text;
+    EXPECT_EQ(r->policy, policy) << text;
+  }
+  // As in HyperQueue, the strict policies take whole amounts only.
+  auto strict = parse_request_entry("gpus", "2.5 compact!");
+  ASSERT_FALSE(strict);
+  EXPECT_NE(strict.message().find("compact! takes whole amounts"), std::string::npos)
+      << strict.message();
+  EXPECT_FALSE(parse_request_entry("gpus", "0.5 tight!"));
+  EXPECT_TRUE(parse_request_entry("gpus", "2.0 compact!"));  // a whole amount, written so
+  // make_request checks the same for entries that did not come through the parser.
+  auto made = make_request({{"gpus", 15000, AllocationPolicy::kForceCompact}});
+  ASSERT_FALSE(made);
+  EXPECT_EQ(made.message(), "resource 'gpus': compact! takes whole amounts, not 1.5");
+  auto fine = make_request({{"cpus", 15000, AllocationPolicy::kScatter}});
+  ASSERT_TRUE(fine) << fine.message();
+  EXPECT_EQ(fine->cpus(), 15000u);
+  EXPECT_EQ(whole_cpus(*fine), 2u);
+  EXPECT_EQ(describe(*fine), "cpus=1.5 scatter");
+}
+
+TEST(Request, DescribeWithPolicyAsHyperQueueTellsTasks) {
+  EXPECT_EQ(describe_with_policy(*parse_request_entry("gpus", "2")), "2 compact");
+  EXPECT_EQ(describe_with_policy(*parse_request_entry("gpus", "1.5 scatter")), "1.5 scatter");
+  EXPECT_EQ(describe_with_policy(*parse_request_entry("gpus", "4 compact!")), "4 compact!");
+  EXPECT_EQ(describe_with_policy(*parse_request_entry("gpus", "all")), "all");
+}
+
+TEST(Definition, SumTakesWholeAmountsWithUnderscores) {
+  auto d = parse_resource_definition("mem=sum(1_000_000)");
+  ASSERT_TRUE(d) << d.message();
+  EXPECT_EQ(d->sum, 1'000'000u);
+  // A sum pool has a whole size in HyperQueue: no fractions.
+  auto frac = parse_resource_definition("mem=sum(2.5)");
+  ASSERT_FALSE(frac);
+  EXPECT_NE(frac.message().find("expected sum(N)"), std::string::npos) << frac.message();
+}
+
 TEST(Request, Errors) {
-  for (const char* bad : {"0", "1.5", "0.00001", "x", "2 packed", "-1", "", "0.5 scatter"}) {
+  for (const char* bad :
+       {"0", "0.00001", "x", "2 packed", "-1", "", "1.5 compact!", "1.5.5", "1.", ".5", "0.5_0"}) {
     EXPECT_FALSE(parse_request_entry("gpus", bad)) << bad;
   }
   EXPECT_NE(parse_request_entry("cpus", "2 packed").message().find("unknown policy 'packed'"),
@@ -129,8 +185,10 @@ TEST(Request, MakeAddsCpusAndSorts) {
 }
 
 TEST(Request, EnvName) {
-  EXPECT_EQ(env_name("gpus/nvidia"), "GPUS_NVIDIA");
-  EXPECT_EQ(env_name("my-res.x"), "MY_RES_X");
+  // As HyperQueue names them: the case kept, other characters turned into '_'.
+  EXPECT_EQ(env_name("gpus/nvidia"), "gpus_nvidia");
+  EXPECT_EQ(env_name("my-res.X"), "my_res_X");
+  EXPECT_EQ(env_name("cpus"), "cpus");
 }
 
 }  // namespace

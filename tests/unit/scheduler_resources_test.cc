@@ -451,6 +451,47 @@ TEST(SchedulerResourcesTest, FractionsShareUnits) {
   EXPECT_TRUE(sim.drain());
 }
 
+TEST(SchedulerResourcesTest, FractionsAboveOneShareTheirLastUnit) {
+  Sim sim(SchedulerConfig{.queue_factor = 0});
+  sim.add_worker(1, "4", {"gpus=[0,1,2]"});
+  sim.add_job(1, 3, {"gpus=1.5"});
+  // Two placed at once (1.5 + 1.5 = all three GPUs); the third waits, in the worker's queue
+  // (it is within the worker's CPU limit) or unassigned.
+  Decisions d = sim.schedule();
+  ASSERT_GE(d.assign.size(), 2u);
+  std::vector<Assignment> started = sim.start();
+  ASSERT_EQ(started.size(), 2u);
+  EXPECT_EQ(sim.s.running_tasks(1), 2u);
+  EXPECT_EQ(sim.view(1, 3).state, TaskState::kWaiting);
+  EXPECT_FALSE(sim.model_fits(1, {"gpus=0.0001"}));
+  EXPECT_TRUE(sim.model_fits(1, {"cpus=2"}));  // CPUs are not the limit
+  WorkerFit f = sim.fit(1, 1);
+  EXPECT_TRUE(contains(f.reason, "needs 1.5 of gpus, 0 free now")) << f.reason;
+  // One ends: the third takes the GPU it left whole and the half it shared.
+  TaskKey ended = sim.finish(1);
+  sim.schedule();
+  started = sim.start();
+  ASSERT_EQ(started.size(), 1u);
+  EXPECT_EQ(started[0].key.task, 3u);
+  EXPECT_NE(ended.task, 3u);
+  EXPECT_EQ(sim.s.running_tasks(1), 2u);
+  EXPECT_TRUE(sim.drain());
+}
+
+TEST(SchedulerResourcesTest, FractionalCpusShareACpu) {
+  Sim sim(SchedulerConfig{.queue_factor = 1});
+  sim.add_worker(1, "2");
+  sim.add_job(1, 3, {"cpus=0.5"});
+  sim.add_job(2, 1, {"cpus=1.5"});
+  sim.schedule();
+  sim.start();
+  // Job 1's three halves take 1.5 CPUs, job 2's 1.5 does not fit the 0.5 left.
+  EXPECT_EQ(sim.s.running_tasks(1), 3u);
+  EXPECT_FALSE(sim.model_fits(1, {"cpus=1"}));
+  EXPECT_TRUE(sim.model_fits(1, {"cpus=0.5"}));
+  EXPECT_TRUE(sim.drain());
+}
+
 TEST(SchedulerResourcesTest, SumResourcesRunOneAtATime) {
   Sim sim;
   sim.add_worker(1, "4", {"mem=sum(100)"});
@@ -776,13 +817,16 @@ class Churn {
     std::vector<std::string> entries;
     if (pick(20) == 0) {
       entries.push_back("cpus=all");
+    } else if (pick(8) == 0) {
+      static const std::vector<std::string> shares = {"0.5", "1.5", "2.25 scatter", "0.75 tight"};
+      entries.push_back("cpus=" + one_of(shares));
     } else {
       static const std::vector<uint32_t> amounts = {1, 1, 1, 2, 2, 3, 4, 8};
       entries.push_back("cpus=" + std::to_string(one_of(amounts)) + one_of(policies));
     }
     switch (pick(6)) {
       case 0:
-        entries.push_back(pick(2) ? "gpus=0.5" : "gpus=0.25");
+        entries.push_back(pick(3) == 0 ? "gpus=1.5 tight" : pick(2) ? "gpus=0.5" : "gpus=0.25");
         break;
       case 1:
         entries.push_back("gpus=" + std::to_string(1 + pick(2)) + one_of(policies));
