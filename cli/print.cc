@@ -1,6 +1,7 @@
 #include "cli/print.h"
 
 #include <algorithm>
+#include <cctype>
 
 #include <fmt/format.h>
 
@@ -77,6 +78,30 @@ const char* state_name(wire::JobState s) {
       return "opened";
   }
   return "unknown";
+}
+
+const char* state_name(wire::WorkerState s) {
+  switch (s) {
+    case wire::WorkerState::RUNNING:
+      return "running";
+    case wire::WorkerState::CONNECTION_LOST:
+      return "connection_lost";
+    case wire::WorkerState::HEARTBEAT_LOST:
+      return "heartbeat_lost";
+    case wire::WorkerState::STOPPED:
+      return "stopped";
+    case wire::WorkerState::IDLE_TIMEOUT:
+      return "idle_timeout";
+    case wire::WorkerState::TIME_LIMIT_REACHED:
+      return "time_limit_reached";
+  }
+  return "unknown";
+}
+
+std::string state_text(wire::WorkerState s) {
+  std::string text = state_name(s);
+  for (char& c : text) c = c == '_' ? ' ' : static_cast<char>(std::toupper(c));
+  return text;
 }
 
 nlohmann::json counts_json(wire::TaskCounts::Reader c) {
@@ -165,7 +190,7 @@ nlohmann::json worker_json(wire::WorkerSummary::Reader w) {
       {"id", w.getId()},
       {"hostname", w.getHostname().cStr()},
       {"pid", w.getPid()},
-      {"state", w.getConnected() ? "running" : "offline"},
+      {"state", state_name(w.getState())},
       {"cpus", w.getCpus()},
       {"running_tasks", w.getRunningTasks()},
       {"group", w.getGroup().cStr()},

@@ -27,6 +27,12 @@ std::string render_pairs(const std::vector<std::pair<std::string, std::string>>&
 
 const char* state_name(wire::TaskState s);
 const char* state_name(wire::JobState s);
+// A worker's state for scripts: running, connection_lost, heartbeat_lost, stopped,
+// idle_timeout, time_limit_reached.
+const char* state_name(wire::WorkerState s);
+// ... and for people, in HyperQueue's words: RUNNING, CONNECTION LOST, HEARTBEAT LOST, STOPPED,
+// IDLE TIMEOUT, TIME LIMIT REACHED.
+std::string state_text(wire::WorkerState s);
 
 nlohmann::json counts_json(wire::TaskCounts::Reader c);
 nlohmann::json job_json(wire::JobSummary::Reader job);
