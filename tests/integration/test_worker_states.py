@@ -81,7 +81,8 @@ def test_worker_own_idle_timeout_wins_over_the_servers(hq_env):
 
 def test_time_limit_reached(hq_env):
     hq_env.start_server()
-    w = hq_env.start_worker(1, "--time-limit", "500ms", wait=False)
+    # Long enough to register first on a loaded machine (it counts from the worker's start).
+    w = hq_env.start_worker(1, "--time-limit", "3s", wait=False)
     assert wait_exit(w) == 0, hq_env.log_of(w)
     [listed] = hq_env.json(["worker", "list", "--all"])
     assert listed["state"] == "time_limit_reached"
