@@ -80,23 +80,7 @@ const char* state_name(wire::JobState s) {
   return "unknown";
 }
 
-const char* state_name(wire::WorkerState s) {
-  switch (s) {
-    case wire::WorkerState::RUNNING:
-      return "running";
-    case wire::WorkerState::CONNECTION_LOST:
-      return "connection_lost";
-    case wire::WorkerState::HEARTBEAT_LOST:
-      return "heartbeat_lost";
-    case wire::WorkerState::STOPPED:
-      return "stopped";
-    case wire::WorkerState::IDLE_TIMEOUT:
-      return "idle_timeout";
-    case wire::WorkerState::TIME_LIMIT_REACHED:
-      return "time_limit_reached";
-  }
-  return "unknown";
-}
+const char* state_name(wire::WorkerState s) { return net::worker_state_name(s); }
 
 std::string state_text(wire::WorkerState s) {
   std::string text = state_name(s);

@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -14,29 +15,18 @@
 #include <spdlog/spdlog.h>
 
 #include "common/host.h"
+#include "net/convert.h"
 #include "net/framing.h"
 #include "server/server_state.h"
 
 namespace hq::server {
 namespace {
 
-// How a worker ended, in HyperQueue's words (lower case): the start of its end reason.
+// How a worker ended, in HyperQueue's words (lower case, spaces): the start of its end reason.
 std::string worker_end_text(wire::WorkerState state) {
-  switch (state) {
-    case wire::WorkerState::RUNNING:
-      return "running";
-    case wire::WorkerState::CONNECTION_LOST:
-      return "connection lost";
-    case wire::WorkerState::HEARTBEAT_LOST:
-      return "heartbeat lost";
-    case wire::WorkerState::STOPPED:
-      return "stopped";
-    case wire::WorkerState::IDLE_TIMEOUT:
-      return "idle timeout";
-    case wire::WorkerState::TIME_LIMIT_REACHED:
-      return "time limit reached";
-  }
-  return "unknown";
+  std::string text = net::worker_state_name(state);
+  std::replace(text.begin(), text.end(), '_', ' ');
+  return text;
 }
 
 }  // namespace
