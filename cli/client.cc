@@ -14,13 +14,13 @@ OutputMode GlobalOptions::mode() const {
 
 Result<Client> Client::connect(const GlobalOptions& options) {
   fs::path dir = options.resolved_server_dir();
-  auto access = net::read_access_file(access_file_path(dir));
+  auto access = net::read_access_file(access_file_path(dir), net::AccessUse::kClient);
   if (!access) return access.error();
-  auto client = net::SyncClient::connect(access->host, access->client_port, wire::Role::CLIENT,
-                                         access->client_key);
+  const net::AccessEndpoint& server = *access->client;
+  auto client = net::SyncClient::connect(server.host, server.port, wire::Role::CLIENT, server.key);
   if (!client) {
     return Error{fmt::format("cannot reach the server of '{}' at {}:{} (is it running?): {}",
-                             dir.string(), access->host, access->client_port, client.message())};
+                             dir.string(), server.host, server.port, client.message())};
   }
   return Client(std::move(*client), access->server_uid);
 }

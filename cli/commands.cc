@@ -14,8 +14,10 @@
 
 #include "cli/json_output.h"
 #include "cli/print.h"
+#include "common/host.h"
 #include "common/placeholders.h"
 #include "common/time.h"
+#include "net/access.h"
 #include "net/convert.h"
 
 namespace hq::cli {
@@ -546,12 +548,12 @@ int print_workers(const GlobalOptions& g, capnp::List<wire::WorkerSummary>::Read
   for (auto w : workers) {
     if (!all && !w.getConnected()) continue;
     out.push_back(worker_json(w));
-    table.add({std::to_string(w.getId()), w.getConnected() ? "running" : "offline",
-               w.getHostname().cStr(), resources_text(w), std::to_string(w.getRunningTasks()),
+    table.add({std::to_string(w.getId()), state_text(w.getState()), w.getHostname().cStr(),
+               resources_text(w), std::to_string(w.getRunningTasks()),
                time_text(w.getConnectTime()), w.getEndReason().cStr()});
     if (!text.empty()) text += "\n";
     text += render_pairs({{"ID", std::to_string(w.getId())},
-                          {"State", w.getConnected() ? "running" : "offline"},
+                          {"State", state_text(w.getState())},
                           {"Hostname", w.getHostname().cStr()},
                           {"Process id", std::to_string(w.getPid())},
                           {"Address", w.getAddress().cStr()},
@@ -792,6 +794,7 @@ void print_server_info(const GlobalOptions& g, wire::ServerInfo::Reader info) {
         {{"Server UID", info.getServerUid().cStr()},
          {"Host", info.getHost().cStr()},
          {"Client port", std::to_string(info.getClientPort())},
+         {"Worker host", info.getWorkerHost().cStr()},
          {"Worker port", std::to_string(info.getWorkerPort())},
          {"PID", std::to_string(info.getPid())},
          {"Version", info.getVersion().cStr()},
@@ -810,6 +813,46 @@ int cmd_server_stop(const GlobalOptions& g) {
   request.initRoot<wire::ClientRequest>().setServerStop();
   must(client.call(request));
   if (g.mode() == OutputMode::kCli) std::cout << "Server stopped\n";
+  return 0;
+}
+
+int cmd_server_generate_access(const GlobalOptions& g, const GenerateAccessOptions& o) {
+  if (o.client_port == 0 || o.worker_port == 0) {
+    throw CommandError{
+        "generate-access needs --client-port and --worker-port: the file tells clients and "
+        "workers where the server will listen"};
+  }
+  const std::string host = o.host.empty() ? local_hostname() : o.host;
+  net::AccessRecord record = net::new_access_record(o.client_host.empty() ? host : o.client_host,
+                                                    o.worker_host.empty() ? host : o.worker_host);
+  record.client->port = o.client_port;
+  record.worker->port = o.worker_port;
+  auto write = [](const fs::path& path, const net::AccessRecord& r) {
+    if (auto st = net::write_access_file(path, r); !st) throw CommandError{st.message()};
+  };
+  write(o.file, record);
+  if (!o.client_file.empty()) {
+    net::AccessRecord half = record;
+    half.worker.reset();
+    write(o.client_file, half);
+  }
+  if (!o.worker_file.empty()) {
+    net::AccessRecord half = record;
+    half.client.reset();
+    write(o.worker_file, half);
+  }
+  if (g.mode() == OutputMode::kJson) {
+    print_json({{"file", o.file.string()},
+                {"server_uid", record.server_uid},
+                {"client_file", o.client_file.empty() ? json(nullptr) : json(o.client_file)},
+                {"worker_file", o.worker_file.empty() ? json(nullptr) : json(o.worker_file)}});
+  } else if (g.mode() == OutputMode::kCli) {
+    std::cout << fmt::format(
+        "Access file for server {} written to {} (clients: {}:{}, workers: {}:{}); start the "
+        "server with `hq server start --access-file {}`\n",
+        record.server_uid, o.file.string(), record.client->host, record.client->port,
+        record.worker->host, record.worker->port, o.file.string());
+  }
   return 0;
 }
 

@@ -57,6 +57,18 @@ int cmd_server_info(const GlobalOptions& g);
 void print_server_info(const GlobalOptions& g, wire::ServerInfo::Reader info);
 int cmd_server_stop(const GlobalOptions& g);
 
+// `hq server generate-access FILE`: an access file with fresh keys and a new server UID, for a
+// server started later with `--access-file FILE`; optionally the client-only and worker-only
+// halves too.
+struct GenerateAccessOptions {
+  fs::path file;
+  std::string host;                      // both hosts; empty: this machine's hostname
+  std::string client_host, worker_host;  // empty: `host`
+  uint16_t client_port = 0, worker_port = 0;
+  fs::path client_file, worker_file;  // empty: not written
+};
+int cmd_server_generate_access(const GlobalOptions& g, const GenerateAccessOptions& o);
+
 // Builds the job description of `hq submit` (exposed for tests). Warnings (unknown
 // placeholders) are appended to `warnings`.
 JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,

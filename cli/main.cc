@@ -169,13 +169,27 @@ int run(int argc, char** argv) {
   auto* server = app.add_subcommand("server", "Start, stop and inspect the server");
   server->require_subcommand(1);
   auto* server_start = server->add_subcommand("start", "Run the server in the foreground");
-  std::string host, heartbeat = "8s";
+  std::string host, heartbeat = "8s", server_idle_timeout, access_file;
   uint16_t client_port = 0, worker_port = 0;
-  server_start->add_option("--host", host, "Hostname that clients and workers connect to");
-  server_start->add_option("--client-port", client_port, "Port for clients (default: any free)");
-  server_start->add_option("--worker-port", worker_port, "Port for workers (default: any free)");
+  auto* host_option =
+      server_start->add_option("--host", host, "Hostname that clients and workers connect to");
+  auto* client_port_option = server_start->add_option("--client-port", client_port,
+                                                      "Port for clients (default: any free)");
+  auto* worker_port_option = server_start->add_option("--worker-port", worker_port,
+                                                      "Port for workers (default: any free)");
+  server_start
+      ->add_option("--access-file", access_file,
+                   "Use the keys, server UID, hosts and ports of this file (made by `hq server "
+                   "generate-access`)")
+      ->excludes(host_option)
+      ->excludes(client_port_option)
+      ->excludes(worker_port_option);
   server_start->add_option("--heartbeat", heartbeat,
-                           "How often workers must report; 3 missed heartbeats lose a worker");
+                           "How often workers without their own --heartbeat report; 3 missed "
+                           "heartbeats lose a worker");
+  server_start->add_option("--idle-timeout", server_idle_timeout,
+                           "Stop workers without their own --idle-timeout after this long "
+                           "without tasks (e.g. 5m)");
   std::string journal;
   bool no_journal = false;
   auto* journal_option = server_start->add_option(
@@ -190,8 +204,15 @@ int run(int argc, char** argv) {
     o.host = host;
     o.client_port = client_port;
     o.worker_port = worker_port;
+    if (!access_file.empty()) o.access_file = fs::absolute(access_file);
     o.heartbeat = duration_option("--heartbeat", heartbeat);
     if (o.heartbeat.count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
+    if (!server_idle_timeout.empty()) {
+      o.idle_timeout = duration_option("--idle-timeout", server_idle_timeout);
+      if (o.idle_timeout->count() <= 0) {
+        throw CommandError{"invalid --idle-timeout: it must be positive"};
+      }
+    }
     if (!journal.empty()) o.journal = fs::absolute(journal);
     o.no_journal = no_journal;
     // As HyperQueue does: the server's address and identity, once it listens.
@@ -201,6 +222,34 @@ int run(int argc, char** argv) {
     code = server::run_server(o);
   });
   server->add_subcommand("stop", "Stop the server")->callback([&] { code = cmd_server_stop(g); });
+  GenerateAccessOptions generate;
+  std::string generate_file, generate_client_file, generate_worker_file;
+  auto* generate_access =
+      server->add_subcommand("generate-access",
+                             "Write an access file (fresh keys, a new server UID) for a later "
+                             "`hq server start --access-file`");
+  generate_access->add_option("file", generate_file, "The access file to write")->required();
+  generate_access->add_option("--host", generate.host,
+                              "Host of both the client and the worker side (default: this "
+                              "machine's hostname)");
+  generate_access->add_option("--client-host", generate.client_host,
+                              "Host clients connect to (default: --host)");
+  generate_access->add_option("--client-port", generate.client_port, "Port for clients")
+      ->required();
+  generate_access->add_option("--worker-host", generate.worker_host,
+                              "Host workers connect to (default: --host)");
+  generate_access->add_option("--worker-port", generate.worker_port, "Port for workers")
+      ->required();
+  generate_access->add_option("--client-file", generate_client_file,
+                              "Also write the client half alone to this file");
+  generate_access->add_option("--worker-file", generate_worker_file,
+                              "Also write the worker half alone to this file");
+  generate_access->callback([&] {
+    generate.file = generate_file;
+    generate.client_file = generate_client_file;
+    generate.worker_file = generate_worker_file;
+    code = cmd_server_generate_access(g, generate);
+  });
   server->add_subcommand("info", "Show the server's address, ports and identity")->callback([&] {
     code = cmd_server_info(g);
   });
@@ -222,7 +271,7 @@ int run(int argc, char** argv) {
   auto* worker_start = worker->add_subcommand("start", "Run a worker in the foreground");
   std::string worker_cpus;
   std::vector<std::string> worker_resources;
-  std::string hostname, idle_timeout, work_dir, cancel_grace = "1s";
+  std::string hostname, idle_timeout, work_dir, cancel_grace = "1s", worker_heartbeat;
   worker_start->add_option("--cpus", worker_cpus,
                            "CPUs: N, NxM (groups), [0,1,..] or [[0,1],[2,3]] (default: those "
                            "this process may use)");
@@ -233,7 +282,11 @@ int run(int argc, char** argv) {
       ->allow_extra_args(false);
   worker_start->add_option("--hostname", hostname, "Name shown for this worker");
   worker_start->add_option("--idle-timeout", idle_timeout,
-                           "Stop after this long without tasks (e.g. 5m)");
+                           "Stop after this long without tasks (e.g. 5m; default: the "
+                           "server's --idle-timeout)");
+  worker_start->add_option("--heartbeat", worker_heartbeat,
+                           "How often to report to the server, which declares the worker lost "
+                           "after 3 missed heartbeats (default: the server's --heartbeat, 8s)");
   worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
   std::string worker_time_limit, worker_group, on_server_lost = "stop";
   worker_start->add_option("--time-limit", worker_time_limit,
@@ -261,6 +314,11 @@ int run(int argc, char** argv) {
     o.resources = worker_resources;
     o.hostname = hostname;
     if (!idle_timeout.empty()) o.idle_timeout = duration_option("--idle-timeout", idle_timeout);
+    if (!worker_heartbeat.empty()) {
+      o.heartbeat = duration_option("--heartbeat", worker_heartbeat);
+      if (o.heartbeat->count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
+      if (o.heartbeat->count() > 3'600'000) throw CommandError{"--heartbeat must be at most 1h"};
+    }
     o.work_dir = work_dir;
     o.cancel_grace = duration_option("--cancel-grace", cancel_grace);
     o.detect = detect_option(detect_list, no_hyper_threading);

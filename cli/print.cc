@@ -1,6 +1,7 @@
 #include "cli/print.h"
 
 #include <algorithm>
+#include <cctype>
 
 #include <fmt/format.h>
 
@@ -77,6 +78,14 @@ const char* state_name(wire::JobState s) {
       return "opened";
   }
   return "unknown";
+}
+
+const char* state_name(wire::WorkerState s) { return net::worker_state_name(s); }
+
+std::string state_text(wire::WorkerState s) {
+  std::string text = state_name(s);
+  for (char& c : text) c = c == '_' ? ' ' : static_cast<char>(std::toupper(c));
+  return text;
 }
 
 std::string counts_text(wire::TaskCounts::Reader c) {

@@ -26,6 +26,12 @@ std::string render_pairs(const std::vector<std::pair<std::string, std::string>>&
 
 const char* state_name(wire::TaskState s);
 const char* state_name(wire::JobState s);
+// A worker's state for scripts: running, connection_lost, heartbeat_lost, stopped,
+// idle_timeout, time_limit_reached.
+const char* state_name(wire::WorkerState s);
+// ... and for people, in HyperQueue's words: RUNNING, CONNECTION LOST, HEARTBEAT LOST, STOPPED,
+// IDLE TIMEOUT, TIME LIMIT REACHED.
+std::string state_text(wire::WorkerState s);
 
 // "cpus 2x4; gpus/nvidia 2; mem 64000".
 std::string resources_text(wire::WorkerSummary::Reader worker);

@@ -26,27 +26,26 @@ std::string random_uid() {
 
 }  // namespace
 
-AccessRecord new_access_record(std::string host) {
+AccessRecord new_access_record(std::string client_host, std::string worker_host) {
   AccessRecord r;
+  r.version = HQ_VERSION;
   r.server_uid = random_uid();
-  r.host = std::move(host);
-  r.client_key = random_key();
-  r.worker_key = random_key();
+  r.client = AccessEndpoint{std::move(client_host), 0, random_key()};
+  r.worker = AccessEndpoint{std::move(worker_host), 0, random_key()};
   return r;
 }
 
 Status write_access_file(const fs::path& path, const AccessRecord& r) {
-  nlohmann::json j = {
-      {"version", kAccessFileVersion},
-      {"server_uid", r.server_uid},
-      {"host", r.host},
-      {"client_port", r.client_port},
-      {"worker_port", r.worker_port},
-      {"client_key", key_to_hex(r.client_key)},
-      {"worker_key", key_to_hex(r.worker_key)},
-      {"pid", r.pid},
-      {"start_time", r.start_time},
+  auto section = [](const AccessEndpoint& e) {
+    return nlohmann::ordered_json{
+        {"host", e.host}, {"port", e.port}, {"secret_key", key_to_hex(e.key)}};
   };
+  nlohmann::ordered_json j = {{"version", HQ_VERSION}, {"server_uid", r.server_uid}};
+  if (r.client) j["client"] = section(*r.client);
+  if (r.worker) j["worker"] = section(*r.worker);
+  // hq's own: which process serves it, since when (absent from a generated file).
+  if (r.pid != 0) j["pid"] = r.pid;
+  if (r.start_time != 0) j["start_time"] = r.start_time;
   std::string text = j.dump(2) + "\n";
   fs::path tmp = path;
   tmp += ".tmp";
@@ -71,7 +70,7 @@ Status write_access_file(const fs::path& path, const AccessRecord& r) {
   return Status::ok();
 }
 
-Result<AccessRecord> read_access_file(const fs::path& path) {
+Result<AccessRecord> read_access_file(const fs::path& path, AccessUse use) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (errno == ENOENT) {
@@ -119,22 +118,53 @@ Result<AccessRecord> read_access_file(const fs::path& path) {
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object");
   try {
-    int version = j.at("version").get<int>();
-    if (version != kAccessFileVersion) {
-      return Error{fmt::format("access file '{}' has format version {}, this hq reads version {}",
-                               path.string(), version, kAccessFileVersion)};
+    const auto version = j.find("version");
+    if (version != j.end() && version->is_number_integer()) {
+      return Error{fmt::format(
+          "access file '{}' is in hq's old flat layout (version {}); this hq reads "
+          "HyperQueue's layout (\"client\" and \"worker\" sections): start the server again "
+          "to rewrite it, or make a new one with `hq server generate-access`",
+          path.string(), version->get<int64_t>())};
     }
+    if (version == j.end() || !version->is_string()) return bad("no \"version\" string");
     AccessRecord r;
+    r.version = version->get<std::string>();
     r.server_uid = j.at("server_uid").get<std::string>();
-    r.host = j.at("host").get<std::string>();
-    r.client_port = j.at("client_port").get<uint16_t>();
-    r.worker_port = j.at("worker_port").get<uint16_t>();
-    auto client_key = key_from_hex(j.at("client_key").get<std::string>());
-    if (!client_key) return bad("client_key: " + client_key.message());
-    auto worker_key = key_from_hex(j.at("worker_key").get<std::string>());
-    if (!worker_key) return bad("worker_key: " + worker_key.message());
-    r.client_key = *client_key;
-    r.worker_key = *worker_key;
+    auto section = [&](const char* name) -> Result<std::optional<AccessEndpoint>> {
+      auto it = j.find(name);
+      if (it == j.end()) return std::optional<AccessEndpoint>{};
+      if (!it->is_object()) return bad(fmt::format("\"{}\" is not an object", name));
+      AccessEndpoint e;
+      e.host = it->at("host").get<std::string>();
+      e.port = it->at("port").get<uint16_t>();
+      auto key = key_from_hex(it->at("secret_key").get<std::string>());
+      if (!key) return bad(fmt::format("{}.secret_key: {}", name, key.message()));
+      e.key = *key;
+      return std::optional<AccessEndpoint>(std::move(e));
+    };
+    auto client = section("client");
+    if (!client) return client.error();
+    auto worker = section("worker");
+    if (!worker) return worker.error();
+    r.client = std::move(*client);
+    r.worker = std::move(*worker);
+    if (!r.client && !r.worker) return bad("neither a \"client\" nor a \"worker\" section");
+    // What the file lacks, for whom, and what it holds instead.
+    auto missing = [&](const char* name, const char* who) {
+      const char* held = r.client ? "client" : "worker";
+      return Error{fmt::format(
+          "access file '{}' has no \"{}\" section, which {} needs: it holds only the {} half "
+          "(as written by `hq server generate-access --{}-file`); use the {} half or the whole "
+          "file",
+          path.string(), name, who, held, held, name)};
+    };
+    const bool server = use == AccessUse::kServer;
+    if ((server || use == AccessUse::kClient) && !r.client) {
+      return missing("client", server ? "a server" : "a client command");
+    }
+    if ((server || use == AccessUse::kWorker) && !r.worker) {
+      return missing("worker", server ? "a server" : "a worker");
+    }
     r.pid = j.value("pid", 0);
     r.start_time = j.value("start_time", int64_t{0});
     return r;

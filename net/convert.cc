@@ -213,4 +213,22 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
   return out;
 }
 
+const char* worker_state_name(wire::WorkerState state) {
+  switch (state) {
+    case wire::WorkerState::RUNNING:
+      return "running";
+    case wire::WorkerState::CONNECTION_LOST:
+      return "connection_lost";
+    case wire::WorkerState::HEARTBEAT_LOST:
+      return "heartbeat_lost";
+    case wire::WorkerState::STOPPED:
+      return "stopped";
+    case wire::WorkerState::IDLE_TIMEOUT:
+      return "idle_timeout";
+    case wire::WorkerState::TIME_LIMIT_REACHED:
+      return "time_limit_reached";
+  }
+  return "unknown";
+}
+
 }  // namespace hq::net

@@ -36,4 +36,9 @@ Result<ResourceDescriptor> from_wire(capnp::List<wire::ResourceDefinition>::Read
 void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out);
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job);
 
+// A worker's state in HyperQueue's words, lower case joined by '_' (running, connection_lost,
+// heartbeat_lost, stopped, idle_timeout, time_limit_reached): the JSON `state` of `hq worker
+// list`; the server's end reasons and the tables write the same words with spaces.
+const char* worker_state_name(wire::WorkerState state);
+
 }  // namespace hq::net

@@ -7,7 +7,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("hq::wire");
 
 # Bumped whenever a peer of an older version could misread a message.
-const protocolVersion :UInt32 = 2;
+const protocolVersion :UInt32 = 3;
 
 enum Role {
   client @0;
@@ -188,6 +188,21 @@ struct WorkerSummary {
   limitTime @11 :Int64;     # Unix ms when its --time-limit stops it; 0: none
   group @12 :Text;
   pid @13 :UInt32;          # the worker's process id (on its host)
+  state @14 :WorkerState;   # running while connected, else why it ended
+  heartbeatMs @15 :UInt32;  # how often it reports
+  idleTimeoutMs @16 :UInt64; # it stops after this long without tasks; 0: never
+  onServerLost @17 :Text;   # `--on-server-lost`: stop or finish-running
+}
+
+# A worker's state in HyperQueue's terms: running, or how it ended. Only the two losses
+# (connectionLost, heartbeatLost) count as a crash of the tasks it was running.
+enum WorkerState {
+  running @0;
+  connectionLost @1;        # its connection broke or closed unannounced (crash, SIGKILL)
+  heartbeatLost @2;         # the server gave up on its missed heartbeats
+  stopped @3;               # `hq worker stop`, `hq server stop`, SIGTERM/SIGINT of the worker
+  idleTimeout @4;           # no task for its idle timeout
+  timeLimitReached @5;      # its --time-limit ran out
 }
 
 struct WorkerSelector {
@@ -211,6 +226,7 @@ struct ServerInfo {
   restoredJobs @10 :UInt32; # what the last start replayed from the journal
   restoredTasks @11 :UInt64;
   replayMs @12 :UInt32;
+  workerHost @13 :Text;     # where workers connect (`host` is the clients' host)
 }
 
 struct JournalPruneResult {
@@ -292,12 +308,16 @@ struct WorkerRegistration {
   timeLimitMs @4 :UInt64;   # the worker stops this long after registering; 0: never
   group @5 :Text;           # `--group`; empty: "default"
   pid @6 :UInt32;           # the worker's process id
+  heartbeatMs @7 :UInt32;   # `--heartbeat`: how often it reports; 0: the server's default
+  idleTimeoutMs @8 :UInt64; # its own `--idle-timeout`; 0: none (the server's applies)
+  onServerLost @9 :Text;    # `--on-server-lost`: stop or finish-running
 }
 
 struct RegistrationReply {
   workerId @0 :UInt32;
   serverUid @1 :Text;
   heartbeatMs @2 :UInt32;   # send at least one message this often
+  idleTimeoutMs @3 :UInt64; # the server's --idle-timeout, for a worker without its own; 0: none
 }
 
 # A job's body, sent once to each worker before its first task of that job.
@@ -349,9 +369,22 @@ struct WorkerEvents {
   retracted @3 :List(TaskKey);  # given back, never started
 }
 
+# Why a worker stops on its own account; sent just before it closes the connection, so that
+# the server records a stop rather than a loss.
+enum WorkerStopReason {
+  stopped @0;               # stopped by the server, or SIGTERM/SIGINT
+  idleTimeout @1;
+  timeLimitReached @2;
+}
+
+struct WorkerStopping {
+  reason @0 :WorkerStopReason;
+}
+
 struct FromWorker {
   union {
     register @0 :WorkerRegistration;
     events @1 :WorkerEvents;
+    stopping @2 :WorkerStopping;
   }
 }

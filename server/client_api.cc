@@ -392,6 +392,11 @@ void Server::fill_worker_summary(const WorkerRecord& w, wire::WorkerSummary::Bui
   out.setLimitTime(w.limit_time);
   out.setGroup(w.group);
   out.setPid(w.pid);
+  out.setHeartbeatMs(static_cast<uint32_t>(w.heartbeat.count()));
+  if (w.idle_timeout) out.setIdleTimeoutMs(static_cast<uint64_t>(w.idle_timeout->count()));
+  out.setOnServerLost(w.on_server_lost);
+  out.setState(w.connection ? wire::WorkerState::RUNNING
+                            : w.end_state.value_or(wire::WorkerState::CONNECTION_LOST));
 }
 
 void Server::handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids) {
@@ -423,7 +428,7 @@ void Server::handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader
   }
   for (WorkerId id : ids) {
     WorkerRecord& w = workers_.at(id);
-    w.stopping = true;
+    if (!w.end_state) w.end_state = wire::WorkerState::STOPPED;
     capnp::MallocMessageBuilder message;
     message.initRoot<wire::ToWorker>().setStop();
     send_to_worker(w, message);
@@ -434,9 +439,10 @@ void Server::handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader
 
 void Server::fill_server_info(wire::ServerInfo::Builder info) const {
   info.setServerUid(access_.server_uid);
-  info.setHost(access_.host);
-  info.setClientPort(access_.client_port);
-  info.setWorkerPort(access_.worker_port);
+  info.setHost(access_.client->host);
+  info.setClientPort(access_.client->port);
+  info.setWorkerPort(access_.worker->port);
+  info.setWorkerHost(access_.worker->host);
   info.setPid(access_.pid);
   info.setStartTime(start_time_);
   info.setVersion(HQ_VERSION);

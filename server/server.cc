@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstring>
@@ -14,11 +15,21 @@
 #include <spdlog/spdlog.h>
 
 #include "common/host.h"
+#include "net/convert.h"
 #include "net/framing.h"
 #include "server/server_state.h"
 
 namespace hq::server {
-namespace {}  // namespace
+namespace {
+
+// How a worker ended, in HyperQueue's words (lower case, spaces): the start of its end reason.
+std::string worker_end_text(wire::WorkerState state) {
+  std::string text = net::worker_state_name(state);
+  std::replace(text.begin(), text.end(), '_', ' ');
+  return text;
+}
+
+}  // namespace
 
 Server::Server(asio::io_context& io, ServerOptions options)
     : io_(io),
@@ -56,9 +67,11 @@ Status Server::start() {
   }
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     std::string who;
-    if (auto access = net::read_access_file(access_file_path(options_.server_dir))) {
-      who = fmt::format(" (pid {}, listening on {}:{})", access->pid, access->host,
-                        access->client_port);
+    auto access =
+        net::read_access_file(access_file_path(options_.server_dir), net::AccessUse::kAny);
+    if (access && access->client) {
+      who = fmt::format(" (pid {}, listening on {}:{})", access->pid, access->client->host,
+                        access->client->port);
     }
     return Status::error(fmt::format(
         "a server is already running in '{}'{}; stop it with `hq server stop` or use another "
@@ -66,30 +79,56 @@ Status Server::start() {
         options_.server_dir.string(), who));
   }
 
+  // Read before the journal opens: a mistake in the file must not leave a journal behind.
+  std::optional<net::AccessRecord> given;
+  if (!options_.access_file.empty()) {
+    auto read = net::read_access_file(options_.access_file, net::AccessUse::kServer);
+    if (!read) return read.status();
+    given = std::move(*read);
+  }
+
   // Connections must never take the descriptors the journal needs (handshakes in flight are
   // capped per listener as well: net/connection.h).
   raise_descriptor_limit();
   if (auto st = open_journal(); !st) return st;
 
-  // A restarted server keeps its access file: the same keys (clients, scripts and workers set up
-  // with it keep working), the same server UID as its journal, and the same ports where free.
-  const std::string host = options_.host.empty() ? local_hostname() : options_.host;
-  access_ = net::new_access_record(host);
   const fs::path access_path = access_file_path(options_.server_dir);
-  std::optional<net::AccessRecord> previous;
-  if (fs::exists(access_path)) {
-    if (auto read = net::read_access_file(access_path)) {
-      previous = std::move(*read);
-      access_.client_key = previous->client_key;
-      access_.worker_key = previous->worker_key;
-      if (journal_) access_.server_uid = previous->server_uid;
+  const std::string host = options_.host.empty() ? local_hostname() : options_.host;
+  access_ = net::new_access_record(host, host);
+  // Ports the server must listen on (from --access-file), and ports it prefers (its previous
+  // ones) when the options leave them free.
+  uint16_t client_port = options_.client_port, worker_port = options_.worker_port;
+  uint16_t client_before = 0, worker_before = 0;
+  const std::string& journal_uid = journal_ ? journal_->recovery().server_uid : std::string();
+  if (given) {
+    // The server is the one the file describes: its keys, its UID, its hosts and ports.
+    if (!journal_uid.empty() && journal_uid != given->server_uid) {
+      return Status::error(fmt::format(
+          "the journal '{}' belongs to server {}, but the access file '{}' is of server {}: "
+          "start with the access file of that server (its server directory's access.json), or "
+          "with another journal",
+          journal_path_.string(), journal_uid, options_.access_file.string(), given->server_uid));
+    }
+    access_.server_uid = given->server_uid;
+    access_.client = given->client;
+    access_.worker = given->worker;
+    client_port = access_.client->port;
+    worker_port = access_.worker->port;
+  } else if (fs::exists(access_path)) {
+    // A restarted server keeps its access file: the same keys (clients, scripts and workers set
+    // up with it keep working), the same server UID as its journal, and the same ports where
+    // free.
+    if (auto read = net::read_access_file(access_path, net::AccessUse::kServer)) {
+      access_.client->key = read->client->key;
+      access_.worker->key = read->worker->key;
+      if (journal_) access_.server_uid = read->server_uid;
+      client_before = read->client->port;
+      worker_before = read->worker->port;
     } else {
       spdlog::warn("ignoring the previous access file: {}", read.message());
     }
   }
-  if (journal_ && !journal_->recovery().server_uid.empty()) {
-    access_.server_uid = journal_->recovery().server_uid;
-  }
+  if (!journal_uid.empty()) access_.server_uid = journal_uid;
   auto listen = [&](uint16_t wanted, uint16_t before, wire::Role role, const net::Key& key,
                     const char* what) -> Result<std::unique_ptr<net::Listener>> {
     if (wanted == 0 && before != 0) {
@@ -99,19 +138,24 @@ Status Server::start() {
                    same.message());
     }
     auto bound = net::Listener::bind(io_, "0.0.0.0", wanted, role, key, access_.server_uid);
-    if (!bound) return Error{fmt::format("cannot listen for {}s: {}", what, bound.message())};
+    if (!bound) {
+      std::string from =
+          given ? fmt::format(" (from the access file '{}')", options_.access_file.string()) : "";
+      return Error{fmt::format("cannot listen for {}s on port {}{}: {}", what, wanted, from,
+                               bound.message())};
+    }
     return bound;
   };
-  auto clients = listen(options_.client_port, previous ? previous->client_port : 0,
-                        wire::Role::CLIENT, access_.client_key, "client");
+  auto clients =
+      listen(client_port, client_before, wire::Role::CLIENT, access_.client->key, "client");
   if (!clients) return clients.status();
-  auto workers = listen(options_.worker_port, previous ? previous->worker_port : 0,
-                        wire::Role::WORKER, access_.worker_key, "worker");
+  auto workers =
+      listen(worker_port, worker_before, wire::Role::WORKER, access_.worker->key, "worker");
   if (!workers) return workers.status();
   client_listener_ = std::move(*clients);
   worker_listener_ = std::move(*workers);
-  access_.client_port = client_listener_->port();
-  access_.worker_port = worker_listener_->port();
+  access_.client->port = client_listener_->port();
+  access_.worker->port = worker_listener_->port();
   access_.pid = static_cast<int>(::getpid());
   start_time_ = access_.start_time = unix_millis_now();
 
@@ -133,8 +177,8 @@ Status Server::start() {
   });
   check_heartbeats();
   spdlog::info("server {} started in '{}': clients on {}:{}, workers on {}:{}", access_.server_uid,
-               options_.server_dir.string(), access_.host, access_.client_port, access_.host,
-               access_.worker_port);
+               options_.server_dir.string(), access_.client->host, access_.client->port,
+               access_.worker->host, access_.worker->port);
   return Status::ok();
 }
 
@@ -149,7 +193,7 @@ void Server::stop() {
   // Workers are told to stop, so that they end cleanly rather than as lost.
   for (auto& [id, w] : workers_) {
     if (!w.connection) continue;
-    w.stopping = true;
+    if (!w.end_state) w.end_state = wire::WorkerState::STOPPED;
     capnp::MallocMessageBuilder message;
     message.initRoot<wire::ToWorker>().setStop();
     w.connection->send(message);
@@ -200,6 +244,9 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
         resources->set(*parse_cpu_definition(std::to_string(reg.getCpus())));
       }
       if (resources->cpus() == 0) throw std::runtime_error("worker registered with zero CPUs");
+      if (reg.getHeartbeatMs() != 0 && reg.getHeartbeatMs() < 100) {
+        throw std::runtime_error("worker registration: a heartbeat shorter than 100ms");
+      }
       WorkerId wid = ++last_worker_id_;
       *id = wid;
       WorkerRecord& w = workers_[wid];
@@ -221,6 +268,22 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
       w.connect_time = unix_millis_now();
       w.connection = connection;
       w.last_seen = asio::steady_timer::clock_type::now();
+      w.heartbeat = reg.getHeartbeatMs() ? Millis(reg.getHeartbeatMs()) : options_.heartbeat;
+      if (reg.getIdleTimeoutMs() > kYearMs) {
+        throw std::runtime_error("worker registration: an idle timeout longer than a year");
+      }
+      w.idle_timeout = options_.idle_timeout;
+      if (reg.getIdleTimeoutMs()) w.idle_timeout = Millis(reg.getIdleTimeoutMs());
+      const std::string policy = reg.getOnServerLost().cStr();
+      if (policy != "" && policy != "stop" && policy != "finish-running") {
+        throw std::runtime_error("worker registration: an unknown --on-server-lost policy");
+      }
+      w.on_server_lost = policy.empty() ? "stop" : policy;
+      // A worker that reports more often than the check runs is checked as often.
+      if (!stopping_ &&
+          heartbeat_timer_.expiry() - asio::steady_timer::clock_type::now() > w.heartbeat) {
+        arm_heartbeat_check(w.heartbeat);
+      }
       journal::EventMessage event(w.connect_time);
       auto connected = event.event().initWorkerConnected();
       connected.setWorker(wid);
@@ -245,7 +308,10 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
         auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
         registered.setWorkerId(wid);
         registered.setServerUid(access_.server_uid);
-        registered.setHeartbeatMs(static_cast<uint32_t>(options_.heartbeat.count()));
+        registered.setHeartbeatMs(static_cast<uint32_t>(w.heartbeat.count()));
+        if (options_.idle_timeout) {
+          registered.setIdleTimeoutMs(static_cast<uint64_t>(options_.idle_timeout->count()));
+        }
         c->send(reply);
         spdlog::info("worker {} connected from {} ({}, {})", wid, w.address, w.hostname,
                      describe(w.resources));
@@ -259,6 +325,24 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
       w.last_seen = asio::steady_timer::clock_type::now();
       handle_worker_events(w, msg.getEvents());
       return;
+    }
+    case wire::FromWorker::STOPPING: {
+      if (*id == 0) throw std::runtime_error("worker announced its stop before registering");
+      WorkerRecord& w = workers_.at(*id);
+      w.last_seen = asio::steady_timer::clock_type::now();
+      if (w.end_state) return;  // the server decided first
+      switch (msg.getStopping().getReason()) {
+        case wire::WorkerStopReason::STOPPED:
+          w.end_state = wire::WorkerState::STOPPED;
+          return;
+        case wire::WorkerStopReason::IDLE_TIMEOUT:
+          w.end_state = wire::WorkerState::IDLE_TIMEOUT;
+          return;
+        case wire::WorkerStopReason::TIME_LIMIT_REACHED:
+          w.end_state = wire::WorkerState::TIME_LIMIT_REACHED;
+          return;
+      }
+      throw std::runtime_error("unknown stop reason from worker");
     }
   }
   throw std::runtime_error("unknown message from worker");
@@ -318,15 +402,21 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
   if (it == workers_.end() || it->second.end_time != 0) return;
   WorkerRecord& w = it->second;
   w.end_time = unix_millis_now();
-  // Stopped on purpose: by `hq worker stop`, or a worker that closed its connection in order
-  // (SIGTERM, idle timeout, time limit). Lost: it crashed, its connection broke, or the server
-  // gave up on its heartbeats (end_reason already set). Only a loss counts as a task's crash.
-  const bool on_purpose = w.stopping || (reason.empty() && w.end_reason.empty());
+  // Stopped on purpose (by the server, or announced by the worker: SIGTERM, idle timeout, time
+  // limit), or lost: the server gave up on its heartbeats (end_state already set), or the
+  // connection ended unannounced (a crash, SIGKILL, a broken network). Only a loss counts as a
+  // crash of its tasks.
+  if (!w.end_state) w.end_state = wire::WorkerState::CONNECTION_LOST;
+  const bool lost = *w.end_state == wire::WorkerState::CONNECTION_LOST ||
+                    *w.end_state == wire::WorkerState::HEARTBEAT_LOST;
   if (w.end_reason.empty()) {
-    w.end_reason = w.stopping ? "stopped" : reason.empty() ? "connection closed" : reason;
+    w.end_reason = worker_end_text(*w.end_state);
+    if (*w.end_state == wire::WorkerState::CONNECTION_LOST && !reason.empty()) {
+      w.end_reason += ": " + reason;
+    }
   }
   w.connection.reset();
-  std::vector<TaskKey> requeued = scheduler_.remove_worker(id, w.end_time, !on_purpose);
+  std::vector<TaskKey> requeued = scheduler_.remove_worker(id, w.end_time, lost);
   journal::EventMessage event(w.end_time);
   event.event().initWorkerLost().setWorker(id);
   event.event().getWorkerLost().setReason(w.end_reason);
@@ -350,15 +440,28 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
 
 void Server::check_heartbeats() {
   auto now = asio::steady_timer::clock_type::now();
-  auto limit = options_.heartbeat * options_.missed_heartbeats;
+  // Checked as often as the most frequent heartbeat: a worker is declared lost at most one of
+  // its own intervals late.
+  Millis period = options_.heartbeat;
   for (auto& [id, w] : workers_) {
-    if (w.connection && now - w.last_seen > limit) {
-      w.end_reason = fmt::format("missed heartbeats (silent for more than {})",
+    if (!w.connection) continue;
+    auto limit = w.heartbeat * options_.missed_heartbeats;
+    if (now - w.last_seen > limit && !w.end_state) {
+      w.end_state = wire::WorkerState::HEARTBEAT_LOST;
+      w.end_reason = fmt::format("{} (silent for more than {})",
+                                 worker_end_text(wire::WorkerState::HEARTBEAT_LOST),
                                  format_duration(std::chrono::duration_cast<Millis>(limit)));
       w.connection->close();
+      continue;
     }
+    period = std::min(period, w.heartbeat);
   }
-  heartbeat_timer_.expires_after(options_.heartbeat);
+  arm_heartbeat_check(period);
+}
+
+void Server::arm_heartbeat_check(Millis period) {
+  // Re-arming cancels the pending wait, whose handler then does nothing.
+  heartbeat_timer_.expires_after(period);
   heartbeat_timer_.async_wait([this](const std::error_code& error) {
     if (!error) check_heartbeats();
   });

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include <capnp/message.h>
@@ -17,7 +18,15 @@ struct ServerOptions {
   std::string host;  // the name workers and clients connect to; empty: this machine's hostname
   uint16_t client_port = 0;  // 0: any free port
   uint16_t worker_port = 0;
-  Millis heartbeat{8000};  // workers send a message at least this often
+  // `--access-file`: the server's keys, UID, hosts and ports come from this file (made by `hq
+  // server generate-access`) instead of `host` and the ports above; it listens on exactly those
+  // ports. Empty: none.
+  fs::path access_file;
+  // How often a worker without its own `--heartbeat` sends a message.
+  Millis heartbeat{8000};
+  // `--idle-timeout`: for every worker without its own, how long it may be without tasks before
+  // it stops.
+  std::optional<Millis> idle_timeout;
   // A worker silent for this many heartbeats is considered lost.
   uint32_t missed_heartbeats = 3;
   // The journal's directory; empty: <server_dir>/journal.

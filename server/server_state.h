@@ -43,11 +43,17 @@ struct WorkerRecord {
   int64_t connect_time = 0;
   int64_t end_time = 0;
   std::string end_reason;  // empty while connected
+  // How it ends, once known: set when the server gives up on it or stops it, or the worker
+  // announces why it stops (FromWorker.stopping); whatever ends the connection unannounced is a
+  // connection loss. The first decision stands.
+  std::optional<wire::WorkerState> end_state;
+  Millis heartbeat{0};  // how often it reports (its --heartbeat, or the server's default)
+  std::optional<Millis> idle_timeout;  // its own --idle-timeout, or the server's
+  std::string on_server_lost;          // its --on-server-lost policy
   std::shared_ptr<net::Connection> connection;
   std::unordered_set<JobId> known_jobs;  // jobs whose body this worker has
   asio::steady_timer::time_point last_seen;
-  bool stopping = false;  // asked to stop on purpose
-  bool serving = false;   // told it serves a multi-node task (ToWorker.serving)
+  bool serving = false;  // told it serves a multi-node task (ToWorker.serving)
 };
 
 // A client waiting for jobs to complete.
@@ -79,7 +85,10 @@ class Server {
   void request_schedule();
   void run_schedule();
   void after_state_change();
+  // Closes the connections of workers silent for more than missed_heartbeats of their own
+  // heartbeats (HEARTBEAT_LOST), then checks again after the shortest heartbeat of any worker.
   void check_heartbeats();
+  void arm_heartbeat_check(Millis period);
   void send_cancels(const std::vector<sched::Assignment>& held);
   // Sends in order with the messages held back until the journal synced what they depend on.
   void send_to_worker(WorkerRecord& w, capnp::MessageBuilder& message);

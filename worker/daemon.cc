@@ -9,6 +9,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -155,7 +156,8 @@ class Worker {
     cpus_id_ = names_.intern(kCpus);
     nvidia_id_ = names_.intern(kNvidiaGpus);
     amd_id_ = names_.intern(kAmdGpus);
-    auto access = net::read_access_file(access_file_path(options_.server_dir));
+    auto access =
+        net::read_access_file(access_file_path(options_.server_dir), net::AccessUse::kWorker);
     if (!access) return access.status();
     if (options_.hostname.empty()) options_.hostname = local_hostname();
     if (options_.work_dir.empty()) {
@@ -177,7 +179,9 @@ class Worker {
                                        options_.work_dir.string(), st.message()));
     }
     signals_.async_wait([this](const std::error_code& error, int signal) {
-      if (!error) shutdown(fmt::format("received signal {}", signal), 0);
+      if (!error) {
+        shutdown(fmt::format("received signal {}", signal), 0, wire::WorkerStopReason::STOPPED);
+      }
     });
     started_ = std::chrono::steady_clock::now();
     if (options_.time_limit) {
@@ -185,11 +189,11 @@ class Worker {
       lifetime_timer_.async_wait([this](const std::error_code& error) {
         if (error) return;
         stopping_on_request_ = true;
-        shutdown("time limit reached", 0);
+        shutdown("time limit reached", 0, wire::WorkerStopReason::TIME_LIMIT_REACHED);
       });
     }
-    net::async_connect(io_, access->host, access->worker_port, wire::Role::WORKER,
-                       access->worker_key,
+    net::async_connect(io_, access->worker->host, access->worker->port, wire::Role::WORKER,
+                       access->worker->key,
                        [this](Result<net::Connected> connected) { on_connected(connected); });
     return Status::ok();
   }
@@ -230,6 +234,11 @@ class Worker {
     reg.setWorkDir(options_.work_dir.string());
     reg.setGroup(options_.group);
     reg.setPid(static_cast<uint32_t>(::getpid()));
+    if (options_.heartbeat) reg.setHeartbeatMs(static_cast<uint32_t>(options_.heartbeat->count()));
+    if (options_.idle_timeout) {
+      reg.setIdleTimeoutMs(static_cast<uint64_t>(options_.idle_timeout->count()));
+    }
+    reg.setOnServerLost(options_.finish_running_on_server_lost ? "finish-running" : "stop");
     if (options_.time_limit) reg.setTimeLimitMs(static_cast<uint64_t>(remaining().count()));
     net::to_wire(descriptor_, reg.initResources(descriptor_.resources.size()));
     connection_->send(message);
@@ -243,6 +252,9 @@ class Worker {
         worker_id_ = r.getWorkerId();
         server_uid_ = r.getServerUid().cStr();
         heartbeat_ = Millis(std::max<uint32_t>(r.getHeartbeatMs(), 100));
+        if (!options_.idle_timeout && r.getIdleTimeoutMs() > 0) {
+          options_.idle_timeout = Millis(static_cast<int64_t>(r.getIdleTimeoutMs()));
+        }
         spdlog::info("worker {} registered with server {} ({})", worker_id_, server_uid_,
                      describe(descriptor_));
         send_heartbeats();
@@ -287,7 +299,7 @@ class Worker {
         return;
       case wire::ToWorker::STOP:
         stopping_on_request_ = true;
-        return shutdown("stopped by the server", 0);
+        return shutdown("stopped by the server", 0, wire::WorkerStopReason::STOPPED);
     }
     throw std::runtime_error("unknown message from the server");
   }
@@ -732,11 +744,14 @@ class Worker {
     idle_timer_.async_wait([this](const std::error_code& error) {
       if (error || !idle_armed_) return;
       stopping_on_request_ = true;
-      shutdown("idle timeout reached", 0);
+      shutdown("idle timeout reached", 0, wire::WorkerStopReason::IDLE_TIMEOUT);
     });
   }
 
-  void shutdown(const std::string& reason, int code) {
+  // Kills everything and closes the connection. A stop on purpose (`why`) is announced to the
+  // server first, which then records a stop rather than a loss of this worker.
+  void shutdown(const std::string& reason, int code,
+                std::optional<wire::WorkerStopReason> why = std::nullopt) {
     if (shut_down_) return;
     shut_down_ = true;
     exit_code_ = code;
@@ -754,6 +769,11 @@ class Worker {
     lifetime_timer_.cancel();
     stream_flush_timer_.cancel();
     if (!connection_ || !connection_->is_open()) return io_.stop();
+    if (why) {
+      capnp::MallocMessageBuilder message;
+      message.initRoot<wire::FromWorker>().initStopping().setReason(*why);
+      connection_->send(message);
+    }
     connection_->close();
     auto backstop = std::make_shared<asio::steady_timer>(io_, std::chrono::seconds(2));
     backstop->async_wait([backstop, this](const std::error_code&) { io_.stop(); });

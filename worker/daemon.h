@@ -19,8 +19,12 @@ struct WorkerOptions {
   // `--resource NAME=VALUE` (parse_resource_definition), each replacing a detected resource of
   // the same name. A name given twice, or "cpus" here and in `cpus`, is an error.
   std::vector<std::string> resources;
-  std::string hostname;                // empty: this machine's hostname
-  std::optional<Millis> idle_timeout;  // stop after this long without tasks
+  std::string hostname;  // empty: this machine's hostname
+  // Stop after this long without tasks; none: the server's --idle-timeout, if it has one.
+  std::optional<Millis> idle_timeout;
+  // `--heartbeat`: how often to report to the server (which declares the worker lost after
+  // missed heartbeats); none: the server's --heartbeat.
+  std::optional<Millis> heartbeat;
   // Missing directories are made 0700; empty: a private one made by mkdtemp under $TMPDIR,
   // removed when the worker stops.
   fs::path work_dir;

@@ -82,9 +82,10 @@ class HqEnv:
         self.processes.append((name, p, log))
         return p
 
-    def start_server(self, *args, wait=True):
-        p = self._spawn(f"server{len(self.processes)}", ["server", "start", "--host",
-                                                        "127.0.0.1", *args])
+    def start_server(self, *args, wait=True, host="127.0.0.1"):
+        """`host=None` leaves --host out (it cannot be combined with --access-file)."""
+        host_args = ["--host", host] if host else []
+        p = self._spawn(f"server{len(self.processes)}", ["server", "start", *host_args, *args])
         self.server = p
         if wait:
             def up():

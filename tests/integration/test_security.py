@@ -12,11 +12,14 @@ def test_access_file_is_private_and_has_two_keys(hq_env):
     path = hq_env.server_dir / "access.json"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     access = json.loads(path.read_text())
-    assert len(access["client_key"]) == 64 and len(access["worker_key"]) == 64
-    assert access["client_key"] != access["worker_key"]
+    client, worker = access["client"]["secret_key"], access["worker"]["secret_key"]
+    assert len(client) == 64 and len(worker) == 64
+    assert client != worker
     info = hq_env.json(["server", "info"])
     assert info["server_uid"] == access["server_uid"]
-    assert info["client_port"] == access["client_port"]
+    assert info["client_port"] == access["client"]["port"]
+    assert info["worker_port"] == access["worker"]["port"]
+    assert info["version"] == access["version"]
 
 
 def test_wrong_key_is_refused(hq_env):
@@ -24,9 +27,10 @@ def test_wrong_key_is_refused(hq_env):
     access = json.loads((hq_env.server_dir / "access.json").read_text())
     bad_dir = hq_env.root / "bad"
     bad_dir.mkdir()
-    forged = dict(access)
-    forged["client_key"] = "00" * 32
-    forged["worker_key"] = access["client_key"]  # the client key does not open the worker port
+    forged = json.loads(json.dumps(access))
+    forged["client"]["secret_key"] = "00" * 32
+    # The client key does not open the worker port.
+    forged["worker"]["secret_key"] = access["client"]["secret_key"]
     (bad_dir / "access.json").write_text(json.dumps(forged))
     os.chmod(bad_dir / "access.json", 0o600)  # a readable one is refused before any handshake
     p = hq_env.run(["job", "list"], server_dir=bad_dir)

@@ -47,7 +47,7 @@ def test_time_limit_stops_the_worker_cleanly_and_requeues_without_a_crash(hq_env
     # A worker that stops at its time limit did not crash: the task is not charged for it.
     assert task["crash_count"] == 0
     [w] = hq_env.json(["worker", "list", "--all"])
-    assert w["state"] == "offline"
+    assert w["state"] == "time_limit_reached"
 
 
 def test_time_request_longer_than_the_worker_lifetime_waits_for_another_worker(hq_env):

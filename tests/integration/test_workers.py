@@ -45,8 +45,8 @@ def test_killed_worker_tasks_run_again_elsewhere(hq_env):
         assert t["instance"] == 1 and t["worker"] == w2.worker_id
         assert (hq_env.root / f"inst-{t['id']}-1").read_text() == "1\n"
     workers = {w["id"]: w for w in hq_env.json(["worker", "list", "--all"])}
-    assert workers[w1.worker_id]["state"] == "offline"
-    assert workers[w1.worker_id]["end_reason"]
+    assert workers[w1.worker_id]["state"] == "connection_lost"
+    assert workers[w1.worker_id]["end_reason"].startswith("connection lost")
 
 
 def test_tasks_die_with_a_sigkilled_worker(hq_env):
@@ -81,7 +81,7 @@ def test_worker_stop_and_list(hq_env):
     wait_until(lambda: hq_env.connected_workers() == [w2.worker_id],
                message="the stopped worker to disappear")
     offline = hq_env.json(["worker", "info", str(w1.worker_id)])
-    assert offline["state"] == "offline" and offline["end_reason"] == "stopped"
+    assert offline["state"] == "stopped" and offline["end_reason"] == "stopped"
     err = hq_env.command(["worker", "info", "99"], expect_fail=True)
     assert "worker 99 not found" in err
     err = hq_env.command(["worker", "stop", "99"], expect_fail=True)
@@ -126,7 +126,8 @@ def test_silent_worker_is_lost_after_missed_heartbeats(hq_env):
         [t] = hq_env.tasks(job)
         assert t["state"] == "waiting" and t["instance"] == 1
         info = hq_env.json(["worker", "info", str(w.worker_id)])
-        assert "heartbeat" in info["end_reason"]
+        assert info["state"] == "heartbeat_lost"
+        assert info["end_reason"].startswith("heartbeat lost"), info["end_reason"]
     finally:
         w.send_signal(signal.SIGCONT)
 

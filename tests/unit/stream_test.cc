@@ -708,13 +708,15 @@ TEST_F(OutputCommandsTest, ShowPrefixesWholeLinesInTimeOrder) {
 TEST_F(OutputCommandsTest, SummaryJobsAndExport) {
   auto r = run_output({"output", "summary", dir_.string()}, "json");
   EXPECT_EQ(r.code, 0) << r.error;
-  auto s = nlohmann::json::parse(r.out);
+  auto out = nlohmann::json::parse(r.out);
+  EXPECT_EQ(out["filename"], dir_.string());
+  auto s = out["summary"];
   EXPECT_EQ(s["server_uid"], "srv");
-  EXPECT_EQ(s["files"], 1);
-  EXPECT_EQ(s["tasks"], 4);
-  EXPECT_EQ(s["open"], 1);
-  EXPECT_EQ(s["stdout_bytes"], 6 * 4 + 5);
-  EXPECT_EQ(s["stderr_bytes"], 7 + 15);
+  EXPECT_EQ(s["n_files"], 1);
+  EXPECT_EQ(s["n_tasks"], 4);
+  EXPECT_EQ(s["n_opened"], 1);
+  EXPECT_EQ(s["stdout_size"], 6 * 4 + 5);
+  EXPECT_EQ(s["stderr_size"], 7 + 15);
   EXPECT_TRUE(s["damage"].empty());
   r = run_output({"output", "summary", dir_.string()});
   EXPECT_NE(r.out.find("4 (3 finished, 1 open)"), std::string::npos) << r.out;
