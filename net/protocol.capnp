@@ -113,6 +113,14 @@ struct JobDescription {
   crashLimit @5 :UInt32 = 5; # 0: unlimited
   maxFails @6 :Int64 = -1;   # -1: none
   nodes @7 :UInt32;         # whole workers per task (`--nodes`); 0 or 1: one worker's resources
+  tasks @8 :List(GraphTask);  # empty: every task runs `body`; else one entry per task (job files)
+}
+
+# One task of a job with per-task bodies, and the tasks of the job it waits for.
+struct GraphTask {
+  id @0 :UInt32;
+  body @1 :TaskBody;
+  deps @2 :List(UInt32);
 }
 
 # --- Client <-> server ------------------------------------------------------------------------
@@ -313,10 +321,20 @@ struct TaskNodes {
   hosts @1 :List(Text);
 }
 
+# The body of one task of a job with per-task bodies, sent with the task.
+struct TaskBodyOf {
+  task @0 :UInt32;
+  job @1 :UInt32;
+  body @2 :TaskBody;
+}
+
 struct Assignment {
   jobs @0 :List(JobBody);
   tasks @1 :List(TaskKey);
   nodes @2 :List(TaskNodes);  # for the multi-node tasks among `tasks`
+  # For the tasks among `tasks` of jobs with per-task bodies (their JobBody gives the stream
+  # only); empty for array jobs, which cost nothing per task here.
+  taskBodies @3 :List(TaskBodyOf);
 }
 
 struct ToWorker {

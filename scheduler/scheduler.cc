@@ -12,17 +12,21 @@
 
 namespace hq::sched {
 
-JobSpec job_spec(JobId id, JobDescriptionSpec& job) {
-  normalize_request(job);
-  return {id,
-          job.task_ids,
-          job.body.cpus,
-          job.priority,
-          job.crash_limit,
-          job.max_fails,
-          job.body.resources,
-          job.body.time_request_ms,
-          job.nodes};
+Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job) {
+  if (Status st = normalize_request(job); !st) return Error{st.message()};
+  JobSpec spec{id,
+               job.task_ids,
+               job.body.cpus,
+               job.priority,
+               job.crash_limit,
+               job.max_fails,
+               job.body.resources,
+               job.body.time_request_ms,
+               job.nodes};
+  for (const GraphTaskSpec& t : job.tasks) {
+    if (!t.deps.empty()) spec.deps.push_back({t.id, t.deps});
+  }
+  return spec;
 }
 
 const char* to_string(TaskState s) {

@@ -77,7 +77,8 @@ struct JobSpec {
 // Normalizes the job's request (normalize_request) and returns what the scheduler is given of it:
 // the one conversion that submit and restore share, which must agree for a restarted server to
 // rebuild the campaign it acknowledged.
-JobSpec job_spec(JobId id, JobDescriptionSpec& job);
+// Fails when the description itself is inconsistent (normalize_request).
+Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job);
 
 struct Assignment {
   WorkerId worker = 0;

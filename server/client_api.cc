@@ -81,7 +81,18 @@ void Server::on_client_request(const std::shared_ptr<net::Connection>& connectio
 void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader description) {
   auto job = net::from_wire(description);
   if (!job) return reply_error(c, "invalid job: " + job.message());
-  if (job->body.program.empty()) return reply_error(c, "invalid job: no program to run");
+  if (job->tasks.empty() && job->body.program.empty()) {
+    return reply_error(c, "invalid job: no program to run");
+  }
+  for (const GraphTaskSpec& t : job->tasks) {
+    if (t.body.program.empty()) {
+      return reply_error(c, fmt::format("invalid job: task {} has no program to run", t.id));
+    }
+    if (t.body.time_limit_ms > 366ull * 24 * 3600 * 1000) {
+      return reply_error(
+          c, fmt::format("invalid job: task {} has a time limit longer than a year", t.id));
+    }
+  }
   if (job->body.cpus == 0 && job->body.resources.entries.empty()) {
     return reply_error(c, "invalid job: a task needs at least 1 CPU");
   }
@@ -92,7 +103,9 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
   }
   if (job->nodes > 1'000'000) return reply_error(c, "invalid job: too many nodes per task");
   const JobId id = last_job_id_ + 1;
-  sched::JobSpec spec = sched::job_spec(id, *job);
+  auto made = sched::job_spec(id, *job);
+  if (!made) return reply_error(c, "invalid job: " + made.message());
+  sched::JobSpec spec = std::move(made).value();
   if (job->task_ids.size() > kMaxTasksPerJob) {
     return reply_error(c, fmt::format("invalid job: {} tasks; a job holds at most {} (split it "
                                       "into several jobs)",
