@@ -153,7 +153,9 @@ struct JobSummary {
 
 struct JobDetail {
   summary @0 :JobSummary;
+  # A job file's job: `tasks` only while the job has at most 1,000 tasks (the answer stays small).
   description @1 :JobDescription;
+  dependencies @2 :UInt64;  # between the job's tasks; 0: none
 }
 
 struct TaskInfo {
@@ -165,6 +167,9 @@ struct TaskInfo {
   startTime @5 :Int64;
   endTime @6 :Int64;
   crashCount @7 :UInt32;    # workers lost while running it
+  deps @8 :List(UInt32);    # tasks of the same job it waits for (job files); empty: none
+  abortedByJob @9 :UInt32;  # an aborted task: the job and task whose failure or cancel caused
+  abortedByTask @10 :UInt32; # it; 0 and 0 otherwise
 }
 
 struct TaskQuery {
@@ -259,6 +264,7 @@ struct TaskExplanation {
   request @0 :Text;         # the task's request, as `hq submit` takes it
   state @1 :TaskState;
   workers @2 :List(WorkerFit);
+  waitingFor @3 :List(UInt32);  # a waiting task: its dependencies not finished yet (same job)
 }
 
 struct CancelResult {
