@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "cli/job_file.h"
 
 #include <unistd.h>
 
@@ -340,6 +341,29 @@ int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
   return wait_for(g, client, std::to_string(id));
 }
 
+int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait) {
+  JobFile parsed = must(read_job_file(file));
+  JobDescriptionSpec job = must(job_file_description(parsed, file, current_dir()));
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  net::to_wire(job, request.initRoot<wire::ClientRequest>().initSubmit());
+  auto response = must(client.call(request));
+  JobId id = response.root<wire::ClientResponse>().getSubmitted();
+  switch (g.mode()) {
+    case OutputMode::kJson:
+      if (!wait) print_json({{"id", id}});
+      break;
+    case OutputMode::kQuiet:
+      std::cout << id << "\n";
+      break;
+    case OutputMode::kCli:
+      std::cout << fmt::format("Job submitted successfully, job ID: {}\n", id);
+      break;
+  }
+  if (!wait) return 0;
+  return wait_for(g, client, std::to_string(id));
+}
+
 int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter) {
   auto states = parse_states<wire::JobState>(filter, "job");
   Client client = must(Client::connect(g));
@@ -411,6 +435,9 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"State", state_name(s.getState())},
         {"Tasks", fmt::format("{} ({})", ids.size(), counts_text(s.getCounts()))},
         {"Task ids", ids.to_string()},
+        {"Graph", d.getDependencies() == 0
+                      ? std::string()
+                      : fmt::format("{} tasks, {} dependencies", ids.size(), d.getDependencies())},
         {"Program", fmt::format("{}", fmt::join(program, " "))},
         {"Resources per task",
          desc.getNodes() > 1 ? fmt::format("{} whole workers", desc.getNodes()) : request_text},
@@ -486,6 +513,13 @@ JobId resolve_job(Client& client, const std::string& job) {
   return details[0].getSummary().getId();
 }
 
+// A task's dependencies as "2,3,7"; empty for none.
+std::string deps_text(capnp::List<uint32_t>::Reader deps) {
+  std::string out;
+  for (uint32_t d : deps) out += (out.empty() ? "" : ",") + std::to_string(d);
+  return out;
+}
+
 int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_text,
                 const std::string& tasks, const std::string& filter, bool detailed) {
   auto states = parse_states<wire::TaskState>(filter, "task");
@@ -519,6 +553,7 @@ int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_t
                           {"Started", time_text(t.getStartTime())},
                           {"Finished", time_text(t.getEndTime())},
                           {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
+                          {"Dependencies", deps_text(t.getDeps())},
                           {"Error", t.getError().cStr()}});
   });
   if (g.mode() == OutputMode::kCli) std::cout << (detailed ? text : table.render());
@@ -598,16 +633,23 @@ int cmd_task_explain(const GlobalOptions& g, uint32_t job, uint32_t task) {
                        {"reason", w.getReason().cStr()}});
     table.add({std::to_string(w.getWorker()), w.getHostname().cStr(), fits, w.getReason().cStr()});
   }
+  std::vector<uint32_t> waiting;
+  for (uint32_t id : e.getWaitingFor()) waiting.push_back(id);
   if (g.mode() == OutputMode::kJson) {
     print_json({{"job", job},
                 {"task", task},
                 {"state", state_name(e.getState())},
                 {"request", e.getRequest().cStr()},
-                {"workers", workers}});
+                {"workers", workers},
+                {"waiting_for", waiting}});
     return 0;
   }
   std::cout << fmt::format("Task {} of job {} is {} and requests {}\n", task, job,
                            state_name(e.getState()), e.getRequest().cStr());
+  if (!waiting.empty()) {
+    std::cout << fmt::format("It is waiting for {} {} of job {} (its dependencies)\n",
+                             waiting.size() == 1 ? "task" : "tasks", fmt::join(waiting, ", "), job);
+  }
   if (workers.empty()) {
     std::cout << "No connected workers: it waits for one that can run it\n";
   } else {

@@ -34,6 +34,9 @@ struct SubmitOptions {
 };
 
 int cmd_submit(const GlobalOptions& g, const SubmitOptions& o);
+// `hq job submit-file FILE`: a HyperQueue job definition file, checked whole before anything is
+// submitted.
+int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait);
 int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter);
 int cmd_job_info(const GlobalOptions& g, const std::string& selector);
 int cmd_job_cancel(const GlobalOptions& g, const std::string& selector);

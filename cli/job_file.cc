@@ -350,4 +350,71 @@ Result<JobFile> read_job_file(const fs::path& path) {
   return parse_job_file(text.str(), path.string());
 }
 
+Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::string& name,
+                                                const std::string& submit_dir) {
+  JobDescriptionSpec job;
+  job.name = file.name.empty() ? "job" : file.name;
+  if (file.max_fails) job.max_fails = *file.max_fails;
+  if (!file.stream.empty()) {
+    return Error{
+        fmt::format("{}: 'stream' is not supported by job files in this hq release; "
+                    "use `hq submit --stream`",
+                    name)};
+  }
+  if (file.tasks.empty()) return Error{fmt::format("{}: the file defines no task", name)};
+  const JobFileTask& first = file.tasks.front();
+  auto unsupported = [&name](const JobFileTask& t, const char* what) {
+    return Error{
+        fmt::format("{}: task {}: {} is not supported by this hq release", name, t.id, what)};
+  };
+  for (const JobFileTask& t : file.tasks) {
+    if (t.entry) return unsupported(t, "an [array] with 'entries' (HQ_ENTRY)");
+    if (t.stdin_text) return unsupported(t, "'stdin'");
+    if (t.task_dir) return unsupported(t, "'task_dir'");
+    if (t.requests.size() > 1) return unsupported(t, "more than one [[task.request]]");
+    for (const auto& out : {t.stdout_output, t.stderr_output}) {
+      if (out && out->remove_if_finished) return unsupported(t, "mode = \"rm-if-finished\"");
+    }
+    auto differs = [&](const char* what) {
+      return Error{
+          fmt::format("{}: task {} has another {} than task {}: the tasks of one job "
+                      "file share it in this hq release",
+                      name, t.id, what, first.id)};
+    };
+    if (t.priority != first.priority) return differs("priority");
+    if (t.crash_limit != first.crash_limit) return differs("crash_limit");
+    const uint32_t nodes = t.requests.empty() ? 0 : t.requests[0].nodes;
+    const uint32_t first_nodes = first.requests.empty() ? 0 : first.requests[0].nodes;
+    if (nodes != first_nodes) return differs("n_nodes");
+
+    GraphTaskSpec& g = job.tasks.emplace_back();
+    g.id = t.id;
+    g.deps = t.deps;
+    TaskBodySpec& body = g.body;
+    body.program = t.command;
+    body.env = t.env;
+    body.submit_dir = submit_dir;
+    body.cwd = t.cwd.empty() ? submit_dir : t.cwd;
+    body.stdout_path = t.stdout_output ? t.stdout_output->path
+                                       : std::string("%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout");
+    body.stderr_path = t.stderr_output ? t.stderr_output->path
+                                       : std::string("%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr");
+    body.time_limit_ms = t.time_limit_ms;
+    if (t.pin == "taskset") body.pin = PinMode::kTaskset;
+    if (t.pin == "omp") body.pin = PinMode::kOmp;
+    if (!t.requests.empty()) {
+      body.resources = t.requests[0].resources;
+      body.time_request_ms = t.requests[0].time_request_ms;
+    }
+    job.nodes = nodes;
+  }
+  job.priority = first.priority;
+  if (first.crash_limit) job.crash_limit = *first.crash_limit;
+  // The job's own body is what clients show for it: the first task's.
+  job.body = job.tasks.front().body;
+  if (Status st = normalize_request(job); !st)
+    return Error{fmt::format("{}: {}", name, st.message())};
+  return job;
+}
+
 }  // namespace hq::cli

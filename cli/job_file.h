@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "common/ids.h"
+#include "common/job_spec.h"
 #include "common/paths.h"
 #include "common/resources.h"
 #include "common/result.h"
@@ -57,5 +58,12 @@ struct JobFile {
 // Parses the text of a job file; `file` names it in errors ("jobs.toml:12: ...").
 Result<JobFile> parse_job_file(std::string_view text, const std::string& file);
 Result<JobFile> read_job_file(const fs::path& path);
+
+// The job a parsed file describes, one body per task, with relative paths against
+// `submit_dir`. Fails naming `file` for what this hq release cannot run yet: several requests
+// of one task (alternatives), `stdin`, `task_dir`, `rm-if-finished` outputs, `[array]` entries,
+// and tasks that differ in resource request, priority, crash limit or nodes.
+Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::string& name,
+                                                const std::string& submit_dir);
 
 }  // namespace hq::cli

@@ -128,6 +128,11 @@ json task_json(wire::TaskInfo::Reader task, const TaskPaths* paths) {
     j["stderr"] = paths->stderr_path.empty() ? json(nullptr) : json(paths->stderr_path);
   }
   // As HyperQueue: a waiting task has no times; a started one has its start and worker.
+  if (task.getDeps().size() > 0) {
+    json deps = json::array();
+    for (uint32_t d : task.getDeps()) deps.push_back(d);
+    j["deps"] = std::move(deps);
+  }
   const auto state = task.getState();
   if (state == wire::TaskState::WAITING) return j;
   const bool ran = state == wire::TaskState::RUNNING || state == wire::TaskState::FINISHED ||
@@ -142,6 +147,9 @@ json task_json(wire::TaskInfo::Reader task, const TaskPaths* paths) {
   if (state == wire::TaskState::FAILED || task.getError().size() > 0) {
     j["error"] = task.getError().cStr();
   }
+  if (task.getAbortedByJob() != 0) {
+    j["aborted_by"] = {{"job", task.getAbortedByJob()}, {"task", task.getAbortedByTask()}};
+  }
   return j;
 }
 
@@ -151,7 +159,23 @@ json job_detail_json(wire::JobDetail::Reader detail, json tasks) {
   json submit = nullptr;
   json ids = nullptr;
   if (auto job = net::from_wire(desc); job) {
-    submit = {{"array", task_description_json(*job)}};
+    if (job->tasks.empty()) {
+      submit = {{"array", task_description_json(*job)}};
+    } else {
+      // HyperQueue's shape for a job file's tasks: one entry per task, its id and deps beside
+      // the description.
+      json graph = json::array();
+      for (const GraphTaskSpec& t : job->tasks) {
+        JobDescriptionSpec one = *job;
+        one.tasks.clear();
+        one.body = t.body;
+        json entry = task_description_json(one);
+        entry["id"] = t.id;
+        entry["deps"] = t.deps;
+        graph.push_back(std::move(entry));
+      }
+      submit = {{"graph", std::move(graph)}};
+    }
     ids = job->task_ids.to_string();
   }
   return {{"info", job_json(s)},
@@ -163,7 +187,8 @@ json job_detail_json(wire::JobDetail::Reader detail, json tasks) {
           {"tasks", std::move(tasks)},
           // hq's additions
           {"task_ids", ids},
-          {"stream", text_or_null(desc.getStream())}};
+          {"stream", text_or_null(desc.getStream())},
+          {"dependencies", detail.getDependencies()}};
 }
 
 json wait_json(capnp::List<wire::JobSummary>::Reader jobs, int64_t waited_ms) {

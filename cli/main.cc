@@ -407,6 +407,13 @@ int run(int argc, char** argv) {
   auto* job = app.add_subcommand("job", "Submit, list, inspect, cancel and wait for jobs");
   job->require_subcommand(1);
   add_submit(job, "submit");
+  std::string job_file_path;
+  bool job_file_wait = false;
+  auto* submit_file = job->add_subcommand(
+      "submit-file", "Submit a job from a HyperQueue job definition file (TOML)");
+  submit_file->add_option("file", job_file_path, "The job file")->required();
+  submit_file->add_flag("--wait", job_file_wait, "Wait until the job ends");
+  submit_file->callback([&] { code = cmd_job_submit_file(g, job_file_path, job_file_wait); });
   bool job_all = false;
   std::string job_filter, job_selector;
   auto* job_list = job->add_subcommand("list", "List jobs (by default those not yet complete)");

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <filesystem>
 
+#include <fmt/format.h>
+
 #include "common/placeholders.h"
 
 namespace hq {
@@ -20,9 +22,42 @@ ResourceRequest task_request(const TaskBodySpec& body, uint32_t nodes) {
   return r;
 }
 
-void normalize_request(JobDescriptionSpec& job) {
+Status normalize_request(JobDescriptionSpec& job) {
+  if (!job.tasks.empty()) {
+    std::stable_sort(job.tasks.begin(), job.tasks.end(),
+                     [](const GraphTaskSpec& a, const GraphTaskSpec& b) { return a.id < b.id; });
+    IdSetBuilder ids;
+    for (size_t i = 0; i < job.tasks.size(); ++i) {
+      GraphTaskSpec& t = job.tasks[i];
+      if (i > 0 && job.tasks[i - 1].id == t.id) {
+        return Status::error(fmt::format("task {} is defined more than once", t.id));
+      }
+      ids.add(t.id);
+      t.body.resources = task_request(t.body, job.nodes);
+      t.body.cpus = whole_cpus(t.body.resources);
+      if (describe(t.body.resources) != describe(job.tasks[0].body.resources)) {
+        return Status::error(fmt::format(
+            "task {} requests {} but task {} requests {}: the tasks of one job share one "
+            "resource request in this hq release; submit tasks with other requests as "
+            "another job",
+            t.id, describe(t.body.resources), job.tasks[0].id,
+            describe(job.tasks[0].body.resources)));
+      }
+    }
+    job.task_ids = std::move(ids).build();
+    job.body.resources = job.tasks[0].body.resources;
+    job.body.time_request_ms = job.tasks[0].body.time_request_ms;
+  }
   job.body.resources = task_request(job.body, job.nodes);
   job.body.cpus = whole_cpus(job.body.resources);
+  return Status::ok();
+}
+
+const TaskBodySpec& task_body(const JobDescriptionSpec& job, uint32_t task) {
+  if (job.tasks.empty()) return job.body;
+  auto it = std::lower_bound(job.tasks.begin(), job.tasks.end(), task,
+                             [](const GraphTaskSpec& t, uint32_t id) { return t.id < id; });
+  return it != job.tasks.end() && it->id == task ? it->body : job.body;
 }
 
 namespace {

@@ -8,6 +8,7 @@
 
 #include "common/id_set.h"
 #include "common/resources.h"
+#include "common/result.h"
 
 namespace hq {
 
@@ -37,6 +38,14 @@ struct TaskBodySpec {
 inline constexpr uint32_t kDefaultCrashLimit = 5;
 inline constexpr int64_t kNoMaxFails = -1;
 
+// One task of a job with its own body (a job file's `[[task]]`): what it runs and which tasks of
+// the job must finish before it starts.
+struct GraphTaskSpec {
+  uint32_t id = 0;
+  TaskBodySpec body;
+  std::vector<uint32_t> deps;  // task ids of the same job
+};
+
 struct JobDescriptionSpec {
   std::string name;
   IdSet task_ids;
@@ -54,14 +63,25 @@ struct JobDescriptionSpec {
   // More than 1: each task takes this many whole workers of one group (`--nodes`) and runs on
   // the first, told the others through HQ_NODE_FILE.
   uint32_t nodes = 0;
+  // Empty: every task runs `body` (an array job). Otherwise one entry per task in increasing id
+  // order, `task_ids` holding exactly their ids, and `body` unused for running: each task runs
+  // its own, and waits for its `deps`. The scheduler gives every task of a job one request, so
+  // the tasks' requests must be equal (graph_request).
+  std::vector<GraphTaskSpec> tasks;
 };
+
+// The body task `task` of the job runs: its own in a job with per-task bodies, else the job's.
+// `task` must be one of the job's.
+const TaskBodySpec& task_body(const JobDescriptionSpec& job, uint32_t task);
 
 // What each task of the job needs: `body.resources`, or `body.cpus` whole CPUs (at least one)
 // when it is empty; every CPU of a worker for a multi-node job (nodes > 1).
 ResourceRequest task_request(const TaskBodySpec& body, uint32_t nodes = 0);
 // Sets the body's request to task_request() (and `cpus` to match), so that every reader of the
 // job (scheduler, workers, clients) sees one request. The server does it on submit and replay.
-void normalize_request(JobDescriptionSpec& job);
+// A job with per-task bodies: each task's body too, the tasks are sorted by id, and `task_ids`
+// and `body`'s request come from them; fails when ids repeat or the tasks' requests differ.
+[[nodiscard]] Status normalize_request(JobDescriptionSpec& job);
 
 // Where one task instance runs and writes: its working directory (the body's cwd with
 // placeholders expanded, relative to the submit directory) and its output files (relative to

@@ -78,6 +78,16 @@ struct JobDescription {
   crashLimit @5 :UInt32 = 5; # 0: unlimited
   maxFails @6 :Int64 = -1;   # -1: none
   nodes @7 :UInt32;         # whole workers per task; 0 or 1: one worker's resources
+  tasks @8 :List(GraphTask); # empty: every task runs `body`; else one per task, by id
+}
+
+# One task of a job with per-task bodies (a job file's task), and the tasks it waits for: the
+# graph is journaled once, with the job; the aborts it causes are not journaled (replay derives
+# them from the failures and cancels).
+struct GraphTask {
+  id @0 :UInt32;
+  body @1 :TaskBody;
+  deps @2 :List(UInt32);
 }
 
 # --- Events ---

@@ -45,6 +45,21 @@ void check(schema::JobDescription::Reader job) {
   (void)body.getSubmitDir();
   for (auto e : body.getResources()) (void)e.getName();
   (void)job.getStream();
+  for (auto t : job.getTasks()) {
+    // Each pointer once: the check's traversal budget is the record's size.
+    auto task_body = t.getBody();
+    for (auto arg : task_body.getProgram()) (void)arg;
+    for (auto kv : task_body.getEnv()) {
+      (void)kv.getKey();
+      (void)kv.getValue();
+    }
+    (void)task_body.getCwd();
+    (void)task_body.getStdout();
+    (void)task_body.getStderr();
+    (void)task_body.getSubmitDir();
+    for (auto e : task_body.getResources()) (void)e.getName();
+    (void)t.getDeps();
+  }
 }
 
 void check(schema::TaskBatch::Reader batch) {
@@ -231,6 +246,31 @@ std::optional<JobId> event_job(Event::Reader event) {
   return std::nullopt;
 }
 
+static void body_to_record(const TaskBodySpec& spec, schema::TaskBody::Builder body) {
+  auto program = body.initProgram(spec.program.size());
+  for (size_t i = 0; i < spec.program.size(); ++i) program.set(i, spec.program[i]);
+  auto env = body.initEnv(spec.env.size());
+  for (size_t i = 0; i < spec.env.size(); ++i) {
+    env[i].setKey(spec.env[i].first);
+    env[i].setValue(spec.env[i].second);
+  }
+  body.setCwd(spec.cwd);
+  body.setStdout(spec.stdout_path);
+  body.setStderr(spec.stderr_path);
+  body.setSubmitDir(spec.submit_dir);
+  body.setCpus(spec.cpus);
+  body.setTimeLimitMs(spec.time_limit_ms);
+  auto resources = body.initResources(spec.resources.entries.size());
+  for (size_t i = 0; i < spec.resources.entries.size(); ++i) {
+    const ResourceRequestEntry& e = spec.resources.entries[i];
+    resources[i].setName(e.name);
+    resources[i].setAmount(e.amount);
+    resources[i].setPolicy(static_cast<uint8_t>(e.policy));
+  }
+  body.setPin(static_cast<uint8_t>(spec.pin));
+  body.setTimeRequestMs(spec.time_request_ms);
+}
+
 void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder out) {
   out.setName(job.name);
   const auto& ranges = job.task_ids.ranges();
@@ -241,33 +281,50 @@ void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder ou
     ids[i].setStep(ranges[i].step);
   }
   out.setPriority(job.priority);
-  auto body = out.initBody();
-  auto program = body.initProgram(job.body.program.size());
-  for (size_t i = 0; i < job.body.program.size(); ++i) program.set(i, job.body.program[i]);
-  auto env = body.initEnv(job.body.env.size());
-  for (size_t i = 0; i < job.body.env.size(); ++i) {
-    env[i].setKey(job.body.env[i].first);
-    env[i].setValue(job.body.env[i].second);
-  }
-  body.setCwd(job.body.cwd);
-  body.setStdout(job.body.stdout_path);
-  body.setStderr(job.body.stderr_path);
-  body.setSubmitDir(job.body.submit_dir);
-  body.setCpus(job.body.cpus);
-  body.setTimeLimitMs(job.body.time_limit_ms);
-  auto resources = body.initResources(job.body.resources.entries.size());
-  for (size_t i = 0; i < job.body.resources.entries.size(); ++i) {
-    const ResourceRequestEntry& e = job.body.resources.entries[i];
-    resources[i].setName(e.name);
-    resources[i].setAmount(e.amount);
-    resources[i].setPolicy(static_cast<uint8_t>(e.policy));
-  }
-  body.setPin(static_cast<uint8_t>(job.body.pin));
-  body.setTimeRequestMs(job.body.time_request_ms);
+  body_to_record(job.body, out.initBody());
   out.setStream(job.stream);
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
   out.setNodes(job.nodes);
+  auto tasks = out.initTasks(job.tasks.size());
+  for (size_t i = 0; i < job.tasks.size(); ++i) {
+    const GraphTaskSpec& t = job.tasks[i];
+    tasks[i].setId(t.id);
+    body_to_record(t.body, tasks[i].initBody());
+    auto deps = tasks[i].initDeps(t.deps.size());
+    for (size_t k = 0; k < t.deps.size(); ++k) deps.set(k, t.deps[k]);
+  }
+}
+
+static Result<TaskBodySpec> body_from_record(schema::TaskBody::Reader body) {
+  TaskBodySpec spec;
+  for (auto arg : body.getProgram()) spec.program.push_back(text(arg));
+  for (auto kv : body.getEnv()) spec.env.emplace_back(text(kv.getKey()), text(kv.getValue()));
+  spec.cwd = text(body.getCwd());
+  spec.stdout_path = text(body.getStdout());
+  spec.stderr_path = text(body.getStderr());
+  spec.submit_dir = text(body.getSubmitDir());
+  spec.cpus = body.getCpus();
+  spec.time_limit_ms = body.getTimeLimitMs();
+  spec.time_request_ms = body.getTimeRequestMs();
+  std::vector<ResourceRequestEntry> entries;
+  for (auto e : body.getResources()) {
+    if (e.getPolicy() > static_cast<uint8_t>(AllocationPolicy::kAll)) {
+      return Error{fmt::format("unknown allocation policy {} in a journaled job", e.getPolicy())};
+    }
+    entries.push_back(
+        {text(e.getName()), e.getAmount(), static_cast<AllocationPolicy>(e.getPolicy())});
+  }
+  if (!entries.empty()) {
+    auto request = make_request(std::move(entries));
+    if (!request) return Error{"a journaled job's request: " + request.message()};
+    spec.resources = std::move(*request);
+  }
+  if (body.getPin() > static_cast<uint8_t>(PinMode::kOmp)) {
+    return Error{fmt::format("unknown pin mode {} in a journaled job", body.getPin())};
+  }
+  spec.pin = static_cast<PinMode>(body.getPin());
+  return spec;
 }
 
 Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
@@ -286,37 +343,24 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
   }
   out.task_ids = IdSet(std::move(ranges));
   out.priority = job.getPriority();
-  auto body = job.getBody();
-  for (auto arg : body.getProgram()) out.body.program.push_back(text(arg));
-  for (auto kv : body.getEnv()) out.body.env.emplace_back(text(kv.getKey()), text(kv.getValue()));
-  out.body.cwd = text(body.getCwd());
-  out.body.stdout_path = text(body.getStdout());
-  out.body.stderr_path = text(body.getStderr());
-  out.body.submit_dir = text(body.getSubmitDir());
-  out.body.cpus = body.getCpus();
-  out.body.time_limit_ms = body.getTimeLimitMs();
-  out.body.time_request_ms = body.getTimeRequestMs();
-  std::vector<ResourceRequestEntry> entries;
-  for (auto e : body.getResources()) {
-    if (e.getPolicy() > static_cast<uint8_t>(AllocationPolicy::kAll)) {
-      return Error{fmt::format("unknown allocation policy {} in a journaled job", e.getPolicy())};
-    }
-    entries.push_back(
-        {text(e.getName()), e.getAmount(), static_cast<AllocationPolicy>(e.getPolicy())});
-  }
-  if (!entries.empty()) {
-    auto request = make_request(std::move(entries));
-    if (!request) return Error{"a journaled job's request: " + request.message()};
-    out.body.resources = std::move(*request);
-  }
-  if (body.getPin() > static_cast<uint8_t>(PinMode::kOmp)) {
-    return Error{fmt::format("unknown pin mode {} in a journaled job", body.getPin())};
-  }
-  out.body.pin = static_cast<PinMode>(body.getPin());
+  auto body = body_from_record(job.getBody());
+  if (!body) return body.error();
+  out.body = std::move(*body);
   out.stream = text(job.getStream());
   out.crash_limit = job.getCrashLimit();
   out.max_fails = job.getMaxFails();
   out.nodes = job.getNodes();
+  out.tasks.reserve(job.getTasks().size());
+  for (auto t : job.getTasks()) {
+    auto task_body = body_from_record(t.getBody());
+    if (!task_body) {
+      return Error{fmt::format("task {} of a journaled job: {}", t.getId(), task_body.message())};
+    }
+    GraphTaskSpec& task = out.tasks.emplace_back();
+    task.id = t.getId();
+    task.body = std::move(*task_body);
+    for (uint32_t d : t.getDeps()) task.deps.push_back(d);
+  }
   return out;
 }
 

@@ -194,6 +194,14 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
   out.setNodes(job.nodes);
+  auto tasks = out.initTasks(job.tasks.size());
+  for (size_t i = 0; i < job.tasks.size(); ++i) {
+    const GraphTaskSpec& t = job.tasks[i];
+    tasks[i].setId(t.id);
+    to_wire(t.body, tasks[i].initBody());
+    auto deps = tasks[i].initDeps(t.deps.size());
+    for (size_t k = 0; k < t.deps.size(); ++k) deps.set(k, t.deps[k]);
+  }
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
@@ -210,6 +218,15 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
   out.crash_limit = job.getCrashLimit();
   out.max_fails = job.getMaxFails();
   out.nodes = job.getNodes();
+  out.tasks.reserve(job.getTasks().size());
+  for (auto t : job.getTasks()) {
+    auto task_body = from_wire(t.getBody());
+    if (!task_body) return Error{fmt::format("task {}: {}", t.getId(), task_body.message())};
+    GraphTaskSpec& task = out.tasks.emplace_back();
+    task.id = t.getId();
+    task.body = std::move(*task_body);
+    for (uint32_t d : t.getDeps()) task.deps.push_back(d);
+  }
   return out;
 }
 

@@ -113,6 +113,14 @@ struct JobDescription {
   crashLimit @5 :UInt32 = 5; # 0: unlimited
   maxFails @6 :Int64 = -1;   # -1: none
   nodes @7 :UInt32;         # whole workers per task (`--nodes`); 0 or 1: one worker's resources
+  tasks @8 :List(GraphTask);  # empty: every task runs `body`; else one entry per task (job files)
+}
+
+# One task of a job with per-task bodies, and the tasks of the job it waits for.
+struct GraphTask {
+  id @0 :UInt32;
+  body @1 :TaskBody;
+  deps @2 :List(UInt32);
 }
 
 # --- Client <-> server ------------------------------------------------------------------------
@@ -145,7 +153,9 @@ struct JobSummary {
 
 struct JobDetail {
   summary @0 :JobSummary;
+  # A job file's job: `tasks` only while the job has at most 1,000 tasks (the answer stays small).
   description @1 :JobDescription;
+  dependencies @2 :UInt64;  # between the job's tasks; 0: none
 }
 
 struct TaskInfo {
@@ -157,6 +167,9 @@ struct TaskInfo {
   startTime @5 :Int64;
   endTime @6 :Int64;
   crashCount @7 :UInt32;    # workers lost while running it
+  deps @8 :List(UInt32);    # tasks of the same job it waits for (job files); empty: none
+  abortedByJob @9 :UInt32;  # an aborted task: the job and task whose failure or cancel caused
+  abortedByTask @10 :UInt32; # it; 0 and 0 otherwise
 }
 
 struct TaskQuery {
@@ -267,6 +280,7 @@ struct TaskExplanation {
   request @0 :Text;         # the task's request, as `hq submit` takes it
   state @1 :TaskState;
   workers @2 :List(WorkerFit);
+  waitingFor @3 :List(UInt32);  # a waiting task: its dependencies not finished yet (same job)
 }
 
 struct CancelResult {
@@ -333,10 +347,20 @@ struct TaskNodes {
   hosts @1 :List(Text);
 }
 
+# The body of one task of a job with per-task bodies, sent with the task.
+struct TaskBodyOf {
+  task @0 :UInt32;
+  job @1 :UInt32;
+  body @2 :TaskBody;
+}
+
 struct Assignment {
   jobs @0 :List(JobBody);
   tasks @1 :List(TaskKey);
   nodes @2 :List(TaskNodes);  # for the multi-node tasks among `tasks`
+  # For the tasks among `tasks` of jobs with per-task bodies (their JobBody gives the stream
+  # only); empty for array jobs, which cost nothing per task here.
+  taskBodies @3 :List(TaskBodyOf);
 }
 
 struct ToWorker {

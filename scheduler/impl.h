@@ -446,9 +446,49 @@ struct Scheduler::Impl {
     s.end_time = time;
     if (error) h->job->errors[h->index] = std::move(*error);
     release(*h->w, *h->job, h->index);
+    if (to == TaskState::kFinished) {
+      release_dependants(*h->job, h->index);
+    } else {
+      abort_dependants(*h->job, h->index, time);
+    }
     if (to == TaskState::kFailed) check_max_fails(*h->job, time);
     note_completion(*h->job);
     return true;
+  }
+
+  // --- Dependencies --------------------------------------------------------------------------
+  // Task `index` of `job` finished: its dependants with no other unfinished dependency are ready.
+  void release_dependants(Job& job, uint32_t index) {
+    if (!job.graph) return;
+    DepGraph& g = *job.graph;
+    for (uint32_t k = g.dependant_begin[index]; k < g.dependant_begin[index + 1]; ++k) {
+      const uint32_t d = g.dependants[k];
+      if (--g.pending[d] == 0 && job.slots[d].state == TaskState::kWaiting) put_back(job, d);
+    }
+  }
+  // Task `index` of `job` ended without finishing (failed, canceled, aborted): every task that
+  // depends on it, transitively, and has not ended becomes aborted at `now`, naming the first
+  // task of the chain that did not finish. None of them is queued or held: each has a dependency
+  // that did not finish. O(the tasks reached and their dependants).
+  void abort_dependants(Job& job, uint32_t index, int64_t now) {
+    if (!job.graph) return;
+    DepGraph& g = *job.graph;
+    auto known = g.aborted_by.find(index);
+    const TaskId cause = known != g.aborted_by.end() ? known->second : job.ids.id_at(index);
+    std::vector<uint32_t> stack{index};
+    while (!stack.empty()) {
+      const uint32_t t = stack.back();
+      stack.pop_back();
+      for (uint32_t k = g.dependant_begin[t]; k < g.dependant_begin[t + 1]; ++k) {
+        const uint32_t d = g.dependants[k];
+        TaskSlot& s = job.slots[d];
+        if (ended(s.state)) continue;
+        job.set_state(s, TaskState::kAborted);
+        s.end_time = now;
+        g.aborted_by[d] = cause;
+        stack.push_back(d);
+      }
+    }
   }
 
   // Every task of `job` not yet ended becomes `to` (canceled or aborted) at `now`; the held ones

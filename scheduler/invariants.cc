@@ -22,6 +22,55 @@ void Scheduler::check_invariants() const { impl_->check(); }
     if (!(cond)) invariant_failed(fmt::format(__VA_ARGS__)); \
   } while (0)
 
+// The graph's structure, its pending counters and its abort causes.
+static void check_graph(const Job& job) {
+  const DepGraph& g = *job.graph;
+  const JobId id = job.id;
+  const uint32_t n = job.size();
+  HQ_SCHED_CHECK(g.size() == n && g.dep_begin.size() == n + 1 && g.dependant_begin.size() == n + 1,
+                 "job {}: graph of {} tasks for {} slots", id, g.size(), n);
+  HQ_SCHED_CHECK(g.dep_begin[0] == 0 && g.dep_begin[n] == g.deps.size() &&
+                     g.dependant_begin[0] == 0 && g.dependant_begin[n] == g.dependants.size() &&
+                     g.deps.size() == g.dependants.size(),
+                 "job {}: graph offsets do not cover its {} dependencies", id, g.deps.size());
+  // Each edge once each way: count (task, dep) pairs from both lists.
+  std::vector<uint32_t> seen_as_dependant(n, 0);
+  for (uint32_t i = 0; i < n; ++i) {
+    HQ_SCHED_CHECK(
+        g.dep_begin[i] <= g.dep_begin[i + 1] && g.dependant_begin[i] <= g.dependant_begin[i + 1],
+        "job {} task #{}: decreasing graph offsets", id, i);
+    uint32_t unfinished = 0;
+    for (uint32_t k = g.dep_begin[i]; k < g.dep_begin[i + 1]; ++k) {
+      const uint32_t d = g.deps[k];
+      HQ_SCHED_CHECK(d < n && d != i && (k == g.dep_begin[i] || g.deps[k - 1] < d),
+                     "job {} task #{}: bad dependency list", id, i);
+      const bool back = std::binary_search(g.dependants.begin() + g.dependant_begin[d],
+                                           g.dependants.begin() + g.dependant_begin[d + 1], i);
+      HQ_SCHED_CHECK(back, "job {} task #{}: dependency #{} does not list it as a dependant", id, i,
+                     d);
+      ++seen_as_dependant[d];
+      unfinished += job.slots[d].state != TaskState::kFinished;
+    }
+    HQ_SCHED_CHECK(g.pending[i] == unfinished,
+                   "job {} task #{}: pending counter {} but {} dependencies unfinished", id, i,
+                   g.pending[i], unfinished);
+  }
+  for (uint32_t i = 0; i < n; ++i) {
+    HQ_SCHED_CHECK(seen_as_dependant[i] == g.dependant_begin[i + 1] - g.dependant_begin[i],
+                   "job {} task #{}: lists {} dependants, {} depend on it", id, i,
+                   g.dependant_begin[i + 1] - g.dependant_begin[i], seen_as_dependant[i]);
+  }
+  for (const auto& [index, cause] : g.aborted_by) {
+    HQ_SCHED_CHECK(index < n && job.slots[index].state == TaskState::kAborted,
+                   "job {} task #{}: an abort cause for a task not aborted", id, index);
+    std::optional<uint32_t> c = job.ids.index_of(cause);
+    HQ_SCHED_CHECK(c && *c != index && ended(job.slots[*c].state) &&
+                       job.slots[*c].state != TaskState::kFinished,
+                   "job {} task #{}: aborted by task {}, which did not end unfinished", id, index,
+                   cause);
+  }
+}
+
 void Scheduler::Impl::check() const {
   uint64_t total_ready = 0;
   size_t jobs_in_ready = 0;
@@ -51,9 +100,14 @@ void Scheduler::Impl::check() const {
         HQ_SCHED_CHECK(s.state == TaskState::kWaiting && s.flags == 0 && s.instance == 0,
                        "job {} task #{}: past the fresh cursor but not a fresh waiting task", id,
                        i);
-      } else if (s.state == TaskState::kWaiting && !held) {
+      } else if (s.state == TaskState::kWaiting && !held && job.deps_done(i)) {
         ++unheld_waiting_before_fresh;
       }
+      HQ_SCHED_CHECK(
+          job.deps_done(i) || (!held && s.state != TaskState::kRunning &&
+                               s.state != TaskState::kFinished && s.state != TaskState::kFailed),
+          "job {} task #{}: {}{} with {} unfinished dependencies", id, i, to_string(s.state),
+          held ? " and held" : "", job.graph->pending[i]);
       if (held) {
         const WorkerSlot* w = find_worker(s.worker);
         HQ_SCHED_CHECK(w && w->connected, "job {} task #{}: held by unknown worker {}", id, i,
@@ -79,12 +133,13 @@ void Scheduler::Impl::check() const {
                    "job {}: a task is requeued twice", id);
     for (uint32_t i : requeued) {
       HQ_SCHED_CHECK(i < job.fresh_begin() && job.slots[i].state == TaskState::kWaiting &&
-                         job.slots[i].flags == 0,
+                         job.slots[i].flags == 0 && job.deps_done(i),
                      "job {} task #{}: requeued but not an unheld waiting task", id, i);
     }
     HQ_SCHED_CHECK(requeued.size() == unheld_waiting_before_fresh,
                    "job {}: {} requeued entries for {} unheld waiting tasks", id, requeued.size(),
                    unheld_waiting_before_fresh);
+    if (job.graph) check_graph(job);
     HQ_SCHED_CHECK(job.in_ready_set == (job.ready() > 0) &&
                        ready.contains(const_cast<Job*>(&job)) == job.in_ready_set,
                    "job {}: in the ready set iff it has ready tasks", id);

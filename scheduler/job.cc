@@ -135,16 +135,24 @@ void Job::clear_ready() {
   fresh_range_ = static_cast<uint32_t>(ids.ranges().size());
 }
 
+void Job::set_graph(std::unique_ptr<DepGraph> g) {
+  graph = std::move(g);
+  rebuild_ready();
+}
+
 void Job::rebuild_ready() {
   uint32_t fresh = size();
-  while (fresh > 0) {
+  while (fresh > 0 && !graph) {
     const TaskSlot& s = slots[fresh - 1];
     if (s.state != TaskState::kWaiting || s.flags != 0 || s.instance != 0) break;
     --fresh;
   }
   requeued_.clear();
   for (uint32_t i = 0; i < fresh; ++i) {
-    if (slots[i].state == TaskState::kWaiting) requeued_.push_back(i);  // increasing: a heap
+    // Increasing: a heap.
+    if (slots[i].state == TaskState::kWaiting && !(slots[i].flags & kHeld) && deps_done(i)) {
+      requeued_.push_back(i);
+    }
   }
   requeued_.shrink_to_fit();
   fresh_ = fresh;
@@ -157,6 +165,9 @@ void Job::rebuild_ready() {
 void Job::check_queue() const {
   const size_t nranges = ids.ranges().size();
   if (fresh_ > size()) invariant_failed(fmt::format("job {}: fresh cursor past the end", id));
+  if (graph && fresh_ != size()) {
+    invariant_failed(fmt::format("job {}: a graph job with a fresh cursor at {}", id, fresh_));
+  }
   if (fresh_ == size() ? fresh_range_ != nranges
                        : (fresh_range_ >= nranges || ids.first_index(fresh_range_) > fresh_ ||
                           ids.first_index(fresh_range_ + 1) <= fresh_)) {

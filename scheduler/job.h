@@ -4,6 +4,7 @@
 // except an error string for each failed task.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -12,6 +13,7 @@
 #include "common/id_set.h"
 #include "common/ids.h"
 #include "common/result.h"
+#include "scheduler/graph.h"
 #include "scheduler/scheduler.h"
 
 namespace hq::sched {
@@ -84,6 +86,15 @@ class Job {
   std::unordered_map<uint32_t, std::string> errors;  // by index, failed tasks only
   bool in_ready_set = false;                         // owned by the scheduler's ready set
   bool completion_noted = false;  // reported (or to be reported) by take_completed_jobs
+  // Dependencies between its tasks; null for a job without any (array jobs). A graph job queues
+  // only its ready tasks (waiting, pending == 0), all through the requeued heap: it has no fresh
+  // cursor (fresh_begin() == size()).
+  std::unique_ptr<DepGraph> graph;
+
+  // Whether the task may be queued and handed to a worker as far as dependencies go.
+  bool deps_done(uint32_t index) const { return !graph || graph->pending[index] == 0; }
+  // Takes the graph and queues exactly its tasks without dependencies (a new job).
+  void set_graph(std::unique_ptr<DepGraph> g);
 
   uint32_t size() const { return static_cast<uint32_t>(slots.size()); }
   void set_state(TaskSlot& slot, TaskState to);
@@ -103,7 +114,8 @@ class Job {
   // Every ready task leaves the queue (the caller changes their states).
   void clear_ready();
   // Queues exactly the waiting tasks, after their states were set directly (restore): the tail of
-  // fresh tasks (waiting, instance 0, never run) behind the cursor, the others requeued.
+  // fresh tasks (waiting, instance 0, never run) behind the cursor, the others requeued. In a
+  // graph job, the ready ones only (pending counters must be right), all requeued.
   void rebuild_ready();
   // Tasks at indices >= fresh_begin() were never taken from the queue.
   uint32_t fresh_begin() const { return fresh_; }

@@ -81,13 +81,43 @@ void Scheduler::restore_reserved(JobId id, uint32_t tasks) {
 
 uint32_t Scheduler::fresh_cursor(JobId id) const {
   const Job* job = impl_->find_job(id);
-  return job ? job->fresh_begin() : 0;
+  return job && !job->graph ? job->fresh_begin() : 0;
 }
+
+namespace {
+
+// Whether every dependency of the task has finished, from the states alone (restore: the
+// pending counters are rebuilt at the end).
+bool deps_finished(const Job& job, uint32_t index) {
+  const DepGraph& g = *job.graph;
+  for (uint32_t k = g.dep_begin[index]; k < g.dep_begin[index + 1]; ++k) {
+    if (job.slots[g.deps[k]].state != TaskState::kFinished) return false;
+  }
+  return true;
+}
+
+}  // namespace
 
 uint64_t Scheduler::restore_restart() {
   uint64_t back = 0;
   for (auto& [id, holder] : impl_->jobs) {
     Job& job = *holder;
+    if (job.graph) {
+      // No reservations: any waiting task whose dependencies had all finished may have been
+      // handed out.
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        TaskSlot& s = job.slots[i];
+        const bool maybe_ran = s.state == TaskState::kRunning ||
+                               (s.state == TaskState::kWaiting && deps_finished(job, i));
+        if (!maybe_ran) continue;
+        if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+        ++s.instance;
+        s.start_time = 0;
+        ++back;
+      }
+      job.reserved = 0;
+      continue;
+    }
     const uint32_t reserved = std::min(job.reserved, job.size());
     if (reserved == 0 && job.counts[TaskState::kRunning] == 0) continue;
     for (uint32_t i = 0; i < job.size(); ++i) {
@@ -115,6 +145,25 @@ uint64_t Scheduler::finish_restore() {
     Job& job = *holder;
     m.ready_tasks -= job.ready();
     m.leave_ready(job);
+    if (job.graph) {
+      // Pending counters from the restored states, then what the journal implies without
+      // records of its own: the dependants of tasks that ended unfinished are aborted, at that
+      // end's time.
+      DepGraph& g = *job.graph;
+      g.aborted_by.clear();
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        g.pending[i] = 0;
+        for (uint32_t k = g.dep_begin[i]; k < g.dep_begin[i + 1]; ++k) {
+          g.pending[i] += job.slots[g.deps[k]].state != TaskState::kFinished;
+        }
+      }
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        const TaskSlot& s = job.slots[i];
+        if (ended(s.state) && s.state != TaskState::kFinished) {
+          m.abort_dependants(job, i, s.end_time);
+        }
+      }
+    }
     job.rebuild_ready();
     m.ready_tasks += job.ready();
     m.enter_ready(job);

@@ -12,17 +12,21 @@
 
 namespace hq::sched {
 
-JobSpec job_spec(JobId id, JobDescriptionSpec& job) {
-  normalize_request(job);
-  return {id,
-          job.task_ids,
-          job.body.cpus,
-          job.priority,
-          job.crash_limit,
-          job.max_fails,
-          job.body.resources,
-          job.body.time_request_ms,
-          job.nodes};
+Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job) {
+  if (Status st = normalize_request(job); !st) return Error{st.message()};
+  JobSpec spec{id,
+               job.task_ids,
+               job.body.cpus,
+               job.priority,
+               job.crash_limit,
+               job.max_fails,
+               job.body.resources,
+               job.body.time_request_ms,
+               job.nodes};
+  for (const GraphTaskSpec& t : job.tasks) {
+    if (!t.deps.empty()) spec.deps.push_back({t.id, t.deps});
+  }
+  return spec;
 }
 
 const char* to_string(TaskState s) {
@@ -145,6 +149,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
             "reached",
             s.crashes, job.crash_limit);
         m.crash_failures.push_back({job.id, job.ids.id_at(index), s.instance});
+        m.abort_dependants(job, index, now);
         failed_jobs.push_back(&job);
       } else {
         if (was_running) job.set_state(s, TaskState::kWaiting);
@@ -173,6 +178,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
             "reached",
             s.crashes, job.crash_limit);
         m.crash_failures.push_back({job.id, job.ids.id_at(h.index), s.instance});
+        m.abort_dependants(job, h.index, now);
         failed_jobs.push_back(&job);
         continue;
       }
@@ -223,6 +229,38 @@ Result<ResourceRequest> job_request(const JobSpec& spec) {
   return made;
 }
 
+// The spec's dependencies as a graph over `ids`; null when it has none.
+Result<std::unique_ptr<DepGraph>> job_graph(const JobSpec& spec, const TaskIdMap& ids) {
+  std::unique_ptr<DepGraph> none;
+  if (spec.deps.empty()) return none;
+  std::vector<std::pair<uint32_t, uint32_t>> edges;
+  std::vector<bool> listed(ids.size(), false);
+  for (const TaskDeps& t : spec.deps) {
+    std::optional<uint32_t> task = ids.index_of(t.id);
+    if (!task) {
+      return Error{fmt::format("job {}: dependencies are given for task {}, which it does not have",
+                               spec.id, t.id)};
+    }
+    if (listed[*task]) {
+      return Error{fmt::format("job {}: dependencies of task {} are given twice", spec.id, t.id)};
+    }
+    listed[*task] = true;
+    for (TaskId dep : t.deps) {
+      std::optional<uint32_t> d = ids.index_of(dep);
+      if (!d) {
+        return Error{fmt::format("job {}: task {} depends on task {}, which the job does not have",
+                                 spec.id, t.id, dep)};
+      }
+      edges.emplace_back(*task, *d);
+    }
+  }
+  if (edges.empty()) return none;
+  auto graph = DepGraph::build(ids.size(), std::move(edges),
+                               [&ids](uint32_t index) { return ids.id_at(index); });
+  if (!graph) return Error{fmt::format("job {}: {}", spec.id, graph.message())};
+  return graph;
+}
+
 }  // namespace
 
 Status Scheduler::add_job(const JobSpec& spec) {
@@ -236,8 +274,11 @@ Status Scheduler::add_job(const JobSpec& spec) {
   if (spec.nodes > 1) {  // whole workers
     request->entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
   }
+  Result<std::unique_ptr<DepGraph>> graph = job_graph(spec, *ids);
+  if (!graph) return graph.status();
   const uint32_t cpus = whole_cpus(*request);
   auto job = std::make_unique<Job>(spec.id, cpus, spec.priority, std::move(ids).value());
+  if (*graph) job->set_graph(std::move(graph).value());
   job->request = impl_->intern_request(*request);
   job->crash_limit = spec.crash_limit;
   job->max_fails = spec.max_fails;
@@ -256,12 +297,51 @@ Status Scheduler::validate_job(const JobSpec& spec) {
   if (!request) return request.status();
   Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
   if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
+  Result<std::unique_ptr<DepGraph>> graph = job_graph(spec, *ids);
+  if (!graph) return graph.status();
   return Status::ok();
 }
 
 std::vector<Assignment> Scheduler::cancel_job(JobId id, int64_t now) {
   std::vector<Assignment> kill;
   if (Job* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kCanceled, now, kill);
+  return kill;
+}
+
+std::vector<Assignment> Scheduler::cancel_tasks(JobId id, const IdSet& tasks, int64_t now) {
+  Impl& m = *impl_;
+  std::vector<Assignment> kill;
+  Job* job = m.find_job(id);
+  if (!job) return kill;
+  std::vector<uint32_t> canceled;
+  bool was_queued = false;
+  tasks.for_each([&](uint32_t t) {
+    std::optional<uint32_t> index = job->ids.index_of(t);
+    if (!index) return;
+    TaskSlot& s = job->slots[*index];
+    if (ended(s.state)) return;
+    if (s.flags & kHeld) {
+      WorkerSlot& w = *m.find_worker(s.worker);
+      kill.push_back({w.id, {job->id, t, s.instance}});
+      m.clear_retraction(w, s);
+      if (s.state == TaskState::kRunning) --w.running;
+    } else if (job->deps_done(*index)) {
+      was_queued = true;
+    }
+    job->set_state(s, TaskState::kCanceled);
+    s.end_time = now;
+    canceled.push_back(*index);
+  });
+  if (was_queued) {
+    // TODO(perf): O(size) for one task; a queue that skips ended tasks would make it O(1).
+    m.ready_tasks -= job->ready();
+    m.leave_ready(*job);
+    job->rebuild_ready();
+    m.ready_tasks += job->ready();
+    m.enter_ready(*job);
+  }
+  for (uint32_t index : canceled) m.abort_dependants(*job, index, now);
+  m.note_completion(*job);
   return kill;
 }
 
@@ -351,6 +431,10 @@ TaskView make_view(const Job& job, uint32_t index, TaskId id) {
   if (s.state == TaskState::kFailed) {
     auto it = job.errors.find(index);
     if (it != job.errors.end()) v.error = &it->second;
+  }
+  if (s.state == TaskState::kAborted && job.graph) {
+    auto it = job.graph->aborted_by.find(index);
+    if (it != job.graph->aborted_by.end()) v.aborted_by = TaskRef{job.id, it->second};
   }
   return v;
 }
@@ -504,6 +588,39 @@ uint32_t Scheduler::queued_tasks(WorkerId id) const {
   uint32_t n = 0;
   for (const HeldTask& h : w->held) n += h.job->slots[h.index].state == TaskState::kWaiting;
   return n;
+}
+
+uint64_t Scheduler::dependency_count(JobId id) const {
+  const Job* job = impl_->find_job(id);
+  return job && job->graph ? job->graph->edges() : 0;
+}
+
+namespace {
+
+// The dependencies of the task in increasing id order, those that finished too unless
+// `unfinished_only`.
+std::vector<TaskId> task_deps(const Job* job, TaskId task, bool unfinished_only) {
+  std::vector<TaskId> out;
+  if (!job || !job->graph) return out;
+  std::optional<uint32_t> index = job->ids.index_of(task);
+  if (!index) return out;
+  const DepGraph& g = *job->graph;
+  for (uint32_t k = g.dep_begin[*index]; k < g.dep_begin[*index + 1]; ++k) {
+    const uint32_t d = g.deps[k];
+    if (unfinished_only && job->slots[d].state == TaskState::kFinished) continue;
+    out.push_back(job->ids.id_at(d));  // indices increase with ids
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<TaskId> Scheduler::dependencies(JobId job, TaskId task) const {
+  return task_deps(impl_->find_job(job), task, false);
+}
+
+std::vector<TaskId> Scheduler::unfinished_dependencies(JobId job, TaskId task) const {
+  return task_deps(impl_->find_job(job), task, true);
 }
 
 uint32_t Scheduler::crash_count(JobId job_id, TaskId task) const {

@@ -19,6 +19,7 @@
 #include "common/job_spec.h"
 #include "common/resources.h"
 #include "common/result.h"
+#include "common/task_graph.h"
 
 namespace hq::sched {
 
@@ -67,12 +68,17 @@ struct JobSpec {
   // More than 1: each task takes this many whole workers of one group (`--nodes`); its request
   // is then all of each worker's CPUs.
   uint32_t nodes = 0;
+  // Dependencies between the job's tasks (ids of this job): a task waits until all of its own
+  // have finished, and is aborted when one fails, is canceled or aborted. Tasks not listed have
+  // none. Empty: no graph, and the job costs nothing more than an array job.
+  std::vector<TaskDeps> deps = {};
 };
 
 // Normalizes the job's request (normalize_request) and returns what the scheduler is given of it:
 // the one conversion that submit and restore share, which must agree for a restarted server to
 // rebuild the campaign it acknowledged.
-JobSpec job_spec(JobId id, JobDescriptionSpec& job);
+// Fails when the description itself is inconsistent (normalize_request).
+Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job);
 
 struct Assignment {
   WorkerId worker = 0;
@@ -99,6 +105,9 @@ struct TaskView {
   int64_t end_time = 0;
   uint32_t crashes = 0;                // workers lost while running it
   const std::string* error = nullptr;  // failed tasks only; valid until the next call
+  // Aborted tasks of a graph job only: the task whose failure or cancel aborted it (the first
+  // along its dependencies that did not finish).
+  std::optional<TaskRef> aborted_by = std::nullopt;
 };
 
 // Why a task can or cannot run on one worker (`hq task explain`).
@@ -147,6 +156,10 @@ class Scheduler {
   // the server must tell to kill them (they keep occupying the worker until it reports their
   // end).
   std::vector<Assignment> cancel_job(JobId id, int64_t now);
+  // The same for the job's tasks in `tasks` (ids it does not have are skipped); their
+  // dependants, transitively, become aborted. O(size) of the job when a canceled task was
+  // queued (its queue is rebuilt).
+  std::vector<Assignment> cancel_tasks(JobId id, const IdSet& tasks, int64_t now);
 
   // --- Worker reports -------------------------------------------------------------------------
   // Each returns false, and changes nothing, when the report is stale or unknown: another
@@ -182,7 +195,9 @@ class Scheduler {
   // by take_completed_jobs(). Returns how many tasks got a new instance.
   uint64_t finish_restore();
   // How many tasks of the job (dense index, id order) have ever been taken from its queue of
-  // fresh tasks: assignments never go beyond this. 0 for an unknown job.
+  // fresh tasks: assignments never go beyond this. 0 for an unknown job and for a job with
+  // dependencies, which has no such queue: at each restart, every one of its waiting tasks whose
+  // dependencies had all finished gets a new instance instead (it may have been handed out).
   uint32_t fresh_cursor(JobId id) const;
 
   // --- Decisions ------------------------------------------------------------------------------
@@ -232,13 +247,21 @@ class Scheduler {
   uint32_t queued_tasks(WorkerId id) const;
   // Waiting tasks that no worker holds, over all jobs: what schedule() may still assign.
   uint32_t waiting_tasks() const;
+  // The job has dependencies between its tasks, and how many (0 for none or an unknown job).
+  uint64_t dependency_count(JobId id) const;
+  // The task's dependencies, in increasing id order; empty for none or an unknown task.
+  std::vector<TaskId> dependencies(JobId job, TaskId task) const;
+  // Those of them that have not finished (what a waiting task waits for).
+  std::vector<TaskId> unfinished_dependencies(JobId job, TaskId task) const;
   // How many times a worker was lost while running the task; 0 for an unknown task.
   uint32_t crash_count(JobId job, TaskId task) const;
 
   // Aborts with a message when an internal invariant does not hold: counts match states, every
   // held task is held by exactly the worker it names, worker CPU use equals the sum of its tasks'
   // CPUs and stays within its limit, each pool's free amounts equal its total minus the placed
-  // tasks' allocations, queues hold exactly the waiting tasks. O(size): for tests.
+  // tasks' allocations, queues hold exactly the waiting tasks (of a graph job, exactly those whose
+  // dependencies all finished), each pending counter equals the task's unfinished dependencies,
+  // and every task aborted by a dependency names an ended cause. O(size): for tests.
   void check_invariants() const;
 
  private:

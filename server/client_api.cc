@@ -81,7 +81,18 @@ void Server::on_client_request(const std::shared_ptr<net::Connection>& connectio
 void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader description) {
   auto job = net::from_wire(description);
   if (!job) return reply_error(c, "invalid job: " + job.message());
-  if (job->body.program.empty()) return reply_error(c, "invalid job: no program to run");
+  if (job->tasks.empty() && job->body.program.empty()) {
+    return reply_error(c, "invalid job: no program to run");
+  }
+  for (const GraphTaskSpec& t : job->tasks) {
+    if (t.body.program.empty()) {
+      return reply_error(c, fmt::format("invalid job: task {} has no program to run", t.id));
+    }
+    if (t.body.time_limit_ms > 366ull * 24 * 3600 * 1000) {
+      return reply_error(
+          c, fmt::format("invalid job: task {} has a time limit longer than a year", t.id));
+    }
+  }
   if (job->body.cpus == 0 && job->body.resources.entries.empty()) {
     return reply_error(c, "invalid job: a task needs at least 1 CPU");
   }
@@ -92,7 +103,9 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
   }
   if (job->nodes > 1'000'000) return reply_error(c, "invalid job: too many nodes per task");
   const JobId id = last_job_id_ + 1;
-  sched::JobSpec spec = sched::job_spec(id, *job);
+  auto made = sched::job_spec(id, *job);
+  if (!made) return reply_error(c, "invalid job: " + made.message());
+  sched::JobSpec spec = std::move(made).value();
   if (job->task_ids.size() > kMaxTasksPerJob) {
     return reply_error(c, fmt::format("invalid job: {} tasks; a job holds at most {} (split it "
                                       "into several jobs)",
@@ -200,7 +213,16 @@ void Server::handle_job_info(net::Connection& c, wire::JobSelector::Reader selec
   auto list = reply.initRoot<wire::ClientResponse>().initJobDetails(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
     fill_job_summary(ids[i], list[i].initSummary());
-    net::to_wire(jobs_.at(ids[i]).description, list[i].initDescription());
+    const JobDescriptionSpec& description = jobs_.at(ids[i]).description;
+    constexpr size_t kMaxTasksShown = 1000;
+    if (description.tasks.size() > kMaxTasksShown) {
+      JobDescriptionSpec summary = description;
+      summary.tasks.clear();
+      net::to_wire(summary, list[i].initDescription());
+    } else {
+      net::to_wire(description, list[i].initDescription());
+    }
+    list[i].setDependencies(scheduler_.dependency_count(ids[i]));
   }
   respond(c, reply);
 }
@@ -293,6 +315,11 @@ void Server::handle_task_explain(net::Connection& c, wire::TaskKey::Reader key) 
   auto out = reply.initRoot<wire::ClientResponse>().initExplanation();
   out.setRequest(request);
   out.setState(static_cast<wire::TaskState>(task->state));
+  if (task->state == sched::TaskState::kWaiting) {
+    std::vector<TaskId> waiting = scheduler_.unfinished_dependencies(key.getJob(), key.getTask());
+    auto list = out.initWaitingFor(static_cast<unsigned>(waiting.size()));
+    for (size_t i = 0; i < waiting.size(); ++i) list.set(i, waiting[i]);
+  }
   auto list = out.initWorkers(fits.size());
   for (size_t i = 0; i < fits.size(); ++i) {
     list[i].setWorker(fits[i].worker);
@@ -328,8 +355,18 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
       return false;
     }
     views.push_back(v);
-    errors.push_back(v.error ? *v.error : std::string());
-    bytes += 64 + errors.back().size();
+    if (v.aborted_by) {
+      auto cause = scheduler_.task(v.aborted_by->job, v.aborted_by->task);
+      const char* how = !cause                                        ? "ended"
+                        : cause->state == sched::TaskState::kCanceled ? "was canceled"
+                        : cause->state == sched::TaskState::kAborted  ? "was aborted"
+                                                                      : "failed";
+      errors.push_back(fmt::format("Aborted: its dependency task {} of job {} {}",
+                                   v.aborted_by->task, v.aborted_by->job, how));
+    } else {
+      errors.push_back(v.error ? *v.error : std::string());
+    }
+    bytes += 64 + errors.back().size() + 4 * scheduler_.dependencies(job, v.id).size();
     return true;
   };
   if (query.getTasks().size() == 0) {
@@ -371,6 +408,13 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
     list[i].setStartTime(v.start_time);
     list[i].setEndTime(v.end_time);
     list[i].setCrashCount(v.crashes);
+    std::vector<TaskId> deps = scheduler_.dependencies(job, v.id);
+    auto out_deps = list[i].initDeps(static_cast<unsigned>(deps.size()));
+    for (size_t k = 0; k < deps.size(); ++k) out_deps.set(k, deps[k]);
+    if (v.aborted_by) {
+      list[i].setAbortedByJob(v.aborted_by->job);
+      list[i].setAbortedByTask(v.aborted_by->task);
+    }
   }
   respond(c, reply);
 }

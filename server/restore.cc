@@ -28,7 +28,10 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
       max_job_id_ = std::max(max_job_id_, id);
       auto description = journal::from_record(submitted.getDescription());
       Status added = description.status();
-      if (description) added = scheduler_.add_job(sched::job_spec(id, *description));
+      if (description) {
+        auto spec = sched::job_spec(id, *description);
+        added = spec ? scheduler_.add_job(*spec) : spec.status();
+      }
       if (!added) {
         // Never skipped: the job was acknowledged.
         if (status_) {

@@ -555,8 +555,17 @@ void Server::run_schedule() {
   if (decisions.empty()) return;
 
   JobId last = 0;
+  bool graph_tasks = false;
   for (const auto& a : decisions.assign) {
     if (a.key.job != last) reserve_assigned(last = a.key.job);
+    graph_tasks = graph_tasks || scheduler_.dependency_count(a.key.job) > 0;
+  }
+  if (graph_tasks && journal_) {
+    // A task of a graph may be ready because its dependencies finished: those ends are synced
+    // before it goes out, so that a crash never forgets a finish the dependant builds on (the
+    // dependant would then run again after the rerun dependency).
+    flush_task_batches();
+    must_sync_seq_ = appended_seq_;
   }
   std::map<TaskKey, std::vector<std::string>> hosts;  // of multi-node tasks, the runner first
   for (const auto& a : decisions.assign) {
@@ -581,6 +590,17 @@ void Server::run_schedule() {
       jobs[i].setStream(job.description.stream);
     }
     net::to_wire(keys, out.initTasks(keys.size()));
+    size_t own_bodies = 0;
+    for (const TaskKey& k : keys) own_bodies += !jobs_.at(k.job).description.tasks.empty();
+    auto bodies = out.initTaskBodies(own_bodies);
+    size_t b = 0;
+    for (const TaskKey& k : keys) {
+      const JobDescriptionSpec& d = jobs_.at(k.job).description;
+      if (d.tasks.empty()) continue;
+      bodies[b].setJob(k.job);
+      bodies[b].setTask(k.task);
+      net::to_wire(task_body(d, k.task), bodies[b++].initBody());
+    }
     size_t multi = 0;
     for (const TaskKey& k : keys) multi += hosts.count(k);
     auto nodes = out.initNodes(multi);

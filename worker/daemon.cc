@@ -271,6 +271,16 @@ class Worker {
           jobs_[job.getJob()] = JobBody{std::move(*body), job.getStream().cStr(),
                                         std::move(request), std::move(pool_request)};
         }
+        for (auto t : a.getTaskBodies()) {
+          auto job_it = jobs_.find(t.getJob());
+          auto body = net::from_wire(t.getBody());
+          if (!body) throw std::runtime_error("bad task description: " + body.message());
+          if (job_it == jobs_.end()) continue;  // the task fails for the missing job body
+          ResourceRequest request = task_request(*body);
+          PoolRequest pool_request = intern_request(request, names_);
+          task_bodies_[TaskRef{t.getJob(), t.getTask()}] = JobBody{
+              std::move(*body), job_it->second.stream, std::move(request), std::move(pool_request)};
+        }
         for (auto k : a.getTasks()) queue_.push_back(net::from_wire(k));
         for (auto n : a.getNodes()) {
           auto& hosts = node_hosts_[net::from_wire(n.getKey())];
@@ -309,6 +319,7 @@ class Worker {
       if (*it == key) {
         queue_.erase(it);
         node_hosts_.erase(key);
+        task_bodies_.erase(key.ref());
         return true;
       }
     }
@@ -341,7 +352,8 @@ class Worker {
         fail_unstarted(key, "the worker never received the job's description");
         continue;
       }
-      const JobBody& job = job_it->second;
+      auto own = task_bodies_.find(key.ref());
+      const JobBody& job = own != task_bodies_.end() ? own->second : job_it->second;
       if (options_.time_limit && job.body.time_request_ms > 0 &&
           Millis(static_cast<int64_t>(job.body.time_request_ms)) > remaining()) {
         // It could not finish before this worker stops: back to the server for another one.
@@ -364,11 +376,13 @@ class Worker {
       }
       it = queue_.erase(it);  // start_task never touches the queue
       start_task(key, job, std::move(allocation));
+      if (own != task_bodies_.end()) task_bodies_.erase(own);
     }
   }
 
   void fail_unstarted(const TaskKey& key, std::string error) {
     node_hosts_.erase(key);
+    task_bodies_.erase(key.ref());
     reports_.pending().failed.push_back({key, unix_millis_now(), std::move(error), nullptr});
     flush_soon();
   }
@@ -804,6 +818,8 @@ class Worker {
   std::string server_uid_;
   Millis heartbeat_{8000};
   std::unordered_map<JobId, JobBody> jobs_;
+  // Tasks of jobs with per-task bodies, from their assignment until they end or go back.
+  std::unordered_map<TaskRef, JobBody> task_bodies_;
   std::deque<TaskKey> queue_;
   std::map<TaskKey, std::vector<std::string>> node_hosts_;  // of queued multi-node tasks
   std::unordered_map<TaskRef, RunningTask> running_;

@@ -158,11 +158,30 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
     canceled = hq_env.submit(["--cpus", "16", "--", "true"])
     shapes.run("hq job cancel", ["job", "cancel", str(canceled)])
 
+    graph_file = tmp_path / "graph.toml"
+    graph_file.write_text('[[task]]\nid = 1\ncommand = ["false"]\n\n'
+                          '[[task]]\nid = 2\ncommand = ["true"]\ndeps = [1]\n'
+                          '[task.env]\nSTEP = "2"\n')
+    graph = shapes.run("hq job submit-file", ["job", "submit-file", str(graph_file)])["id"]
+    assert hq_env.wait_job(graph) != 0
+    held_file = tmp_path / "held.toml"
+    held_file.write_text('[[task]]\nid = 3\ncommand = ["true"]\n[[task.request]]\n'
+                         'resources = { cpus = "16" }\n\n'
+                         '[[task]]\nid = 7\ncommand = ["true"]\ndeps = [3]\n'
+                         '[[task.request]]\nresources = { cpus = "16" }\n')
+    held = hq_env.command(["--output-mode", "quiet", "job", "submit-file", str(held_file)])
+    held = int(held.strip())
+
     jobs = shapes.run("hq job list", ["job", "list", "--all"])
     assert {j["id"] for j in jobs} == {done, done + 1, failed, streamed, waiting, running,
-                                      canceled}
-    for job in (done, failed, streamed, waiting, running, canceled):
+                                      canceled, graph, held}
+    for job in (done, failed, streamed, waiting, running, canceled, graph):
         shapes.run("hq job info", ["job", "info", str(job)])
+    shapes.run("hq task list", ["task", "list", str(graph)])
+    [aborted] = shapes.run("hq task info", ["task", "info", str(graph), "2"])
+    assert aborted["aborted_by"] == {"job": graph, "task": 1}
+    explained = shapes.run("hq task explain", ["task", "explain", str(held), "7"])
+    assert explained["waiting_for"] == [3]
     tasks = shapes.run("hq task list", ["task", "list", str(failed)])
     assert [t["state"] for t in tasks[str(failed)]] == ["failed", "failed"]
     for job in (done, waiting, running, canceled):

@@ -60,6 +60,83 @@ TEST(Restore, AJobThatFailsTodaysValidationRefusesTheStartNamingIt) {
   EXPECT_TRUE(f.scheduler.has_job(3));
 }
 
+// A job with per-task bodies and dependencies, journaled once with its submit: the replay
+// rebuilds the graph and each body, keeps finished tasks finished, and derives the aborts of a
+// failed task's dependants (they have no records of their own).
+TEST(Restore, AGraphJobComesBackWithItsBodiesAndDependencies) {
+  JobDescriptionSpec job;
+  job.name = "pipeline";
+  for (uint32_t id : {3u, 1u, 2u, 4u}) {  // any order: the server sorts them
+    GraphTaskSpec t;
+    t.id = id;
+    t.body.program = {"echo", std::to_string(id)};
+    t.body.env = {{"STEP", std::to_string(id)}};
+    t.body.stdout_path = "out." + std::to_string(id);
+    if (id == 2 || id == 3) t.deps = {1};
+    if (id == 4) t.deps = {2, 3};
+    job.tasks.push_back(std::move(t));
+  }
+  Fold f;
+  f.submit(1, job);
+  auto end = [&f](uint32_t task, bool ok) {
+    f.event([task](Event::Builder e) {
+      auto t = e.initTaskStarted();
+      t.setJob(1);
+      t.setTask(task);
+      t.setWorker(1);
+    });
+    f.event([task, ok](Event::Builder e) {
+      if (ok) {
+        auto t = e.initTaskFinished();
+        t.setJob(1);
+        t.setTask(task);
+      } else {
+        auto t = e.initTaskFailed();
+        t.setJob(1);
+        t.setTask(task);
+        t.setError("exit code 1");
+      }
+    });
+  };
+  end(1, true);
+  end(2, false);
+  f.restore.finish();
+  ASSERT_TRUE(f.restore.status()) << f.restore.status().message();
+  f.scheduler.check_invariants();
+  EXPECT_EQ(f.scheduler.dependency_count(1), 4u);
+  EXPECT_EQ(f.scheduler.dependencies(1, 4), (std::vector<TaskId>{2, 3}));
+  EXPECT_EQ(f.scheduler.task(1, 1)->state, sched::TaskState::kFinished);
+  EXPECT_EQ(f.scheduler.task(1, 3)->state, sched::TaskState::kWaiting);
+  EXPECT_EQ(f.scheduler.task(1, 4)->state, sched::TaskState::kAborted);
+  EXPECT_EQ(*f.scheduler.task(1, 4)->aborted_by, (TaskRef{1, 2}));
+  EXPECT_EQ(f.scheduler.waiting_tasks(), 1u);  // only 3
+  const JobDescriptionSpec& back = f.jobs.at(1).description;
+  ASSERT_EQ(back.tasks.size(), 4u);
+  EXPECT_EQ(back.tasks[0].id, 1u);
+  EXPECT_EQ(task_body(back, 3).program, (std::vector<std::string>{"echo", "3"}));
+  EXPECT_EQ(task_body(back, 3).stdout_path, "out.3");
+  EXPECT_EQ(task_body(back, 3).env.at(0).second, "3");
+  EXPECT_EQ(back.tasks[3].deps, (std::vector<uint32_t>{2, 3}));
+  EXPECT_EQ(back.task_ids.size(), 4u);
+}
+
+TEST(Restore, AGraphJobWithACycleIsRefusedNamingIt) {
+  JobDescriptionSpec job;
+  for (uint32_t id : {1u, 2u}) {
+    GraphTaskSpec t;
+    t.id = id;
+    t.body.program = {"true"};
+    t.deps = {id == 1 ? 2u : 1u};
+    job.tasks.push_back(std::move(t));
+  }
+  Fold f;
+  f.submit(1, job);
+  f.restore.finish();
+  ASSERT_FALSE(f.restore.status());
+  EXPECT_NE(f.restore.status().message().find("cycle"), std::string::npos)
+      << f.restore.status().message();
+}
+
 TEST(Restore, FoldsAsAServerRestarts) {
   Fold f;
   f.submit(1, job_with(IdSet::range(1, 4)));
