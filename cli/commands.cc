@@ -301,6 +301,24 @@ Status create_stream_dir(const std::string& dir) {
   return Status::ok();
 }
 
+// Prints the id of a job just submitted (`hq submit`, `hq job submit-file`); with `wait`, waits
+// for it and reports as `hq job wait` does.
+int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait) {
+  switch (g.mode()) {
+    case OutputMode::kJson:
+      if (!wait) print_json({{"id", id}});
+      break;
+    case OutputMode::kQuiet:
+      std::cout << id << "\n";
+      break;
+    case OutputMode::kCli:
+      std::cout << fmt::format("Job submitted successfully, job ID: {}\n", id);
+      break;
+  }
+  if (!wait) return 0;
+  return wait_for(g, client, std::to_string(id));
+}
+
 }  // namespace
 
 int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
@@ -326,19 +344,7 @@ int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
                                st.message());
     }
   }
-  switch (g.mode()) {
-    case OutputMode::kJson:
-      if (!o.wait) print_json({{"id", id}});
-      break;
-    case OutputMode::kQuiet:
-      std::cout << id << "\n";
-      break;
-    case OutputMode::kCli:
-      std::cout << fmt::format("Job submitted successfully, job ID: {}\n", id);
-      break;
-  }
-  if (!o.wait) return 0;
-  return wait_for(g, client, std::to_string(id));
+  return report_submitted(g, client, id, o.wait);
 }
 
 int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait) {
@@ -349,19 +355,7 @@ int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wa
   net::to_wire(job, request.initRoot<wire::ClientRequest>().initSubmit());
   auto response = must(client.call(request));
   JobId id = response.root<wire::ClientResponse>().getSubmitted();
-  switch (g.mode()) {
-    case OutputMode::kJson:
-      if (!wait) print_json({{"id", id}});
-      break;
-    case OutputMode::kQuiet:
-      std::cout << id << "\n";
-      break;
-    case OutputMode::kCli:
-      std::cout << fmt::format("Job submitted successfully, job ID: {}\n", id);
-      break;
-  }
-  if (!wait) return 0;
-  return wait_for(g, client, std::to_string(id));
+  return report_submitted(g, client, id, wait);
 }
 
 int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter) {
