@@ -32,6 +32,8 @@ struct TaskBodySpec {
   PinMode pin = PinMode::kNone;
   // `--time-request`: only a worker that lives this long after the start runs the task; 0: any.
   uint64_t time_request_ms = 0;
+
+  bool operator==(const TaskBodySpec&) const = default;
 };
 
 // Default of `--crash-limit`: how many lost workers a task may outlive.

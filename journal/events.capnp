@@ -79,11 +79,25 @@ struct JobDescription {
   maxFails @6 :Int64 = -1;   # -1: none
   nodes @7 :UInt32;         # whole workers per task; 0 or 1: one worker's resources
   tasks @8 :List(GraphTask); # empty: every task runs `body`; else one per task, by id
+  graph @9 :GraphColumns;   # per-task bodies and dependencies (job files): see below
 }
 
 # One task of a job with per-task bodies (a job file's task), and the tasks it waits for: the
 # graph is journaled once, with the job; the aborts it causes are not journaled (replay derives
 # them from the failures and cancels).
+# The tasks of a job with per-task bodies, as columns (common/graph_columns.h): about 16 bytes a
+# task, its program's text and 4 bytes a dependency, where a GraphTask costs some 300 bytes.
+# Writers fill this and leave `tasks` empty; readers take either.
+struct GraphColumns {
+  ids @0 :List(UInt32);       # the tasks, in the order of every other column
+  bodies @1 :List(TaskBody);  # the distinct bodies, programs left empty
+  bodyOf @2 :List(UInt32);    # per task: its body in `bodies`; empty: bodies[0] for every task
+  argv @3 :Data;              # every task's program, each argument ending in a NUL
+  argvEnd @4 :List(UInt32);   # per task: where its program ends in `argv`
+  depEnd @5 :List(UInt32);    # per task: where its dependencies end in `deps`
+  deps @6 :List(UInt32);      # task ids of the same job
+}
+
 struct GraphTask {
   id @0 :UInt32;
   body @1 :TaskBody;

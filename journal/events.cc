@@ -7,6 +7,8 @@
 #include <kj/exception.h>
 #include <kj/io.h>
 
+#include "common/graph_columns.h"
+
 namespace hq::journal {
 namespace {
 
@@ -29,6 +31,20 @@ capnp::ReaderOptions read_options(size_t words) {
   return options;
 }
 
+// Reads every pointer field of a body once; throws kj::Exception on damage.
+void check_body(schema::TaskBody::Reader body) {
+  for (auto arg : body.getProgram()) (void)arg;
+  for (auto kv : body.getEnv()) {
+    (void)kv.getKey();
+    (void)kv.getValue();
+  }
+  (void)body.getCwd();
+  (void)body.getStdout();
+  (void)body.getStderr();
+  (void)body.getSubmitDir();
+  for (auto e : body.getResources()) (void)e.getName();
+}
+
 // Reads every field of the parts that may hold pointers; throws kj::Exception on damage.
 void check(schema::JobDescription::Reader job) {
   (void)job.getName();
@@ -45,6 +61,16 @@ void check(schema::JobDescription::Reader job) {
   (void)body.getSubmitDir();
   for (auto e : body.getResources()) (void)e.getName();
   (void)job.getStream();
+  if (job.hasGraph()) {
+    auto graph = job.getGraph();
+    (void)graph.getIds();
+    for (auto b : graph.getBodies()) check_body(b);
+    (void)graph.getBodyOf();
+    (void)graph.getArgv();
+    (void)graph.getArgvEnd();
+    (void)graph.getDepEnd();
+    (void)graph.getDeps();
+  }
   for (auto t : job.getTasks()) {
     // Each pointer once: the check's traversal budget is the record's size.
     auto task_body = t.getBody();
@@ -271,6 +297,31 @@ static void body_to_record(const TaskBodySpec& spec, schema::TaskBody::Builder b
   body.setTimeRequestMs(spec.time_request_ms);
 }
 
+template <typename T>
+static std::vector<T> column(typename capnp::List<T>::Reader list) {
+  std::vector<T> out;
+  out.reserve(list.size());
+  for (T v : list) out.push_back(v);
+  return out;
+}
+
+template <typename T>
+static void set_column(const std::vector<T>& values, typename capnp::List<T>::Builder list) {
+  for (size_t i = 0; i < values.size(); ++i) list.set(i, values[i]);
+}
+
+static void graph_to_record(const GraphColumns& columns, schema::GraphColumns::Builder out) {
+  set_column<uint32_t>(columns.ids, out.initIds(columns.ids.size()));
+  auto bodies = out.initBodies(columns.bodies.size());
+  for (size_t i = 0; i < columns.bodies.size(); ++i) body_to_record(columns.bodies[i], bodies[i]);
+  set_column<uint32_t>(columns.body_of, out.initBodyOf(columns.body_of.size()));
+  out.setArgv(
+      kj::arrayPtr(reinterpret_cast<const kj::byte*>(columns.argv.data()), columns.argv.size()));
+  set_column<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
+  set_column<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
+  set_column<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
+}
+
 void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder out) {
   out.setName(job.name);
   const auto& ranges = job.task_ids.ranges();
@@ -286,14 +337,7 @@ void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder ou
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
   out.setNodes(job.nodes);
-  auto tasks = out.initTasks(job.tasks.size());
-  for (size_t i = 0; i < job.tasks.size(); ++i) {
-    const GraphTaskSpec& t = job.tasks[i];
-    tasks[i].setId(t.id);
-    body_to_record(t.body, tasks[i].initBody());
-    auto deps = tasks[i].initDeps(t.deps.size());
-    for (size_t k = 0; k < t.deps.size(); ++k) deps.set(k, t.deps[k]);
-  }
+  if (!job.tasks.empty()) graph_to_record(pack_graph(job.tasks), out.initGraph());
 }
 
 static Result<TaskBodySpec> body_from_record(schema::TaskBody::Reader body) {
@@ -360,6 +404,27 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
     task.id = t.getId();
     task.body = std::move(*task_body);
     for (uint32_t d : t.getDeps()) task.deps.push_back(d);
+  }
+  if (job.hasGraph()) {
+    if (!out.tasks.empty())
+      return Error{"a journaled job has its tasks both as a list and columns"};
+    auto graph = job.getGraph();
+    GraphColumns columns;
+    columns.ids = column<uint32_t>(graph.getIds());
+    for (auto b : graph.getBodies()) {
+      auto body = body_from_record(b);
+      if (!body) return Error{"a task body of a journaled job: " + body.message()};
+      columns.bodies.push_back(std::move(*body));
+    }
+    columns.body_of = column<uint32_t>(graph.getBodyOf());
+    auto argv = graph.getArgv();
+    columns.argv.assign(reinterpret_cast<const char*>(argv.begin()), argv.size());
+    columns.argv_end = column<uint32_t>(graph.getArgvEnd());
+    columns.dep_end = column<uint32_t>(graph.getDepEnd());
+    columns.deps = column<uint32_t>(graph.getDeps());
+    auto tasks = unpack_graph(std::move(columns));
+    if (!tasks) return Error{"a journaled job's tasks: " + tasks.message()};
+    out.tasks = std::move(*tasks);
   }
   return out;
 }

@@ -185,6 +185,48 @@ Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body) {
   return out;
 }
 
+template <typename T>
+static std::vector<T> column(typename capnp::List<T>::Reader list) {
+  std::vector<T> out;
+  out.reserve(list.size());
+  for (T v : list) out.push_back(v);
+  return out;
+}
+
+template <typename T>
+static void set_column(const std::vector<T>& values, typename capnp::List<T>::Builder list) {
+  for (size_t i = 0; i < values.size(); ++i) list.set(i, values[i]);
+}
+
+void to_wire(const GraphColumns& columns, wire::GraphColumns::Builder out) {
+  set_column<uint32_t>(columns.ids, out.initIds(columns.ids.size()));
+  auto bodies = out.initBodies(columns.bodies.size());
+  for (size_t i = 0; i < columns.bodies.size(); ++i) to_wire(columns.bodies[i], bodies[i]);
+  set_column<uint32_t>(columns.body_of, out.initBodyOf(columns.body_of.size()));
+  out.setArgv(
+      kj::arrayPtr(reinterpret_cast<const kj::byte*>(columns.argv.data()), columns.argv.size()));
+  set_column<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
+  set_column<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
+  set_column<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
+}
+
+Result<std::vector<GraphTaskSpec>> from_wire(wire::GraphColumns::Reader graph) {
+  GraphColumns columns;
+  columns.ids = column<uint32_t>(graph.getIds());
+  for (auto b : graph.getBodies()) {
+    auto body = from_wire(b);
+    if (!body) return Error{"a task body: " + body.message()};
+    columns.bodies.push_back(std::move(*body));
+  }
+  columns.body_of = column<uint32_t>(graph.getBodyOf());
+  auto argv = graph.getArgv();
+  columns.argv.assign(reinterpret_cast<const char*>(argv.begin()), argv.size());
+  columns.argv_end = column<uint32_t>(graph.getArgvEnd());
+  columns.dep_end = column<uint32_t>(graph.getDepEnd());
+  columns.deps = column<uint32_t>(graph.getDeps());
+  return unpack_graph(std::move(columns));
+}
+
 void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
   out.setName(job.name);
   to_wire(job.task_ids, out);
@@ -194,14 +236,7 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
   out.setNodes(job.nodes);
-  auto tasks = out.initTasks(job.tasks.size());
-  for (size_t i = 0; i < job.tasks.size(); ++i) {
-    const GraphTaskSpec& t = job.tasks[i];
-    tasks[i].setId(t.id);
-    to_wire(t.body, tasks[i].initBody());
-    auto deps = tasks[i].initDeps(t.deps.size());
-    for (size_t k = 0; k < t.deps.size(); ++k) deps.set(k, t.deps[k]);
-  }
+  if (!job.tasks.empty()) to_wire(pack_graph(job.tasks), out.initGraph());
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
@@ -226,6 +261,12 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
     task.id = t.getId();
     task.body = std::move(*task_body);
     for (uint32_t d : t.getDeps()) task.deps.push_back(d);
+  }
+  if (job.hasGraph()) {
+    if (!out.tasks.empty()) return Error{"a job gives its tasks both as a list and as columns"};
+    auto tasks = from_wire(job.getGraph());
+    if (!tasks) return tasks.error();
+    out.tasks = std::move(*tasks);
   }
   return out;
 }

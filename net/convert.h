@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "common/graph_columns.h"
 #include "common/id_set.h"
 #include "common/ids.h"
 #include "common/job_spec.h"
@@ -33,6 +34,11 @@ void to_wire(const ResourceDescriptor& descriptor,
 // Fails on a definition the parsers would refuse (duplicate name or unit, empty group).
 Result<ResourceDescriptor> from_wire(capnp::List<wire::ResourceDefinition>::Reader defs);
 
+void to_wire(const GraphColumns& columns, wire::GraphColumns::Builder out);
+// Fails on columns that disagree (unpack_graph) or a body the parsers would refuse.
+Result<std::vector<GraphTaskSpec>> from_wire(wire::GraphColumns::Reader graph);
+
+// A job with per-task bodies goes as GraphColumns (its `tasks` list stays empty).
 void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out);
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job);
 

@@ -1,0 +1,112 @@
+// The columns a job file's tasks travel and are journaled in: round trips through the wire and
+// the journal, bodies stored once, and damaged columns refused with the column named.
+
+#include <capnp/message.h>
+#include <gtest/gtest.h>
+
+#include "common/graph_columns.h"
+#include "journal/events.h"
+#include "net/convert.h"
+
+namespace hq {
+namespace {
+
+GraphTaskSpec task(uint32_t id, std::vector<std::string> program, std::vector<uint32_t> deps,
+                   std::string cwd = "/tmp") {
+  GraphTaskSpec t;
+  t.id = id;
+  t.body.program = std::move(program);
+  t.body.cwd = std::move(cwd);
+  t.deps = std::move(deps);
+  return t;
+}
+
+std::vector<GraphTaskSpec> sample() {
+  return {task(1, {"prepare"}, {}), task(2, {"sim", "a b", ""}, {1}), task(3, {"sim", "2"}, {1}),
+          task(7, {"reduce"}, {2, 3}, "/elsewhere"), task(8, {}, {7})};
+}
+
+void expect_same(const std::vector<GraphTaskSpec>& a, const std::vector<GraphTaskSpec>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].id, b[i].id);
+    EXPECT_EQ(a[i].body, b[i].body) << "task " << a[i].id;
+    EXPECT_EQ(a[i].deps, b[i].deps) << "task " << a[i].id;
+  }
+}
+
+TEST(GraphColumnsTest, BodiesEqualButForTheirProgramsAreStoredOnce) {
+  GraphColumns c = pack_graph(sample());
+  ASSERT_EQ(c.bodies.size(), 2u);
+  EXPECT_TRUE(c.bodies[0].program.empty());
+  EXPECT_EQ(c.body_of, (std::vector<uint32_t>{0, 0, 0, 1, 0}));
+  EXPECT_EQ(c.deps, (std::vector<uint32_t>{1, 1, 2, 3, 7}));
+  auto back = unpack_graph(c);
+  ASSERT_TRUE(back) << back.message();
+  expect_same(*back, sample());
+}
+
+TEST(GraphColumnsTest, OneBodyNeedsNoBodyColumn) {
+  std::vector<GraphTaskSpec> tasks;
+  for (uint32_t i = 0; i < 1000; ++i)
+    tasks.push_back(task(i, {"/bin/true", std::to_string(i)}, {}));
+  GraphColumns c = pack_graph(tasks);
+  EXPECT_EQ(c.bodies.size(), 1u);
+  EXPECT_TRUE(c.body_of.empty());
+  auto back = unpack_graph(c);
+  ASSERT_TRUE(back) << back.message();
+  expect_same(*back, tasks);
+}
+
+TEST(GraphColumnsTest, RoundTripsThroughTheWireAndTheJournal) {
+  JobDescriptionSpec job;
+  job.name = "graph";
+  job.task_ids = IdSet::parse("1-3,7-8").value();
+  job.tasks = sample();
+  job.body = job.tasks.front().body;
+
+  capnp::MallocMessageBuilder wire_message;
+  auto wire = wire_message.initRoot<wire::JobDescription>();
+  net::to_wire(job, wire);
+  EXPECT_EQ(wire.getTasks().size(), 0u) << "columns replace the task list";
+  auto from_wire = net::from_wire(wire.asReader());
+  ASSERT_TRUE(from_wire) << from_wire.message();
+  expect_same(from_wire->tasks, job.tasks);
+
+  capnp::MallocMessageBuilder record_message;
+  auto record = record_message.initRoot<journal::schema::JobDescription>();
+  journal::to_record(job, record);
+  auto from_record = journal::from_record(record.asReader());
+  ASSERT_TRUE(from_record) << from_record.message();
+  expect_same(from_record->tasks, job.tasks);
+}
+
+TEST(GraphColumnsTest, DamagedColumnsAreRefusedNamingTheColumn) {
+  const GraphColumns good = pack_graph(sample());
+  auto refused = [](GraphColumns c, const std::string& word) {
+    auto r = unpack_graph(std::move(c));
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.message().find(word), std::string::npos) << r.message();
+  };
+  GraphColumns c = good;
+  c.argv_end.pop_back();
+  refused(c, "argv_end");
+  c = good;
+  std::swap(c.dep_end[1], c.dep_end[2]);
+  refused(c, "dep_end");
+  c = good;
+  c.deps.push_back(9);
+  refused(c, "dep_end");
+  c = good;
+  c.body_of[0] = 5;
+  refused(c, "body");
+  c = good;
+  c.argv.back() = 'x';
+  refused(c, "NUL");
+  c = good;
+  c.bodies.clear();
+  refused(c, "bodies");
+}
+
+}  // namespace
+}  // namespace hq
