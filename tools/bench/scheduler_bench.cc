@@ -284,6 +284,100 @@ void BM_MixedRequests(benchmark::State& state) {
 }
 BENCHMARK(BM_MixedRequests)->Unit(benchmark::kMillisecond);
 
+// --- Dependencies ----------------------------------------------------------------------------
+
+// About a million tasks in layers of fan-out and fan-in: a root, then ten times a wide layer of
+// 100,000 tasks each depending on one task of the narrow layer before it (the root at first) and
+// a narrow layer of 1,000 tasks each depending on 100 tasks of the wide layer before it.
+constexpr uint32_t kWide = 100'000;
+constexpr uint32_t kNarrow = 1'000;
+constexpr uint32_t kLayerPairs = 10;
+
+JobSpec layered_graph(JobId id) {
+  JobSpec spec{id, {}, 1, 0};
+  uint32_t next = 0;
+  std::vector<uint32_t> narrow = {next++};  // the root
+  spec.deps.reserve(1 + kLayerPairs * (kWide + kNarrow));
+  spec.deps.push_back({narrow[0], {}});
+  for (uint32_t pair = 0; pair < kLayerPairs; ++pair) {
+    const uint32_t wide_begin = next;
+    for (uint32_t i = 0; i < kWide; ++i) spec.deps.push_back({next++, {narrow[i % narrow.size()]}});
+    narrow.clear();
+    for (uint32_t j = 0; j < kNarrow; ++j) {
+      TaskDeps& t = spec.deps.emplace_back(TaskDeps{next++, {}});
+      narrow.push_back(t.id);
+      for (uint32_t k = 0; k < kWide / kNarrow; ++k) t.deps.push_back(wide_begin + j * 100 + k);
+    }
+  }
+  spec.task_ids = IdSet::range(0, next - 1);
+  return spec;
+}
+
+// The layered graph drained as every task ends at once: each round assigns the ready tasks,
+// every worker starts what fits and all started tasks finish, releasing their dependants.
+// Items are assignments; compare with BM_ArrayOfTheSameSize.
+void BM_GraphLayers(benchmark::State& state) {
+  uint64_t total = 0;
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto s = make_cluster();
+    if (!s->add_job(layered_graph(1)).is_ok()) std::abort();
+    state.ResumeTiming();
+    total += drain(*s, state);
+    state.PauseTiming();
+    s.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(total));
+  state.SetLabel("assignments of graph tasks");
+}
+BENCHMARK(BM_GraphLayers)->Unit(benchmark::kMillisecond);
+
+// The baseline of BM_GraphLayers: as many tasks in one array job, no dependencies.
+void BM_ArrayOfTheSameSize(benchmark::State& state) {
+  uint64_t total = 0;
+  const uint32_t n = 1 + kLayerPairs * (kWide + kNarrow);
+  for (auto _ : state) {
+    state.PauseTiming();
+    auto s = make_cluster();
+    if (!s->add_job({1, IdSet::range(0, n - 1), 1, 0}).is_ok()) std::abort();
+    state.ResumeTiming();
+    total += drain(*s, state);
+    state.PauseTiming();
+    s.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(total));
+  state.SetLabel("assignments of array tasks");
+}
+BENCHMARK(BM_ArrayOfTheSameSize)->Unit(benchmark::kMillisecond);
+
+size_t heap_bytes() {
+  struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;  // small blocks plus large mmap'ed ones
+}
+
+// Heap bytes the scheduler holds per task of the layered graph, its dependencies included (the
+// spec it is built from is not counted).
+void BM_MemoryPerGraphTask(benchmark::State& state) {
+  double per_task = 0, per_dep = 0;
+  for (auto _ : state) {
+    JobSpec spec = layered_graph(1);
+    uint64_t deps = 0;
+    for (const TaskDeps& t : spec.deps) deps += t.deps.size();
+    const size_t before = heap_bytes();
+    auto s = std::make_unique<Scheduler>();
+    if (!s->add_job(spec).is_ok()) std::abort();
+    const size_t after = heap_bytes();
+    per_task = static_cast<double>(after - before) / static_cast<double>(spec.deps.size());
+    per_dep = static_cast<double>(deps) / static_cast<double>(spec.deps.size());
+    benchmark::DoNotOptimize(s->waiting_tasks());
+  }
+  state.counters["bytes_per_task"] = per_task;
+  state.counters["deps_per_task"] = per_dep;
+}
+BENCHMARK(BM_MemoryPerGraphTask)->Iterations(1)->Unit(benchmark::kMillisecond);
+
 // Heap bytes per waiting task of one 10,000,000-task array job (sparse ids, so the id ranges
 // count too).
 void BM_MemoryPerWaitingTask(benchmark::State& state) {
