@@ -46,6 +46,7 @@ integration:
 bench: build
 	tools/bench-throughput --hq $(BUILD)/hq --baseline $(BUILD)/tools/spawn-baseline
 	tools/bench-journal --hq $(BUILD)/hq --tools $(BUILD)/tools
+	tools/bench-graph --hq $(BUILD)/hq --repeat 1
 
 # libFuzzer targets (clang, ASan + UBSan), each run for FUZZ_SECONDS.
 fuzz: deps
