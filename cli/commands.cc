@@ -147,15 +147,17 @@ void for_each_task(Client& client, JobId job, const std::string& tasks,
   }
 }
 
-// The tasks of a job as JSON, each with its resolved directory and output files.
-json job_tasks_json(Client& client, JobId job, wire::TaskBody::Reader body_wire,
+// The tasks of a job as JSON, each with its resolved directory and output files: from its own
+// body in a job file's job (when the server sent the bodies: up to 1,000 tasks), else the job's.
+json job_tasks_json(Client& client, JobId job, wire::JobDescription::Reader description,
                     const std::string& tasks = "",
                     const std::vector<wire::TaskState>& states = {}) {
-  auto body = net::from_wire(body_wire);
+  auto spec = net::from_wire(description);
   json out = json::array();
   for_each_task(client, job, tasks, states, [&](wire::TaskInfo::Reader t) {
-    if (!body) return out.push_back(task_json(t, nullptr));
-    TaskPaths paths = task_paths(*body, job, t.getId(), t.getInstance(), client.server_uid());
+    if (!spec) return out.push_back(task_json(t, nullptr));
+    TaskPaths paths = task_paths(task_body(*spec, t.getId()), job, t.getId(), t.getInstance(),
+                                 client.server_uid());
     out.push_back(task_json(t, &paths));
   });
   return out;
@@ -420,7 +422,7 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
       return stream.empty() ? "none" : "stream";
     };
     if (g.mode() == OutputMode::kJson) {
-      out.push_back(job_detail_json(d, job_tasks_json(client, s.getId(), desc.getBody())));
+      out.push_back(job_detail_json(d, job_tasks_json(client, s.getId(), desc)));
     }
     if (!text.empty()) text += "\n";
     text += render_pairs({
@@ -525,7 +527,7 @@ int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_t
     auto response = must(client.call(request));
     auto details = response.root<wire::ClientResponse>().getJobDetails();
     if (details.size() == 0) throw no_job(std::to_string(job));
-    json out = job_tasks_json(client, job, details[0].getDescription().getBody(), tasks, states);
+    json out = job_tasks_json(client, job, details[0].getDescription(), tasks, states);
     // HyperQueue's shapes: `task list` keys the tasks by job, `task info` lists them.
     print_json(detailed ? out : json{{std::to_string(job), out}});
     return 0;

@@ -177,3 +177,26 @@ def test_server_killed_mid_graph_finishes_it_without_rerunning_finished_tasks(hq
     assert detail["info"]["task_count"] == 6
     assert detail["dependencies"] == 7
     assert [t["id"] for t in detail["submits"][0]["graph"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_task_list_shows_each_tasks_own_output_paths(hq_env):
+    hq_env.start_server()
+    hq_env.start_worker(cpus=2)
+    path = write_job_file(hq_env, "paths.toml", """\
+        [[task]]
+        id = 1
+        command = ["echo", "one"]
+        stdout = "first.out"
+
+        [[task]]
+        id = 2
+        command = ["echo", "two"]
+        stdout = "second-%{TASK_ID}.out"
+        deps = [1]
+        """)
+    job = submit_file(hq_env, path)
+    assert hq_env.wait_job(job) == 0
+    tasks = by_id(hq_env, job)
+    assert tasks[1]["stdout"] == str(hq_env.work / "first.out")
+    assert tasks[2]["stdout"] == str(hq_env.work / "second-2.out")
+    assert (hq_env.work / "second-2.out").read_text() == "two\n"
