@@ -67,6 +67,11 @@ void to_wire(const TaskBodySpec& body, wire::TaskBody::Builder out) {
   to_wire(body.resources, out.initResources(body.resources.entries.size()));
   out.setPin(static_cast<wire::PinMode>(body.pin));
   out.setTimeRequestMs(body.time_request_ms);
+  out.setStdin(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(body.stdin_data.data()),
+                                   body.stdin_data.size()));
+  out.setTaskDir(body.task_dir);
+  out.setStdoutRemoveIfFinished(body.stdout_rm_if_finished);
+  out.setStderrRemoveIfFinished(body.stderr_rm_if_finished);
 }
 
 void to_wire(const ResourceRequest& request, capnp::List<wire::ResourceEntry>::Builder out) {
@@ -175,6 +180,11 @@ Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body) {
   out.cpus = body.getCpus();
   out.time_limit_ms = body.getTimeLimitMs();
   out.time_request_ms = body.getTimeRequestMs();
+  auto in = body.getStdin();
+  out.stdin_data.assign(reinterpret_cast<const char*>(in.begin()), in.size());
+  out.task_dir = body.getTaskDir();
+  out.stdout_rm_if_finished = body.getStdoutRemoveIfFinished();
+  out.stderr_rm_if_finished = body.getStderrRemoveIfFinished();
   auto pin = static_cast<uint16_t>(body.getPin());
   if (pin > static_cast<uint16_t>(PinMode::kOmp))
     return Error{fmt::format("unknown pin mode {}", pin)};
@@ -202,6 +212,8 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
     auto deps = tasks[i].initDeps(t.deps.size());
     for (size_t k = 0; k < t.deps.size(); ++k) deps.set(k, t.deps[k]);
   }
+  auto entries = out.initEntries(job.entries.size());
+  for (size_t i = 0; i < job.entries.size(); ++i) entries.set(i, job.entries[i]);
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
@@ -227,6 +239,8 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
     task.body = std::move(*task_body);
     for (uint32_t d : t.getDeps()) task.deps.push_back(d);
   }
+  out.entries.reserve(job.getEntries().size());
+  for (auto e : job.getEntries()) out.entries.emplace_back(e.cStr(), e.size());
   return out;
 }
 
