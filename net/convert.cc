@@ -195,7 +195,8 @@ Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body) {
   return out;
 }
 
-void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
+void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out,
+             size_t max_per_task) {
   out.setName(job.name);
   to_wire(job.task_ids, out);
   out.setPriority(job.priority);
@@ -204,16 +205,18 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
   out.setNodes(job.nodes);
-  auto tasks = out.initTasks(job.tasks.size());
-  for (size_t i = 0; i < job.tasks.size(); ++i) {
+  const size_t task_count = job.tasks.size() <= max_per_task ? job.tasks.size() : 0;
+  auto tasks = out.initTasks(task_count);
+  for (size_t i = 0; i < task_count; ++i) {
     const GraphTaskSpec& t = job.tasks[i];
     tasks[i].setId(t.id);
     to_wire(t.body, tasks[i].initBody());
     auto deps = tasks[i].initDeps(t.deps.size());
     for (size_t k = 0; k < t.deps.size(); ++k) deps.set(k, t.deps[k]);
   }
-  auto entries = out.initEntries(job.entries.size());
-  for (size_t i = 0; i < job.entries.size(); ++i) entries.set(i, job.entries[i]);
+  const size_t entry_count = job.entries.size() <= max_per_task ? job.entries.size() : 0;
+  auto entries = out.initEntries(entry_count);
+  for (size_t i = 0; i < entry_count; ++i) entries.set(i, job.entries[i]);
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {

@@ -1,6 +1,8 @@
 #pragma once
 // Mapping between the wire schema and the plain C++ types of common/.
 
+#include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "common/id_set.h"
@@ -33,7 +35,10 @@ void to_wire(const ResourceDescriptor& descriptor,
 // Fails on a definition the parsers would refuse (duplicate name or unit, empty group).
 Result<ResourceDescriptor> from_wire(capnp::List<wire::ResourceDefinition>::Reader defs);
 
-void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out);
+// Lists of one element per task (per-task bodies, entries) longer than `max_per_task` are left
+// empty (an answer that shows a job stays small).
+void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out,
+             size_t max_per_task = SIZE_MAX);
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job);
 
 // A worker's state in HyperQueue's words, lower case joined by '_' (running, connection_lost,

@@ -296,3 +296,14 @@ def test_entries_and_stdin_survive_a_server_kill(hq_env):
     assert hq_env.wait_job(job) == 0
     assert stdout_of(hq_env, job, 0) == "0|one|IN|dir"
     assert stdout_of(hq_env, job, 2) == "2|three|IN|dir"
+
+
+def test_job_info_leaves_out_many_entries(hq_env):
+    hq_env.start_server()
+    lines = hq_env.work / "many.txt"
+    lines.write_text("".join(f"{i}\n" for i in range(1500)))
+    job = hq_env.submit(["--each-line", str(lines), "--", "true"])
+    assert hq_env.job(job)["task_count"] == 1500
+    assert hq_env.task_desc(job)["entries"] is None
+    few = hq_env.submit(["--each-line", str(lines), "--array", "1000-1002", "--", "true"])
+    assert hq_env.task_desc(few)["entries"] == ["1000", "1001", "1002"]

@@ -168,7 +168,7 @@ command = ["cat"]
 stdin = "data\n"
 task_dir = true
 stdout = { path = "out.txt", mode = "rm-if-finished" }
-stderr = { mode = "rm-if-finished" }
+stderr = { path = "err.txt", mode = "rm-if-finished" }
 [[task]]
 id = 1
 command = ["true"]
@@ -179,7 +179,7 @@ command = ["true"]
   EXPECT_TRUE(b.task_dir);
   EXPECT_EQ(b.stdout_path, "out.txt");
   EXPECT_TRUE(b.stdout_rm_if_finished);
-  EXPECT_EQ(b.stderr_path, "%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr");
+  EXPECT_EQ(b.stderr_path, "err.txt");
   EXPECT_TRUE(b.stderr_rm_if_finished);
   const TaskBodySpec& other = job.tasks[1].body;
   EXPECT_TRUE(other.stdin_data.empty());
