@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include "cli/directives.h"
+#include "cli/entries.h"
 #include "cli/json_output.h"
 #include "cli/print.h"
 #include "common/host.h"
@@ -185,6 +187,32 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   if (job.task_ids.normalized().size() != job.task_ids.size()) {
     throw CommandError{fmt::format("invalid --array '{}': an id is listed twice", *o.array)};
   }
+  if (o.each_line && o.from_json) {
+    throw CommandError{
+        "--each-line and --from-json cannot be combined: give one source of entries"};
+  }
+  if (o.each_line || o.from_json) {
+    const char* flag = o.each_line ? "--each-line" : "--from-json";
+    const std::string& file = o.each_line ? *o.each_line : *o.from_json;
+    std::vector<std::string> entries =
+        must(o.each_line ? read_line_entries(file) : read_json_entries(file));
+    if (entries.empty()) {
+      throw CommandError{fmt::format("{} '{}': no entries (the file has no {}), no task to run",
+                                     flag, file, o.each_line ? "lines" : "array elements")};
+    }
+    if (o.array) {
+      // Only the entries of those indices run, as those task ids.
+      std::vector<uint32_t> ids = job.task_ids.normalized().to_vector();
+      job.entries =
+          must(select_entries(std::move(entries), ids, fmt::format("{} '{}'", flag, file)));
+      IdSetBuilder builder;
+      for (uint32_t id : ids) builder.add(id);
+      job.task_ids = std::move(builder).build();
+    } else {
+      job.task_ids = IdSet::range(0, static_cast<uint32_t>(entries.size() - 1));
+      job.entries = std::move(entries);
+    }
+  }
   job.priority = o.priority;
   if (!o.time_limit.empty()) {
     Millis limit = must(parse_duration(o.time_limit), "invalid --time-limit");
@@ -251,18 +279,47 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   // Without --stream, a channel goes to its --stdout/--stderr file (the default path when not
   // given; "none": discarded, sent as ""). With --stream, a channel not given goes into the
   // stream (sent as ""), and "none" is sent as /dev/null.
-  auto output = [&](const std::optional<std::string>& given, const char* ext) -> std::string {
+  // `PATH:rm-if-finished` (or `:rm-if-finished`, the default path): the file goes when the task
+  // finishes.
+  auto output = [&](const std::optional<std::string>& given, const char* ext,
+                    bool& rm_if_finished) -> std::string {
+    std::string path = given ? *given : std::string();
+    constexpr std::string_view kRm = ":rm-if-finished";
+    if (given && path.ends_with(kRm)) {
+      rm_if_finished = true;
+      path.resize(path.size() - kRm.size());
+      if (path == "none") {
+        throw CommandError{
+            fmt::format("--{} none:rm-if-finished: there is no file to remove", ext)};
+      }
+      if (path.empty() && streamed) {
+        throw CommandError{fmt::format(
+            "--{} :rm-if-finished needs a file, but the channel goes into the --stream", ext)};
+      }
+      if (path.empty()) return fmt::format("%{{CWD}}/job-%{{JOB_ID}}/%{{TASK_ID}}.{}", ext);
+    }
     if (!given) {
       return streamed ? "" : fmt::format("%{{CWD}}/job-%{{JOB_ID}}/%{{TASK_ID}}.{}", ext);
     }
-    if (given->empty()) {
+    if (path.empty()) {
       throw CommandError{fmt::format("--{} needs a path or 'none'", ext)};
     }
-    if (*given == "none") return streamed ? "/dev/null" : "";
-    return *given;
+    if (path == "none") return streamed ? "/dev/null" : "";
+    return path;
   };
-  body.stdout_path = output(o.stdout_path, "stdout");
-  body.stderr_path = output(o.stderr_path, "stderr");
+  body.stdout_path = output(o.stdout_path, "stdout", body.stdout_rm_if_finished);
+  body.stderr_path = output(o.stderr_path, "stderr", body.stderr_rm_if_finished);
+  body.task_dir = o.task_dir;
+  if (o.stdin_flag) body.stdin_data = o.stdin_data.value_or(std::string());
+  // The submission is one message (net/framing.h bounds it): refuse what would not fit.
+  uint64_t bytes = body.stdin_data.size();
+  for (const std::string& e : job.entries) bytes += e.size() + 8;
+  if (bytes > (48u << 20)) {
+    throw CommandError{fmt::format(
+        "the job's entries and standard input take {} MiB; a submission holds at most 48 MiB "
+        "(split the entries into several jobs)",
+        bytes >> 20)};
+  }
   if (streamed && o.stdout_path && o.stderr_path) {
     warnings.push_back("--stream has no effect: both --stdout and --stderr are given");
   }
@@ -323,7 +380,9 @@ int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait
 
 }  // namespace
 
-int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
+int cmd_submit(const GlobalOptions& g, const SubmitOptions& given) {
+  SubmitOptions o = given;
+  if (o.stdin_flag && !o.stdin_data) o.stdin_data = must(read_stdin());
   std::vector<std::string> warnings;
   JobDescriptionSpec job = make_job_description(o, current_dir(), warnings);
   for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
@@ -443,6 +502,11 @@ int cmd_job_info(const GlobalOptions& g, const std::string& selector) {
         {"Stdout", output_text(body.getStdout())},
         {"Stderr", output_text(body.getStderr())},
         {"Stream", stream.empty() ? "none" : stream},
+        {"Entries", desc.getEntries().size() > 0 ? std::to_string(desc.getEntries().size())
+                                                 : std::string("none (or more than 1000)")},
+        {"Stdin", body.getStdin().size() > 0 ? fmt::format("{} bytes", body.getStdin().size())
+                                             : std::string("none")},
+        {"Task directory", body.getTaskDir() ? "yes" : "no"},
         {"Time limit", body.getTimeLimitMs()
                            ? format_duration(Millis(static_cast<int64_t>(body.getTimeLimitMs())))
                            : "none"},

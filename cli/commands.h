@@ -28,7 +28,14 @@ struct SubmitOptions {
   std::string time_request;           // a duration; empty: none
   std::string crash_limit;            // N, never-restart, unlimited; empty: the default
   std::optional<int64_t> max_fails;
-  uint32_t nodes = 0;  // --nodes
+  uint32_t nodes = 0;                    // --nodes
+  std::optional<std::string> each_line;  // --each-line FILE: a task per line, in HQ_ENTRY
+  std::optional<std::string> from_json;  // --from-json FILE: a task per array element
+  bool stdin_flag = false;               // --stdin
+  // What --stdin read (main reads it before parsing, for `--directives stdin`).
+  std::optional<std::string> stdin_data;
+  bool task_dir = false;            // --task-dir
+  std::string directives = "auto";  // --directives (applied by main before parsing)
   bool wait = false;
   std::vector<std::string> program;
 };

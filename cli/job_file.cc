@@ -11,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include "common/id_set.h"
+#include "common/placeholders.h"
 #include "common/task_graph.h"
 #include "common/time.h"
 
@@ -317,6 +318,7 @@ class Reader {
       }
     }
     if (ids.empty()) fail(t->source(), "array", "needs ids, entries or both");
+    job.array = true;
     job.tasks.reserve(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) {
       JobFileTask task = model;
@@ -356,11 +358,20 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
   job.name = file.name.empty() ? "job" : file.name;
   if (file.max_fails) job.max_fails = *file.max_fails;
   if (!file.stream.empty()) {
-    return Error{
-        fmt::format("{}: 'stream' is not supported by job files in this hq release; "
-                    "use `hq submit --stream`",
-                    name)};
+    if (auto names = per_task_placeholders(file.stream); !names.empty()) {
+      return Error{fmt::format(
+          "{}: stream names one directory for the whole job: %{{{}}} has no single value there "
+          "(use %{{JOB_ID}}, %{{SUBMIT_DIR}} or %{{SERVER_UID}})",
+          name, names[0])};
+    }
+    // As `hq submit --stream`: absolute, the workers resolve the rest.
+    PlaceholderValues known;
+    known.submit_dir = submit_dir;
+    known.job_id = "%{JOB_ID}";
+    known.server_uid = "%{SERVER_UID}";
+    job.stream = resolve_stream_dir(file.stream, known);
   }
+  const bool streamed = !job.stream.empty();
   if (file.tasks.empty()) return Error{fmt::format("{}: the file defines no task", name)};
   const JobFileTask& first = file.tasks.front();
   auto unsupported = [&name](const JobFileTask& t, const char* what) {
@@ -368,12 +379,14 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
         fmt::format("{}: task {}: {} is not supported by this hq release", name, t.id, what)};
   };
   for (const JobFileTask& t : file.tasks) {
-    if (t.entry) return unsupported(t, "an [array] with 'entries' (HQ_ENTRY)");
-    if (t.stdin_text) return unsupported(t, "'stdin'");
-    if (t.task_dir) return unsupported(t, "'task_dir'");
     if (t.requests.size() > 1) return unsupported(t, "more than one [[task.request]]");
     for (const auto& out : {t.stdout_output, t.stderr_output}) {
-      if (out && out->remove_if_finished) return unsupported(t, "mode = \"rm-if-finished\"");
+      if (out && out->remove_if_finished && streamed && out->path.empty()) {
+        return Error{
+            fmt::format("{}: task {}: mode = \"rm-if-finished\" needs a path when the "
+                        "job has a stream",
+                        name, t.id)};
+      }
     }
     auto differs = [&](const char* what) {
       return Error{
@@ -395,10 +408,18 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
     body.env = t.env;
     body.submit_dir = submit_dir;
     body.cwd = t.cwd.empty() ? submit_dir : t.cwd;
-    body.stdout_path = t.stdout_output ? t.stdout_output->path
-                                       : std::string("%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout");
-    body.stderr_path = t.stderr_output ? t.stderr_output->path
-                                       : std::string("%{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr");
+    // Not given: the default file, or the stream of a streamed job (an empty path).
+    auto output = [&](const std::optional<JobFileOutput>& out, const char* ext) {
+      if (out && !out->path.empty()) return out->path;
+      if (streamed && !out) return std::string();
+      return fmt::format("%{{CWD}}/job-%{{JOB_ID}}/%{{TASK_ID}}.{}", ext);
+    };
+    body.stdout_path = output(t.stdout_output, "stdout");
+    body.stderr_path = output(t.stderr_output, "stderr");
+    body.stdout_rm_if_finished = t.stdout_output && t.stdout_output->remove_if_finished;
+    body.stderr_rm_if_finished = t.stderr_output && t.stderr_output->remove_if_finished;
+    if (t.stdin_text) body.stdin_data = *t.stdin_text;
+    body.task_dir = t.task_dir;
     body.time_limit_ms = t.time_limit_ms;
     if (t.pin == "taskset") body.pin = PinMode::kTaskset;
     if (t.pin == "omp") body.pin = PinMode::kOmp;
@@ -412,6 +433,23 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
   if (first.crash_limit) job.crash_limit = *first.crash_limit;
   // The job's own body is what clients show for it: the first task's.
   job.body = job.tasks.front().body;
+  if (file.array) {
+    // One body for all (an array job: nothing per task but its entry), ids in increasing order
+    // with their entries beside them.
+    std::vector<std::pair<TaskId, const std::string*>> order;
+    order.reserve(file.tasks.size());
+    for (const JobFileTask& t : file.tasks) {
+      order.emplace_back(t.id, t.entry ? &*t.entry : nullptr);
+    }
+    std::sort(order.begin(), order.end());
+    IdSetBuilder ids;
+    for (const auto& [id, entry] : order) {
+      ids.add(id);
+      if (entry) job.entries.push_back(*entry);
+    }
+    job.task_ids = std::move(ids).build();
+    job.tasks.clear();
+  }
   if (Status st = normalize_request(job); !st)
     return Error{fmt::format("{}: {}", name, st.message())};
   return job;

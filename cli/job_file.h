@@ -53,6 +53,7 @@ struct JobFile {
   std::optional<int64_t> max_fails;
   std::string stream;
   std::vector<JobFileTask> tasks;  // in file order
+  bool array = false;              // from an [array] table: every task runs one body
 };
 
 // Parses the text of a job file; `file` names it in errors ("jobs.toml:12: ...").
@@ -60,9 +61,9 @@ Result<JobFile> parse_job_file(std::string_view text, const std::string& file);
 Result<JobFile> read_job_file(const fs::path& path);
 
 // The job a parsed file describes, one body per task, with relative paths against
-// `submit_dir`. Fails naming `file` for what this hq release cannot run yet: several requests
-// of one task (alternatives), `stdin`, `task_dir`, `rm-if-finished` outputs, `[array]` entries,
-// and tasks that differ in resource request, priority, crash limit or nodes.
+// `submit_dir` (an [array] file: an array job, its entries in HQ_ENTRY). Fails naming `file`
+// for what this hq release cannot run yet: several requests of one task (alternatives), and
+// tasks that differ in resource request, priority, crash limit or nodes.
 Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::string& name,
                                                 const std::string& submit_dir);
 

@@ -61,7 +61,10 @@ json description_json(journal::schema::JobDescription::Reader d) {
           {"stderr", text(body.getStderr())},
           {"submit_dir", text(body.getSubmitDir())},
           {"cpus", body.getCpus()},
-          {"stream", text(d.getStream())}};
+          {"stream", text(d.getStream())},
+          {"entries", d.getEntries().size()},
+          {"stdin_bytes", body.getStdin().size()},
+          {"task_dir", body.getTaskDir()}};
 }
 
 // The event's own fields, "type" first.

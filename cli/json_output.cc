@@ -83,7 +83,11 @@ json task_description_json(const JobDescriptionSpec& job) {
             {"env", env},
             {"cwd", body.cwd},
             {"stdout", channel_json(body.stdout_path, streamed)},
-            {"stderr", channel_json(body.stderr_path, streamed)}}},
+            {"stderr", channel_json(body.stderr_path, streamed)},
+            // hq's additions
+            {"stdin", body.stdin_data.empty() ? json(nullptr) : json(body.stdin_data)},
+            {"stdout_rm_if_finished", body.stdout_rm_if_finished},
+            {"stderr_rm_if_finished", body.stderr_rm_if_finished}}},
           {"resources",
            json::array({{{"n_nodes", job.nodes > 1 ? job.nodes : 0},
                          {"resources", entries},
@@ -91,8 +95,10 @@ json task_description_json(const JobDescriptionSpec& job) {
           {"pin_mode", pin},
           {"priority", job.priority},
           {"time_limit", duration_json(body.time_limit_ms)},
-          {"task_dir", false},
-          {"crash_limit", job.crash_limit}};
+          {"task_dir", body.task_dir},
+          {"crash_limit", job.crash_limit},
+          // hq's addition: HQ_ENTRY of each task in id order (null: none, or more than 1000)
+          {"entries", job.entries.empty() ? json(nullptr) : json(job.entries)}};
 }
 
 }  // namespace

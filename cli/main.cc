@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/completion.h"
+#include "cli/directives.h"
 #include "cli/journal_commands.h"
 #include "cli/json_output.h"
 #include "cli/output_commands.h"
@@ -65,7 +66,8 @@ bool takes_value(std::string_view option) {
       "--name",        "--array",     "--cpus",         "--priority",    "--cwd",
       "--stdout",      "--stderr",    "--env",          "--stream",      "--time-limit",
       "--crash-limit", "--max-fails", "--server-dir",   "--output-mode", "--log-level",
-      "--resource",    "--pin",       "--time-request", "--nodes",       "--colors"};
+      "--resource",    "--pin",       "--time-request", "--nodes",       "--colors",
+      "--each-line",   "--from-json", "--directives"};
   if (option.find('=') != std::string_view::npos) return false;
   return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
 }
@@ -73,8 +75,10 @@ bool takes_value(std::string_view option) {
 // `hq [job] submit [OPTIONS] [--] PROGRAM ARGS...`: the program and its arguments are cut off
 // before CLI11 parses, so that the program's own options are never taken for hq's. Returns the
 // arguments left for CLI11.
+// `submit_at` (when given) is set to the index of the `submit` word (0: not a submit).
 std::vector<std::string> split_submit_program(const std::vector<std::string>& args,
-                                              std::vector<std::string>& program) {
+                                              std::vector<std::string>& program,
+                                              size_t* submit_at = nullptr) {
   std::vector<std::string> words;  // the subcommand path so far
   for (size_t i = 1; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -94,6 +98,7 @@ std::vector<std::string> split_submit_program(const std::vector<std::string>& ar
     words.push_back(a);
     bool submit_path = (words.size() == 1 && (a == "submit" || a == "job")) ||
                        (words.size() == 2 && words[0] == "job" && a == "submit");
+    if (submit_path && a == "submit" && submit_at) *submit_at = i;
     if (!submit_path) break;
   }
   return args;
@@ -365,6 +370,8 @@ int run(int argc, char** argv) {
   SubmitOptions submit;
   auto add_submit = [&](CLI::App* parent, const std::string& name) {
     auto* s = parent->add_subcommand(name, "Submit a job: hq submit [OPTIONS] -- PROGRAM ARGS...");
+    // #HQ directives come before the command line's options (apply_directives): the last wins.
+    s->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     s->add_option("--name", submit.name, "Job name (default: the program's name)");
     s->add_option("--array", submit.array, "Task ids, e.g. 1-10,20,30-40:2 (default: one task 0)");
     s->add_option("--cpus", submit.cpus,
@@ -382,9 +389,11 @@ int run(int argc, char** argv) {
     s->add_option("--priority", submit.priority, "Higher runs first");
     s->add_option("--cwd", submit.cwd, "Working directory of tasks (placeholders allowed)");
     s->add_option("--stdout", submit.stdout_path,
-                  "Stdout path or 'none' (default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout)");
+                  "Stdout path or 'none'; PATH:rm-if-finished removes it when the task finishes "
+                  "(default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stdout)");
     s->add_option("--stderr", submit.stderr_path,
-                  "Stderr path or 'none' (default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr)");
+                  "Stderr path or 'none'; PATH:rm-if-finished as for --stdout "
+                  "(default %{CWD}/job-%{JOB_ID}/%{TASK_ID}.stderr)");
     s->add_option(
         "--stream", submit.stream,
         "Send the stdout and stderr of every task into this stream directory (read it "
@@ -397,6 +406,19 @@ int run(int argc, char** argv) {
                   "Lost workers a task may outlive: N, never-restart or unlimited (default 5)");
     s->add_option("--max-fails", submit.max_fails,
                   "Abort the job's remaining tasks once more than N tasks failed");
+    s->add_option("--each-line", submit.each_line,
+                  "A task per line of FILE (ids 0..n-1), the line in HQ_ENTRY");
+    s->add_option("--from-json", submit.from_json,
+                  "A task per element of FILE's top-level JSON array, the element's JSON in "
+                  "HQ_ENTRY");
+    s->add_flag("--stdin", submit.stdin_flag,
+                "Read this command's standard input and give it to every task on its stdin");
+    s->add_flag("--task-dir", submit.task_dir,
+                "A fresh directory per task in HQ_TASK_DIR, removed when it ends; an error "
+                "message written to $HQ_ERROR_FILENAME becomes the failed task's error");
+    s->add_option("--directives", submit.directives,
+                  "Read #HQ option lines at the top of the script: auto (programs ending in "
+                  ".sh), file, stdin or off (default auto)");
     s->add_flag("--wait", submit.wait, "Wait until the job ends (exit code as `hq job wait`)");
     s->footer("The program and its arguments follow the options, best after `--`.");
     s->callback([&] { code = cmd_submit(g, submit); });
@@ -477,7 +499,13 @@ int run(int argc, char** argv) {
 
   std::vector<std::string> args(argv, argv + argc);
   args = rewrite_output_log(std::move(args));
-  args = split_submit_program(args, submit.program);
+  size_t submit_at = 0;
+  args = split_submit_program(args, submit.program, &submit_at);
+  if (submit_at > 0) {
+    if (auto st = apply_directives(args, submit_at, submit.program, submit.stdin_data); !st) {
+      throw CommandError{st.message()};
+    }
+  }
   std::reverse(args.begin(), args.end());
   args.pop_back();  // CLI11 takes the arguments without the program name, in reverse
   try {

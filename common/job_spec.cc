@@ -50,7 +50,36 @@ Status normalize_request(JobDescriptionSpec& job) {
   }
   job.body.resources = task_request(job.body, job.nodes);
   job.body.cpus = whole_cpus(job.body.resources);
+  if (!job.entries.empty()) {
+    if (job.entries.size() != job.task_ids.size()) {
+      return Status::error(
+          fmt::format("{} entries for {} tasks: a job with entries has one per task",
+                      job.entries.size(), job.task_ids.size()));
+    }
+    // task_entry() counts a task's place in id order over the ranges as they are.
+    const auto& ranges = job.task_ids.ranges();
+    for (size_t i = 1; i < ranges.size(); ++i) {
+      if (ranges[i].start <= ranges[i - 1].last()) {
+        return Status::error("the task ids of a job with entries must be in increasing order");
+      }
+    }
+  }
   return Status::ok();
+}
+
+const std::string* task_entry(const JobDescriptionSpec& job, uint32_t task) {
+  if (job.entries.empty()) return nullptr;
+  // TODO(perf): linear in the number of ranges; --each-line and --from-json make one range, an
+  // --array selection as many as it lists.
+  uint64_t before = 0;
+  for (const IdRange& r : job.task_ids.ranges()) {
+    if (task >= r.start && task <= r.last() && (task - r.start) % r.step == 0) {
+      uint64_t index = before + (task - r.start) / r.step;
+      return index < job.entries.size() ? &job.entries[index] : nullptr;
+    }
+    before += r.size();
+  }
+  return nullptr;
 }
 
 const TaskBodySpec& task_body(const JobDescriptionSpec& job, uint32_t task) {

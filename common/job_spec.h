@@ -32,6 +32,14 @@ struct TaskBodySpec {
   PinMode pin = PinMode::kNone;
   // `--time-request`: only a worker that lives this long after the start runs the task; 0: any.
   uint64_t time_request_ms = 0;
+  // `--stdin`: given to every task on its standard input (the same bytes each time); empty:
+  // /dev/null.
+  std::string stdin_data;
+  // `--task-dir`: each task instance gets a fresh directory (HQ_TASK_DIR), removed when it ends.
+  bool task_dir = false;
+  // `:rm-if-finished`: the output file is removed when the task finishes (kept when it fails).
+  bool stdout_rm_if_finished = false;
+  bool stderr_rm_if_finished = false;
 
   bool operator==(const TaskBodySpec&) const = default;
 };
@@ -70,7 +78,14 @@ struct JobDescriptionSpec {
   // its own, and waits for its `deps`. The scheduler gives every task of a job one request, so
   // the tasks' requests must be equal (graph_request).
   std::vector<GraphTaskSpec> tasks;
+  // `--each-line`, `--from-json`, a job file's `[array] entries`: HQ_ENTRY of each task, one per
+  // id of `task_ids` in increasing id order; empty: the tasks have no entry.
+  std::vector<std::string> entries;
 };
+
+// HQ_ENTRY of task `task` of the job, or nullptr when the job has no entries (or `task` is not
+// one of its tasks).
+const std::string* task_entry(const JobDescriptionSpec& job, uint32_t task);
 
 // The body task `task` of the job runs: its own in a job with per-task bodies, else the job's.
 // `task` must be one of the job's.

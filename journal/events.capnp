@@ -61,6 +61,10 @@ struct TaskBody {
   resources @8 :List(ResourceEntry);  # sorted by name; empty: `cpus` CPUs, compact
   pin @9 :UInt8;            # 0 none, 1 taskset, 2 omp
   timeRequestMs @10 :UInt64; # 0: any worker
+  stdin @11 :Data;          # the task's standard input; empty: /dev/null
+  taskDir @12 :Bool;        # a fresh directory per task instance (HQ_TASK_DIR)
+  stdoutRemoveIfFinished @13 :Bool;  # output files removed when the task finishes
+  stderrRemoveIfFinished @14 :Bool;
 }
 
 struct ResourceEntry {
@@ -80,6 +84,7 @@ struct JobDescription {
   nodes @7 :UInt32;         # whole workers per task; 0 or 1: one worker's resources
   tasks @8 :List(GraphTask); # empty: every task runs `body`; else one per task, by id
   graph @9 :GraphColumns;   # per-task bodies and dependencies (job files): see below
+  entries @10 :List(Text);   # HQ_ENTRY of each task, in id order; empty: none
 }
 
 # One task of a job with per-task bodies (a job file's task), and the tasks it waits for: the

@@ -43,6 +43,7 @@ void check_body(schema::TaskBody::Reader body) {
   (void)body.getStderr();
   (void)body.getSubmitDir();
   for (auto e : body.getResources()) (void)e.getName();
+  (void)body.getStdin();
 }
 
 // Reads every field of the parts that may hold pointers; throws kj::Exception on damage.
@@ -60,6 +61,7 @@ void check(schema::JobDescription::Reader job) {
   (void)body.getStderr();
   (void)body.getSubmitDir();
   for (auto e : body.getResources()) (void)e.getName();
+  (void)body.getStdin();
   (void)job.getStream();
   if (job.hasGraph()) {
     auto graph = job.getGraph();
@@ -71,6 +73,7 @@ void check(schema::JobDescription::Reader job) {
     (void)graph.getDepEnd();
     (void)graph.getDeps();
   }
+  for (auto e : job.getEntries()) (void)e;
   for (auto t : job.getTasks()) {
     // Each pointer once: the check's traversal budget is the record's size.
     auto task_body = t.getBody();
@@ -84,6 +87,7 @@ void check(schema::JobDescription::Reader job) {
     (void)task_body.getStderr();
     (void)task_body.getSubmitDir();
     for (auto e : task_body.getResources()) (void)e.getName();
+    (void)task_body.getStdin();
     (void)t.getDeps();
   }
 }
@@ -295,6 +299,11 @@ static void body_to_record(const TaskBodySpec& spec, schema::TaskBody::Builder b
   }
   body.setPin(static_cast<uint8_t>(spec.pin));
   body.setTimeRequestMs(spec.time_request_ms);
+  body.setStdin(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(spec.stdin_data.data()),
+                                    spec.stdin_data.size()));
+  body.setTaskDir(spec.task_dir);
+  body.setStdoutRemoveIfFinished(spec.stdout_rm_if_finished);
+  body.setStderrRemoveIfFinished(spec.stderr_rm_if_finished);
 }
 
 template <typename T>
@@ -338,6 +347,8 @@ void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder ou
   out.setMaxFails(job.max_fails);
   out.setNodes(job.nodes);
   if (!job.tasks.empty()) graph_to_record(pack_graph(job.tasks), out.initGraph());
+  auto entries = out.initEntries(job.entries.size());
+  for (size_t i = 0; i < job.entries.size(); ++i) entries.set(i, job.entries[i]);
 }
 
 static Result<TaskBodySpec> body_from_record(schema::TaskBody::Reader body) {
@@ -351,6 +362,11 @@ static Result<TaskBodySpec> body_from_record(schema::TaskBody::Reader body) {
   spec.cpus = body.getCpus();
   spec.time_limit_ms = body.getTimeLimitMs();
   spec.time_request_ms = body.getTimeRequestMs();
+  auto in = body.getStdin();
+  spec.stdin_data.assign(reinterpret_cast<const char*>(in.begin()), in.size());
+  spec.task_dir = body.getTaskDir();
+  spec.stdout_rm_if_finished = body.getStdoutRemoveIfFinished();
+  spec.stderr_rm_if_finished = body.getStderrRemoveIfFinished();
   std::vector<ResourceRequestEntry> entries;
   for (auto e : body.getResources()) {
     if (e.getPolicy() > static_cast<uint8_t>(AllocationPolicy::kAll)) {
@@ -426,6 +442,8 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
     if (!tasks) return Error{"a journaled job's tasks: " + tasks.message()};
     out.tasks = std::move(*tasks);
   }
+  out.entries.reserve(job.getEntries().size());
+  for (auto e : job.getEntries()) out.entries.push_back(text(e));
   return out;
 }
 

@@ -67,6 +67,11 @@ void to_wire(const TaskBodySpec& body, wire::TaskBody::Builder out) {
   to_wire(body.resources, out.initResources(body.resources.entries.size()));
   out.setPin(static_cast<wire::PinMode>(body.pin));
   out.setTimeRequestMs(body.time_request_ms);
+  out.setStdin(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(body.stdin_data.data()),
+                                   body.stdin_data.size()));
+  out.setTaskDir(body.task_dir);
+  out.setStdoutRemoveIfFinished(body.stdout_rm_if_finished);
+  out.setStderrRemoveIfFinished(body.stderr_rm_if_finished);
 }
 
 void to_wire(const ResourceRequest& request, capnp::List<wire::ResourceEntry>::Builder out) {
@@ -175,6 +180,11 @@ Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body) {
   out.cpus = body.getCpus();
   out.time_limit_ms = body.getTimeLimitMs();
   out.time_request_ms = body.getTimeRequestMs();
+  auto in = body.getStdin();
+  out.stdin_data.assign(reinterpret_cast<const char*>(in.begin()), in.size());
+  out.task_dir = body.getTaskDir();
+  out.stdout_rm_if_finished = body.getStdoutRemoveIfFinished();
+  out.stderr_rm_if_finished = body.getStderrRemoveIfFinished();
   auto pin = static_cast<uint16_t>(body.getPin());
   if (pin > static_cast<uint16_t>(PinMode::kOmp))
     return Error{fmt::format("unknown pin mode {}", pin)};
@@ -227,7 +237,8 @@ Result<std::vector<GraphTaskSpec>> from_wire(wire::GraphColumns::Reader graph) {
   return unpack_graph(std::move(columns));
 }
 
-void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
+void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out,
+             size_t max_per_task) {
   out.setName(job.name);
   to_wire(job.task_ids, out);
   out.setPriority(job.priority);
@@ -236,7 +247,12 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out) {
   out.setCrashLimit(job.crash_limit);
   out.setMaxFails(job.max_fails);
   out.setNodes(job.nodes);
-  if (!job.tasks.empty()) to_wire(pack_graph(job.tasks), out.initGraph());
+  if (!job.tasks.empty() && job.tasks.size() <= max_per_task) {
+    to_wire(pack_graph(job.tasks), out.initGraph());
+  }
+  const size_t entry_count = job.entries.size() <= max_per_task ? job.entries.size() : 0;
+  auto entries = out.initEntries(entry_count);
+  for (size_t i = 0; i < entry_count; ++i) entries.set(i, job.entries[i]);
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
@@ -268,6 +284,8 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
     if (!tasks) return tasks.error();
     out.tasks = std::move(*tasks);
   }
+  out.entries.reserve(job.getEntries().size());
+  for (auto e : job.getEntries()) out.entries.emplace_back(e.cStr(), e.size());
   return out;
 }
 

@@ -1,6 +1,8 @@
 #pragma once
 // Mapping between the wire schema and the plain C++ types of common/.
 
+#include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "common/graph_columns.h"
@@ -38,8 +40,11 @@ void to_wire(const GraphColumns& columns, wire::GraphColumns::Builder out);
 // Fails on columns that disagree (unpack_graph) or a body the parsers would refuse.
 Result<std::vector<GraphTaskSpec>> from_wire(wire::GraphColumns::Reader graph);
 
-// A job with per-task bodies goes as GraphColumns (its `tasks` list stays empty).
-void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out);
+// A job with per-task bodies goes as GraphColumns (its `tasks` list stays empty). Lists of one
+// element per task (per-task bodies, entries) longer than `max_per_task` are left empty (an
+// answer that shows a job stays small).
+void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out,
+             size_t max_per_task = SIZE_MAX);
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job);
 
 // A worker's state in HyperQueue's words, lower case joined by '_' (running, connection_lost,

@@ -102,6 +102,10 @@ struct TaskBody {
   resources @8 :List(ResourceEntry);  # sorted by name, "cpus" among them; empty: `cpus` CPUs
   pin @9 :PinMode;
   timeRequestMs @10 :UInt64;  # run only on a worker that lives this long after the start; 0: any
+  stdin @11 :Data;          # given to the task on its standard input; empty: /dev/null
+  taskDir @12 :Bool;        # a fresh directory per task instance in HQ_TASK_DIR
+  stdoutRemoveIfFinished @13 :Bool;  # the stdout file is removed when the task finishes
+  stderrRemoveIfFinished @14 :Bool;
 }
 
 struct JobDescription {
@@ -115,6 +119,7 @@ struct JobDescription {
   nodes @7 :UInt32;         # whole workers per task (`--nodes`); 0 or 1: one worker's resources
   tasks @8 :List(GraphTask);  # empty: every task runs `body`; else one entry per task (job files)
   graph @9 :GraphColumns;   # per-task bodies and dependencies (job files): see below
+  entries @10 :List(Text);   # HQ_ENTRY of each task, one per task in id order; empty: none
 }
 
 # One task of a job with per-task bodies, and the tasks of the job it waits for.
@@ -375,6 +380,15 @@ struct Assignment {
   # For the tasks among `tasks` of jobs with per-task bodies (their JobBody gives the stream
   # only); empty for array jobs, which cost nothing per task here.
   taskBodies @3 :List(TaskBodyOf);
+  # HQ_ENTRY of the tasks among `tasks` of jobs with entries (--each-line, --from-json).
+  entries @4 :List(TaskEntry);
+}
+
+# The entry of one task of a job with entries, sent with the task.
+struct TaskEntry {
+  job @0 :UInt32;
+  task @1 :UInt32;
+  entry @2 :Text;
 }
 
 struct ToWorker {

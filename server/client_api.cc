@@ -215,13 +215,7 @@ void Server::handle_job_info(net::Connection& c, wire::JobSelector::Reader selec
     fill_job_summary(ids[i], list[i].initSummary());
     const JobDescriptionSpec& description = jobs_.at(ids[i]).description;
     constexpr size_t kMaxTasksShown = 1000;
-    if (description.tasks.size() > kMaxTasksShown) {
-      JobDescriptionSpec summary = description;
-      summary.tasks.clear();
-      net::to_wire(summary, list[i].initDescription());
-    } else {
-      net::to_wire(description, list[i].initDescription());
-    }
+    net::to_wire(description, list[i].initDescription(), kMaxTasksShown);
     list[i].setDependencies(scheduler_.dependency_count(ids[i]));
   }
   respond(c, reply);

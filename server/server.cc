@@ -601,6 +601,18 @@ void Server::run_schedule() {
       bodies[b].setTask(k.task);
       net::to_wire(task_body(d, k.task), bodies[b++].initBody());
     }
+    size_t with_entry = 0;
+    for (const TaskKey& k : keys) with_entry += !jobs_.at(k.job).description.entries.empty();
+    auto entries = out.initEntries(with_entry);
+    size_t e = 0;
+    for (const TaskKey& k : keys) {
+      const JobDescriptionSpec& d = jobs_.at(k.job).description;
+      if (d.entries.empty()) continue;
+      const std::string* entry = task_entry(d, k.task);
+      entries[e].setJob(k.job);
+      entries[e].setTask(k.task);
+      entries[e++].setEntry(entry ? *entry : std::string());
+    }
     size_t multi = 0;
     for (const TaskKey& k : keys) multi += hosts.count(k);
     auto nodes = out.initNodes(multi);

@@ -54,9 +54,42 @@ struct RunningTask {
   // The writer of the job's stream directory, when a channel of the task goes there.
   std::shared_ptr<stream::StreamWriter> stream;
   std::string stream_error;  // the first failed write of this task's records; fails the task
+  // `--task-dir`: HQ_TASK_DIR, removed at the task's end; empty: none.
+  std::string task_dir;
+  // `:rm-if-finished` output files, removed when the task finishes.
+  std::vector<std::string> remove_if_finished;
 };
 
 constexpr Millis kStreamFlushInterval{1000};
+// What of HQ_ERROR_FILENAME becomes a failed task's error text.
+constexpr size_t kMaxErrorFileBytes = 2048;
+
+// The error message a task wrote into its HQ_ERROR_FILENAME (at most kMaxErrorFileBytes,
+// surrounding white space trimmed); empty when it wrote none.
+std::string read_error_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  std::string text(kMaxErrorFileBytes, '\0');
+  ssize_t n;
+  do {
+    n = ::read(fd, text.data(), text.size());
+  } while (n < 0 && errno == EINTR);
+  ::close(fd);
+  text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  auto space = [](char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; };
+  while (!text.empty() && space(text.back())) text.pop_back();
+  size_t start = 0;
+  while (start < text.size() && space(text[start])) ++start;
+  return text.substr(start);
+}
+
+// Removes a task's directory and everything in it; failures are logged, not fatal.
+void remove_task_dir(const std::string& dir) {
+  if (dir.empty()) return;
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (ec) spdlog::warn("cannot remove the task directory '{}': {}", dir, ec.message());
+}
 
 // The worker's resources: what detection finds, with `--cpus` and each `--resource` replacing
 // the detected resource of their name (which is then not detected at all).
@@ -281,6 +314,10 @@ class Worker {
           task_bodies_[TaskRef{t.getJob(), t.getTask()}] = JobBody{
               std::move(*body), job_it->second.stream, std::move(request), std::move(pool_request)};
         }
+        for (auto e : a.getEntries()) {
+          task_entries_[TaskRef{e.getJob(), e.getTask()}] =
+              std::string(e.getEntry().cStr(), e.getEntry().size());
+        }
         for (auto k : a.getTasks()) queue_.push_back(net::from_wire(k));
         for (auto n : a.getNodes()) {
           auto& hosts = node_hosts_[net::from_wire(n.getKey())];
@@ -320,6 +357,7 @@ class Worker {
         queue_.erase(it);
         node_hosts_.erase(key);
         task_bodies_.erase(key.ref());
+        task_entries_.erase(key.ref());
         return true;
       }
     }
@@ -383,6 +421,7 @@ class Worker {
   void fail_unstarted(const TaskKey& key, std::string error) {
     node_hosts_.erase(key);
     task_bodies_.erase(key.ref());
+    task_entries_.erase(key.ref());
     reports_.pending().failed.push_back({key, unix_millis_now(), std::move(error), nullptr});
     flush_soon();
   }
@@ -515,6 +554,36 @@ class Worker {
     spec.env.emplace_back("HQ_SERVER_UID", server_uid_);
     spec.env.emplace_back("HQ_WORKER_ID", std::to_string(worker_id_));
     add_resource_env(job, task.allocation, spec);
+    if (auto entry = task_entries_.find(key.ref()); entry != task_entries_.end()) {
+      spec.env.emplace_back("HQ_ENTRY", std::move(entry->second));
+      task_entries_.erase(entry);
+    }
+    if (!job.body.stdin_data.empty()) spec.stdin_data = &job.body.stdin_data;
+    if (!spec.capture_stdout && job.body.stdout_rm_if_finished && !spec.stdout_path.empty()) {
+      task.remove_if_finished.push_back(spec.stdout_path);
+    }
+    if (!spec.capture_stderr && job.body.stderr_rm_if_finished && !spec.stderr_path.empty()) {
+      task.remove_if_finished.push_back(spec.stderr_path);
+    }
+    if (job.body.task_dir) {
+      // Fresh for each instance: what an earlier instance left there is gone.
+      std::string dir =
+          (options_.work_dir / "tasks" / fmt::format("{}-{}-{}", key.job, key.task, key.instance))
+              .string();
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+      if (!ec) fs::create_directories(dir, ec);
+      if (ec) {
+        pool_.release(task.allocation);
+        reports_.pending().failed.push_back(
+            {key, now, fmt::format("cannot create the task directory '{}': {}", dir, ec.message()),
+             nullptr});
+        return flush_soon();
+      }
+      task.task_dir = dir;
+      spec.env.emplace_back("HQ_TASK_DIR", dir);
+      spec.env.emplace_back("HQ_ERROR_FILENAME", dir + "/hq-error");
+    }
     if (auto hosts = node_hosts_.find(key); hosts != node_hosts_.end()) {
       // A multi-node task: it runs here and is told every worker it spans, this one first, in
       // two files as HyperQueue writes them: short names (HQ_NODE_FILE) and full ones
@@ -531,6 +600,7 @@ class Worker {
       if (!st) {
         node_hosts_.erase(hosts);
         remove_files(task.node_files);
+        remove_task_dir(task.task_dir);
         pool_.release(task.allocation);
         reports_.pending().failed.push_back({key, now, st.message(), nullptr});
         return flush_soon();
@@ -549,6 +619,7 @@ class Worker {
     if (!pid) {
       pool_.release(task.allocation);
       remove_files(task.node_files);
+      remove_task_dir(task.task_dir);
       reports_.pending().failed.push_back({key, now, pid.message(), nullptr});
       return flush_soon();
     }
@@ -661,6 +732,15 @@ class Worker {
     // The report waits for the stream's sync when the end record went there.
     std::shared_ptr<stream::StreamWriter> written;
     if (task.stream && !shut_down_ && task.stream_error.empty()) written = task.stream;
+    // The task's own word on why it failed, read before its directory goes.
+    std::string own_error;
+    if (!task.task_dir.empty() && !status.success() && !task.canceled && !task.timed_out) {
+      own_error = read_error_file(task.task_dir + "/hq-error");
+    }
+    remove_task_dir(task.task_dir);
+    bool finished =
+        status.success() && !task.canceled && !task.timed_out && task.stream_error.empty();
+    if (finished && !shut_down_) remove_files(task.remove_if_finished);
     ReportBatch& reports = reports_.pending();
     if (task.timed_out && !task.canceled) {
       reports.failed.push_back({task.key, now, "Time limit reached", written});
@@ -669,8 +749,10 @@ class Worker {
     } else if (status.success()) {
       reports.finished.push_back({task.key, now, {}, written});
     } else {
-      reports.failed.push_back(
-          {task.key, now, task.canceled ? "canceled" : describe_exit(status), written});
+      std::string error = task.canceled        ? std::string("canceled")
+                          : !own_error.empty() ? std::move(own_error)
+                                               : describe_exit(status);
+      reports.failed.push_back({task.key, now, std::move(error), written});
     }
     flush_soon();
     if (draining_) {
@@ -820,6 +902,8 @@ class Worker {
   std::unordered_map<JobId, JobBody> jobs_;
   // Tasks of jobs with per-task bodies, from their assignment until they end or go back.
   std::unordered_map<TaskRef, JobBody> task_bodies_;
+  // HQ_ENTRY of queued tasks of jobs with entries, from their assignment until they start or go.
+  std::unordered_map<TaskRef, std::string> task_entries_;
   std::deque<TaskKey> queue_;
   std::map<TaskKey, std::vector<std::string>> node_hosts_;  // of queued multi-node tasks
   std::unordered_map<TaskRef, RunningTask> running_;

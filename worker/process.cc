@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -271,6 +272,28 @@ Result<std::pair<UniqueFd, UniqueFd>> open_capture_pipe(std::string_view what) {
   return std::pair{std::move(read_end), std::move(write_end)};
 }
 
+// An anonymous in-memory file holding `data`, positioned at its start, close-on-exec and never
+// 0, 1 or 2: a child's standard input that no other child's reads can move.
+Result<UniqueFd> stdin_file(const std::string& data) {
+  int raw = ::memfd_create("hq-stdin", MFD_CLOEXEC);
+  if (raw < 0) return Error{errno_text(errno)};
+  UniqueFd fd(raw);
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = ::write(fd.get(), data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error{errno_text(errno)};
+    done += static_cast<size_t>(n);
+  }
+  if (::lseek(fd.get(), 0, SEEK_SET) != 0) return Error{errno_text(errno)};
+  if (fd.get() <= STDERR_FILENO) {
+    int moved = ::fcntl(fd.get(), F_DUPFD_CLOEXEC, STDERR_FILENO + 1);
+    if (moved < 0) return Error{errno_text(errno)};
+    fd = UniqueFd(moved);
+  }
+  return fd;
+}
+
 // The worker's environment with `overrides` added or replacing same-named entries. The returned
 // pointers refer into `storage` and `environ`.
 std::vector<char*> build_environment(const std::vector<std::pair<std::string, std::string>>& env,
@@ -515,8 +538,21 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
       err_fd = std::move(*fd);
     }
   }
+  // Standard input from memory: an anonymous file with the bytes, read from its start.
+  UniqueFd in_fd;
+  if (spec.stdin_data) {
+    auto fd = stdin_file(*spec.stdin_data);
+    if (!fd)
+      return Error{
+          fmt::format("cannot prepare the standard input of '{}': {}", program, fd.message())};
+    in_fd = std::move(*fd);
+  }
   SpawnFileActions actions;
-  posix_spawn_file_actions_addopen(actions.get(), STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  if (in_fd.valid()) {
+    posix_spawn_file_actions_adddup2(actions.get(), in_fd.get(), STDIN_FILENO);
+  } else {
+    posix_spawn_file_actions_addopen(actions.get(), STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  }
   if (out_fd.valid()) {
     posix_spawn_file_actions_adddup2(actions.get(), out_fd.get(), STDOUT_FILENO);
   } else {
@@ -607,6 +643,7 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
   // The child holds its own copies now; ours would keep the pipes from ever reaching EOF.
   out_fd.reset();
   err_fd.reset();
+  in_fd.reset();
   int pidfd = pidfd_open(pid);
   if (pidfd < 0) return fail_watch(errno_text(errno));
   std::unique_ptr<Child> child;

@@ -36,6 +36,8 @@ struct SpawnSpec {
   // OS CPU numbers the child may run on (`--pin taskset`); empty: the worker's own affinity. The
   // child starts with it already set: no instruction of the program runs elsewhere.
   std::vector<uint32_t> cpu_affinity;
+  // Given to the child on its standard input (read during spawn() only); null: /dev/null.
+  const std::string* stdin_data = nullptr;
 };
 
 enum class OutputChannel : uint8_t { kStdout = 0, kStderr = 1 };

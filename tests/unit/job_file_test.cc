@@ -150,5 +150,100 @@ TEST(JobFile, ErrorsNameFileLineAndKey) {
                        "1 entries for 3 ids"));
 }
 
+// The description a file submits (relative paths against /submit).
+JobDescriptionSpec description_of(const std::string& text) {
+  Result<JobFile> parsed = parse_job_file(text, "jobs.toml");
+  EXPECT_TRUE(parsed.is_ok()) << parsed.message();
+  if (!parsed) return {};
+  Result<JobDescriptionSpec> job = job_file_description(*parsed, "jobs.toml", "/submit");
+  EXPECT_TRUE(job.is_ok()) << job.message();
+  return job ? std::move(*job) : JobDescriptionSpec{};
+}
+
+TEST(JobFileDescription, StdinTaskDirAndRemovedOutputs) {
+  JobDescriptionSpec job = description_of(R"(
+[[task]]
+id = 0
+command = ["cat"]
+stdin = "data\n"
+task_dir = true
+stdout = { path = "out.txt", mode = "rm-if-finished" }
+stderr = { path = "err.txt", mode = "rm-if-finished" }
+[[task]]
+id = 1
+command = ["true"]
+)");
+  ASSERT_EQ(job.tasks.size(), 2u);
+  const TaskBodySpec& b = job.tasks[0].body;
+  EXPECT_EQ(b.stdin_data, "data\n");
+  EXPECT_TRUE(b.task_dir);
+  EXPECT_EQ(b.stdout_path, "out.txt");
+  EXPECT_TRUE(b.stdout_rm_if_finished);
+  EXPECT_EQ(b.stderr_path, "err.txt");
+  EXPECT_TRUE(b.stderr_rm_if_finished);
+  const TaskBodySpec& other = job.tasks[1].body;
+  EXPECT_TRUE(other.stdin_data.empty());
+  EXPECT_FALSE(other.task_dir);
+  EXPECT_FALSE(other.stdout_rm_if_finished);
+  EXPECT_TRUE(job.entries.empty());
+}
+
+TEST(JobFileDescription, ArrayIsAnArrayJobWithEntriesInIdOrder) {
+  JobDescriptionSpec job = description_of(R"(
+[array]
+ids = "9,3,5"
+entries = ["nine", "three", "five"]
+command = ["echo"]
+task_dir = true
+)");
+  EXPECT_TRUE(job.tasks.empty());  // one body for all
+  EXPECT_EQ(job.task_ids.to_vector(), (std::vector<uint32_t>{3, 5, 9}));
+  EXPECT_EQ(job.entries, (std::vector<std::string>{"three", "five", "nine"}));
+  EXPECT_EQ(*task_entry(job, 9), "nine");
+  EXPECT_EQ(*task_entry(job, 3), "three");
+  EXPECT_EQ(task_entry(job, 4), nullptr);
+  EXPECT_EQ(job.body.program, (std::vector<std::string>{"echo"}));
+  EXPECT_TRUE(job.body.task_dir);
+
+  JobDescriptionSpec only_entries = description_of(
+      "[array]\nentries = [\"a\", \"b\"]\n"
+      "command = [\"echo\"]\n");
+  EXPECT_EQ(only_entries.task_ids.to_vector(), (std::vector<uint32_t>{0, 1}));
+  EXPECT_EQ(only_entries.entries, (std::vector<std::string>{"a", "b"}));
+  JobDescriptionSpec only_ids = description_of("[array]\nids = \"1-4\"\ncommand = [\"echo\"]\n");
+  EXPECT_EQ(only_ids.task_ids.size(), 4u);
+  EXPECT_TRUE(only_ids.entries.empty());
+}
+
+TEST(JobFileDescription, StreamSendsUnnamedChannelsThere) {
+  JobDescriptionSpec job = description_of(R"(
+stream = "logs/%{JOB_ID}"
+[[task]]
+command = ["true"]
+stderr = "err.txt"
+)");
+  EXPECT_EQ(job.stream, "/submit/logs/%{JOB_ID}");
+  EXPECT_EQ(job.tasks[0].body.stdout_path, "");  // into the stream
+  EXPECT_EQ(job.tasks[0].body.stderr_path, "err.txt");
+
+  Result<JobFile> parsed =
+      parse_job_file("stream = \"s-%{TASK_ID}\"\n[[task]]\ncommand = [\"true\"]\n", "jobs.toml");
+  ASSERT_TRUE(parsed.is_ok());
+  auto bad = job_file_description(*parsed, "jobs.toml", "/submit");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_TRUE(contains(bad.message(), "%{TASK_ID}")) << bad.message();
+}
+
+TEST(JobFileDescription, StillRefusesAlternativeRequests) {
+  Result<JobFile> parsed = parse_job_file(
+      "[[task]]\ncommand = [\"a\"]\n[[task.request]]\nresources = { cpus = 1 }\n"
+      "[[task.request]]\nresources = { cpus = 2 }\n",
+      "jobs.toml");
+  ASSERT_TRUE(parsed.is_ok());
+  auto job = job_file_description(*parsed, "jobs.toml", "/submit");
+  ASSERT_FALSE(job.is_ok());
+  EXPECT_TRUE(contains(job.message(), "more than one [[task.request]]")) << job.message();
+}
+
 }  // namespace
 }  // namespace hq::cli

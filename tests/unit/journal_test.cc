@@ -184,6 +184,10 @@ void fill_description(schema::JobDescription::Builder d) {
   spec.crash_limit = 2;
   spec.max_fails = 7;
   spec.stream = "/scratch/stream";
+  spec.body.stdin_data = std::string("in\0put", 6);
+  spec.body.task_dir = true;
+  spec.body.stderr_rm_if_finished = true;
+  for (int i = 0; i < 13; ++i) spec.entries.push_back("entry " + std::to_string(i));
   to_record(spec, d);
 }
 
@@ -308,6 +312,13 @@ void expect_event(size_t i, Event::Reader e) {
       EXPECT_EQ(describe(spec->body.resources), "cpus=4 compact!; gpus=0.5; mem=all");
       EXPECT_EQ(spec->body.pin, PinMode::kTaskset);
       EXPECT_EQ(spec->body.time_limit_ms, 60'000u);
+      EXPECT_EQ(spec->body.stdin_data, std::string("in\0put", 6));
+      EXPECT_TRUE(spec->body.task_dir);
+      EXPECT_FALSE(spec->body.stdout_rm_if_finished);
+      EXPECT_TRUE(spec->body.stderr_rm_if_finished);
+      ASSERT_EQ(spec->entries.size(), 13u);
+      EXPECT_EQ(spec->entries[12], "entry 12");
+      EXPECT_EQ(*task_entry(*spec, 30), "entry 12");
       EXPECT_EQ(spec->body.time_request_ms, 3'600'000u);
       EXPECT_EQ(spec->crash_limit, 2u);
       EXPECT_EQ(spec->max_fails, 7);
