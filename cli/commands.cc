@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "cli/command_util.h"
 #include "cli/job_file.h"
 
 #include <unistd.h>
@@ -22,7 +23,7 @@
 #include "net/convert.h"
 
 namespace hq::cli {
-namespace {
+// Shared with the other command files (cli/command_util.h).
 
 // A selector that names no job: "job 99 not found", "there is no job yet" for `last`.
 CommandError no_job(const std::string& selector) {
@@ -51,27 +52,6 @@ void set_job_selector(const std::string& text, wire::JobSelector::Builder out) {
   net::to_wire(ids, out.initIds(ids.ranges().size()));
 }
 
-template <typename Enum>
-std::vector<Enum> parse_states(const std::string& filter, const char* what) {
-  static const std::vector<std::string> kNames = {"waiting", "running",  "finished",
-                                                  "failed",  "canceled", "aborted"};
-  std::vector<Enum> states;
-  if (filter.empty()) return states;
-  size_t pos = 0;
-  while (pos <= filter.size()) {
-    size_t comma = filter.find(',', pos);
-    if (comma == std::string::npos) comma = filter.size();
-    std::string name = filter.substr(pos, comma - pos);
-    auto it = std::find(kNames.begin(), kNames.end(), name);
-    if (it == kNames.end()) {
-      throw CommandError{fmt::format("unknown {} state '{}' in --filter (use {})", what, name,
-                                     fmt::join(kNames, ", "))};
-    }
-    states.push_back(static_cast<Enum>(it - kNames.begin()));
-    pos = comma + 1;
-  }
-  return states;
-}
 
 std::string current_dir() {
   std::error_code ec;
@@ -123,29 +103,6 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
   return report_waited(g, jobs, unix_millis_now() - started);
 }
 
-// Calls `fn` for every task of `job` that `tasks` (empty: all) and `states` (empty: any)
-// select, in id order. The server answers in bounded pages, each asked for from where the last
-// one ended.
-template <typename Fn>
-void for_each_task(Client& client, JobId job, const std::string& tasks,
-                   const std::vector<wire::TaskState>& states, Fn&& fn) {
-  capnp::MallocMessageBuilder request;
-  auto query = request.initRoot<wire::ClientRequest>().initTaskList();
-  query.setJob(job);
-  if (!tasks.empty()) {
-    IdSet ids = must(IdSet::parse(tasks), "invalid task selection");
-    net::to_wire(ids, query.initTasks(ids.ranges().size()));
-  }
-  auto st = query.initStates(states.size());
-  for (size_t i = 0; i < states.size(); ++i) st.set(i, states[i]);
-  for (bool more = true; more;) {
-    auto response = must(client.call(request));
-    auto page = response.root<wire::ClientResponse>().getTaskPage();
-    more = page.getMore();
-    query.setFrom(page.getNext());
-    for (auto t : page.getTasks()) fn(t);
-  }
-}
 
 // The tasks of a job as JSON, each with its resolved directory and output files.
 json job_tasks_json(Client& client, JobId job, wire::TaskBody::Reader body_wire,
@@ -161,7 +118,6 @@ json job_tasks_json(Client& client, JobId job, wire::TaskBody::Reader body_wire,
   return out;
 }
 
-}  // namespace
 
 JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,
                                         std::vector<std::string>& warnings) {
@@ -283,9 +239,6 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   return job;
 }
 
-namespace {
-
-// The job's stream directory, as its workers will resolve it.
 std::string stream_dir(const JobDescriptionSpec& job, JobId id, const std::string& server_uid) {
   PlaceholderValues values;
   values.job_id = std::to_string(id);
@@ -293,6 +246,8 @@ std::string stream_dir(const JobDescriptionSpec& job, JobId id, const std::strin
   values.submit_dir = job.body.submit_dir;
   return resolve_stream_dir(job.stream, values);
 }
+
+namespace {
 
 Status create_stream_dir(const std::string& dir) {
   if (auto st = create_private_directories(dir); !st) {
@@ -303,7 +258,9 @@ Status create_stream_dir(const std::string& dir) {
 
 // Prints the id of a job just submitted (`hq submit`, `hq job submit-file`); with `wait`, waits
 // for it and reports as `hq job wait` does.
-int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait) {
+// With `progress`, draws the job's progress until it ends first (which implies `wait`).
+int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait,
+                     bool progress = false) {
   switch (g.mode()) {
     case OutputMode::kJson:
       if (!wait) print_json({{"id", id}});
@@ -315,7 +272,8 @@ int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait
       std::cout << fmt::format("Job submitted successfully, job ID: {}\n", id);
       break;
   }
-  if (!wait) return 0;
+  if (!wait && !progress) return 0;
+  if (progress) show_progress(g, client, std::to_string(id));
   return wait_for(g, client, std::to_string(id));
 }
 
@@ -344,7 +302,7 @@ int cmd_submit(const GlobalOptions& g, const SubmitOptions& o) {
                                st.message());
     }
   }
-  return report_submitted(g, client, id, o.wait);
+  return report_submitted(g, client, id, o.wait, o.progress);
 }
 
 int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait) {
@@ -486,12 +444,11 @@ int cmd_job_cancel(const GlobalOptions& g, const std::string& selector) {
   return 0;
 }
 
-int cmd_job_wait(const GlobalOptions& g, const std::string& selector) {
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool progress) {
   Client client = must(Client::connect(g));
+  if (progress) show_progress(g, client, selector);
   return wait_for(g, client, selector);
 }
-
-namespace {
 
 JobId resolve_job(Client& client, const std::string& job) {
   if (job != "last") {
@@ -506,6 +463,8 @@ JobId resolve_job(Client& client, const std::string& job) {
   if (details.size() == 0) throw CommandError{"there is no job yet"};
   return details[0].getSummary().getId();
 }
+
+namespace {
 
 // A task's dependencies as "2,3,7"; empty for none.
 std::string deps_text(capnp::List<uint32_t>::Reader deps) {

@@ -30,6 +30,7 @@ struct SubmitOptions {
   std::optional<int64_t> max_fails;
   uint32_t nodes = 0;  // --nodes
   bool wait = false;
+  bool progress = false;  // --progress: draw the job's progress until it ends (implies wait)
   std::vector<std::string> program;
 };
 
@@ -40,7 +41,8 @@ int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wa
 int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter);
 int cmd_job_info(const GlobalOptions& g, const std::string& selector);
 int cmd_job_cancel(const GlobalOptions& g, const std::string& selector);
-int cmd_job_wait(const GlobalOptions& g, const std::string& selector);
+// With `progress`, draws the jobs' progress while they run (`hq job wait --progress`).
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool progress = false);
 int cmd_task_list(const GlobalOptions& g, const std::string& job, const std::string& tasks,
                   const std::string& filter);
 int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::string& tasks);

@@ -121,6 +121,14 @@ void check(Event::Reader event) {
     case Event::JOB_RESERVED:
       (void)event.getJobReserved().getTasks();
       break;
+    case Event::TASKS_CANCELED:
+      for (auto range : event.getTasksCanceled().getTasks()) (void)range.getStep();
+      break;
+    case Event::RESERVED_EVENT16:
+    case Event::RESERVED_EVENT17:
+    case Event::RESERVED_EVENT18:
+    case Event::RESERVED_EVENT19:
+      break;
   }
 }
 
@@ -208,6 +216,13 @@ const char* event_type_name(Event::Which which) {
       return "job-aborted";
     case Event::JOB_RESERVED:
       return "job-reserved";
+    case Event::TASKS_CANCELED:
+      return "tasks-canceled";
+    case Event::RESERVED_EVENT16:
+    case Event::RESERVED_EVENT17:
+    case Event::RESERVED_EVENT18:
+    case Event::RESERVED_EVENT19:
+      break;
   }
   return "unknown";
 }
@@ -238,6 +253,12 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getJobAborted().getJob();
     case Event::JOB_RESERVED:
       return event.getJobReserved().getJob();
+    case Event::TASKS_CANCELED:
+      return event.getTasksCanceled().getJob();
+    case Event::RESERVED_EVENT16:
+    case Event::RESERVED_EVENT17:
+    case Event::RESERVED_EVENT18:
+    case Event::RESERVED_EVENT19:
     case Event::SERVER_STARTED:
     case Event::WORKER_CONNECTED:
     case Event::WORKER_LOST:
