@@ -165,13 +165,28 @@ int cmd_job_task_ids(const GlobalOptions& g, const JobArgs& a) {
   json out = json::object();
   std::string text;
   for (uint32_t job : jobs) {
-    IdSetBuilder ids;
+    // Runs of consecutive ids, as HyperQueue prints them ("2,7,9,20-24"); ids come in order.
+    std::string ranges;
+    uint32_t first = 0, last = 0;
+    bool open = false;
+    auto close = [&] {
+      if (!open) return;
+      if (!ranges.empty()) ranges += ",";
+      ranges += first == last ? std::to_string(first) : fmt::format("{}-{}", first, last);
+    };
     std::vector<uint32_t> all;
     for_each_task(client, job, "", states, [&](wire::TaskInfo::Reader t) {
-      ids.add(t.getId());
-      if (g.mode() == OutputMode::kJson) all.push_back(t.getId());
+      const uint32_t id = t.getId();
+      if (open && id == last + 1) {
+        last = id;
+      } else {
+        close();
+        first = last = id;
+        open = true;
+      }
+      if (g.mode() == OutputMode::kJson) all.push_back(id);
     });
-    const std::string ranges = std::move(ids).build().to_string();
+    close();
     out[std::to_string(job)] = all;
     text += jobs.size() == 1 ? ranges + "\n" : fmt::format("{}: {}\n", job, ranges);
   }

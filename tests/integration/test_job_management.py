@@ -132,8 +132,9 @@ def test_forget_removes_complete_jobs_for_good(hq_env):
     hq_env.command(["server", "stop"])
     hq_env.server.wait(timeout=30)
     report = hq_env.json(["journal", "report"])
-    jobs = {j["id"] for j in report["jobs"]} if "jobs" in report else set()
-    assert done not in jobs and failed not in jobs
+    jobs = {j["id"] for j in report["job_list"]}
+    assert done not in jobs and failed not in jobs and running in jobs, report
+    assert "job-forgotten" not in report["events_by_type"], report  # pruned with the jobs
 
 
 def test_job_cat_from_files_and_from_a_stream(hq_env):
