@@ -27,7 +27,7 @@ TEST(SchedulerForgetTest, RefusesAnIncompleteOrUnknownJob) {
 }
 
 TEST(SchedulerForgetTest, WaitsUntilTheWorkerReportsACanceledTaskEnded) {
-  Scheduler s;
+  Scheduler s(SchedulerConfig{0.0});  // no queue beyond the worker's CPUs
   ASSERT_TRUE(s.add_worker(1, 1).is_ok());
   ASSERT_TRUE(s.add_job(array_spec(1, "0-1")).is_ok());
   auto d = s.schedule();
@@ -80,7 +80,7 @@ TEST(SchedulerForgetTest, ForgottenJobLeavesOthersScheduling) {
 TEST(SchedulerForgetTest, JobCompletedWhileQueuedElsewhereIsForgottenWithItsReservation) {
   // A job that fits nowhere reserves a worker; once canceled and forgotten, the worker is free
   // for the others.
-  Scheduler s;
+  Scheduler s(SchedulerConfig{0.0});  // no queue beyond the worker's CPUs
   ASSERT_TRUE(s.add_worker(1, 2).is_ok());
   ASSERT_TRUE(s.add_job(array_spec(1, "0", 2)).is_ok());
   auto first = s.schedule().assign;
