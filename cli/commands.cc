@@ -52,7 +52,6 @@ void set_job_selector(const std::string& text, wire::JobSelector::Builder out) {
   net::to_wire(ids, out.initIds(ids.ranges().size()));
 }
 
-
 std::string current_dir() {
   std::error_code ec;
   auto cwd = fs::current_path(ec);
@@ -103,7 +102,6 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
   return report_waited(g, jobs, unix_millis_now() - started);
 }
 
-
 // The tasks of a job as JSON, each with its resolved directory and output files.
 json job_tasks_json(Client& client, JobId job, wire::TaskBody::Reader body_wire,
                     const std::string& tasks = "",
@@ -117,7 +115,6 @@ json job_tasks_json(Client& client, JobId job, wire::TaskBody::Reader body_wire,
   });
   return out;
 }
-
 
 JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,
                                         std::vector<std::string>& warnings) {

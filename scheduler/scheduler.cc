@@ -354,8 +354,8 @@ Status Scheduler::remove_job(JobId id) {
   }
   for (const TaskSlot& s : job->slots) {
     if (s.flags & kHeld) {
-      return Status::error(fmt::format(
-          "job {}: a worker has not yet reported the end of its canceled task(s)", id));
+      return Status::error(
+          fmt::format("job {}: a worker has not yet reported the end of its canceled task(s)", id));
     }
   }
   for (auto& [wid, w] : m.workers) {

@@ -186,9 +186,9 @@ bool Server::send_progress() {
       complete += c.complete();
     }
     const bool done = complete == w.jobs.size();
-    const bool changed = !std::equal(std::begin(counts), std::end(counts),
-                                     std::begin(w.last_counts)) ||
-                         complete != w.last_complete;
+    const bool changed =
+        !std::equal(std::begin(counts), std::end(counts), std::begin(w.last_counts)) ||
+        complete != w.last_complete;
     if (changed || done) {
       std::copy(std::begin(counts), std::end(counts), std::begin(w.last_counts));
       w.last_complete = complete;
