@@ -33,4 +33,12 @@ Result<net::Message> Client::call(capnp::MessageBuilder& request) {
   return response;
 }
 
+Result<net::Message> Client::next() {
+  auto response = client_->next();
+  if (!response) return Error{"lost the server: " + response.message()};
+  auto root = response->root<wire::ClientResponse>();
+  if (root.isError()) return Error{root.getError().cStr()};
+  return response;
+}
+
 }  // namespace hq::cli

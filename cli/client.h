@@ -32,6 +32,8 @@ class Client {
   // Sends the request and returns the response; an error response becomes an Error with the
   // server's text.
   Result<net::Message> call(capnp::MessageBuilder& request);
+  // The next message of a request answered by several (an error response as in call()).
+  Result<net::Message> next();
   // The UID of the server, as its access file says.
   const std::string& server_uid() const { return server_uid_; }
 

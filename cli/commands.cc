@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "cli/command_util.h"
 #include "cli/job_file.h"
 
 #include <unistd.h>
@@ -24,7 +25,7 @@
 #include "net/convert.h"
 
 namespace hq::cli {
-namespace {
+// Shared with the other command files (cli/command_util.h).
 
 // A selector that names no job: "job 99 not found", "there is no job yet" for `last`.
 CommandError no_job(const std::string& selector) {
@@ -51,28 +52,6 @@ void set_job_selector(const std::string& text, wire::JobSelector::Builder out) {
                                                    "a range such as 1-4, last or all)",
                                                    text));
   net::to_wire(ids, out.initIds(ids.ranges().size()));
-}
-
-template <typename Enum>
-std::vector<Enum> parse_states(const std::string& filter, const char* what) {
-  static const std::vector<std::string> kNames = {"waiting", "running",  "finished",
-                                                  "failed",  "canceled", "aborted"};
-  std::vector<Enum> states;
-  if (filter.empty()) return states;
-  size_t pos = 0;
-  while (pos <= filter.size()) {
-    size_t comma = filter.find(',', pos);
-    if (comma == std::string::npos) comma = filter.size();
-    std::string name = filter.substr(pos, comma - pos);
-    auto it = std::find(kNames.begin(), kNames.end(), name);
-    if (it == kNames.end()) {
-      throw CommandError{fmt::format("unknown {} state '{}' in --filter (use {})", what, name,
-                                     fmt::join(kNames, ", "))};
-    }
-    states.push_back(static_cast<Enum>(it - kNames.begin()));
-    pos = comma + 1;
-  }
-  return states;
 }
 
 std::string current_dir() {
@@ -125,30 +104,6 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
   return report_waited(g, jobs, unix_millis_now() - started);
 }
 
-// Calls `fn` for every task of `job` that `tasks` (empty: all) and `states` (empty: any)
-// select, in id order. The server answers in bounded pages, each asked for from where the last
-// one ended.
-template <typename Fn>
-void for_each_task(Client& client, JobId job, const std::string& tasks,
-                   const std::vector<wire::TaskState>& states, Fn&& fn) {
-  capnp::MallocMessageBuilder request;
-  auto query = request.initRoot<wire::ClientRequest>().initTaskList();
-  query.setJob(job);
-  if (!tasks.empty()) {
-    IdSet ids = must(IdSet::parse(tasks), "invalid task selection");
-    net::to_wire(ids, query.initTasks(ids.ranges().size()));
-  }
-  auto st = query.initStates(states.size());
-  for (size_t i = 0; i < states.size(); ++i) st.set(i, states[i]);
-  for (bool more = true; more;) {
-    auto response = must(client.call(request));
-    auto page = response.root<wire::ClientResponse>().getTaskPage();
-    more = page.getMore();
-    query.setFrom(page.getNext());
-    for (auto t : page.getTasks()) fn(t);
-  }
-}
-
 // The tasks of a job as JSON, each with its resolved directory and output files: from its own
 // body in a job file's job (when the server sent the bodies: up to 1,000 tasks), else the job's.
 json job_tasks_json(Client& client, JobId job, wire::JobDescription::Reader description,
@@ -164,8 +119,6 @@ json job_tasks_json(Client& client, JobId job, wire::JobDescription::Reader desc
   });
   return out;
 }
-
-}  // namespace
 
 JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,
                                         std::vector<std::string>& warnings) {
@@ -342,9 +295,6 @@ JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::strin
   return job;
 }
 
-namespace {
-
-// The job's stream directory, as its workers will resolve it.
 std::string stream_dir(const JobDescriptionSpec& job, JobId id, const std::string& server_uid) {
   PlaceholderValues values;
   values.job_id = std::to_string(id);
@@ -352,6 +302,8 @@ std::string stream_dir(const JobDescriptionSpec& job, JobId id, const std::strin
   values.submit_dir = job.body.submit_dir;
   return resolve_stream_dir(job.stream, values);
 }
+
+namespace {
 
 Status create_stream_dir(const std::string& dir) {
   if (auto st = create_private_directories(dir); !st) {
@@ -362,7 +314,9 @@ Status create_stream_dir(const std::string& dir) {
 
 // Prints the id of a job just submitted (`hq submit`, `hq job submit-file`); with `wait`, waits
 // for it and reports as `hq job wait` does.
-int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait) {
+// With `progress`, draws the job's progress until it ends first (which implies `wait`).
+int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait,
+                     bool progress = false) {
   switch (g.mode()) {
     case OutputMode::kJson:
       if (!wait) print_json({{"id", id}});
@@ -374,7 +328,8 @@ int report_submitted(const GlobalOptions& g, Client& client, JobId id, bool wait
       std::cout << fmt::format("Job submitted successfully, job ID: {}\n", id);
       break;
   }
-  if (!wait) return 0;
+  if (!wait && !progress) return 0;
+  if (progress) show_progress(g, client, std::to_string(id));
   return wait_for(g, client, std::to_string(id));
 }
 
@@ -405,7 +360,7 @@ int cmd_submit(const GlobalOptions& g, const SubmitOptions& given) {
                                st.message());
     }
   }
-  return report_submitted(g, client, id, o.wait);
+  return report_submitted(g, client, id, o.wait, o.progress);
 }
 
 int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait) {
@@ -552,12 +507,11 @@ int cmd_job_cancel(const GlobalOptions& g, const std::string& selector) {
   return 0;
 }
 
-int cmd_job_wait(const GlobalOptions& g, const std::string& selector) {
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool progress) {
   Client client = must(Client::connect(g));
+  if (progress) show_progress(g, client, selector);
   return wait_for(g, client, selector);
 }
-
-namespace {
 
 JobId resolve_job(Client& client, const std::string& job) {
   if (job != "last") {
@@ -572,6 +526,8 @@ JobId resolve_job(Client& client, const std::string& job) {
   if (details.size() == 0) throw CommandError{"there is no job yet"};
   return details[0].getSummary().getId();
 }
+
+namespace {
 
 // A task's dependencies as "2,3,7"; empty for none.
 std::string deps_text(capnp::List<uint32_t>::Reader deps) {

@@ -37,6 +37,7 @@ struct SubmitOptions {
   bool task_dir = false;            // --task-dir
   std::string directives = "auto";  // --directives (applied by main before parsing)
   bool wait = false;
+  bool progress = false;  // --progress: draw the job's progress until it ends (implies wait)
   std::vector<std::string> program;
 };
 
@@ -47,7 +48,8 @@ int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wa
 int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter);
 int cmd_job_info(const GlobalOptions& g, const std::string& selector);
 int cmd_job_cancel(const GlobalOptions& g, const std::string& selector);
-int cmd_job_wait(const GlobalOptions& g, const std::string& selector);
+// With `progress`, draws the jobs' progress while they run (`hq job wait --progress`).
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool progress = false);
 int cmd_task_list(const GlobalOptions& g, const std::string& job, const std::string& tasks,
                   const std::string& filter);
 int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::string& tasks);

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/print.h"
+#include "common/id_set.h"
 #include "common/time.h"
 #include "journal/journal.h"
 #include "scheduler/scheduler.h"
@@ -133,6 +134,17 @@ json event_json(Event::Reader e) {
       j["job"] = e.getJobReserved().getJob();
       j["tasks"] = e.getJobReserved().getTasks();
       break;
+    case Event::TASKS_CANCELED: {
+      j["job"] = e.getTasksCanceled().getJob();
+      std::vector<IdRange> ranges;
+      for (auto r : e.getTasksCanceled().getTasks()) {
+        if (r.getStep() != 0 && r.getStart() <= r.getEnd()) {
+          ranges.push_back({r.getStart(), r.getEnd(), r.getStep()});
+        }
+      }
+      j["task_ids"] = IdSet(std::move(ranges)).to_string();
+      break;
+    }
   }
   return j;
 }

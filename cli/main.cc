@@ -12,6 +12,7 @@
 #include "cli/commands.h"
 #include "cli/completion.h"
 #include "cli/directives.h"
+#include "cli/job_commands.h"
 #include "cli/journal_commands.h"
 #include "cli/json_output.h"
 #include "cli/output_commands.h"
@@ -420,6 +421,8 @@ int run(int argc, char** argv) {
                   "Read #HQ option lines at the top of the script: auto (programs ending in "
                   ".sh), file, stdin or off (default auto)");
     s->add_flag("--wait", submit.wait, "Wait until the job ends (exit code as `hq job wait`)");
+    s->add_flag("--progress", submit.progress,
+                "Show the job's progress until it ends (implies --wait)");
     s->footer("The program and its arguments follow the options, best after `--`.");
     s->callback([&] { code = cmd_submit(g, submit); });
   };
@@ -454,7 +457,9 @@ int run(int argc, char** argv) {
       "Wait until jobs end. Exit code 0 when every waited job finished, 1 when any failed or "
       "was canceled");
   job_wait->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
-  job_wait->callback([&] { code = cmd_job_wait(g, job_selector); });
+  bool wait_progress = false;
+  job_wait->add_flag("--progress", wait_progress, "Show the jobs' progress while waiting");
+  job_wait->callback([&] { code = cmd_job_wait(g, job_selector, wait_progress); });
 
   // --- task ---
   auto* task = app.add_subcommand("task", "Inspect tasks");
@@ -477,6 +482,7 @@ int run(int argc, char** argv) {
   task_explain->add_option("task", explain_task, "Task id")->required();
   task_explain->callback([&] { code = cmd_task_explain(g, explain_job, explain_task); });
 
+  add_job_management_commands(*job, *task, g, code);
   add_journal_commands(app, g, code);
   add_output_commands(app, g, code);
 

@@ -176,6 +176,12 @@ struct JobReserve {
   tasks @1 :UInt32;         # the first that many tasks of the job in id order
 }
 
+# The tasks as ranges: a few bytes however many were canceled.
+struct TasksCanceled {
+  job @0 :UInt32;
+  tasks @1 :List(IdRange);
+}
+
 struct WorkerConnected {
   worker @0 :UInt32;
   hostname @1 :Text;
@@ -213,6 +219,9 @@ struct Event {
     # written and synced before any of them is sent. After a crash, every task not ended below
     # it may have run, so it comes back as a new instance.
     jobReserved @15 :JobReserve;
+    # Single tasks of the job canceled (`hq task cancel`): those not yet ended then. Their
+    # dependants' aborts are derived on replay, as for failures.
+    tasksCanceled @16 :TasksCanceled;
     # Next: alloc-queue events (queue created, removed, allocation submitted, ended),
     # job open/close.
   }

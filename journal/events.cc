@@ -151,6 +151,9 @@ void check(Event::Reader event) {
     case Event::JOB_RESERVED:
       (void)event.getJobReserved().getTasks();
       break;
+    case Event::TASKS_CANCELED:
+      for (auto range : event.getTasksCanceled().getTasks()) (void)range.getStep();
+      break;
   }
 }
 
@@ -238,6 +241,8 @@ const char* event_type_name(Event::Which which) {
       return "job-aborted";
     case Event::JOB_RESERVED:
       return "job-reserved";
+    case Event::TASKS_CANCELED:
+      return "tasks-canceled";
   }
   return "unknown";
 }
@@ -268,6 +273,8 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getJobAborted().getJob();
     case Event::JOB_RESERVED:
       return event.getJobReserved().getJob();
+    case Event::TASKS_CANCELED:
+      return event.getTasksCanceled().getJob();
     case Event::SERVER_STARTED:
     case Event::WORKER_CONNECTED:
     case Event::WORKER_LOST:

@@ -827,8 +827,12 @@ Result<std::unique_ptr<SyncClient>> SyncClient::connect(const std::string& host,
 }
 
 Result<Message> SyncClient::call(capnp::MessageBuilder& request) {
+  if (!impl_->closed) impl_->connection->send(request);
+  return next();
+}
+
+Result<Message> SyncClient::next() {
   Impl& impl = *impl_;
-  if (!impl.closed) impl.connection->send(request);
   impl.io.restart();
   while (impl.inbox.empty() && !impl.closed) {
     if (impl.io.run_one() == 0) break;

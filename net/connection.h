@@ -150,6 +150,9 @@ class SyncClient {
   // Sends `request` and waits for the next message from the server (messages the server sent
   // unasked are returned first, in order). Fails once the connection is lost.
   Result<Message> call(capnp::MessageBuilder& request);
+  // Waits for the next message from the server without sending anything (a request answered
+  // by several messages). Fails once the connection is lost.
+  Result<Message> next();
   const std::string& server_uid() const;
 
  private:

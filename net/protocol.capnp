@@ -283,7 +283,37 @@ struct ClientRequest {
     journalPrune @11 :Void;
     journalFlush @12 :Void;
     taskExplain @13 :TaskKey;   # instance unused
+    taskCancel @14 :TaskCancelRequest;   # answered with `canceled` (one CancelResult)
+    jobForget @15 :JobForgetRequest;     # answered with `forgotten`
+    jobWatch @16 :JobSelector;           # answered with `progress` messages, the last one `done`
   }
+}
+
+# `hq task cancel JOB TASKS`: single tasks of one job.
+struct TaskCancelRequest {
+  job @0 :UInt32;
+  tasks @1 :List(IdRange);
+}
+
+# `hq job forget SELECTOR --filter STATES`: only complete jobs in one of `states` (empty: any
+# complete state) are forgotten.
+struct JobForgetRequest {
+  selector @0 :JobSelector;
+  states @1 :List(JobState);
+}
+
+struct JobForgetResult {
+  forgotten @0 :List(UInt32);  # the jobs forgotten, in id order
+  ignored @1 :UInt32;          # selected jobs not complete or not in the wanted states
+}
+
+# What `hq job progress` draws: the task counts of the watched jobs, summed. Sent when they
+# change (at most a few times per second) and once more when every watched job is complete.
+struct JobProgress {
+  counts @0 :TaskCounts;
+  jobs @1 :UInt32;          # watched jobs
+  completeJobs @2 :UInt32;  # of them, with no task waiting or running
+  done @3 :Bool;            # the last message: every watched job is complete
 }
 
 # Why a task can or cannot run on one worker.
@@ -306,6 +336,11 @@ struct CancelResult {
   job @0 :UInt32;
   canceledTasks @1 :UInt32;
   alreadyDone @2 :Bool;     # nothing was left to cancel
+  # taskCancel only: dependants of the canceled tasks that became aborted, the selected tasks
+  # that had already ended, and those the job does not have.
+  abortedTasks @3 :UInt32;
+  endedTasks @4 :UInt32;
+  unknownTasks @5 :UInt32;
 }
 
 struct ClientResponse {
@@ -322,6 +357,8 @@ struct ClientResponse {
     journalPruned @9 :JournalPruneResult;
     explanation @10 :TaskExplanation;
     taskPage @11 :TaskPage;           # taskList
+    forgotten @12 :JobForgetResult;   # jobForget
+    progress @13 :JobProgress;        # jobWatch
   }
 }
 

@@ -345,6 +345,33 @@ std::vector<Assignment> Scheduler::cancel_tasks(JobId id, const IdSet& tasks, in
   return kill;
 }
 
+Status Scheduler::remove_job(JobId id) {
+  Impl& m = *impl_;
+  Job* job = m.find_job(id);
+  if (!job) return Status::error(fmt::format("job {} not found", id));
+  if (!job->counts.complete()) {
+    return Status::error(fmt::format("job {} is not complete: cancel it first", id));
+  }
+  for (const TaskSlot& s : job->slots) {
+    if (s.flags & kHeld) {
+      return Status::error(
+          fmt::format("job {}: a worker has not yet reported the end of its canceled task(s)", id));
+    }
+  }
+  for (auto& [wid, w] : m.workers) {
+    if (w->serves_job == job) {
+      return Status::error(fmt::format("job {}: a worker still serves one of its tasks", id));
+    }
+  }
+  m.ready_tasks -= job->ready();
+  m.leave_ready(*job);  // drops its reservations too
+  m.completed.erase(id);
+  std::erase(m.aborted_jobs, id);
+  m.job_index.erase(id);
+  m.jobs.erase(id);
+  return Status::ok();
+}
+
 std::vector<Assignment> Scheduler::abort_job(JobId id, int64_t now) {
   std::vector<Assignment> kill;
   if (Job* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kAborted, now, kill);

@@ -160,6 +160,11 @@ class Scheduler {
   // dependants, transitively, become aborted. O(size) of the job when a canceled task was
   // queued (its queue is rebuilt).
   std::vector<Assignment> cancel_tasks(JobId id, const IdSet& tasks, int64_t now);
+  // Forgets a complete job (`hq job forget`): everything the scheduler holds for it is freed,
+  // and its id is unknown from then on (never reused by add_job's callers). Fails, changing
+  // nothing, for an unknown job, one with a task waiting or running, and one whose canceled
+  // tasks a worker still holds (it has not reported their end yet).
+  Status remove_job(JobId id);
 
   // --- Worker reports -------------------------------------------------------------------------
   // Each returns false, and changes nothing, when the report is stale or unknown: another

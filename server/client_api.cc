@@ -46,6 +46,12 @@ void Server::on_client_request(const std::shared_ptr<net::Connection>& connectio
       return handle_task_list(c, request.getTaskList());
     case wire::ClientRequest::TASK_EXPLAIN:
       return handle_task_explain(c, request.getTaskExplain());
+    case wire::ClientRequest::TASK_CANCEL:
+      return handle_task_cancel(c, request.getTaskCancel());
+    case wire::ClientRequest::JOB_FORGET:
+      return handle_job_forget(c, request.getJobForget());
+    case wire::ClientRequest::JOB_WATCH:
+      return handle_job_watch(connection, request.getJobWatch());
     case wire::ClientRequest::WORKER_LIST: {
       std::vector<WorkerId> ids;
       for (const auto& [id, w] : workers_) ids.push_back(id);

@@ -48,6 +48,7 @@ Status Server::open_journal() {
     return Status::error("cannot restore the journal: " + restore.status().message());
   }
   restore.finish();
+  forgotten_.insert(restore.forgotten().begin(), restore.forgotten().end());
   for (auto& [id, job] : jobs_) {
     ++restored_jobs_;
     restored_tasks_ += scheduler_.counts(id).total();
@@ -285,9 +286,18 @@ void Server::handle_journal_prune(net::Connection& c) {
   flush_task_batches();
   IdSetBuilder complete;
   uint32_t pruned = 0;
-  for (const auto& [id, job] : jobs_) {
-    if (scheduler_.counts(id).complete()) {
-      complete.add(id);
+  // Completed jobs and forgotten ones, in increasing id order (the builder's contract).
+  auto known = jobs_.begin();
+  auto forgotten = forgotten_.begin();
+  while (known != jobs_.end() || forgotten != forgotten_.end()) {
+    if (forgotten == forgotten_.end() || (known != jobs_.end() && known->first < *forgotten)) {
+      if (scheduler_.counts(known->first).complete()) {
+        complete.add(known->first);
+        ++pruned;
+      }
+      ++known;
+    } else {
+      complete.add(*forgotten++);
       ++pruned;
     }
   }
@@ -299,6 +309,7 @@ void Server::handle_journal_prune(net::Connection& c) {
   // Server and worker events stay: the serverStarted records mark the restarts that replay
   // needs (they are few, one per run and worker connection).
   if (!st) return reply_error(c, "cannot prune the journal: " + st.message());
+  forgotten_.clear();  // their records went with this prune
   spdlog::info("pruning the journal: {} completed job(s)", pruned);
   auto weak = std::weak_ptr<net::Connection>(c.shared_from_this());
   committed_seq_ = appended_seq_;

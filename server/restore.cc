@@ -100,7 +100,32 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
       // in the runs after it (the restarted server did the same, without a record).
       scheduler_.restore_restart();
       return;
-    case schema::Event::JOB_FORGOTTEN:  // not written yet (no `job forget`)
+    case schema::Event::TASKS_CANCELED: {
+      // The tasks not ended then: a task ends once, so the ones still open now are those.
+      auto r = e.getTasksCanceled();
+      const JobId job = r.getJob();
+      for (auto range : r.getTasks()) {
+        if (range.getStep() == 0) continue;
+        for (uint64_t t = range.getStart(); t <= range.getEnd(); t += range.getStep()) {
+          auto v = scheduler_.task(job, static_cast<TaskId>(t));
+          if (!v || v->state == sched::TaskState::kFinished ||
+              v->state == sched::TaskState::kFailed || v->state == sched::TaskState::kCanceled ||
+              v->state == sched::TaskState::kAborted) {
+            continue;
+          }
+          scheduler_.restore_ended({job, static_cast<TaskId>(t), v->instance},
+                                   sched::TaskState::kCanceled, time);
+        }
+      }
+      note_end(job, time);
+      return;
+    }
+    case schema::Event::JOB_FORGOTTEN:
+      // Applied by finish(), once the aborts that complete the job are derived.
+      if (jobs_.count(e.getJobForgotten().getJob())) {
+        forgotten_.push_back(e.getJobForgotten().getJob());
+      }
+      return;
     case schema::Event::WORKER_CONNECTED:
     case schema::Event::WORKER_LOST:
       return;  // ids continue from the journal's state record; workers reconnect anew
@@ -109,6 +134,13 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
 
 void Restore::finish() {
   scheduler_.finish_restore();
+  // Complete when it was forgotten, hence now: its history ends with the forget. (A job the
+  // scheduler would not let go stays, rather than leave the two out of step.)
+  std::erase_if(forgotten_, [this](JobId id) {
+    if (!scheduler_.remove_job(id)) return true;
+    jobs_.erase(id);
+    return false;
+  });
   for (auto& [id, job] : jobs_) {
     if (!scheduler_.counts(id).complete()) job.end_time = 0;  // end_time held the last end seen
   }

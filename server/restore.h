@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <vector>
 
 #include "common/job_spec.h"
 #include "common/result.h"
@@ -28,8 +29,11 @@ class Restore {
 
   void apply(journal::Seq seq, journal::schema::Event::Reader event);
   // Ends the restore: the scheduler's finish_restore() (tasks that were running wait again with
-  // instance + 1), and incomplete jobs lose the end time of their last ended task.
+  // instance + 1), then the forgotten jobs go (from the scheduler and the records), and
+  // incomplete jobs lose the end time of their last ended task.
   void finish();
+  // The jobs whose forget was replayed (their records are still in the journal, until a prune).
+  const std::vector<JobId>& forgotten() const { return forgotten_; }
 
   // Ok, or why an acknowledged job could not be restored (the first one, named): a server must
   // then not start, since it would serve a smaller campaign than it acknowledged.
@@ -44,6 +48,7 @@ class Restore {
   std::map<JobId, JobRecord>& jobs_;
   Status status_ = Status::ok();
   JobId max_job_id_ = 0;
+  std::vector<JobId> forgotten_;
 };
 
 }  // namespace hq::server

@@ -538,6 +538,7 @@ void Server::after_state_change() {
     if (it != jobs_.end() && it->second.end_time == 0) it->second.end_time = unix_millis_now();
   }
   notify_waiters(completed);
+  note_watchers();
   request_schedule();
 }
 

@@ -56,6 +56,16 @@ struct WorkerRecord {
   bool serving = false;  // told it serves a multi-node task (ToWorker.serving)
 };
 
+// A client following the progress of jobs (`hq job progress`, `--progress`): told their summed
+// task counts when they change, at most once per kWatchInterval, and a last time once all of
+// them are complete (job_management.cc).
+struct Watcher {
+  std::weak_ptr<net::Connection> connection;
+  std::vector<JobId> jobs;
+  uint32_t last_counts[6] = {};  // what it was last told, by TaskState
+  uint32_t last_complete = 0;
+};
+
 // A client waiting for jobs to complete.
 struct Waiter {
   std::weak_ptr<net::Connection> connection;
@@ -147,6 +157,16 @@ class Server {
                        wire::JobSelector::Reader selector);
   void handle_task_list(net::Connection& c, wire::TaskQuery::Reader query);
   void handle_task_explain(net::Connection& c, wire::TaskKey::Reader key);
+  // job_management.cc: `hq task cancel`, `hq job forget`, `hq job progress`.
+  void handle_task_cancel(net::Connection& c, wire::TaskCancelRequest::Reader request);
+  void handle_job_forget(net::Connection& c, wire::JobForgetRequest::Reader request);
+  void handle_job_watch(const std::shared_ptr<net::Connection>& c,
+                        wire::JobSelector::Reader selector);
+  // After a state change: the watchers hear of it within kWatchInterval (coalesced).
+  void note_watchers();
+  // Tells every watcher whose counts changed; the ones whose jobs are all complete get their
+  // last message and are dropped. Returns whether any watcher is left.
+  bool send_progress();
   // Tells a worker whether it serves a multi-node task as a secondary node (no idle timeout).
   void set_serving(WorkerRecord& w, bool serving);
   void handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids);
@@ -211,6 +231,13 @@ class Server {
   std::vector<JobId> deferred_completions_;  // completed while the journal failed
   size_t waiters_swept_at_ = 64;  // sweep closed connections' waiters when there are this many
   std::set<std::shared_ptr<net::Connection>> clients_;
+  // Jobs forgotten (`hq job forget`, or replayed) whose journal records `hq journal prune` has
+  // not dropped yet.
+  std::set<JobId> forgotten_;
+  std::unordered_map<uint64_t, Watcher> watchers_;
+  uint64_t next_watcher_ = 1;
+  std::unique_ptr<asio::steady_timer> watch_timer_;  // made at the first watch
+  bool watch_armed_ = false;
 };
 
 }  // namespace hq::server

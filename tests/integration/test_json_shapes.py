@@ -157,6 +157,8 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
     hq_env.wait_for_task_state(running, 0, "running")
     canceled = hq_env.submit(["--cpus", "16", "--", "true"])
     shapes.run("hq job cancel", ["job", "cancel", str(canceled)])
+    partly = hq_env.submit(["--array", "1-4", "--cpus", "16", "--", "true"])
+    shapes.run("hq task cancel", ["task", "cancel", str(partly), "2-3"])
 
     graph_file = tmp_path / "graph.toml"
     graph_file.write_text('[[task]]\nid = 1\ncommand = ["false"]\n\n'
@@ -174,7 +176,7 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
 
     jobs = shapes.run("hq job list", ["job", "list", "--all"])
     assert {j["id"] for j in jobs} == {done, done + 1, failed, streamed, waiting, running,
-                                      canceled, graph, held}
+                                      canceled, partly, graph, held}
     for job in (done, failed, streamed, waiting, running, canceled, graph):
         shapes.run("hq job info", ["job", "info", str(job)])
     shapes.run("hq task list", ["task", "list", str(graph)])
@@ -190,6 +192,9 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
     shapes.run("hq task info", ["task", "info", str(running), "0"])
     shapes.run("hq task explain", ["task", "explain", str(waiting), "0"])
 
+    shapes.run("hq job task-ids", ["job", "task-ids", str(failed)])
+    shapes.run("hq job summary", ["job", "summary"])
+    shapes.run("hq job progress", ["job", "progress", str(failed)])
     shapes.run("hq server info", ["server", "info"])
     shapes.run("hq worker list", ["worker", "list"])
     shapes.run("hq worker info", ["worker", "info", str(worker.worker_id)])
@@ -202,6 +207,9 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
     shapes.run("hq output-log show", ["output-log", str(stream), "show"])
     shapes.run("hq output-log export", ["output-log", str(stream), "export", str(streamed)])
 
+    forgettable = hq_env.submit(["--", "true"])
+    assert hq_env.wait_job(forgettable) == 0
+    shapes.run("hq job forget", ["job", "forget", str(forgettable)])
     hq_env.command(["--output-mode", "json", "journal", "flush"])
     shapes.run("hq worker stop", ["worker", "stop", str(worker.worker_id)])
     worker.wait(timeout=30)
