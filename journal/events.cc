@@ -50,18 +50,7 @@ void check_body(schema::TaskBody::Reader body) {
 void check(schema::JobDescription::Reader job) {
   (void)job.getName();
   for (auto range : job.getTaskIds()) (void)range.getStep();
-  auto body = job.getBody();
-  for (auto arg : body.getProgram()) (void)arg;
-  for (auto kv : body.getEnv()) {
-    (void)kv.getKey();
-    (void)kv.getValue();
-  }
-  (void)body.getCwd();
-  (void)body.getStdout();
-  (void)body.getStderr();
-  (void)body.getSubmitDir();
-  for (auto e : body.getResources()) (void)e.getName();
-  (void)body.getStdin();
+  check_body(job.getBody());
   (void)job.getStream();
   if (job.hasGraph()) {
     auto graph = job.getGraph();
@@ -76,18 +65,7 @@ void check(schema::JobDescription::Reader job) {
   for (auto e : job.getEntries()) (void)e;
   for (auto t : job.getTasks()) {
     // Each pointer once: the check's traversal budget is the record's size.
-    auto task_body = t.getBody();
-    for (auto arg : task_body.getProgram()) (void)arg;
-    for (auto kv : task_body.getEnv()) {
-      (void)kv.getKey();
-      (void)kv.getValue();
-    }
-    (void)task_body.getCwd();
-    (void)task_body.getStdout();
-    (void)task_body.getStderr();
-    (void)task_body.getSubmitDir();
-    for (auto e : task_body.getResources()) (void)e.getName();
-    (void)task_body.getStdin();
+    check_body(t.getBody());
     (void)t.getDeps();
   }
 }

@@ -73,12 +73,27 @@ uint64_t drain(Scheduler& s, benchmark::State& state) {
   return assigned;
 }
 
-// 1,000,000 tasks in four array jobs requesting 1, 2 and 4 CPUs, on 1,000 workers.
-void BM_AssignAndFinish(benchmark::State& state) {
+// Times drain() of a fresh cluster into which `add` (not timed) put the jobs; items are the
+// assignments.
+template <typename Add>
+void drain_benchmark(benchmark::State& state, const Add& add) {
   uint64_t total = 0;
   for (auto _ : state) {
     state.PauseTiming();
     auto s = make_cluster();
+    add(*s);
+    state.ResumeTiming();
+    total += drain(*s, state);
+    state.PauseTiming();
+    s.reset();
+    state.ResumeTiming();
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(total));
+}
+
+// 1,000,000 tasks in four array jobs requesting 1, 2 and 4 CPUs, on 1,000 workers.
+void BM_AssignAndFinish(benchmark::State& state) {
+  drain_benchmark(state, [](Scheduler& s) {
     const JobSpec jobs[] = {
         {1, IdSet::range(0, 399'999), 1, 0},
         {2, IdSet::range(0, 299'999), 2, 0},
@@ -86,38 +101,23 @@ void BM_AssignAndFinish(benchmark::State& state) {
         {4, IdSet({IdRange{0, 199'998, 2}}), 1, 1},  // 100,000 sparse ids, higher priority
     };
     for (const JobSpec& j : jobs) {
-      if (!s->add_job(j).is_ok()) std::abort();
+      if (!s.add_job(j).is_ok()) std::abort();
     }
-    state.ResumeTiming();
-    total += drain(*s, state);
-    state.PauseTiming();
-    s.reset();
-    state.ResumeTiming();
-  }
-  state.SetItemsProcessed(static_cast<int64_t>(total));
+  });
   state.SetLabel("assignments (schedule + start + finish)");
 }
 BENCHMARK(BM_AssignAndFinish)->Unit(benchmark::kMillisecond);
 
 // The same million tasks as 100,000 jobs of 10 tasks with mixed priorities.
 void BM_ManySmallJobs(benchmark::State& state) {
-  uint64_t total = 0;
-  for (auto _ : state) {
-    state.PauseTiming();
-    auto s = make_cluster();
+  drain_benchmark(state, [](Scheduler& s) {
     for (JobId j = 1; j <= 100'000; ++j) {
       const uint32_t cpus[] = {1, 1, 2, 4};
-      if (!s->add_job({j, IdSet::range(1, 10), cpus[j % 4], static_cast<int32_t>(j % 3)}).is_ok()) {
+      if (!s.add_job({j, IdSet::range(1, 10), cpus[j % 4], static_cast<int32_t>(j % 3)}).is_ok()) {
         std::abort();
       }
     }
-    state.ResumeTiming();
-    total += drain(*s, state);
-    state.PauseTiming();
-    s.reset();
-    state.ResumeTiming();
-  }
-  state.SetItemsProcessed(static_cast<int64_t>(total));
+  });
 }
 BENCHMARK(BM_ManySmallJobs)->Unit(benchmark::kMillisecond);
 
@@ -317,37 +317,19 @@ JobSpec layered_graph(JobId id) {
 // every worker starts what fits and all started tasks finish, releasing their dependants.
 // Items are assignments; compare with BM_ArrayOfTheSameSize.
 void BM_GraphLayers(benchmark::State& state) {
-  uint64_t total = 0;
-  for (auto _ : state) {
-    state.PauseTiming();
-    auto s = make_cluster();
-    if (!s->add_job(layered_graph(1)).is_ok()) std::abort();
-    state.ResumeTiming();
-    total += drain(*s, state);
-    state.PauseTiming();
-    s.reset();
-    state.ResumeTiming();
-  }
-  state.SetItemsProcessed(static_cast<int64_t>(total));
+  drain_benchmark(state, [](Scheduler& s) {
+    if (!s.add_job(layered_graph(1)).is_ok()) std::abort();
+  });
   state.SetLabel("assignments of graph tasks");
 }
 BENCHMARK(BM_GraphLayers)->Unit(benchmark::kMillisecond);
 
 // The baseline of BM_GraphLayers: as many tasks in one array job, no dependencies.
 void BM_ArrayOfTheSameSize(benchmark::State& state) {
-  uint64_t total = 0;
-  const uint32_t n = 1 + kLayerPairs * (kWide + kNarrow);
-  for (auto _ : state) {
-    state.PauseTiming();
-    auto s = make_cluster();
-    if (!s->add_job({1, IdSet::range(0, n - 1), 1, 0}).is_ok()) std::abort();
-    state.ResumeTiming();
-    total += drain(*s, state);
-    state.PauseTiming();
-    s.reset();
-    state.ResumeTiming();
-  }
-  state.SetItemsProcessed(static_cast<int64_t>(total));
+  drain_benchmark(state, [](Scheduler& s) {
+    const uint32_t n = 1 + kLayerPairs * (kWide + kNarrow);
+    if (!s.add_job({1, IdSet::range(0, n - 1), 1, 0}).is_ok()) std::abort();
+  });
   state.SetLabel("assignments of array tasks");
 }
 BENCHMARK(BM_ArrayOfTheSameSize)->Unit(benchmark::kMillisecond);
