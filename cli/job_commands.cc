@@ -432,13 +432,7 @@ void show_progress(const GlobalOptions& g, Client& client, const std::string& se
       auto c = p.getCounts();
       print_json({{"jobs", p.getJobs()},
                   {"complete_jobs", p.getCompleteJobs()},
-                  {"task_stats",
-                   {{"waiting", c.getWaiting()},
-                    {"running", c.getRunning()},
-                    {"finished", c.getFinished()},
-                    {"failed", c.getFailed()},
-                    {"canceled", c.getCanceled()},
-                    {"aborted", c.getAborted()}}}});
+                  {"task_stats", task_stats_json(c)}});
     }
     return;
   }

@@ -103,19 +103,18 @@ json task_description_json(const JobDescriptionSpec& job) {
 
 }  // namespace
 
+json task_stats_json(wire::TaskCounts::Reader c) {
+  return {{"waiting", c.getWaiting()}, {"running", c.getRunning()},   {"finished", c.getFinished()},
+          {"failed", c.getFailed()},   {"canceled", c.getCanceled()}, {"aborted", c.getAborted()}};
+}
+
 json job_json(wire::JobSummary::Reader job) {
   auto c = job.getCounts();
   return {{"id", job.getId()},
           {"name", job.getName().cStr()},
           {"task_count", task_total(c)},
           {"is_open", job.getState() == wire::JobState::OPENED},
-          {"task_stats",
-           {{"waiting", c.getWaiting()},
-            {"running", c.getRunning()},
-            {"finished", c.getFinished()},
-            {"failed", c.getFailed()},
-            {"canceled", c.getCanceled()},
-            {"aborted", c.getAborted()}}},
+          {"task_stats", task_stats_json(c)},
           // hq's additions
           {"state", state_name(job.getState())},
           {"submitted_at", time_json(job.getSubmitTime())},

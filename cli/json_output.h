@@ -18,6 +18,8 @@ namespace hq::cli {
 nlohmann::json time_json(int64_t unix_ms);      // null for 0
 nlohmann::json duration_json(uint64_t millis);  // null for 0
 
+// A job's tasks per state, as HyperQueue's `task_stats`.
+nlohmann::json task_stats_json(wire::TaskCounts::Reader counts);
 // A job as `hq job list` shows it (and `info` inside `hq job info`).
 nlohmann::json job_json(wire::JobSummary::Reader job);
 // One task. `paths` are the instance's resolved directory and files (null when unknown).
