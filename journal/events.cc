@@ -7,6 +7,7 @@
 #include <kj/exception.h>
 #include <kj/io.h>
 
+#include "common/capnp_lists.h"
 #include "common/graph_columns.h"
 
 namespace hq::journal {
@@ -291,29 +292,16 @@ static void body_to_record(const TaskBodySpec& spec, schema::TaskBody::Builder b
   body.setStderrRemoveIfFinished(spec.stderr_rm_if_finished);
 }
 
-template <typename T>
-static std::vector<T> column(typename capnp::List<T>::Reader list) {
-  std::vector<T> out;
-  out.reserve(list.size());
-  for (T v : list) out.push_back(v);
-  return out;
-}
-
-template <typename T>
-static void set_column(const std::vector<T>& values, typename capnp::List<T>::Builder list) {
-  for (size_t i = 0; i < values.size(); ++i) list.set(i, values[i]);
-}
-
 static void graph_to_record(const GraphColumns& columns, schema::GraphColumns::Builder out) {
-  set_column<uint32_t>(columns.ids, out.initIds(columns.ids.size()));
+  vector_to_list<uint32_t>(columns.ids, out.initIds(columns.ids.size()));
   auto bodies = out.initBodies(columns.bodies.size());
   for (size_t i = 0; i < columns.bodies.size(); ++i) body_to_record(columns.bodies[i], bodies[i]);
-  set_column<uint32_t>(columns.body_of, out.initBodyOf(columns.body_of.size()));
+  vector_to_list<uint32_t>(columns.body_of, out.initBodyOf(columns.body_of.size()));
   out.setArgv(
       kj::arrayPtr(reinterpret_cast<const kj::byte*>(columns.argv.data()), columns.argv.size()));
-  set_column<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
-  set_column<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
-  set_column<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
+  vector_to_list<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
+  vector_to_list<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
+  vector_to_list<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
 }
 
 void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder out) {
@@ -411,18 +399,18 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
       return Error{"a journaled job has its tasks both as a list and columns"};
     auto graph = job.getGraph();
     GraphColumns columns;
-    columns.ids = column<uint32_t>(graph.getIds());
+    columns.ids = list_to_vector<uint32_t>(graph.getIds());
     for (auto b : graph.getBodies()) {
       auto body = body_from_record(b);
       if (!body) return Error{"a task body of a journaled job: " + body.message()};
       columns.bodies.push_back(std::move(*body));
     }
-    columns.body_of = column<uint32_t>(graph.getBodyOf());
+    columns.body_of = list_to_vector<uint32_t>(graph.getBodyOf());
     auto argv = graph.getArgv();
     columns.argv.assign(reinterpret_cast<const char*>(argv.begin()), argv.size());
-    columns.argv_end = column<uint32_t>(graph.getArgvEnd());
-    columns.dep_end = column<uint32_t>(graph.getDepEnd());
-    columns.deps = column<uint32_t>(graph.getDeps());
+    columns.argv_end = list_to_vector<uint32_t>(graph.getArgvEnd());
+    columns.dep_end = list_to_vector<uint32_t>(graph.getDepEnd());
+    columns.deps = list_to_vector<uint32_t>(graph.getDeps());
     auto tasks = unpack_graph(std::move(columns));
     if (!tasks) return Error{"a journaled job's tasks: " + tasks.message()};
     out.tasks = std::move(*tasks);

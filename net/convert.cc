@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "common/capnp_lists.h"
+
 namespace hq::net {
 
 void to_wire(const IdSet& set, capnp::List<wire::IdRange>::Builder out) {
@@ -195,45 +197,32 @@ Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body) {
   return out;
 }
 
-template <typename T>
-static std::vector<T> column(typename capnp::List<T>::Reader list) {
-  std::vector<T> out;
-  out.reserve(list.size());
-  for (T v : list) out.push_back(v);
-  return out;
-}
-
-template <typename T>
-static void set_column(const std::vector<T>& values, typename capnp::List<T>::Builder list) {
-  for (size_t i = 0; i < values.size(); ++i) list.set(i, values[i]);
-}
-
 void to_wire(const GraphColumns& columns, wire::GraphColumns::Builder out) {
-  set_column<uint32_t>(columns.ids, out.initIds(columns.ids.size()));
+  vector_to_list<uint32_t>(columns.ids, out.initIds(columns.ids.size()));
   auto bodies = out.initBodies(columns.bodies.size());
   for (size_t i = 0; i < columns.bodies.size(); ++i) to_wire(columns.bodies[i], bodies[i]);
-  set_column<uint32_t>(columns.body_of, out.initBodyOf(columns.body_of.size()));
+  vector_to_list<uint32_t>(columns.body_of, out.initBodyOf(columns.body_of.size()));
   out.setArgv(
       kj::arrayPtr(reinterpret_cast<const kj::byte*>(columns.argv.data()), columns.argv.size()));
-  set_column<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
-  set_column<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
-  set_column<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
+  vector_to_list<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
+  vector_to_list<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
+  vector_to_list<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
 }
 
 Result<std::vector<GraphTaskSpec>> from_wire(wire::GraphColumns::Reader graph) {
   GraphColumns columns;
-  columns.ids = column<uint32_t>(graph.getIds());
+  columns.ids = list_to_vector<uint32_t>(graph.getIds());
   for (auto b : graph.getBodies()) {
     auto body = from_wire(b);
     if (!body) return Error{"a task body: " + body.message()};
     columns.bodies.push_back(std::move(*body));
   }
-  columns.body_of = column<uint32_t>(graph.getBodyOf());
+  columns.body_of = list_to_vector<uint32_t>(graph.getBodyOf());
   auto argv = graph.getArgv();
   columns.argv.assign(reinterpret_cast<const char*>(argv.begin()), argv.size());
-  columns.argv_end = column<uint32_t>(graph.getArgvEnd());
-  columns.dep_end = column<uint32_t>(graph.getDepEnd());
-  columns.deps = column<uint32_t>(graph.getDeps());
+  columns.argv_end = list_to_vector<uint32_t>(graph.getArgvEnd());
+  columns.dep_end = list_to_vector<uint32_t>(graph.getDepEnd());
+  columns.deps = list_to_vector<uint32_t>(graph.getDeps());
   return unpack_graph(std::move(columns));
 }
 
