@@ -506,6 +506,7 @@ struct Scheduler::Impl {
         clear_retraction(w, s);
         if (s.state == TaskState::kRunning) --w.running;
       }
+      s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
       job.set_state(s, to);
       s.end_time = now;
     }

@@ -86,12 +86,15 @@ void Scheduler::Impl::check() const {
       const TaskSlot& s = job.slots[i];
       ++recount.by_state[static_cast<int>(s.state)];
       const bool held = s.flags & kHeld;
-      HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting | kPlaced | kOutside)) == 0,
+      HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting | kPlaced | kOutside | kOrphan)) == 0,
                      "job {} task #{}: bad flags {}", id, i, s.flags);
+      const bool orphan = s.flags & kOrphan;
+      HQ_SCHED_CHECK(!orphan || (s.flags == kOrphan && !ended(s.state) && job.deps_done(i)),
+                     "job {} task #{}: an orphan {}, flags {}", id, i, to_string(s.state), s.flags);
       HQ_SCHED_CHECK(!(s.flags & kRetracting) || (held && s.state == TaskState::kWaiting),
                      "job {} task #{}: retracting but not held and queued", id, i);
-      HQ_SCHED_CHECK(s.state != TaskState::kRunning || held, "job {} task #{}: running, not held",
-                     id, i);
+      HQ_SCHED_CHECK(s.state != TaskState::kRunning || held || orphan,
+                     "job {} task #{}: running, not held", id, i);
       HQ_SCHED_CHECK(!held || (s.state != TaskState::kFinished && s.state != TaskState::kFailed),
                      "job {} task #{}: held after it finished or failed", id, i);
       HQ_SCHED_CHECK(s.state != TaskState::kFailed || job.errors.contains(i),
@@ -100,7 +103,7 @@ void Scheduler::Impl::check() const {
         HQ_SCHED_CHECK(s.state == TaskState::kWaiting && s.flags == 0 && s.instance == 0,
                        "job {} task #{}: past the fresh cursor but not a fresh waiting task", id,
                        i);
-      } else if (s.state == TaskState::kWaiting && !held && job.deps_done(i)) {
+      } else if (s.state == TaskState::kWaiting && !held && !orphan && job.deps_done(i)) {
         ++unheld_waiting_before_fresh;
       }
       HQ_SCHED_CHECK(

@@ -150,7 +150,8 @@ void Job::rebuild_ready() {
   requeued_.clear();
   for (uint32_t i = 0; i < fresh; ++i) {
     // Increasing: a heap.
-    if (slots[i].state == TaskState::kWaiting && !(slots[i].flags & kHeld) && deps_done(i)) {
+    if (slots[i].state == TaskState::kWaiting && !(slots[i].flags & (kHeld | kOrphan)) &&
+        deps_done(i)) {
       requeued_.push_back(i);
     }
   }

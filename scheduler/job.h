@@ -26,6 +26,9 @@ inline constexpr uint8_t kHeld = 1;        // a worker holds it (queued, running
 inline constexpr uint8_t kRetracting = 2;  // a retraction was sent and not answered yet
 inline constexpr uint8_t kPlaced = 4;      // held with an allocation in its worker's pool
 inline constexpr uint8_t kOutside = 8;     // started by its worker beyond the model's pool
+inline constexpr uint8_t kOrphan = 16;     // after a restart: may be running on a worker that
+                                           // has not reattached yet; held by nobody, never
+                                           // handed out (scheduler/reattach.cc)
 
 // Everything the scheduler keeps per task.
 struct TaskSlot {

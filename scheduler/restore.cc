@@ -96,51 +96,93 @@ bool deps_finished(const Job& job, uint32_t index) {
   return true;
 }
 
+// Calls fn(slot, index) for every task of the job that may be running on a worker of a server
+// that stopped: running ones, orphans of an earlier restart, and waiting ones that may have been
+// handed out (within the job's reservation; in a graph job, those whose dependencies had all
+// finished, as graph jobs have no reservation). Then the reservation starts anew.
+template <typename F>
+void for_each_maybe_running(Job& job, F fn) {
+  if (job.counts.complete()) {
+    job.reserved = 0;
+    return;
+  }
+  if (job.graph) {
+    for (uint32_t i = 0; i < job.size(); ++i) {
+      TaskSlot& s = job.slots[i];
+      const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
+                             (s.state == TaskState::kWaiting && deps_finished(job, i));
+      if (maybe_ran) fn(s, i);
+    }
+    job.reserved = 0;
+    return;
+  }
+  const uint32_t reserved = std::min(job.reserved, job.size());
+  // TODO(perf): O(size) at every restart in the history; orphans of earlier restarts may lie
+  // anywhere below their run's reservation, so the walk cannot stop at this one's.
+  for (uint32_t i = 0; i < job.size(); ++i) {
+    TaskSlot& s = job.slots[i];
+    const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
+                           (s.state == TaskState::kWaiting && i < reserved);
+    if (maybe_ran) fn(s, i);
+  }
+  job.reserved = 0;
+}
+
 }  // namespace
 
 uint64_t Scheduler::restore_restart() {
   uint64_t back = 0;
   for (auto& [id, holder] : impl_->jobs) {
     Job& job = *holder;
-    if (job.graph) {
-      // No reservations: any waiting task whose dependencies had all finished may have been
-      // handed out.
-      for (uint32_t i = 0; i < job.size(); ++i) {
-        TaskSlot& s = job.slots[i];
-        const bool maybe_ran = s.state == TaskState::kRunning ||
-                               (s.state == TaskState::kWaiting && deps_finished(job, i));
-        if (!maybe_ran) continue;
-        if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
-        ++s.instance;
-        s.start_time = 0;
-        ++back;
-      }
-      job.reserved = 0;
-      continue;
-    }
-    const uint32_t reserved = std::min(job.reserved, job.size());
-    if (reserved == 0 && job.counts[TaskState::kRunning] == 0) continue;
-    for (uint32_t i = 0; i < job.size(); ++i) {
-      TaskSlot& s = job.slots[i];
-      const bool maybe_ran =
-          s.state == TaskState::kRunning || (s.state == TaskState::kWaiting && i < reserved);
-      if (!maybe_ran) {
-        if (i >= reserved && job.counts[TaskState::kRunning] == 0) break;  // nothing more
-        continue;
-      }
+    for_each_maybe_running(job, [&](TaskSlot& s, uint32_t) {
       if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+      s.flags &= ~kOrphan;
       ++s.instance;
       s.start_time = 0;
       ++back;
-    }
-    job.reserved = 0;
+    });
   }
   return back;
 }
 
-uint64_t Scheduler::finish_restore() {
+uint64_t Scheduler::restore_orphans() {
+  uint64_t orphans = 0;
+  for (auto& [id, holder] : impl_->jobs) {
+    Job& job = *holder;
+    for_each_maybe_running(job, [&](TaskSlot& s, uint32_t) {
+      s.flags |= kOrphan;
+      ++orphans;
+    });
+  }
+  return orphans;
+}
+
+bool Scheduler::restore_reattached(TaskKey key, WorkerId worker, int64_t time) {
+  std::optional<Found> f = find_task(impl_->job_index, key);
+  if (!f || !(f->slot->flags & kOrphan) || f->slot->instance != key.instance) return false;
+  f->slot->flags &= ~kOrphan;
+  return restore_started(key, worker, time);
+}
+
+uint64_t Scheduler::restore_reattach_ended() {
+  uint64_t back = 0;
+  for (auto& [id, holder] : impl_->jobs) {
+    Job& job = *holder;
+    for (TaskSlot& s : job.slots) {
+      if (!(s.flags & kOrphan)) continue;
+      if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+      s.flags &= ~kOrphan;
+      ++s.instance;
+      s.start_time = 0;
+      ++back;
+    }
+  }
+  return back;
+}
+
+uint64_t Scheduler::finish_restore(bool reattach) {
   Impl& m = *impl_;
-  const uint64_t back = restore_restart();
+  const uint64_t back = reattach ? restore_orphans() : restore_restart();
   for (auto& [id, holder] : m.jobs) {
     Job& job = *holder;
     m.ready_tasks -= job.ready();

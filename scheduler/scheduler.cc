@@ -328,6 +328,7 @@ std::vector<Assignment> Scheduler::cancel_tasks(JobId id, const IdSet& tasks, in
     } else if (job->deps_done(*index)) {
       was_queued = true;
     }
+    s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
     job->set_state(s, TaskState::kCanceled);
     s.end_time = now;
     canceled.push_back(*index);
@@ -455,6 +456,7 @@ TaskView make_view(const Job& job, uint32_t index, TaskId id) {
   v.start_time = s.start_time;
   v.end_time = s.end_time;
   v.crashes = s.crashes;
+  v.orphan = s.flags & kOrphan;
   if (s.state == TaskState::kFailed) {
     auto it = job.errors.find(index);
     if (it != job.errors.end()) v.error = &it->second;

@@ -103,7 +103,9 @@ struct TaskView {
   bool queued = false;  // held by a worker that has not reported its start yet
   int64_t start_time = 0;
   int64_t end_time = 0;
-  uint32_t crashes = 0;                // workers lost while running it
+  uint32_t crashes = 0;  // workers lost while running it
+  // After a restart: it may run on a worker that has not reattached yet (see reattach_task).
+  bool orphan = false;
   const std::string* error = nullptr;  // failed tasks only; valid until the next call
   // Aborted tasks of a graph job only: the task whose failure or cancel aborted it (the first
   // along its dependencies that did not finish).
@@ -198,12 +200,42 @@ class Scheduler {
   // Ends the restore with restore_restart() (the server that ran the running tasks is gone;
   // crash counts are kept), then rebuilds every job's queue. Jobs already complete are not reported
   // by take_completed_jobs(). Returns how many tasks got a new instance.
-  uint64_t finish_restore();
+  // With `reattach`, the restore ends with restore_orphans() instead of restore_restart(): the
+  // tasks that may be running keep their instance and wait for their workers (reattach_task)
+  // until end_reattach().
+  uint64_t finish_restore(bool reattach = false);
   // How many tasks of the job (dense index, id order) have ever been taken from its queue of
   // fresh tasks: assignments never go beyond this. 0 for an unknown job and for a job with
   // dependencies, which has no such queue: at each restart, every one of its waiting tasks whose
   // dependencies had all finished gets a new instance instead (it may have been handed out).
   uint32_t fresh_cursor(JobId id) const;
+
+  // --- Reattaching workers after a restart (scheduler/reattach.cc) ---------------------------
+  // A server restart after which workers may come back with their tasks: every task that may be
+  // running on a worker (running; waiting within its job's reservation, or ready in a graph job)
+  // becomes an orphan: it keeps its instance, no worker holds it, and schedule() never hands
+  // it out. Reservations start anew. Returns how many tasks are orphans now (restore only: see
+  // restore_restart()).
+  uint64_t restore_orphans();
+  // The journal says `worker` claimed orphan `key` (its very instance) as running since `time`:
+  // running there again, an orphan no longer. False, changing nothing, for a task that is not
+  // an orphan of that instance.
+  bool restore_reattached(TaskKey key, WorkerId worker, int64_t time);
+  // The journal says the grace ended: what end_reattach() does, before finish_restore().
+  uint64_t restore_reattach_ended();
+  // Worker `worker` (added, connected) is back after a restart and says it runs `key` since
+  // `start_time`. Accepted only when the task is an orphan of that very instance, and, when the
+  // journal had it running, on this worker (a single-node task): then the worker holds it as
+  // running, same instance, and its resources are taken from the worker's pool at once (beyond
+  // the pool, as place_started does, when they do not fit). Otherwise (an unknown job or task,
+  // another instance, a task canceled, requeued, held or run elsewhere) nothing changes, and
+  // the worker must kill it. A task it already holds as that instance is accepted again.
+  bool reattach_task(WorkerId worker, TaskKey key, int64_t start_time);
+  // The grace is over: every orphan left waits again with instance + 1 (crash counters kept),
+  // as after a restart without reattach. Returns them, with their new instance.
+  std::vector<TaskKey> end_reattach();
+  // Tasks that are orphans now. O(size).
+  uint64_t orphan_count() const;
 
   // --- Decisions ------------------------------------------------------------------------------
   // Assigns waiting tasks to workers with room (priority first, then lower job id, then lower

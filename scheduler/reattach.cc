@@ -1,0 +1,70 @@
+// Workers reattaching after a server restart (Scheduler::reattach_task, end_reattach): the
+// tasks that may still run on them are orphans (TaskSlot kOrphan) until a worker claims them or
+// the grace ends (DESIGN.md, the durability contract, point 8).
+
+#include "scheduler/scheduler.h"
+
+#include <optional>
+#include <vector>
+
+#include "scheduler/impl.h"
+
+namespace hq::sched {
+
+bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time) {
+  Impl& m = *impl_;
+  WorkerSlot* w = m.find_worker(worker);
+  Job* job = m.find_job(key.job);
+  if (!w || !w->connected || !job) return false;
+  std::optional<uint32_t> index = job->ids.index_of(key.task);
+  if (!index) return false;
+  TaskSlot& s = job->slots[*index];
+  if (s.instance != key.instance) return false;
+  if (s.flags & kHeld) {
+    // A claim repeated in one message, or a task it reported started meanwhile.
+    return s.worker == worker && s.state == TaskState::kRunning;
+  }
+  if (!(s.flags & kOrphan)) return false;
+  // The journal knows where a running task runs: a claim from elsewhere is not that run. A
+  // multi-node task's secondary nodes are not known here: it runs again instead.
+  if (s.state == TaskState::kRunning && s.worker != worker) return false;
+  if (job->nodes > 1) return false;
+  s.flags = 0;
+  if (s.state == TaskState::kWaiting) job->set_state(s, TaskState::kRunning);
+  // Held as a queued task, then placed as a queued task that the worker reports started.
+  m.hold(*w, *job, *index, /*placed=*/false, {});
+  m.place_started(*w, *job, *index);
+  s.start_time = start_time;
+  ++w->running;
+  return true;
+}
+
+std::vector<TaskKey> Scheduler::end_reattach() {
+  Impl& m = *impl_;
+  std::vector<TaskKey> back;
+  for (auto& [id, holder] : m.jobs) {
+    Job& job = *holder;
+    if (job.counts.complete()) continue;
+    for (uint32_t i = 0; i < job.size(); ++i) {
+      TaskSlot& s = job.slots[i];
+      if (!(s.flags & kOrphan)) continue;
+      if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+      s.flags = 0;
+      ++s.instance;
+      s.start_time = 0;
+      m.put_back(job, i);
+      back.push_back({job.id, job.ids.id_at(i), s.instance});
+    }
+  }
+  return back;
+}
+
+uint64_t Scheduler::orphan_count() const {
+  uint64_t n = 0;
+  for (const auto& [id, holder] : impl_->jobs) {
+    for (const TaskSlot& s : holder->slots) n += (s.flags & kOrphan) != 0;
+  }
+  return n;
+}
+
+}  // namespace hq::sched
