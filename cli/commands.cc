@@ -561,16 +561,20 @@ int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_t
                std::to_string(t.getInstance()), time_text(t.getStartTime()),
                duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
     if (!text.empty()) text += "\n";
-    text += render_pairs({{"Job", std::to_string(job)},
-                          {"Task", std::to_string(t.getId())},
-                          {"State", state_name(t.getState())},
-                          {"Instance", std::to_string(t.getInstance())},
-                          {"Worker", worker},
-                          {"Started", time_text(t.getStartTime())},
-                          {"Finished", time_text(t.getEndTime())},
-                          {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
-                          {"Dependencies", deps_text(t.getDeps())},
-                          {"Error", t.getError().cStr()}});
+    text += render_pairs(
+        {{"Job", std::to_string(job)},
+         {"Task", std::to_string(t.getId())},
+         {"State", state_name(t.getState())},
+         {"Instance", std::to_string(t.getInstance())},
+         {"Worker", worker},
+         {"Started", time_text(t.getStartTime())},
+         {"Finished", time_text(t.getEndTime())},
+         {"Duration", duration_text(t.getStartTime(), t.getEndTime())},
+         {"Survived restarts",
+          t.getReattached() ? fmt::format("{} (kept running on its worker)", t.getReattached())
+                            : std::string()},
+         {"Dependencies", deps_text(t.getDeps())},
+         {"Error", t.getError().cStr()}});
   });
   if (g.mode() == OutputMode::kCli) std::cout << (detailed ? text : table.render());
   return 0;
@@ -591,17 +595,25 @@ int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::str
 
 namespace {
 
+// "N times, last at TIME" for a worker that reconnected; empty for one that never did.
+std::string reattach_text(wire::WorkerSummary::Reader w) {
+  if (w.getReattachCount() == 0 || w.getReattachTime() == 0) return {};
+  return fmt::format("{} time(s), last at {}", w.getReattachCount(),
+                     time_text(w.getReattachTime()));
+}
+
 int print_workers(const GlobalOptions& g, capnp::List<wire::WorkerSummary>::Reader workers,
                   bool all, bool detailed) {
   json out = json::array();
-  Table table({"ID", "STATE", "HOSTNAME", "RESOURCES", "RUNNING", "STARTED", "END REASON"});
+  Table table(
+      {"ID", "STATE", "HOSTNAME", "RESOURCES", "RUNNING", "STARTED", "REATTACHED", "END REASON"});
   std::string text;
   for (auto w : workers) {
     if (!all && !w.getConnected()) continue;
     out.push_back(worker_json(w));
     table.add({std::to_string(w.getId()), state_text(w.getState()), w.getHostname().cStr(),
                resources_text(w), std::to_string(w.getRunningTasks()),
-               time_text(w.getConnectTime()), w.getEndReason().cStr()});
+               time_text(w.getConnectTime()), reattach_text(w), w.getEndReason().cStr()});
     if (!text.empty()) text += "\n";
     text += render_pairs({{"ID", std::to_string(w.getId())},
                           {"State", state_text(w.getState())},
@@ -613,6 +625,7 @@ int print_workers(const GlobalOptions& g, capnp::List<wire::WorkerSummary>::Read
                           {"Work directory", w.getWorkDir().cStr()},
                           {"Started", time_text(w.getConnectTime())},
                           {"Ended", time_text(w.getEndTime())},
+                          {"Reattached", reattach_text(w)},
                           {"End reason", w.getEndReason().cStr()}});
   }
   if (g.mode() == OutputMode::kJson) {

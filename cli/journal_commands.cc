@@ -81,6 +81,7 @@ json event_json(Event::Reader e) {
     case Event::SERVER_STARTED:
       j["server_uid"] = text(e.getServerStarted().getServerUid());
       j["version"] = text(e.getServerStarted().getVersion());
+      j["reattach"] = e.getServerStarted().getReattach();
       break;
     case Event::JOB_SUBMITTED:
       j["job"] = e.getJobSubmitted().getJob();
@@ -118,6 +119,7 @@ json event_json(Event::Reader e) {
       j["cpus"] = w.getCpus();
       j["work_dir"] = text(w.getWorkDir());
       j["address"] = text(w.getAddress());
+      j["reattaches"] = w.getReattaches();
       break;
     }
     case Event::WORKER_LOST:
@@ -129,6 +131,13 @@ json event_json(Event::Reader e) {
       break;
     case Event::TASKS_STARTED:  // printed task by task (for_each_task_event)
     case Event::TASKS_FINISHED:
+    case Event::TASKS_REATTACHED:
+    case Event::REATTACH_ENDED:
+      break;
+    case Event::WORKER_REATTACHED:
+      j["worker"] = e.getWorkerReattached().getWorker();
+      j["hostname"] = text(e.getWorkerReattached().getHostname());
+      j["address"] = text(e.getWorkerReattached().getAddress());
       break;
     case Event::JOB_RESERVED:
       j["job"] = e.getJobReserved().getJob();
@@ -164,10 +173,14 @@ void for_each_task_event(Event::Reader e, const std::function<void(int64_t, json
       type = "task-finished";
       batch = e.getTasksFinished();
       break;
+    case Event::TASKS_REATTACHED:
+      type = "task-reattached";
+      batch = e.getTasksReattached();
+      break;
     default:
       return fn(e.getTime(), event_json(e));
   }
-  const bool with_worker = e.which() == Event::TASKS_STARTED;
+  const bool with_worker = e.which() != Event::TASKS_FINISHED;
   for (auto t : batch.getTasks()) {
     json j = {{"type", type},
               {"job", batch.getJob()},
@@ -272,7 +285,7 @@ class Report {
   }
   // After the last event; `damage` gets a job that could not be restored.
   void finish(std::vector<std::string>& damage) {
-    restore_.finish();
+    restore_.finish(/*reattach=*/true);
     if (!restore_.status()) damage.push_back(restore_.status().message());
   }
 

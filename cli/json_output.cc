@@ -126,7 +126,8 @@ json task_json(wire::TaskInfo::Reader task, const TaskPaths* paths) {
             {"state", state_name(task.getState())},
             // hq's additions
             {"instance", task.getInstance()},
-            {"crash_count", task.getCrashCount()}};
+            {"crash_count", task.getCrashCount()},
+            {"reattached", task.getReattached()}};
   if (paths) {
     j["cwd"] = paths->cwd;
     j["stdout"] = paths->stdout_path.empty() ? json(nullptr) : json(paths->stdout_path);
@@ -267,7 +268,9 @@ json worker_json(wire::WorkerSummary::Reader w) {
           {"end_reason", text_or_null(w.getEndReason())},
           {"pid", w.getPid()},
           {"cpus", w.getCpus()},
-          {"running_tasks", w.getRunningTasks()}};
+          {"running_tasks", w.getRunningTasks()},
+          {"reattach_count", w.getReattachCount()},
+          {"reattached_at", time_json(w.getReattachTime())}};
 }
 
 json server_info_json(wire::ServerInfo::Reader info) {

@@ -175,7 +175,7 @@ int run(int argc, char** argv) {
   auto* server = app.add_subcommand("server", "Start, stop and inspect the server");
   server->require_subcommand(1);
   auto* server_start = server->add_subcommand("start", "Run the server in the foreground");
-  std::string host, heartbeat = "8s", server_idle_timeout, access_file;
+  std::string host, heartbeat = "8s", server_idle_timeout, access_file, reattach_grace = "60s";
   uint16_t client_port = 0, worker_port = 0;
   auto* host_option =
       server_start->add_option("--host", host, "Hostname that clients and workers connect to");
@@ -196,6 +196,9 @@ int run(int argc, char** argv) {
   server_start->add_option("--idle-timeout", server_idle_timeout,
                            "Stop workers without their own --idle-timeout after this long "
                            "without tasks (e.g. 5m)");
+  server_start->add_option("--reattach-grace", reattach_grace,
+                           "After a restart, how long tasks that were running wait for their "
+                           "workers to reattach before they run again (default 60s)");
   std::string journal;
   bool no_journal = false;
   auto* journal_option = server_start->add_option(
@@ -219,6 +222,8 @@ int run(int argc, char** argv) {
         throw CommandError{"invalid --idle-timeout: it must be positive"};
       }
     }
+    o.reattach_grace = duration_option("--reattach-grace", reattach_grace);
+    if (o.reattach_grace.count() < 0) throw CommandError{"--reattach-grace must not be negative"};
     if (!journal.empty()) o.journal = fs::absolute(journal);
     o.no_journal = no_journal;
     // As HyperQueue does: the server's address and identity, once it listens.
@@ -294,15 +299,20 @@ int run(int argc, char** argv) {
                            "How often to report to the server, which declares the worker lost "
                            "after 3 missed heartbeats (default: the server's --heartbeat, 8s)");
   worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
-  std::string worker_time_limit, worker_group, on_server_lost = "stop";
+  std::string worker_time_limit, worker_group, on_server_lost = "reconnect",
+                                               reconnect_timeout = "15m";
   worker_start->add_option("--time-limit", worker_time_limit,
                            "Stop cleanly after this long (e.g. 1h); no task starts that its "
                            "--time-request says would not finish");
   worker_start->add_option("--group", worker_group, "Group of this worker (default: default)");
   worker_start
       ->add_option("--on-server-lost", on_server_lost,
-                   "When the server goes away: stop (kill tasks) or finish-running")
-      ->check(CLI::IsMember({"stop", "finish-running"}));
+                   "When the connection to the server breaks: reconnect (keep tasks running and "
+                   "reattach; the default), stop (kill tasks) or finish-running")
+      ->check(CLI::IsMember({"reconnect", "stop", "finish-running"}));
+  worker_start->add_option("--reconnect-timeout", reconnect_timeout,
+                           "With --on-server-lost reconnect: stop after this long without a "
+                           "server (default 15m)");
   std::string detect_list = "all";
   bool no_hyper_threading = false;
   auto add_detect_options = [&](CLI::App* command) {
@@ -334,7 +344,13 @@ int run(int argc, char** argv) {
         throw CommandError{"invalid --time-limit: it must be positive"};
     }
     o.group = worker_group;
-    o.finish_running_on_server_lost = on_server_lost == "finish-running";
+    o.on_server_lost = on_server_lost == "finish-running" ? worker::OnServerLost::kFinishRunning
+                       : on_server_lost == "stop"         ? worker::OnServerLost::kStop
+                                                          : worker::OnServerLost::kReconnect;
+    o.reconnect_timeout = duration_option("--reconnect-timeout", reconnect_timeout);
+    if (o.reconnect_timeout.count() <= 0) {
+      throw CommandError{"invalid --reconnect-timeout: it must be positive"};
+    }
     code = worker::run_worker(o);
   });
   auto* worker_hwdetect =

@@ -114,6 +114,10 @@ struct GraphTask {
 struct ServerStarted {
   serverUid @0 :Text;
   version @1 :Text;
+  # The tasks that may be running on workers keep their instance and wait for their workers
+  # to reattach (until reattachEnded); false (hq before reattach): they wait again with
+  # instance + 1 at once.
+  reattach @2 :Bool;
 }
 
 struct JobSubmitted {
@@ -188,6 +192,15 @@ struct WorkerConnected {
   cpus @2 :UInt32;
   workDir @3 :Text;
   address @4 :Text;
+  # Its --on-server-lost policy is reconnect: after a restart, the server waits for it.
+  reattaches @5 :Bool;
+}
+
+# A worker that was connected before the server restarted is back with its id.
+struct WorkerReattached {
+  worker @0 :UInt32;
+  hostname @1 :Text;
+  address @2 :Text;
 }
 
 struct WorkerLost {
@@ -222,6 +235,12 @@ struct Event {
     # Single tasks of the job canceled (`hq task cancel`): those not yet ended then. Their
     # dependants' aborts are derived on replay, as for failures.
     tasksCanceled @16 :TasksCanceled;
+    workerReattached @17 :WorkerReattached;
+    # Tasks a reattached worker claimed, each with the instance it runs and its start time:
+    # running again on that worker, same instance.
+    tasksReattached @18 :TaskBatch;
+    # The reattach grace is over: the tasks no worker claimed wait again with instance + 1.
+    reattachEnded @19 :Void;
     # Next: alloc-queue events (queue created, removed, allocation submitted, ended),
     # job open/close.
   }

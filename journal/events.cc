@@ -133,6 +133,15 @@ void check(Event::Reader event) {
     case Event::TASKS_CANCELED:
       for (auto range : event.getTasksCanceled().getTasks()) (void)range.getStep();
       break;
+    case Event::WORKER_REATTACHED:
+      (void)event.getWorkerReattached().getHostname();
+      (void)event.getWorkerReattached().getAddress();
+      break;
+    case Event::TASKS_REATTACHED:
+      check(event.getTasksReattached());
+      break;
+    case Event::REATTACH_ENDED:
+      break;
   }
 }
 
@@ -222,6 +231,12 @@ const char* event_type_name(Event::Which which) {
       return "job-reserved";
     case Event::TASKS_CANCELED:
       return "tasks-canceled";
+    case Event::WORKER_REATTACHED:
+      return "worker-reattached";
+    case Event::TASKS_REATTACHED:
+      return "tasks-reattached";
+    case Event::REATTACH_ENDED:
+      return "reattach-ended";
   }
   return "unknown";
 }
@@ -254,9 +269,13 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getJobReserved().getJob();
     case Event::TASKS_CANCELED:
       return event.getTasksCanceled().getJob();
+    case Event::TASKS_REATTACHED:
+      return event.getTasksReattached().getJob();
     case Event::SERVER_STARTED:
     case Event::WORKER_CONNECTED:
     case Event::WORKER_LOST:
+    case Event::WORKER_REATTACHED:
+    case Event::REATTACH_ENDED:
       break;
   }
   return std::nullopt;

@@ -1122,6 +1122,9 @@ Result<Seq> JournalImpl::append(capnp::MessageBuilder& message) {
     case schema::Event::WORKER_CONNECTED:
       max_worker_ = std::max(max_worker_, event.getWorkerConnected().getWorker());
       break;
+    case schema::Event::WORKER_REATTACHED:
+      max_worker_ = std::max(max_worker_, event.getWorkerReattached().getWorker());
+      break;
     case schema::Event::SERVER_STARTED:
       server_uid_ =
           std::make_shared<const std::string>(event.getServerStarted().getServerUid().cStr());

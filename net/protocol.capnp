@@ -7,7 +7,7 @@ using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("hq::wire");
 
 # Bumped whenever a peer of an older version could misread a message.
-const protocolVersion :UInt32 = 3;
+const protocolVersion :UInt32 = 4;
 
 enum Role {
   client @0;
@@ -189,6 +189,7 @@ struct TaskInfo {
   deps @8 :List(UInt32);    # tasks of the same job it waits for (job files); empty: none
   abortedByJob @9 :UInt32;  # an aborted task: the job and task whose failure or cancel caused
   abortedByTask @10 :UInt32; # it; 0 and 0 otherwise
+  reattached @11 :UInt32;   # times this instance survived a server restart on its worker
 }
 
 struct TaskQuery {
@@ -223,7 +224,9 @@ struct WorkerSummary {
   state @14 :WorkerState;   # running while connected, else why it ended
   heartbeatMs @15 :UInt32;  # how often it reports
   idleTimeoutMs @16 :UInt64; # it stops after this long without tasks; 0: never
-  onServerLost @17 :Text;   # `--on-server-lost`: stop or finish-running
+  onServerLost @17 :Text;   # `--on-server-lost`: stop, finish-running or reconnect
+  reattachCount @18 :UInt32; # times it reattached (to this server or a restarted one)
+  reattachTime @19 :Int64;  # Unix ms of its last reattach; 0: never
 }
 
 # A worker's state in HyperQueue's terms: running, or how it ended. Only the two losses
@@ -380,7 +383,37 @@ struct WorkerRegistration {
   pid @6 :UInt32;           # the worker's process id
   heartbeatMs @7 :UInt32;   # `--heartbeat`: how often it reports; 0: the server's default
   idleTimeoutMs @8 :UInt64; # its own `--idle-timeout`; 0: none (the server's applies)
-  onServerLost @9 :Text;    # `--on-server-lost`: stop or finish-running
+  onServerLost @9 :Text;    # `--on-server-lost`: stop, finish-running or reconnect
+  # A worker back after losing its server (reconnect policy): the id and server it had, and
+  # what it holds. The server keeps the id when it expects this worker back (after its own
+  # restart); otherwise the worker gets a new id and every claim is stale.
+  previousWorkerId @10 :UInt32;  # 0: a new worker
+  previousServerUid @11 :Text;
+  reattachCount @12 :UInt32;     # times this worker process reconnected, this one included
+  running @13 :List(RunningClaim);  # its tasks still running
+  ended @14 :List(EndedClaim);      # results the server may not have recorded
+}
+
+# A task a reattaching worker still runs.
+struct RunningClaim {
+  key @0 :TaskKey;
+  startTime @1 :Int64;      # Unix ms on the worker
+  units @2 :List(AllocatedUnit);  # what it took from the worker's resources
+}
+
+struct AllocatedUnit {
+  resource @0 :Text;
+  unit @1 :UInt32;          # index of the unit in the resource's groups, flattened; sums: 0
+  amount @2 :UInt64;        # in 1/10000 of a unit
+}
+
+# A task that ended on a reattaching worker, maybe while its server was away.
+struct EndedClaim {
+  key @0 :TaskKey;
+  startTime @1 :Int64;
+  endTime @2 :Int64;
+  finished @3 :Bool;        # else failed, with `error`
+  error @4 :Text;
 }
 
 struct RegistrationReply {
@@ -436,6 +469,9 @@ struct ToWorker {
     retract @3 :List(TaskKey);    # give these back if they have not started
     stop @4 :Void;                # kill everything and exit
     serving @5 :Bool;             # a secondary node of a multi-node task now, or no longer
+    # The server goes away without stopping its workers (SIGTERM/SIGINT of the server): they
+    # follow their --on-server-lost policy, as for a broken connection.
+    serverLeaving @6 :Void;
   }
 }
 

@@ -408,6 +408,7 @@ void Server::handle_task_list(net::Connection& c, wire::TaskQuery::Reader query)
     list[i].setStartTime(v.start_time);
     list[i].setEndTime(v.end_time);
     list[i].setCrashCount(v.crashes);
+    list[i].setReattached(reattached_count(job, v));
     std::vector<TaskId> deps = scheduler_.dependencies(job, v.id);
     auto out_deps = list[i].initDeps(static_cast<unsigned>(deps.size()));
     for (size_t k = 0; k < deps.size(); ++k) out_deps.set(k, deps[k]);
@@ -439,6 +440,8 @@ void Server::fill_worker_summary(const WorkerRecord& w, wire::WorkerSummary::Bui
   out.setHeartbeatMs(static_cast<uint32_t>(w.heartbeat.count()));
   if (w.idle_timeout) out.setIdleTimeoutMs(static_cast<uint64_t>(w.idle_timeout->count()));
   out.setOnServerLost(w.on_server_lost);
+  out.setReattachCount(w.reattach_count);
+  out.setReattachTime(w.reattach_time);
   out.setState(w.connection ? wire::WorkerState::RUNNING
                             : w.end_state.value_or(wire::WorkerState::CONNECTION_LOST));
 }

@@ -47,7 +47,8 @@ Status Server::open_journal() {
   if (!restore.status()) {
     return Status::error("cannot restore the journal: " + restore.status().message());
   }
-  restore.finish();
+  restore.finish(/*reattach=*/true);
+  reattach_expected_ = restore.connected_workers();
   forgotten_.insert(restore.forgotten().begin(), restore.forgotten().end());
   for (auto& [id, job] : jobs_) {
     ++restored_jobs_;

@@ -96,9 +96,33 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
       note_end(e.getJobAborted().getJob(), time);
       return;
     case schema::Event::SERVER_STARTED:
-      // The run before it ended in a crash or a stop: what may have run then is a new instance
-      // in the runs after it (the restarted server did the same, without a record).
+      if (e.getServerStarted().getReattach()) {
+        // The run before it ended; what may still run on its workers kept its instance, for
+        // them to claim (tasksReattached) until the grace ended (reattachEnded).
+        scheduler_.restore_orphans();
+        return;
+      }
+      // A server without reattach: its workers stopped with the run before, and what may have
+      // run then is a new instance in the runs after it (the restarted server did the same,
+      // without a record).
       scheduler_.restore_restart();
+      connected_.clear();
+      return;
+    case schema::Event::WORKER_REATTACHED:
+      connected_.insert(e.getWorkerReattached().getWorker());
+      return;
+    case schema::Event::TASKS_REATTACHED: {
+      auto batch = e.getTasksReattached();
+      auto it = jobs_.find(batch.getJob());
+      for (auto t : batch.getTasks()) {
+        const TaskKey key{batch.getJob(), t.getTask(), t.getInstance()};
+        if (!scheduler_.restore_reattached(key, batch.getWorker(), t.getTime())) continue;
+        if (it != jobs_.end()) note_reattached(it->second, key);
+      }
+      return;
+    }
+    case schema::Event::REATTACH_ENDED:
+      scheduler_.restore_reattach_ended();
       return;
     case schema::Event::TASKS_CANCELED: {
       // The tasks not ended then: a task ends once, so the ones still open now are those.
@@ -127,13 +151,26 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
       }
       return;
     case schema::Event::WORKER_CONNECTED:
+      // Ids continue from the journal's state record; a worker may reattach with its id.
+      if (e.getWorkerConnected().getReattaches()) {
+        connected_.insert(e.getWorkerConnected().getWorker());
+      }
+      return;
     case schema::Event::WORKER_LOST:
-      return;  // ids continue from the journal's state record; workers reconnect anew
+      connected_.erase(e.getWorkerLost().getWorker());
+      return;
   }
 }
 
-void Restore::finish() {
-  scheduler_.finish_restore();
+void note_reattached(JobRecord& job, TaskKey key) {
+  auto& [instance, count] = job.reattached[key.task];
+  if (instance != key.instance) count = 0;
+  instance = key.instance;
+  ++count;
+}
+
+void Restore::finish(bool reattach) {
+  scheduler_.finish_restore(reattach);
   // Complete when it was forgotten, hence now: its history ends with the forget. (A job the
   // scheduler would not let go stays, rather than leave the two out of step.)
   std::erase_if(forgotten_, [this](JobId id) {

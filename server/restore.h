@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "common/job_spec.h"
@@ -18,20 +21,30 @@ struct JobRecord {
   JobDescriptionSpec description;
   int64_t submit_time = 0;
   int64_t end_time = 0;  // set when the job completes
+  // Tasks that survived server restarts on their workers: by task, the instance and how many
+  // restarts it survived (`hq task info`). Entries of an older instance are stale.
+  std::unordered_map<TaskId, std::pair<InstanceId, uint32_t>> reattached;
 };
 
 // Applies journal events, in seq order, to `scheduler` (fresh: no workers) and `jobs`, which
 // must outlive it. Owner thread of both.
+// One more restart that the task's instance `key` survived on its worker.
+void note_reattached(JobRecord& job, TaskKey key);
+
 class Restore {
  public:
   Restore(sched::Scheduler& scheduler, std::map<JobId, JobRecord>& jobs)
       : scheduler_(scheduler), jobs_(jobs) {}
 
   void apply(journal::Seq seq, journal::schema::Event::Reader event);
-  // Ends the restore: the scheduler's finish_restore() (tasks that were running wait again with
-  // instance + 1), then the forgotten jobs go (from the scheduler and the records), and
-  // incomplete jobs lose the end time of their last ended task.
-  void finish();
+  // Ends the restore: the scheduler's finish_restore(reattach) (with `reattach`, tasks that may
+  // be running wait for their workers as orphans; without, they wait again with instance + 1),
+  // then the forgotten jobs go (from the scheduler and the records), and incomplete jobs lose
+  // the end time of their last ended task.
+  void finish(bool reattach = false);
+  // The workers that were connected when the last server stopped, and never journaled lost,
+  // with the reconnect policy: those that may come back with tasks (reattach).
+  const std::set<WorkerId>& connected_workers() const { return connected_; }
   // The jobs whose forget was replayed (their records are still in the journal, until a prune).
   const std::vector<JobId>& forgotten() const { return forgotten_; }
 
@@ -49,6 +62,7 @@ class Restore {
   Status status_ = Status::ok();
   JobId max_job_id_ = 0;
   std::vector<JobId> forgotten_;
+  std::set<WorkerId> connected_;
 };
 
 }  // namespace hq::server

@@ -36,6 +36,7 @@ Server::Server(asio::io_context& io, ServerOptions options)
       options_(std::move(options)),
       signals_(io, SIGINT, SIGTERM),
       heartbeat_timer_(io),
+      reattach_timer_(io),
       lazy_commit_timer_(io) {}
 
 Server::~Server() {
@@ -164,6 +165,7 @@ Status Server::start() {
     auto e = started.event().initServerStarted();
     e.setServerUid(access_.server_uid);
     e.setVersion(HQ_VERSION);
+    e.setReattach(true);
     record(started);
   }
   if (auto st = net::write_access_file(access_path, access_); !st) return st;
@@ -172,30 +174,45 @@ Status Server::start() {
   worker_listener_->start([this](std::shared_ptr<net::Connection> c) { on_worker(std::move(c)); });
   signals_.async_wait([this](const std::error_code& error, int signal) {
     if (error) return;
-    spdlog::info("received signal {}, stopping", signal);
-    stop();
+    spdlog::info("received signal {}, stopping; workers keep their tasks for the next server",
+                 signal);
+    stop(/*stop_workers=*/false);
   });
   check_heartbeats();
+  start_reattach_grace();
   spdlog::info("server {} started in '{}': clients on {}:{}, workers on {}:{}", access_.server_uid,
                options_.server_dir.string(), access_.client->host, access_.client->port,
                access_.worker->host, access_.worker->port);
   return Status::ok();
 }
 
-void Server::stop() {
+void Server::stop(bool stop_workers) {
   if (stopping_) return;
   stopping_ = true;
+  leaving_ = !stop_workers;
   if (client_listener_) client_listener_->stop();
   if (worker_listener_) worker_listener_->stop();
   signals_.cancel();
   heartbeat_timer_.cancel();
+  reattach_timer_.cancel();
   lazy_commit_timer_.cancel();
-  // Workers are told to stop, so that they end cleanly rather than as lost.
+  // Workers are told to stop, so that they end cleanly rather than as lost; or told that the
+  // server leaves, so that they keep their tasks and reattach to the next server. The journal
+  // learns which: stopped workers are not waited for after a restart.
+  const int64_t now = unix_millis_now();
   for (auto& [id, w] : workers_) {
     if (!w.connection) continue;
-    if (!w.end_state) w.end_state = wire::WorkerState::STOPPED;
     capnp::MallocMessageBuilder message;
-    message.initRoot<wire::ToWorker>().setStop();
+    if (stop_workers) {
+      if (!w.end_state) w.end_state = wire::WorkerState::STOPPED;
+      message.initRoot<wire::ToWorker>().setStop();
+      journal::EventMessage lost(now);
+      lost.event().initWorkerLost().setWorker(id);
+      lost.event().getWorkerLost().setReason(worker_end_text(wire::WorkerState::STOPPED));
+      record(lost);
+    } else {
+      message.initRoot<wire::ToWorker>().setServerLeaving();
+    }
     w.connection->send(message);
     w.connection->close();
   }
@@ -238,85 +255,19 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
     case wire::FromWorker::REGISTER: {
       if (*id != 0) throw std::runtime_error("worker registered twice");
       auto reg = msg.getRegister();
-      auto resources = net::from_wire(reg.getResources());
-      if (!resources) throw std::runtime_error("worker registration: " + resources.message());
-      if (resources->resources.empty() && reg.getCpus() > 0) {
-        resources->set(*parse_cpu_definition(std::to_string(reg.getCpus())));
+      WorkerRecord w;
+      if (auto st = read_registration(reg, *connection, w); !st) {
+        throw std::runtime_error("worker registration: " + st.message());
       }
-      if (resources->cpus() == 0) throw std::runtime_error("worker registered with zero CPUs");
-      if (reg.getHeartbeatMs() != 0 && reg.getHeartbeatMs() < 100) {
-        throw std::runtime_error("worker registration: a heartbeat shorter than 100ms");
+      if (expects_reattach(reg)) {
+        *id = reg.getPreviousWorkerId();
+        return reattach_worker(connection, std::move(w), reg);
       }
       WorkerId wid = ++last_worker_id_;
       *id = wid;
-      WorkerRecord& w = workers_[wid];
       w.id = wid;
-      w.hostname = reg.getHostname().cStr();
-      w.cpus = resources->cpus();
-      w.resources = std::move(*resources);
-      constexpr uint64_t kYearMs = 366ull * 24 * 3600 * 1000;
-      if (reg.getTimeLimitMs() > kYearMs) {
-        throw std::runtime_error("worker registration: a time limit longer than a year");
-      }
-      if (reg.getTimeLimitMs() > 0) {
-        w.limit_time = unix_millis_now() + static_cast<int64_t>(reg.getTimeLimitMs());
-      }
-      w.group = reg.getGroup().size() ? reg.getGroup().cStr() : "default";
-      w.pid = reg.getPid();
-      w.work_dir = reg.getWorkDir().cStr();
-      w.address = connection->remote_address();
-      w.connect_time = unix_millis_now();
-      w.connection = connection;
-      w.last_seen = asio::steady_timer::clock_type::now();
-      w.heartbeat = reg.getHeartbeatMs() ? Millis(reg.getHeartbeatMs()) : options_.heartbeat;
-      if (reg.getIdleTimeoutMs() > kYearMs) {
-        throw std::runtime_error("worker registration: an idle timeout longer than a year");
-      }
-      w.idle_timeout = options_.idle_timeout;
-      if (reg.getIdleTimeoutMs()) w.idle_timeout = Millis(reg.getIdleTimeoutMs());
-      const std::string policy = reg.getOnServerLost().cStr();
-      if (policy != "" && policy != "stop" && policy != "finish-running") {
-        throw std::runtime_error("worker registration: an unknown --on-server-lost policy");
-      }
-      w.on_server_lost = policy.empty() ? "stop" : policy;
-      // A worker that reports more often than the check runs is checked as often.
-      if (!stopping_ &&
-          heartbeat_timer_.expiry() - asio::steady_timer::clock_type::now() > w.heartbeat) {
-        arm_heartbeat_check(w.heartbeat);
-      }
-      journal::EventMessage event(w.connect_time);
-      auto connected = event.event().initWorkerConnected();
-      connected.setWorker(wid);
-      connected.setHostname(w.hostname);
-      connected.setCpus(w.cpus);
-      connected.setWorkDir(w.work_dir);
-      connected.setAddress(w.address);
-      record(event);
-      // The worker learns its id, and gets tasks, once the id is durable: a crash right after
-      // must not give the same id to the next worker.
-      std::weak_ptr<net::Connection> weak = connection;
-      when_durable([this, weak, wid](const Status& stored) {
-        auto c = weak.lock();
-        if (!c || !c->is_open()) return;
-        if (!stored) return c->close();
-        WorkerRecord& w = workers_.at(wid);
-        if (auto st = scheduler_.add_worker(wid, w.resources, w.limit_time, w.group); !st) {
-          spdlog::error("worker {}: {}", wid, st.message());
-          return c->close();
-        }
-        capnp::MallocMessageBuilder reply;
-        auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
-        registered.setWorkerId(wid);
-        registered.setServerUid(access_.server_uid);
-        registered.setHeartbeatMs(static_cast<uint32_t>(w.heartbeat.count()));
-        if (options_.idle_timeout) {
-          registered.setIdleTimeoutMs(static_cast<uint64_t>(options_.idle_timeout->count()));
-        }
-        c->send(reply);
-        spdlog::info("worker {} connected from {} ({}, {})", wid, w.address, w.hostname,
-                     describe(w.resources));
-        request_schedule();
-      });
+      workers_[wid] = std::move(w);
+      register_new_worker(connection, wid, reg);
       return;
     }
     case wire::FromWorker::EVENTS: {
@@ -356,6 +307,28 @@ bool ended(const std::optional<sched::TaskView>& v) {
 
 }  // namespace
 
+bool Server::apply_task_end(WorkerRecord& w, TaskKey key, int64_t time, bool finished,
+                            const std::string& error) {
+  // A report may only give back the CPUs of a canceled task: only real ends are recorded.
+  const bool live = !ended(scheduler_.task(key.job, key.task));
+  if (finished) {
+    if (!scheduler_.task_finished(w.id, key, time)) return false;
+    if (live) record_task(TaskRecord::kFinished, w.id, key, time);
+    return true;
+  }
+  if (!scheduler_.task_failed(w.id, key, time, error)) return false;
+  if (!live) return true;
+  journal::EventMessage event(time);
+  auto failed = event.event().initTaskFailed();
+  failed.setJob(key.job);
+  failed.setTask(key.task);
+  failed.setInstance(key.instance);
+  failed.setError(error);
+  failed.setWorker(w.id);
+  record(event);
+  return true;
+}
+
 void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader events) {
   bool changed = false;
   for (auto e : events.getStarted()) {
@@ -365,29 +338,12 @@ void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader ev
       changed = true;
     }
   }
-  // A report may only give back the CPUs of a canceled task: only real ends are recorded.
   for (auto e : events.getFinished()) {
-    TaskKey key = net::from_wire(e.getKey());
-    const bool live = !ended(scheduler_.task(key.job, key.task));
-    if (scheduler_.task_finished(w.id, key, e.getTime())) {
-      if (live) record_task(TaskRecord::kFinished, w.id, key, e.getTime());
-      changed = true;
-    }
+    changed |= apply_task_end(w, net::from_wire(e.getKey()), e.getTime(), true, {});
   }
   for (auto e : events.getFailed()) {
-    TaskKey key = net::from_wire(e.getKey());
-    const bool live = !ended(scheduler_.task(key.job, key.task));
-    if (!scheduler_.task_failed(w.id, key, e.getTime(), e.getError().cStr())) continue;
-    changed = true;
-    if (!live) continue;
-    journal::EventMessage event(e.getTime());
-    auto failed = event.event().initTaskFailed();
-    failed.setJob(key.job);
-    failed.setTask(key.task);
-    failed.setInstance(key.instance);
-    failed.setError(e.getError());
-    failed.setWorker(w.id);
-    record(event);
+    changed |=
+        apply_task_end(w, net::from_wire(e.getKey()), e.getTime(), false, e.getError().cStr());
   }
   for (auto k : events.getRetracted()) {
     // Back to waiting as the same instance, never started: within the job's reservation, which
@@ -401,6 +357,12 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
   auto it = workers_.find(id);
   if (it == workers_.end() || it->second.end_time != 0) return;
   WorkerRecord& w = it->second;
+  if (leaving_) {
+    // The server leaves its workers running (SIGTERM): nothing of them changes in the journal,
+    // so that the next server waits for them and their tasks.
+    w.connection.reset();
+    return finish_stop_when_idle();
+  }
   w.end_time = unix_millis_now();
   // Stopped on purpose (by the server, or announced by the worker: SIGTERM, idle timeout, time
   // limit), or lost: the server gave up on its heartbeats (end_state already set), or the

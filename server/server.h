@@ -29,6 +29,10 @@ struct ServerOptions {
   std::optional<Millis> idle_timeout;
   // A worker silent for this many heartbeats is considered lost.
   uint32_t missed_heartbeats = 3;
+  // `--reattach-grace`: after a restart, how long tasks that were running wait for their
+  // workers to reattach before they run again (instance + 1). Ends early once every worker that
+  // was connected is back.
+  Millis reattach_grace{60000};
   // The journal's directory; empty: <server_dir>/journal.
   fs::path journal;
   // No journal: nothing survives the server (throwaway runs, benchmarks).
@@ -38,8 +42,9 @@ struct ServerOptions {
   std::function<void(capnp::MessageReader&)> on_started;
 };
 
-// Runs until `hq server stop`, SIGINT or SIGTERM. Returns the process exit code; errors (directory
-// in use by a live server, ports taken) are logged with their cause.
+// Runs until `hq server stop` (which stops the workers too), SIGINT or SIGTERM (which leave
+// them running: they reattach to the next server on this directory). Returns the process exit code;
+// errors (directory in use by a live server, ports taken) are logged with their cause.
 int run_server(const ServerOptions& options);
 
 }  // namespace hq::server

@@ -53,7 +53,9 @@ struct WorkerRecord {
   std::shared_ptr<net::Connection> connection;
   std::unordered_set<JobId> known_jobs;  // jobs whose body this worker has
   asio::steady_timer::time_point last_seen;
-  bool serving = false;  // told it serves a multi-node task (ToWorker.serving)
+  bool serving = false;         // told it serves a multi-node task (ToWorker.serving)
+  uint32_t reattach_count = 0;  // times it reconnected, as it counts them
+  int64_t reattach_time = 0;    // Unix ms of its last reattach; 0: none
 };
 
 // A client following the progress of jobs (`hq job progress`, `--progress`): told their summed
@@ -79,7 +81,9 @@ class Server {
   ~Server();
   // Takes the directory lock, binds, writes the access file. Errors name the cause.
   Status start();
-  void stop();
+  // `stop_workers`: `hq server stop` tells every worker to stop; otherwise (SIGTERM, SIGINT)
+  // they are told the server leaves, and follow their --on-server-lost policy.
+  void stop(bool stop_workers = true);
 
  private:
   // server.cc
@@ -90,6 +94,32 @@ class Server {
   // `reason` is empty for an orderly close.
   void on_worker_lost(WorkerId id, const std::string& reason);
   void handle_worker_events(WorkerRecord& worker, wire::WorkerEvents::Reader events);
+  // Validates a registration and fills `w` from it (all but the id); nothing is changed on
+  // error, which names the peer's mistake.
+  Status read_registration(wire::WorkerRegistration::Reader reg, net::Connection& connection,
+                           WorkerRecord& w) const;
+  // A task's end reported by worker `w` (live, or claimed at reattach): applied, and recorded
+  // when it is a real end. Returns whether anything changed.
+  bool apply_task_end(WorkerRecord& w, TaskKey key, int64_t time, bool finished,
+                      const std::string& error);
+  // reattach.cc: registration, and workers coming back after a restart.
+  // A worker that is not reattaching: journaled, then added and answered once its id is durable.
+  void register_new_worker(const std::shared_ptr<net::Connection>& connection, WorkerId wid,
+                           wire::WorkerRegistration::Reader reg);
+  // Whether a registration is a worker the server waits for (same server, id expected).
+  bool expects_reattach(wire::WorkerRegistration::Reader reg) const;
+  // Registers `w` under its old id, adopts its valid claims, records them, answers it, and
+  // tells it to kill the stale ones.
+  void reattach_worker(std::shared_ptr<net::Connection> connection, WorkerRecord w,
+                       wire::WorkerRegistration::Reader reg);
+  // Tells a worker registered anew (not reattached) to kill every task it claims.
+  void kill_claims(WorkerRecord& w, wire::WorkerRegistration::Reader reg);
+  // How many server restarts the task's current instance survived on its worker.
+  uint32_t reattached_count(JobId job, const sched::TaskView& task) const;
+  // Starts the grace after a restart (nothing to wait for: it ends at once).
+  void start_reattach_grace();
+  // The grace is over: unclaimed orphans wait again with instance + 1, missing workers are lost.
+  void end_reattach_grace(const char* why);
   // Ends the event loop once stop() has closed every connection.
   void finish_stop_when_idle();
   void request_schedule();
@@ -191,8 +221,12 @@ class Server {
   std::unique_ptr<net::Listener> worker_listener_;
   asio::signal_set signals_;
   asio::steady_timer heartbeat_timer_;
+  asio::steady_timer reattach_timer_;
+  bool reattaching_ = false;              // in the grace after a restart
+  std::set<WorkerId> reattach_expected_;  // connected before the restart, not back yet
   bool schedule_pending_ = false;
   bool stopping_ = false;
+  bool leaving_ = false;  // stopping without stopping the workers (SIGTERM, SIGINT)
 
   std::unique_ptr<journal::Journal> journal_;
   fs::path journal_path_;

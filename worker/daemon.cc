@@ -45,7 +45,8 @@ struct JobBody {
 struct RunningTask {
   TaskKey key;
   pid_t pid = 0;
-  Allocation allocation;  // given back to the pool when the task ends
+  int64_t start_time = 0;  // Unix ms
+  Allocation allocation;   // given back to the pool when the task ends
   bool canceled = false;
   bool timed_out = false;  // killed by the job's --time-limit
   // HQ_NODE_FILE and HQ_HOST_FILE of a multi-node task, removed at its end.
@@ -61,6 +62,21 @@ struct RunningTask {
 };
 
 constexpr Millis kStreamFlushInterval{1000};
+// Ended tasks whose results a reattaching worker presents again: the server may have lost the
+// last ones it was sent (unsynced when it crashed). Results older than these many ends are
+// taken as recorded.
+constexpr size_t kRecentEnds = 10'000;
+// Reconnect attempts: the first this soon after the loss, doubling up to the maximum.
+constexpr Millis kReconnectFirst{200};
+constexpr Millis kReconnectMax{5000};
+
+// A result the worker keeps for a reattach (wire::EndedClaim).
+struct EndedTask {
+  TaskKey key;
+  int64_t start = 0, end = 0;
+  bool finished = false;
+  std::string error;
+};
 // What of HQ_ERROR_FILENAME becomes a failed task's error text.
 constexpr size_t kMaxErrorFileBytes = 2048;
 
@@ -172,6 +188,7 @@ class Worker {
         heartbeat_timer_(io),
         idle_timer_(io),
         lifetime_timer_(io),
+        reconnect_timer_(io),
         stream_flush_timer_(io) {}
 
   Status start() {
@@ -246,22 +263,40 @@ class Worker {
  private:
   void on_connected(Result<net::Connected>& connected) {
     if (!connected) return shutdown("cannot connect to the server: " + connected.message(), 1);
-    connection_ = connected->connection;
-    connection_->start([this](net::Message& m) { on_message(m); },
-                       [this](const std::string& reason) {
-                         if (shut_down_) return io_.stop();  // our own close completed
-                         std::string why = reason.empty() ? "the server closed the connection"
-                                                          : "lost the server: " + reason;
-                         // An orderly close means the server dropped this worker (its tasks
-                         // run elsewhere now): only a broken connection lets them finish here.
-                         if (options_.finish_running_on_server_lost && !stopping_on_request_ &&
-                             !reason.empty() && !running_.empty()) {
-                           return drain(why);
-                         }
-                         shutdown(why, stopping_on_request_ ? 0 : 1);
-                       });
+    use_connection(connected->connection);
     capnp::MallocMessageBuilder message;
-    auto reg = message.initRoot<wire::FromWorker>().initRegister();
+    fill_registration(message.initRoot<wire::FromWorker>().initRegister());
+    connection_->send(message);
+  }
+
+  void use_connection(std::shared_ptr<net::Connection> connection) {
+    connection_ = std::move(connection);
+    server_leaving_ = false;
+    connection_->start([this](net::Message& m) { on_message(m); },
+                       [this, c = std::weak_ptr<net::Connection>(connection_)](
+                           const std::string& reason) { on_closed(c, reason); });
+  }
+
+  void on_closed(const std::weak_ptr<net::Connection>& closed, const std::string& reason) {
+    if (shut_down_) return io_.stop();         // our own close completed
+    if (closed.lock() != connection_) return;  // an earlier connection, replaced already
+    std::string why =
+        reason.empty() ? "the server closed the connection" : "lost the server: " + reason;
+    if (server_leaving_) why = "the server stopped without stopping its workers";
+    // An orderly close means the server dropped this worker (its tasks run elsewhere now):
+    // only a broken connection, or a server that leaves without stopping its workers, lets
+    // them go on here.
+    const bool broken = !reason.empty() || server_leaving_;
+    if (!stopping_on_request_ && broken && worker_id_ != 0) {
+      if (options_.on_server_lost == OnServerLost::kReconnect) return lose_server(why);
+      if (options_.on_server_lost == OnServerLost::kFinishRunning && !running_.empty()) {
+        return drain(why);
+      }
+    }
+    shutdown(why, stopping_on_request_ ? 0 : 1);
+  }
+
+  void fill_registration(wire::WorkerRegistration::Builder reg) {
     reg.setHostname(options_.hostname);
     reg.setCpus(descriptor_.cpus());
     reg.setWorkDir(options_.work_dir.string());
@@ -271,10 +306,114 @@ class Worker {
     if (options_.idle_timeout) {
       reg.setIdleTimeoutMs(static_cast<uint64_t>(options_.idle_timeout->count()));
     }
-    reg.setOnServerLost(options_.finish_running_on_server_lost ? "finish-running" : "stop");
+    reg.setOnServerLost(on_server_lost_name(options_.on_server_lost));
     if (options_.time_limit) reg.setTimeLimitMs(static_cast<uint64_t>(remaining().count()));
     net::to_wire(descriptor_, reg.initResources(descriptor_.resources.size()));
+    if (worker_id_ == 0) return;
+    // Back after a loss: who it was, and what it holds.
+    reg.setPreviousWorkerId(worker_id_);
+    reg.setPreviousServerUid(server_uid_);
+    reg.setReattachCount(reconnects_);
+    auto running = reg.initRunning(static_cast<unsigned>(running_.size()));
+    unsigned i = 0;
+    for (const auto& [ref, task] : running_) {
+      net::to_wire(task.key, running[i].initKey());
+      running[i].setStartTime(task.start_time);
+      auto units = running[i].initUnits(static_cast<unsigned>(task.allocation.size()));
+      for (size_t k = 0; k < task.allocation.size(); ++k) {
+        const AllocationEntry& a = task.allocation[k];
+        units[k].setResource(names_.name(a.resource));
+        units[k].setUnit(a.unit == kSumUnit ? 0 : a.unit);
+        units[k].setAmount(a.amount);
+      }
+      ++i;
+    }
+    auto ended = reg.initEnded(static_cast<unsigned>(recent_ends_.size()));
+    i = 0;
+    for (const EndedTask& e : recent_ends_) {
+      net::to_wire(e.key, ended[i].initKey());
+      ended[i].setStartTime(e.start);
+      ended[i].setEndTime(e.end);
+      ended[i].setFinished(e.finished);
+      ended[i].setError(e.error);
+      ++i;
+    }
+  }
+
+  // The connection broke (--on-server-lost reconnect): tasks and their output capture go on;
+  // queued tasks are dropped (the server gives them out again); reconnect until the timeout.
+  void lose_server(const std::string& why) {
+    spdlog::warn("{}: keeping {} running task(s), reconnecting for up to {}", why, running_.size(),
+                 format_duration(options_.reconnect_timeout));
+    connection_.reset();
+    heartbeat_timer_.cancel();
+    for (const TaskKey& key : queue_) {
+      node_hosts_.erase(key);
+      task_bodies_.erase(key.ref());
+      task_entries_.erase(key.ref());
+    }
+    queue_.clear();
+    serving_ = false;
+    away_since_ = std::chrono::steady_clock::now();
+    reconnect_delay_ = kReconnectFirst;
+    schedule_reconnect();
+  }
+
+  void schedule_reconnect() {
+    if (shut_down_) return;
+    const auto away = std::chrono::steady_clock::now() - away_since_;
+    if (away >= options_.reconnect_timeout) {
+      return shutdown(fmt::format("the server did not come back within {} (--reconnect-timeout)",
+                                  format_duration(options_.reconnect_timeout)),
+                      1);
+    }
+    const auto left = std::chrono::duration_cast<Millis>(options_.reconnect_timeout - away);
+    reconnect_timer_.expires_after(std::min(reconnect_delay_, left));
+    reconnect_delay_ = std::min(reconnect_delay_ * 2, kReconnectMax);
+    reconnect_timer_.async_wait([this](const std::error_code& error) {
+      if (error || shut_down_) return;
+      // The access file of a restarted server: the same keys, maybe other ports.
+      auto access =
+          net::read_access_file(access_file_path(options_.server_dir), net::AccessUse::kWorker);
+      if (!access) {
+        spdlog::debug("reconnect: {}", access.message());
+        return schedule_reconnect();
+      }
+      net::async_connect(io_, access->worker->host, access->worker->port, wire::Role::WORKER,
+                         access->worker->key, [this](Result<net::Connected> connected) {
+                           if (shut_down_) return;
+                           if (!connected) {
+                             spdlog::debug("reconnect: {}", connected.message());
+                             return schedule_reconnect();
+                           }
+                           reattach(connected->connection);
+                         });
+    });
+  }
+
+  // Presents the old id and what the worker holds, once the streams of the tasks that ended
+  // meanwhile are synced (their results count only then).
+  void reattach(std::shared_ptr<net::Connection> connection) {
+    ++reconnects_;
+    auto broken = reports_.flush([this](const ReportBatch& batch) { remember_ends(batch); });
+    for (const auto& writer : broken) drop_stream(writer);
+    use_connection(std::move(connection));
+    capnp::MallocMessageBuilder message;
+    fill_registration(message.initRoot<wire::FromWorker>().initRegister());
     connection_->send(message);
+    spdlog::info(
+        "reconnected to the server: reattaching as worker {} with {} running task(s) "
+        "and {} result(s)",
+        worker_id_, running_.size(), recent_ends_.size());
+  }
+
+  void remember_ends(const ReportBatch& batch) {
+    for (const TaskReport& r : batch.finished)
+      recent_ends_.push_back({r.key, r.start, r.time, true, {}});
+    for (const TaskReport& r : batch.failed) {
+      recent_ends_.push_back({r.key, r.start, r.time, false, r.error});
+    }
+    while (recent_ends_.size() > kRecentEnds) recent_ends_.pop_front();
   }
 
   void on_message(net::Message& m) {
@@ -282,6 +421,12 @@ class Worker {
     switch (msg.which()) {
       case wire::ToWorker::REGISTERED: {
         auto r = msg.getRegistered();
+        if (worker_id_ != 0 && worker_id_ != r.getWorkerId()) {
+          spdlog::warn(
+              "the server registered this worker anew, as worker {} (was {}): it kills "
+              "the tasks it no longer expects here",
+              r.getWorkerId(), worker_id_);
+        }
         worker_id_ = r.getWorkerId();
         server_uid_ = r.getServerUid().cStr();
         heartbeat_ = Millis(std::max<uint32_t>(r.getHeartbeatMs(), 100));
@@ -347,6 +492,9 @@ class Worker {
       case wire::ToWorker::STOP:
         stopping_on_request_ = true;
         return shutdown("stopped by the server", 0, wire::WorkerStopReason::STOPPED);
+      case wire::ToWorker::SERVER_LEAVING:
+        server_leaving_ = true;  // the close that follows is a loss, not a dismissal
+        return;
     }
     throw std::runtime_error("unknown message from the server");
   }
@@ -518,6 +666,7 @@ class Worker {
     int64_t now = unix_millis_now();
     RunningTask task;
     task.key = key;
+    task.start_time = now;
     task.allocation = std::move(allocation);
 
     TaskPaths paths = task_paths(job.body, key.job, key.task, key.instance, server_uid_);
@@ -743,16 +892,16 @@ class Worker {
     if (finished && !shut_down_) remove_files(task.remove_if_finished);
     ReportBatch& reports = reports_.pending();
     if (task.timed_out && !task.canceled) {
-      reports.failed.push_back({task.key, now, "Time limit reached", written});
+      reports.failed.push_back({task.key, now, "Time limit reached", written, task.start_time});
     } else if (!task.stream_error.empty()) {
-      reports.failed.push_back({task.key, now, task.stream_error, nullptr});
+      reports.failed.push_back({task.key, now, task.stream_error, nullptr, task.start_time});
     } else if (status.success()) {
-      reports.finished.push_back({task.key, now, {}, written});
+      reports.finished.push_back({task.key, now, {}, written, task.start_time});
     } else {
       std::string error = task.canceled        ? std::string("canceled")
                           : !own_error.empty() ? std::move(own_error)
                                                : describe_exit(status);
-      reports.failed.push_back({task.key, now, std::move(error), written});
+      reports.failed.push_back({task.key, now, std::move(error), written, task.start_time});
     }
     flush_soon();
     if (draining_) {
@@ -795,6 +944,7 @@ class Worker {
   }
 
   void send(const ReportBatch& batch) {
+    remember_ends(batch);
     capnp::MallocMessageBuilder message;
     auto ev = message.initRoot<wire::FromWorker>().initEvents();
     auto started = ev.initStarted(batch.started.size());
@@ -864,6 +1014,7 @@ class Worker {
     idle_timer_.cancel();
     lifetime_timer_.cancel();
     stream_flush_timer_.cancel();
+    reconnect_timer_.cancel();
     if (!connection_ || !connection_->is_open()) return io_.stop();
     if (why) {
       capnp::MallocMessageBuilder message;
@@ -890,7 +1041,13 @@ class Worker {
   asio::steady_timer heartbeat_timer_;
   asio::steady_timer idle_timer_;
   asio::steady_timer lifetime_timer_;
+  asio::steady_timer reconnect_timer_;
   std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point away_since_;  // of the current loss of the server
+  Millis reconnect_delay_ = kReconnectFirst;
+  uint32_t reconnects_ = 0;
+  bool server_leaving_ = false;        // the server said it leaves without stopping this worker
+  std::deque<EndedTask> recent_ends_;  // the last kRecentEnds results, oldest first
   bool draining_ = false;
   bool serving_ = false;  // a secondary node of a multi-node task
   std::string drain_reason_;
@@ -927,6 +1084,18 @@ class Worker {
 };
 
 }  // namespace
+
+const char* on_server_lost_name(OnServerLost policy) {
+  switch (policy) {
+    case OnServerLost::kStop:
+      return "stop";
+    case OnServerLost::kFinishRunning:
+      return "finish-running";
+    case OnServerLost::kReconnect:
+      return "reconnect";
+  }
+  return "stop";
+}
 
 int run_worker(const WorkerOptions& options) {
   // First, while this process has a single thread; it outlives everything below.

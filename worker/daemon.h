@@ -12,6 +12,17 @@
 
 namespace hq::worker {
 
+// `--on-server-lost`: what a worker does when its connection to the server breaks (not when the
+// server stops it, or drops it on purpose).
+enum class OnServerLost {
+  kStop,           // kill everything and stop
+  kFinishRunning,  // drop queued tasks, let running ones end, then stop
+  kReconnect,      // keep running, reconnect with backoff and reattach; stop after a timeout
+};
+
+// The policy's name as the command line and the wire write it.
+const char* on_server_lost_name(OnServerLost policy);
+
 struct WorkerOptions {
   fs::path server_dir;
   // `--cpus`: "N", "NxM", "[0,1,..]" or "[[0,1],[2,3]]" (parse_cpu_definition); empty: detected.
@@ -34,9 +45,9 @@ struct WorkerOptions {
   // no task whose `--time-request` it would outlive.
   std::optional<Millis> time_limit;
   std::string group;  // `--group`; empty: "default"
-  // `--on-server-lost finish-running`: when the server goes away, running tasks end first (the
-  // queued ones are dropped); otherwise everything is killed at once.
-  bool finish_running_on_server_lost = false;
+  OnServerLost on_server_lost = OnServerLost::kReconnect;
+  // `--reconnect-timeout`: with kReconnect, how long to keep trying before stopping as kStop.
+  Millis reconnect_timeout{15 * 60 * 1000};
 };
 
 // Runs until the server stops the worker, the server goes away, or the idle timeout passes.

@@ -21,6 +21,7 @@ struct TaskReport {
   std::string error;  // of a failed task
   // The stream file holding the task's output (its end record included); null: none.
   std::shared_ptr<stream::StreamWriter> stream;
+  int64_t start = 0;  // of an ended task: when it started (Unix ms); 0: unknown
 };
 
 struct ReportBatch {

@@ -149,7 +149,7 @@ def test_bad_files_are_refused_naming_file_line_and_key(hq_env):
 
 def test_server_killed_mid_graph_finishes_it_without_rerunning_finished_tasks(hq_env):
     hq_env.start_server()
-    worker = hq_env.start_worker(cpus=2)
+    worker = hq_env.start_worker(2, "--on-server-lost", "stop")
     lines = []
     # 1 -> 2..4 -> 5 (waits for a gate) -> 6
     for i, deps, cmd in [(1, [], ""), (2, [1], ""), (3, [1], ""), (4, [1], ""),
@@ -162,7 +162,7 @@ def test_server_killed_mid_graph_finishes_it_without_rerunning_finished_tasks(hq
     job = submit_file(hq_env, path)
     hq_env.wait_for_task_state(job, 5, "running")
     hq_env.kill(hq_env.server)
-    worker.wait(timeout=30)  # workers stop when their server is gone
+    worker.wait(timeout=30)  # --on-server-lost stop: the worker dies with its server
     hq_env.start_server()
     assert by_id(hq_env, job)[4]["state"] == "finished"
     assert by_id(hq_env, job)[6]["state"] == "waiting"

@@ -58,7 +58,7 @@ def test_task_cancel_of_waiting_and_running_array_tasks(hq_env):
 
 def test_task_cancel_in_a_graph_aborts_dependants_and_survives_kill_9(hq_env):
     hq_env.start_server()
-    w = hq_env.start_worker(cpus=2)
+    w = hq_env.start_worker(2, "--on-server-lost", "stop")
     gate = hq_env.root / "gate"
     job = write_graph(hq_env, gate)
     hq_env.wait_for_task_state(job, 1, "running")

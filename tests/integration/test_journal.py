@@ -31,7 +31,7 @@ def kill_server(hq_env):
 
 def test_restart_keeps_finished_waiting_and_partial_jobs(hq_env):
     hq_env.start_server()
-    w = hq_env.start_worker(cpus=2)
+    w = hq_env.start_worker(2, "--on-server-lost", "stop")
     done = marker_job(hq_env, "1-4")
     assert hq_env.wait_job(done) == 0
     gate = hq_env.root / "gate"
@@ -42,7 +42,7 @@ def test_restart_keeps_finished_waiting_and_partial_jobs(hq_env):
     info_before = json.loads((hq_env.server_dir / "access.json").read_text())
 
     kill_server(hq_env)
-    w.wait(timeout=30)  # workers stop when their server is gone
+    w.wait(timeout=30)  # --on-server-lost stop: the worker dies with its server
     hq_env.start_server()
     # The same identity, keys and ports: clients set up with the old access file keep working.
     info_after = json.loads((hq_env.server_dir / "access.json").read_text())
@@ -79,7 +79,7 @@ def test_crash_counters_and_worker_ids_survive_restart(hq_env):
     gate = hq_env.root / "gate"
     job = marker_job(hq_env, "1", gate=gate)
     hq_env.run_on_a_dying_worker(job, 1, instance=0)
-    w2 = hq_env.start_worker(cpus=1)
+    w2 = hq_env.start_worker(1, "--on-server-lost", "stop")
     hq_env.wait_for_task_state(job, 1, "running")
     kill_server(hq_env)
     w2.wait(timeout=30)
@@ -226,7 +226,7 @@ def test_crash_loop(hq_env):
     marks = hq_env.root / "marks"
     marks.mkdir()
     hq_env.start_server()
-    workers = [hq_env.start_worker(cpus=2), hq_env.start_worker(cpus=2)]
+    workers = [hq_env.start_worker(2, "--on-server-lost", "stop"), hq_env.start_worker(2, "--on-server-lost", "stop")]
     campaign = hq_env.submit(["--array", "1-5000", "--stdout", "none", "--stderr", "none", "--",
                               "bash", "-c",
                               gate + f"echo $HQ_INSTANCE_ID >> {marks}/$HQ_JOB_ID.$HQ_TASK_ID"])
@@ -280,7 +280,7 @@ def test_crash_loop(hq_env):
         for w in workers:
             w.wait(timeout=30)
         hq_env.start_server()
-        workers = [hq_env.start_worker(cpus=2), hq_env.start_worker(cpus=2)]
+        workers = [hq_env.start_worker(2, "--on-server-lost", "stop"), hq_env.start_worker(2, "--on-server-lost", "stop")]
 
     unlimited.touch()
     for job in acknowledged:

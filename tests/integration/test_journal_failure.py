@@ -81,7 +81,7 @@ def test_a_full_disk_holds_the_server_back_until_space_is_freed(hq_env):
     with small_disk(hq_env) as disk:
         journal = disk / "journal"
         hq_env.start_server("--journal", str(journal))
-        workers = [hq_env.start_worker(cpus=2), hq_env.start_worker(cpus=2)]
+        workers = [hq_env.start_worker(2, "--on-server-lost", "stop"), hq_env.start_worker(2, "--on-server-lost", "stop")]
         campaign = marker_job(hq_env, "1-3000")
         wait_until(lambda: len(list((hq_env.root / "marks").iterdir())) >= 50,
                    timeout=120, message="the campaign to run")
@@ -124,11 +124,11 @@ def test_no_task_goes_to_a_worker_while_its_requeue_cannot_be_stored(hq_env):
         journal = disk / "journal"
         hq_env.start_server("--journal", str(journal))
         gate = hq_env.root / "gate"
-        doomed = hq_env.start_worker(cpus=2)
+        doomed = hq_env.start_worker(2, "--on-server-lost", "stop")
         job = marker_job(hq_env, "1-2", gate=gate)
         hq_env.wait_for_task_state(job, 1, "running")
         hq_env.wait_for_task_state(job, 2, "running")
-        spare = hq_env.start_worker(cpus=2)  # idle: ready to take the requeued tasks
+        spare = hq_env.start_worker(2, "--on-server-lost", "stop")  # idle: ready to take the requeued tasks
 
         with full_disk(disk / "filler"):
             # A submission larger than what is left of the WAL's last page fails the write;

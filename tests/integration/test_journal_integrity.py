@@ -220,7 +220,7 @@ def test_report_agrees_with_the_restarted_server(hq_env):
         hq_env.server_dir = hq_env.root / f"server-{seed}"
         hq_env.env["HQ_SERVER_DIR"] = str(hq_env.server_dir)
         hq_env.start_server()
-        workers = [hq_env.start_worker(cpus=2)]
+        workers = [hq_env.start_worker(2, "--on-server-lost", "stop")]
         jobs = []
         for step in range(8):
             action = rng.choice(["submit", "submit", "submit", "cancel", "kill-worker",
@@ -237,13 +237,13 @@ def test_report_agrees_with_the_restarted_server(hq_env):
                 hq_env.command(["job", "cancel", str(rng.choice(jobs))])
             elif action == "kill-worker" and workers:
                 hq_env.kill(workers.pop(rng.randrange(len(workers))))
-                workers.append(hq_env.start_worker(cpus=2))
+                workers.append(hq_env.start_worker(2, "--on-server-lost", "stop"))
             elif action == "kill-server":
                 hq_env.kill(hq_env.server)
                 for w in workers:
                     w.wait(timeout=30)
                 hq_env.start_server()
-                workers = [hq_env.start_worker(cpus=2)]
+                workers = [hq_env.start_worker(2, "--on-server-lost", "stop")]
         # A job aborted by its max-fails, and one running when everything is killed.
         aborted = hq_env.submit(["--array", "1-6", "--max-fails", "0", "--stdout", "none",
                                  "--stderr", "none", "--", "bash", "-c", "exit 2"])
@@ -252,7 +252,7 @@ def test_report_agrees_with_the_restarted_server(hq_env):
                                  "sleep", "300"])
         jobs += [aborted, running]
         if not any(w.poll() is None for w in workers):
-            workers.append(hq_env.start_worker(cpus=2))
+            workers.append(hq_env.start_worker(2, "--on-server-lost", "stop"))
         hq_env.wait_for_task_state(running, 1, "running", timeout=60)
         # Stop everything with kill -9, compare the offline report with a fresh server.
         hq_env.kill(hq_env.server)

@@ -130,7 +130,7 @@ def test_finish_running_lets_the_running_task_end_after_the_server_is_lost(hq_en
 def test_stop_on_server_lost_kills_the_running_task(hq_env):
     root = hq_env.root
     hq_env.start_server()
-    worker = hq_env.start_worker(1)  # --on-server-lost stop is the default
+    worker = hq_env.start_worker(1, "--on-server-lost", "stop")
     job = hq_env.submit(gated_task(root, "a"))
     hq_env.wait_for_task_state(job, 0, "running")
     pid = pid_of(root, "a")
