@@ -285,7 +285,10 @@ class Report {
   }
   // After the last event; `damage` gets a job that could not be restored.
   void finish(std::vector<std::string>& damage) {
+    // As the server starts: orphans wait for the workers it expects, and with none expected
+    // the grace is over at once.
     restore_.finish(/*reattach=*/true);
+    if (restore_.connected_workers().empty()) scheduler_.end_reattach();
     if (!restore_.status()) damage.push_back(restore_.status().message());
   }
 
