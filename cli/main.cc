@@ -68,7 +68,7 @@ bool takes_value(std::string_view option) {
       "--stdout",      "--stderr",    "--env",          "--stream",      "--time-limit",
       "--crash-limit", "--max-fails", "--server-dir",   "--output-mode", "--log-level",
       "--resource",    "--pin",       "--time-request", "--nodes",       "--colors",
-      "--each-line",   "--from-json", "--directives"};
+      "--each-line",   "--from-json", "--directives",   "--job",         "--deps"};
   if (option.find('=') != std::string_view::npos) return false;
   return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
 }
@@ -421,6 +421,9 @@ int run(int argc, char** argv) {
                   "Read #HQ option lines at the top of the script: auto (programs ending in "
                   ".sh), file, stdin or off (default auto)");
     s->add_flag("--wait", submit.wait, "Wait until the job ends (exit code as `hq job wait`)");
+    s->add_option("--job", submit.job, "Add the tasks to this open job (`hq job open`)");
+    s->add_option("--deps", submit.deps,
+                  "With --job: every task waits for these tasks of the job, e.g. 3,7-9");
     s->add_flag("--progress", submit.progress,
                 "Show the job's progress until it ends (implies --wait)");
     s->footer("The program and its arguments follow the options, best after `--`.");
@@ -438,7 +441,20 @@ int run(int argc, char** argv) {
       "submit-file", "Submit a job from a HyperQueue job definition file (TOML)");
   submit_file->add_option("file", job_file_path, "The job file")->required();
   submit_file->add_flag("--wait", job_file_wait, "Wait until the job ends");
-  submit_file->callback([&] { code = cmd_job_submit_file(g, job_file_path, job_file_wait); });
+  std::optional<uint32_t> job_file_into;
+  submit_file->add_option("--job", job_file_into, "Add the tasks to this open job");
+  submit_file->callback(
+      [&] { code = cmd_job_submit_file(g, job_file_path, job_file_wait, job_file_into); });
+  std::string open_name;
+  std::optional<int64_t> open_max_fails;
+  auto* job_open = job->add_subcommand("open", "Open a job that takes tasks until it is closed");
+  job_open->add_option("--name", open_name, "Job name");
+  job_open->add_option("--max-fails", open_max_fails, "Abort the job after this many failures");
+  job_open->callback([&] { code = cmd_job_open(g, open_name, open_max_fails); });
+  auto* job_close = job->add_subcommand("close", "Close open jobs: they take no more tasks");
+  std::string close_selector;
+  job_close->add_option("selector", close_selector, "Job id, range (1-4), last or all")->required();
+  job_close->callback([&] { code = cmd_job_close(g, close_selector); });
   bool job_all = false;
   std::string job_filter, job_selector;
   auto* job_list = job->add_subcommand("list", "List jobs (by default those not yet complete)");
@@ -457,9 +473,12 @@ int run(int argc, char** argv) {
       "Wait until jobs end. Exit code 0 when every waited job finished, 1 when any failed or "
       "was canceled");
   job_wait->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
+  bool without_close = false;
+  job_wait->add_flag("--without-close", without_close,
+                     "An open job counts as done once its current tasks are");
   bool wait_progress = false;
   job_wait->add_flag("--progress", wait_progress, "Show the jobs' progress while waiting");
-  job_wait->callback([&] { code = cmd_job_wait(g, job_selector, wait_progress); });
+  job_wait->callback([&] { code = cmd_job_wait(g, job_selector, without_close, wait_progress); });
 
   // --- task ---
   auto* task = app.add_subcommand("task", "Inspect tasks");
