@@ -75,9 +75,10 @@ def test_cancel_ends_queued_and_running_allocations(slurm, tmp_path):
     running = probe(slurm, "submit", str(tmp_path / "r"), hq, "10m").strip()
     wait_until(lambda: (tmp_path / f"args.{running}").exists(), timeout=60,
                message="the allocation to start")
-    # This one asks for more CPUs than the node has free, so it stays queued.
+    # This one asks for all the node's CPUs, one of which is taken, so it stays queued.
+    cpus = slurm.run(["sinfo", "-h", "-n", "localhost", "-o", "%c"]).stdout.strip()
     queued = probe(slurm, "submit", str(tmp_path / "q"), hq, "10m",
-                   f"--cpus-per-task={os.cpu_count()}").strip()
+                   f"--cpus-per-task={cpus}").strip()
     assert states(slurm, queued)[queued][0] == "queued"
     probe(slurm, "cancel", running, queued)
 
