@@ -1,6 +1,7 @@
 // Drives alloc::BatchSystem from the command line, for tests/integration/test_alloc_batch.py:
 //
-//   alloc-probe slurm|pbs submit LOG_DIR HQ_BINARY TIME_LIMIT [BATCH_ARG...]   prints the id
+//   alloc-probe slurm|pbs submit LOG_DIR HQ_BINARY SERVER_DIR TIME_LIMIT [BATCH_ARG...]
+//                                        submits an allocation of one worker; prints its id
 //   alloc-probe slurm|pbs status ID...   one query; prints "ID STATE DETAIL" per known id
 //   alloc-probe slurm|pbs cancel ID...
 //
@@ -28,19 +29,19 @@ int main(int argc, char** argv) {
   alloc::BatchSystem batch(alloc::make_backend(*kind), runner);
   const std::string& verb = args[1];
   std::vector<std::string> rest(args.begin() + 2, args.end());
-  if (verb == "submit" && rest.size() >= 3) {
+  if (verb == "submit" && rest.size() >= 4) {
     alloc::AllocationSpec spec;
     spec.name = "probe";
     spec.log_dir = rest[0];
     spec.hq_binary = rest[1];
-    spec.server_dir = rest[0] + "/server";
-    auto limit = parse_duration(rest[2]);
+    spec.server_dir = rest[2];
+    auto limit = parse_duration(rest[3]);
     if (!limit) {
       std::cerr << limit.message() << "\n";
       return 2;
     }
     spec.time_limit = *limit;
-    spec.batch_args.assign(rest.begin() + 3, rest.end());
+    spec.batch_args.assign(rest.begin() + 4, rest.end());
     auto id = batch.submit(spec);
     if (!id) {
       std::cerr << id.message() << "\n";

@@ -11,6 +11,13 @@ from conftest import HQ_BIN, wait_until
 PROBE = str(Path(HQ_BIN).parent / "tools" / "alloc-probe")
 
 
+def submit(slurm, log_dir, hq, *sbatch_args, server_dir=None, time_limit="10m"):
+    """Submits an allocation of one worker through alloc::BatchSystem; returns its id."""
+    server_dir = server_dir or log_dir / "server"
+    return probe(slurm, "submit", str(log_dir), hq, str(server_dir), time_limit,
+                 *sbatch_args).strip()
+
+
 def probe(slurm, *args):
     p = slurm.run([PROBE, "slurm", *args])
     assert p.returncode == 0, f"alloc-probe {args} failed:\n{p.stderr}"
@@ -41,8 +48,8 @@ def fake_hq(tmp_path):
 
 def test_allocation_goes_queued_running_finished_and_failed(slurm, tmp_path):
     hq = fake_hq(tmp_path)
-    good = probe(slurm, "submit", str(tmp_path / "a"), hq, "10m").strip()
-    bad = probe(slurm, "submit", str(tmp_path / "b"), hq, "10m").strip()
+    good = submit(slurm, tmp_path / "a", hq)
+    bad = submit(slurm, tmp_path / "b", hq)
     # Two 1-CPU allocations fit this machine; each is queued, then running.
     first = states(slurm, good, bad)
     assert set(first) == {good, bad}
@@ -72,13 +79,12 @@ def test_allocation_goes_queued_running_finished_and_failed(slurm, tmp_path):
 
 def test_cancel_ends_queued_and_running_allocations(slurm, tmp_path):
     hq = fake_hq(tmp_path)
-    running = probe(slurm, "submit", str(tmp_path / "r"), hq, "10m").strip()
+    running = submit(slurm, tmp_path / "r", hq)
     wait_until(lambda: (tmp_path / f"args.{running}").exists(), timeout=60,
                message="the allocation to start")
     # This one asks for all the node's CPUs, one of which is taken, so it stays queued.
     cpus = slurm.run(["sinfo", "-h", "-n", "localhost", "-o", "%c"]).stdout.strip()
-    queued = probe(slurm, "submit", str(tmp_path / "q"), hq, "10m",
-                   f"--cpus-per-task={cpus}").strip()
+    queued = submit(slurm, tmp_path / "q", hq, f"--cpus-per-task={cpus}")
     assert states(slurm, queued)[queued][0] == "queued"
     probe(slurm, "cancel", running, queued)
 
@@ -95,11 +101,32 @@ def test_cancel_ends_queued_and_running_allocations(slurm, tmp_path):
 
 
 def test_submit_shows_sbatchs_error(slurm, tmp_path):
-    p = slurm.run([PROBE, "slurm", "submit", str(tmp_path / "x"), "/bin/true", "10m",
-                   "--partition=nope"])
+    p = slurm.run([PROBE, "slurm", "submit", str(tmp_path / "x"), "/bin/true",
+                   str(tmp_path / "server"), "10m", "--partition=nope"])
     assert p.returncode == 1
     assert "sbatch failed (exit 1)" in p.stderr, p.stderr
     assert "Invalid partition name specified" in p.stderr, p.stderr
+
+
+def test_generated_allocation_starts_a_real_worker_that_knows_its_allocation(slurm, hq_env):
+    hq_env.start_server()
+    job = submit(slurm, hq_env.root / "alloc", HQ_BIN, server_dir=hq_env.server_dir,
+                 time_limit="20m")
+    [w] = wait_until(lambda: hq_env.json(["worker", "list"]), timeout=90,
+                     message=f"the worker of allocation {job} to connect")
+    assert w["configuration"]["group"] == job
+    assert 18 * 60 < w["configuration"]["time_limit"] <= 20 * 60, w["configuration"]
+    assert states(slurm, job)[job] == ("running", "RUNNING")
+    # A task runs there; then canceling the allocation takes the worker with it.
+    task = hq_env.submit(["--", "bash", "-c", "echo $SLURM_JOB_ID"])
+    assert hq_env.wait_job(task) == 0
+    probe(slurm, "cancel", job)
+    wait_until(lambda: states(slurm, job)[job][0] == "finished", timeout=60,
+               message=f"allocation {job} to end")
+    wait_until(lambda: not hq_env.json(["worker", "list"]), timeout=60,
+               message="the worker to go away with its allocation")
+    out = (hq_env.work / f"job-{task}" / "0.stdout").read_text().strip()
+    assert out == job, out
 
 
 def run_hq(slurm, args, cwd):
