@@ -22,3 +22,13 @@ def test_scancel_ends_a_running_job(slurm, tmp_path):
     assert p.returncode == 0, p.stderr
     wait_until(lambda: slurm.state(job) == "CANCELLED", timeout=60,
                message=f"SLURM job {job} to be cancelled (state {slurm.state(job)})")
+
+
+def test_start_again_is_a_no_op_and_status_says_it_runs(slurm):
+    again = slurm._tool("start")
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout
+    status = slurm._tool("status")
+    assert status.returncode == 0, status.stdout
+    assert "node localhost: idle" in status.stdout or "node localhost: mix" in status.stdout
+    assert f"export SLURM_CONF={slurm.dir}/slurm.conf" in status.stdout
