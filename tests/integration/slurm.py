@@ -50,7 +50,7 @@ class LocalSlurm:
         self.env = {"SLURM_CONF": str(directory / "slurm.conf")}
         self.start_seconds = None
 
-    def _tool(self, command):
+    def tool(self, command):
         prefix = as_root() or []
         return subprocess.run([*prefix, "env", f"HQ_LOCAL_SLURM_DIR={self.dir}",
                                str(LOCAL_SLURM), command],
@@ -58,14 +58,14 @@ class LocalSlurm:
 
     def start(self):
         began = time.monotonic()
-        p = self._tool("start")
+        p = self.tool("start")
         if p.returncode != 0:
             raise RuntimeError(f"tools/local-slurm start failed:\n{p.stdout}\n{p.stderr}")
         self.start_seconds = time.monotonic() - began
 
     def stop(self):
-        p = self._tool("stop")
-        status = self._tool("status")
+        p = self.tool("stop")
+        status = self.tool("status")
         assert p.returncode == 0, f"tools/local-slurm stop failed:\n{p.stdout}\n{p.stderr}"
         assert status.returncode == 3, f"local SLURM still running after stop:\n{status.stdout}"
 

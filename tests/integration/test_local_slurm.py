@@ -25,10 +25,10 @@ def test_scancel_ends_a_running_job(slurm, tmp_path):
 
 
 def test_start_again_is_a_no_op_and_status_says_it_runs(slurm):
-    again = slurm._tool("start")
+    again = slurm.tool("start")
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stdout
-    status = slurm._tool("status")
+    status = slurm.tool("status")
     assert status.returncode == 0, status.stdout
     assert "node localhost: idle" in status.stdout or "node localhost: mix" in status.stdout
     assert f"export SLURM_CONF={slurm.dir}/slurm.conf" in status.stdout
