@@ -9,6 +9,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "alloc/batch_system.h"
+#include "cli/alloc_commands.h"
 #include "cli/commands.h"
 #include "cli/completion.h"
 #include "cli/directives.h"
@@ -37,6 +39,26 @@ worker::DetectOptions detect_option(const std::string& list, bool no_hyper_threa
   worker::DetectOptions o = must(worker::parse_detect_list(list));
   o.no_hyper_threading = no_hyper_threading;
   return o;
+}
+
+// `hq worker start --manager`: a worker inside a SLURM or PBS allocation takes its id as the
+// default group and its remaining time as the longest time limit.
+void apply_allocation(worker::WorkerOptions& o, const std::string& manager) {
+  alloc::ProcessRunner runner(Millis{30'000});
+  auto getenv = [](const char* name) -> std::optional<std::string> {
+    const char* v = std::getenv(name);
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  };
+  std::optional<alloc::AllocationInfo> info = must(alloc::find_allocation(manager, getenv, runner));
+  if (!info) return;
+  if (o.group.empty()) o.group = info->id;
+  if (info->remaining && (!o.time_limit || *info->remaining < *o.time_limit)) {
+    if (info->remaining->count() <= 0) {
+      throw CommandError{fmt::format("allocation {} has no time left for a worker", info->id)};
+    }
+    o.time_limit = info->remaining;
+  }
 }
 
 // `hq worker hwdetect`: what a worker started here would detect.
@@ -294,7 +316,7 @@ int run(int argc, char** argv) {
                            "How often to report to the server, which declares the worker lost "
                            "after 3 missed heartbeats (default: the server's --heartbeat, 8s)");
   worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
-  std::string worker_time_limit, worker_group, on_server_lost = "stop";
+  std::string worker_time_limit, worker_group, on_server_lost = "stop", manager = "detect";
   worker_start->add_option("--time-limit", worker_time_limit,
                            "Stop cleanly after this long (e.g. 1h); no task starts that its "
                            "--time-request says would not finish");
@@ -303,6 +325,12 @@ int run(int argc, char** argv) {
       ->add_option("--on-server-lost", on_server_lost,
                    "When the server goes away: stop (kill tasks) or finish-running")
       ->check(CLI::IsMember({"stop", "finish-running"}));
+  worker_start
+      ->add_option("--manager", manager,
+                   "Batch system this worker runs in: slurm, pbs, none, or detect (SLURM_JOB_ID, "
+                   "else PBS_JOBID); inside one, the allocation's id is the default --group and "
+                   "its remaining time caps --time-limit")
+      ->check(CLI::IsMember({"detect", "slurm", "pbs", "none"}));
   std::string detect_list = "all";
   bool no_hyper_threading = false;
   auto add_detect_options = [&](CLI::App* command) {
@@ -334,6 +362,7 @@ int run(int argc, char** argv) {
         throw CommandError{"invalid --time-limit: it must be positive"};
     }
     o.group = worker_group;
+    apply_allocation(o, manager);
     o.finish_running_on_server_lost = on_server_lost == "finish-running";
     code = worker::run_worker(o);
   });
@@ -504,6 +533,7 @@ int run(int argc, char** argv) {
   add_job_management_commands(*job, *task, g, code);
   add_journal_commands(app, g, code);
   add_output_commands(app, g, code);
+  add_alloc_commands(app, g, code);
 
   // Last, so that the script it prints covers every command above.
   std::string shell;
