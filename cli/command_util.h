@@ -25,7 +25,9 @@ void set_job_selector(const std::string& text, wire::JobSelector::Builder out);
 // One job id from "ID" or "last" (asks the server for the last).
 JobId resolve_job(Client& client, const std::string& job);
 // `hq job wait SELECTOR` on an open client: prints the outcome; returns its exit code.
-int wait_for(const GlobalOptions& g, Client& client, const std::string& selector);
+// `without_close`: an open job counts as done once its current tasks are.
+int wait_for(const GlobalOptions& g, Client& client, const std::string& selector,
+             bool without_close = false);
 // The job's stream directory, as its workers will resolve it.
 std::string stream_dir(const JobDescriptionSpec& job, JobId id, const std::string& server_uid);
 // `hq job progress SELECTOR` on an open client (cli/job_commands.cc): draws the jobs' progress

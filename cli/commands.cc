@@ -92,10 +92,12 @@ int report_waited(const GlobalOptions& g, capnp::List<wire::JobSummary>::Reader 
   return n_finished == jobs.size() ? 0 : 1;
 }
 
-int wait_for(const GlobalOptions& g, Client& client, const std::string& selector) {
+int wait_for(const GlobalOptions& g, Client& client, const std::string& selector,
+             bool without_close) {
   const int64_t started = unix_millis_now();
   capnp::MallocMessageBuilder request;
-  set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobWait());
+  auto root = request.initRoot<wire::ClientRequest>();
+  set_job_selector(selector, without_close ? root.initJobWaitOpen() : root.initJobWait());
   auto response = must(client.call(request));
   auto jobs = response.root<wire::ClientResponse>().getJobs();
   if (jobs.size() == 0 && selector != "all") {
@@ -341,6 +343,15 @@ int cmd_submit(const GlobalOptions& g, const SubmitOptions& given) {
   std::vector<std::string> warnings;
   JobDescriptionSpec job = make_job_description(o, current_dir(), warnings);
   for (const auto& w : warnings) std::cerr << "warning: " << w << "\n";
+  if (o.job) {
+    // Into an open job: without --array, the server numbers the tasks past its highest id.
+    job.job = *o.job;
+    job.auto_ids = !o.array;
+  }
+  if (!o.deps.empty()) {
+    if (!o.job) throw CommandError{"--deps names tasks of an open job: give the job with --job"};
+    job.submit_deps = must(IdSet::parse(o.deps), fmt::format("invalid --deps '{}'", o.deps));
+  }
   Client client = must(Client::connect(g));
   // Workers create the stream directory too; doing it here reports a bad path before anything
   // runs, or (when it names the job, known only once submitted) at least at once.
@@ -363,9 +374,11 @@ int cmd_submit(const GlobalOptions& g, const SubmitOptions& given) {
   return report_submitted(g, client, id, o.wait, o.progress);
 }
 
-int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait) {
-  JobFile parsed = must(read_job_file(file));
+int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait,
+                        std::optional<uint32_t> into) {
+  JobFile parsed = must(read_job_file(file, /*deps_outside=*/into.has_value()));
   JobDescriptionSpec job = must(job_file_description(parsed, file, current_dir()));
+  if (into) job.job = *into;
   Client client = must(Client::connect(g));
   capnp::MallocMessageBuilder request;
   net::to_wire(job, request.initRoot<wire::ClientRequest>().initSubmit());
@@ -391,8 +404,9 @@ int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter) {
   for (auto job : jobs) {
     if (!shown(job.getState())) continue;
     out.push_back(job_json(job));
-    table.add({std::to_string(job.getId()), job.getName().cStr(), state_name(job.getState()),
-               counts_text(job.getCounts())});
+    // An open job is marked with '*' before its id, as HyperQueue does.
+    table.add({(job.getIsOpen() ? "*" : "") + std::to_string(job.getId()), job.getName().cStr(),
+               state_name(job.getState()), counts_text(job.getCounts())});
   }
   if (g.mode() == OutputMode::kJson) {
     print_json(out);
@@ -507,10 +521,11 @@ int cmd_job_cancel(const GlobalOptions& g, const std::string& selector) {
   return 0;
 }
 
-int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool progress) {
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool without_close,
+                 bool progress) {
   Client client = must(Client::connect(g));
   if (progress) show_progress(g, client, selector);
-  return wait_for(g, client, selector);
+  return wait_for(g, client, selector, without_close);
 }
 
 JobId resolve_job(Client& client, const std::string& job) {
@@ -924,6 +939,51 @@ int cmd_server_generate_access(const GlobalOptions& g, const GenerateAccessOptio
         record.server_uid, o.file.string(), record.client->host, record.client->port,
         record.worker->host, record.worker->port, o.file.string());
   }
+  return 0;
+}
+
+// --- Open jobs --------------------------------------------------------------------------------
+
+int cmd_job_open(const GlobalOptions& g, const std::string& name,
+                 std::optional<int64_t> max_fails) {
+  JobDescriptionSpec job;
+  job.name = name;
+  if (max_fails) {
+    if (*max_fails < 0) throw CommandError{"--max-fails must be 0 or more"};
+    job.max_fails = *max_fails;
+  }
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  net::to_wire(job, request.initRoot<wire::ClientRequest>().initJobOpen());
+  auto response = must(client.call(request));
+  const JobId id = response.root<wire::ClientResponse>().getSubmitted();
+  switch (g.mode()) {
+    case OutputMode::kJson:
+      print_json({{"id", id}});
+      break;
+    case OutputMode::kQuiet:
+      std::cout << id << "\n";
+      break;
+    case OutputMode::kCli:
+      std::cout << fmt::format("Job {} is open.\n", id);
+      break;
+  }
+  return 0;
+}
+
+int cmd_job_close(const GlobalOptions& g, const std::string& selector) {
+  Client client = must(Client::connect(g));
+  capnp::MallocMessageBuilder request;
+  set_job_selector(selector, request.initRoot<wire::ClientRequest>().initJobClose());
+  auto response = must(client.call(request));
+  auto jobs = response.root<wire::ClientResponse>().getJobs();
+  json out = json::array();
+  for (auto j : jobs) {
+    out.push_back(j.getId());
+    if (g.mode() == OutputMode::kCli) std::cout << fmt::format("Job {} is closed.\n", j.getId());
+  }
+  if (g.mode() == OutputMode::kJson) print_json(out);
+  if (jobs.size() == 0 && selector != "all") throw no_job(selector);
   return 0;
 }
 

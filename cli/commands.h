@@ -37,19 +37,28 @@ struct SubmitOptions {
   bool task_dir = false;            // --task-dir
   std::string directives = "auto";  // --directives (applied by main before parsing)
   bool wait = false;
-  bool progress = false;  // --progress: draw the job's progress until it ends (implies wait)
+  std::optional<uint32_t> job;  // `--job`: add the tasks to this open job
+  std::string deps;             // `--deps`: every task depends on these tasks of the open job
+  bool progress = false;        // --progress: draw the job's progress until it ends (implies wait)
   std::vector<std::string> program;
 };
 
 int cmd_submit(const GlobalOptions& g, const SubmitOptions& o);
 // `hq job submit-file FILE`: a HyperQueue job definition file, checked whole before anything is
 // submitted.
-int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait);
+// `into`: the open job the file's tasks are added to (`--job`).
+int cmd_job_submit_file(const GlobalOptions& g, const std::string& file, bool wait,
+                        std::optional<uint32_t> into = std::nullopt);
 int cmd_job_list(const GlobalOptions& g, bool all, const std::string& filter);
 int cmd_job_info(const GlobalOptions& g, const std::string& selector);
 int cmd_job_cancel(const GlobalOptions& g, const std::string& selector);
-// With `progress`, draws the jobs' progress while they run (`hq job wait --progress`).
-int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool progress = false);
+// `without_close`: an open job counts as done once its current tasks are. With `progress`, draws
+// the jobs' progress while they run (`hq job wait --progress`).
+int cmd_job_wait(const GlobalOptions& g, const std::string& selector, bool without_close = false,
+                 bool progress = false);
+// cli/open_commands.cc
+int cmd_job_open(const GlobalOptions& g, const std::string& name, std::optional<int64_t> max_fails);
+int cmd_job_close(const GlobalOptions& g, const std::string& selector);
 int cmd_task_list(const GlobalOptions& g, const std::string& job, const std::string& tasks,
                   const std::string& filter);
 int cmd_task_info(const GlobalOptions& g, const std::string& job, const std::string& tasks);

@@ -14,9 +14,10 @@ namespace {
 
 // `hq submit` options a directive may give: the job's own, as HyperQueue allows.
 constexpr std::string_view kValued[] = {
-    "--name",        "--array",     "--cpus",     "--resource",     "--pin",       "--nodes",
-    "--cwd",         "--stdout",    "--stderr",   "--env",          "--stream",    "--time-limit",
-    "--crash-limit", "--max-fails", "--priority", "--time-request", "--each-line", "--from-json"};
+    "--name",         "--array",      "--cpus",        "--resource",  "--pin",
+    "--nodes",        "--cwd",        "--stdout",      "--stderr",    "--env",
+    "--stream",       "--time-limit", "--crash-limit", "--max-fails", "--priority",
+    "--time-request", "--each-line",  "--from-json",   "--job",       "--deps"};
 constexpr std::string_view kFlags[] = {"--task-dir"};
 constexpr std::string_view kNotInDirectives[] = {"--wait", "--stdin", "--directives", "--progress"};
 

@@ -25,7 +25,8 @@ struct FileError {
 
 class Reader {
  public:
-  explicit Reader(std::string file) : file_(std::move(file)) {}
+  Reader(std::string file, bool deps_outside)
+      : file_(std::move(file)), deps_outside_(deps_outside) {}
 
   [[noreturn]] void fail(const toml::source_region& where, const std::string& key,
                          const std::string& what) const {
@@ -261,13 +262,18 @@ class Reader {
       given.insert(next);
     }
     std::vector<TaskDeps> graph;
-    for (const JobFileTask& task : job.tasks) graph.push_back({task.id, task.deps});
+    for (const JobFileTask& task : job.tasks) {
+      TaskDeps& node = graph.emplace_back(TaskDeps{task.id, {}});
+      for (TaskId dep : task.deps) {
+        if (given.contains(dep)) node.deps.push_back(dep);  // others: earlier submits' tasks
+      }
+    }
     for (size_t i = 0; i < job.tasks.size(); ++i) {
       for (TaskId dep : job.tasks[i].deps) {
         if (dep == job.tasks[i].id) {
           fail(where[i], "task.deps", fmt::format("task {} depends on itself", dep));
         }
-        if (!given.contains(dep)) {
+        if (!given.contains(dep) && !deps_outside_) {
           fail(where[i], "task.deps",
                fmt::format("task {} depends on task {}, which the file does not define",
                            job.tasks[i].id, dep));
@@ -330,26 +336,27 @@ class Reader {
 
  private:
   std::string file_;
+  bool deps_outside_;
 };
 
 }  // namespace
 
-Result<JobFile> parse_job_file(std::string_view text, const std::string& file) {
+Result<JobFile> parse_job_file(std::string_view text, const std::string& file, bool deps_outside) {
   try {
-    return Reader(file).read(text);
+    return Reader(file, deps_outside).read(text);
   } catch (const FileError& e) {
     return Error{e.message};
   }
 }
 
-Result<JobFile> read_job_file(const fs::path& path) {
+Result<JobFile> read_job_file(const fs::path& path, bool deps_outside) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return Error{fmt::format("cannot read job file '{}': {}", path.string(), strerror(errno))};
   }
   std::stringstream text;
   text << in.rdbuf();
-  return parse_job_file(text.str(), path.string());
+  return parse_job_file(text.str(), path.string(), deps_outside);
 }
 
 Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::string& name,
@@ -388,21 +395,18 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
                         name, t.id)};
       }
     }
-    auto differs = [&](const char* what) {
-      return Error{
-          fmt::format("{}: task {} has another {} than task {}: the tasks of one job "
-                      "file share it in this hq release",
-                      name, t.id, what, first.id)};
-    };
-    if (t.priority != first.priority) return differs("priority");
-    if (t.crash_limit != first.crash_limit) return differs("crash_limit");
     const uint32_t nodes = t.requests.empty() ? 0 : t.requests[0].nodes;
-    const uint32_t first_nodes = first.requests.empty() ? 0 : first.requests[0].nodes;
-    if (nodes != first_nodes) return differs("n_nodes");
-
     GraphTaskSpec& g = job.tasks.emplace_back();
     g.id = t.id;
     g.deps = t.deps;
+    // A task's own scheduling parameters where they differ from the first task's (the job's):
+    // the scheduler groups the tasks by them.
+    const uint32_t first_nodes = first.requests.empty() ? 0 : first.requests[0].nodes;
+    g.priority = t.priority;
+    g.crash_limit = t.crash_limit.value_or(first.crash_limit.value_or(kDefaultCrashLimit));
+    g.nodes = nodes;
+    g.own_params =
+        t.priority != first.priority || t.crash_limit != first.crash_limit || nodes != first_nodes;
     TaskBodySpec& body = g.body;
     body.program = t.command;
     body.env = t.env;
@@ -427,8 +431,9 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
       body.resources = t.requests[0].resources;
       body.time_request_ms = t.requests[0].time_request_ms;
     }
-    job.nodes = nodes;
   }
+  const uint32_t first_nodes = first.requests.empty() ? 0 : first.requests[0].nodes;
+  job.nodes = first_nodes;
   job.priority = first.priority;
   if (first.crash_limit) job.crash_limit = *first.crash_limit;
   // The job's own body is what clients show for it: the first task's.

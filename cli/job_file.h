@@ -56,14 +56,17 @@ struct JobFile {
   bool array = false;              // from an [array] table: every task runs one body
 };
 
-// Parses the text of a job file; `file` names it in errors ("jobs.toml:12: ...").
-Result<JobFile> parse_job_file(std::string_view text, const std::string& file);
-Result<JobFile> read_job_file(const fs::path& path);
+// Parses the text of a job file; `file` names it in errors ("jobs.toml:12: ..."). With
+// `deps_outside` (tasks added to an open job), `deps` may name ids the file does not define:
+// tasks of the job's earlier submits, which the server checks.
+Result<JobFile> parse_job_file(std::string_view text, const std::string& file,
+                               bool deps_outside = false);
+Result<JobFile> read_job_file(const fs::path& path, bool deps_outside = false);
 
 // The job a parsed file describes, one body per task, with relative paths against
-// `submit_dir` (an [array] file: an array job, its entries in HQ_ENTRY). Fails naming `file`
-// for what this hq release cannot run yet: several requests of one task (alternatives), and
-// tasks that differ in resource request, priority, crash limit or nodes.
+// `submit_dir` (an [array] file: an array job, its entries in HQ_ENTRY). Tasks may differ in
+// their request, priority, crash limit and nodes. Fails naming `file` for what this hq release
+// cannot run yet: several requests of one task (alternatives).
 Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::string& name,
                                                 const std::string& submit_dir);
 

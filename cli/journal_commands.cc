@@ -154,6 +154,28 @@ json event_json(Event::Reader e) {
       j["task_ids"] = IdSet(std::move(ranges)).to_string();
       break;
     }
+    case Event::JOB_OPENED:
+      j["job"] = e.getJobOpened().getJob();
+      j["name"] = text(e.getJobOpened().getName());
+      j["max_fails"] = e.getJobOpened().getMaxFails();
+      break;
+    case Event::JOB_CLOSED:
+      j["job"] = e.getJobClosed().getJob();
+      break;
+    case Event::TASKS_SUBMITTED: {
+      auto s = e.getTasksSubmitted();
+      j["job"] = s.getJob();
+      j["new_job"] = s.getNewJob();
+      j["description"] = description_json(s.getDescription());
+      std::string deps;
+      for (auto r : s.getSubmitDeps()) {
+        if (!deps.empty()) deps += ",";
+        deps += r.getStart() == r.getEnd() ? std::to_string(r.getStart())
+                                           : fmt::format("{}-{}", r.getStart(), r.getEnd());
+      }
+      j["submit_deps"] = deps;
+      break;
+    }
   }
   return j;
 }

@@ -113,7 +113,7 @@ json job_json(wire::JobSummary::Reader job) {
   return {{"id", job.getId()},
           {"name", job.getName().cStr()},
           {"task_count", task_total(c)},
-          {"is_open", job.getState() == wire::JobState::OPENED},
+          {"is_open", job.getIsOpen()},
           {"task_stats", task_stats_json(c)},
           // hq's additions
           {"state", state_name(job.getState())},
@@ -201,7 +201,15 @@ json wait_json(capnp::List<wire::JobSummary>::Reader jobs, int64_t waited_ms) {
   uint32_t finished = 0, failed = 0, canceled = 0;
   json list = json::array();
   for (auto job : jobs) {
-    switch (job.getState()) {
+    auto state = job.getState();
+    if (state == wire::JobState::OPENED) {
+      // Waited without its close (`--without-close`): judged by the tasks it has.
+      auto c = job.getCounts();
+      state = c.getCanceled() > 0                       ? wire::JobState::CANCELED
+              : c.getFailed() > 0 || c.getAborted() > 0 ? wire::JobState::FAILED
+                                                        : wire::JobState::FINISHED;
+    }
+    switch (state) {
       case wire::JobState::FINISHED:
         ++finished;
         break;

@@ -9,6 +9,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "alloc/batch_system.h"
+#include "cli/alloc_commands.h"
 #include "cli/commands.h"
 #include "cli/completion.h"
 #include "cli/directives.h"
@@ -37,6 +39,26 @@ worker::DetectOptions detect_option(const std::string& list, bool no_hyper_threa
   worker::DetectOptions o = must(worker::parse_detect_list(list));
   o.no_hyper_threading = no_hyper_threading;
   return o;
+}
+
+// `hq worker start --manager`: a worker inside a SLURM or PBS allocation takes its id as the
+// default group and its remaining time as the longest time limit.
+void apply_allocation(worker::WorkerOptions& o, const std::string& manager) {
+  alloc::ProcessRunner runner(Millis{30'000});
+  auto getenv = [](const char* name) -> std::optional<std::string> {
+    const char* v = std::getenv(name);
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+  };
+  std::optional<alloc::AllocationInfo> info = must(alloc::find_allocation(manager, getenv, runner));
+  if (!info) return;
+  if (o.group.empty()) o.group = info->id;
+  if (info->remaining && (!o.time_limit || *info->remaining < *o.time_limit)) {
+    if (info->remaining->count() <= 0) {
+      throw CommandError{fmt::format("allocation {} has no time left for a worker", info->id)};
+    }
+    o.time_limit = info->remaining;
+  }
 }
 
 // `hq worker hwdetect`: what a worker started here would detect.
@@ -68,7 +90,7 @@ bool takes_value(std::string_view option) {
       "--stdout",      "--stderr",    "--env",          "--stream",      "--time-limit",
       "--crash-limit", "--max-fails", "--server-dir",   "--output-mode", "--log-level",
       "--resource",    "--pin",       "--time-request", "--nodes",       "--colors",
-      "--each-line",   "--from-json", "--directives"};
+      "--each-line",   "--from-json", "--directives",   "--job",         "--deps"};
   if (option.find('=') != std::string_view::npos) return false;
   return std::find(std::begin(kValued), std::end(kValued), option) != std::end(kValued);
 }
@@ -300,7 +322,7 @@ int run(int argc, char** argv) {
                            "after 3 missed heartbeats (default: the server's --heartbeat, 8s)");
   worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
   std::string worker_time_limit, worker_group, on_server_lost = "reconnect",
-                                               reconnect_timeout = "15m";
+                                               reconnect_timeout = "15m", manager = "detect";
   worker_start->add_option("--time-limit", worker_time_limit,
                            "Stop cleanly after this long (e.g. 1h); no task starts that its "
                            "--time-request says would not finish");
@@ -313,6 +335,12 @@ int run(int argc, char** argv) {
   worker_start->add_option("--reconnect-timeout", reconnect_timeout,
                            "With --on-server-lost reconnect: stop after this long without a "
                            "server (default 15m)");
+  worker_start
+      ->add_option("--manager", manager,
+                   "Batch system this worker runs in: slurm, pbs, none, or detect (SLURM_JOB_ID, "
+                   "else PBS_JOBID); inside one, the allocation's id is the default --group and "
+                   "its remaining time caps --time-limit")
+      ->check(CLI::IsMember({"detect", "slurm", "pbs", "none"}));
   std::string detect_list = "all";
   bool no_hyper_threading = false;
   auto add_detect_options = [&](CLI::App* command) {
@@ -344,6 +372,7 @@ int run(int argc, char** argv) {
         throw CommandError{"invalid --time-limit: it must be positive"};
     }
     o.group = worker_group;
+    apply_allocation(o, manager);
     o.on_server_lost = on_server_lost == "finish-running" ? worker::OnServerLost::kFinishRunning
                        : on_server_lost == "stop"         ? worker::OnServerLost::kStop
                                                           : worker::OnServerLost::kReconnect;
@@ -437,6 +466,9 @@ int run(int argc, char** argv) {
                   "Read #HQ option lines at the top of the script: auto (programs ending in "
                   ".sh), file, stdin or off (default auto)");
     s->add_flag("--wait", submit.wait, "Wait until the job ends (exit code as `hq job wait`)");
+    s->add_option("--job", submit.job, "Add the tasks to this open job (`hq job open`)");
+    s->add_option("--deps", submit.deps,
+                  "With --job: every task waits for these tasks of the job, e.g. 3,7-9");
     s->add_flag("--progress", submit.progress,
                 "Show the job's progress until it ends (implies --wait)");
     s->footer("The program and its arguments follow the options, best after `--`.");
@@ -454,7 +486,20 @@ int run(int argc, char** argv) {
       "submit-file", "Submit a job from a HyperQueue job definition file (TOML)");
   submit_file->add_option("file", job_file_path, "The job file")->required();
   submit_file->add_flag("--wait", job_file_wait, "Wait until the job ends");
-  submit_file->callback([&] { code = cmd_job_submit_file(g, job_file_path, job_file_wait); });
+  std::optional<uint32_t> job_file_into;
+  submit_file->add_option("--job", job_file_into, "Add the tasks to this open job");
+  submit_file->callback(
+      [&] { code = cmd_job_submit_file(g, job_file_path, job_file_wait, job_file_into); });
+  std::string open_name;
+  std::optional<int64_t> open_max_fails;
+  auto* job_open = job->add_subcommand("open", "Open a job that takes tasks until it is closed");
+  job_open->add_option("--name", open_name, "Job name");
+  job_open->add_option("--max-fails", open_max_fails, "Abort the job after this many failures");
+  job_open->callback([&] { code = cmd_job_open(g, open_name, open_max_fails); });
+  auto* job_close = job->add_subcommand("close", "Close open jobs: they take no more tasks");
+  std::string close_selector;
+  job_close->add_option("selector", close_selector, "Job id, range (1-4), last or all")->required();
+  job_close->callback([&] { code = cmd_job_close(g, close_selector); });
   bool job_all = false;
   std::string job_filter, job_selector;
   auto* job_list = job->add_subcommand("list", "List jobs (by default those not yet complete)");
@@ -473,9 +518,12 @@ int run(int argc, char** argv) {
       "Wait until jobs end. Exit code 0 when every waited job finished, 1 when any failed or "
       "was canceled");
   job_wait->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
+  bool without_close = false;
+  job_wait->add_flag("--without-close", without_close,
+                     "An open job counts as done once its current tasks are");
   bool wait_progress = false;
   job_wait->add_flag("--progress", wait_progress, "Show the jobs' progress while waiting");
-  job_wait->callback([&] { code = cmd_job_wait(g, job_selector, wait_progress); });
+  job_wait->callback([&] { code = cmd_job_wait(g, job_selector, without_close, wait_progress); });
 
   // --- task ---
   auto* task = app.add_subcommand("task", "Inspect tasks");
@@ -501,6 +549,7 @@ int run(int argc, char** argv) {
   add_job_management_commands(*job, *task, g, code);
   add_journal_commands(app, g, code);
   add_output_commands(app, g, code);
+  add_alloc_commands(app, g, code);
 
   // Last, so that the script it prints covers every command above.
   std::string shell;

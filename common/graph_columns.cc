@@ -50,6 +50,7 @@ GraphColumns pack_graph(const std::vector<GraphTaskSpec>& tasks) {
     out.argv_end.push_back(static_cast<uint32_t>(out.argv.size()));
     out.deps.insert(out.deps.end(), t.deps.begin(), t.deps.end());
     out.dep_end.push_back(static_cast<uint32_t>(out.deps.size()));
+    if (t.own_params) out.params.push_back({t.id, t.priority, t.crash_limit, t.nodes});
     if (!out.bodies.empty() && out.bodies[last] == key) {
       body_of.push_back(last);
       continue;
@@ -105,6 +106,19 @@ Result<std::vector<GraphTaskSpec>> unpack_graph(GraphColumns columns) {
     argv_begin = argv_end;
     t.deps.assign(columns.deps.begin() + dep_begin, columns.deps.begin() + columns.dep_end[i]);
     dep_begin = columns.dep_end[i];
+  }
+  size_t task = 0;  // both in the order of `ids`
+  for (const TaskParamsSpec& p : columns.params) {
+    while (task < n && tasks[task].id != p.id) ++task;
+    if (task == n) {
+      return Error{
+          fmt::format("graph column 'params' names task {} out of order or unknown", p.id)};
+    }
+    GraphTaskSpec& t = tasks[task++];
+    t.own_params = true;
+    t.priority = p.priority;
+    t.crash_limit = p.crash_limit;
+    t.nodes = p.nodes;
   }
   return tasks;
 }

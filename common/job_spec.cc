@@ -33,16 +33,8 @@ Status normalize_request(JobDescriptionSpec& job) {
         return Status::error(fmt::format("task {} is defined more than once", t.id));
       }
       ids.add(t.id);
-      t.body.resources = task_request(t.body, job.nodes);
+      t.body.resources = task_request(t.body, t.own_params && t.nodes ? t.nodes : job.nodes);
       t.body.cpus = whole_cpus(t.body.resources);
-      if (describe(t.body.resources) != describe(job.tasks[0].body.resources)) {
-        return Status::error(fmt::format(
-            "task {} requests {} but task {} requests {}: the tasks of one job share one "
-            "resource request in this hq release; submit tasks with other requests as "
-            "another job",
-            t.id, describe(t.body.resources), job.tasks[0].id,
-            describe(job.tasks[0].body.resources)));
-      }
     }
     job.task_ids = std::move(ids).build();
     job.body.resources = job.tasks[0].body.resources;

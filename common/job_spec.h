@@ -53,7 +53,13 @@ inline constexpr int64_t kNoMaxFails = -1;
 struct GraphTaskSpec {
   uint32_t id = 0;
   TaskBodySpec body;
-  std::vector<uint32_t> deps;  // task ids of the same job
+  std::vector<uint32_t> deps;  // task ids of the same job (of earlier submits too, open jobs)
+  // The task's own scheduling parameters (a job file's `priority`, `crash_limit`, `n_nodes`);
+  // when false, the job's are used.
+  bool own_params = false;
+  int32_t priority = 0;
+  uint32_t crash_limit = kDefaultCrashLimit;
+  uint32_t nodes = 0;
 };
 
 struct JobDescriptionSpec {
@@ -75,12 +81,19 @@ struct JobDescriptionSpec {
   uint32_t nodes = 0;
   // Empty: every task runs `body` (an array job). Otherwise one entry per task in increasing id
   // order, `task_ids` holding exactly their ids, and `body` unused for running: each task runs
-  // its own, and waits for its `deps`. The scheduler gives every task of a job one request, so
-  // the tasks' requests must be equal (graph_request).
+  // its own, and waits for its `deps`. Tasks may differ in their requests and parameters: the
+  // scheduler groups them into parts.
   std::vector<GraphTaskSpec> tasks;
   // `--each-line`, `--from-json`, a job file's `[array] entries`: HQ_ENTRY of each task, one per
   // id of `task_ids` in increasing id order; empty: the tasks have no entry.
   std::vector<std::string> entries;
+  // The open job these tasks are added to (`hq submit --job`); 0: a new job.
+  uint32_t job = 0;
+  // A plain submit (no `tasks`) into an open job: every task depends on these earlier tasks.
+  IdSet submit_deps;
+  // Into an open job: `task_ids` (from 0) move to start past the job's highest id (ids the user
+  // did not give).
+  bool auto_ids = false;
 };
 
 // HQ_ENTRY of task `task` of the job, or nullptr when the job has no entries (or `task` is not
@@ -97,7 +110,7 @@ ResourceRequest task_request(const TaskBodySpec& body, uint32_t nodes = 0);
 // Sets the body's request to task_request() (and `cpus` to match), so that every reader of the
 // job (scheduler, workers, clients) sees one request. The server does it on submit and replay.
 // A job with per-task bodies: each task's body too, the tasks are sorted by id, and `task_ids`
-// and `body`'s request come from them; fails when ids repeat or the tasks' requests differ.
+// and `body`'s request come from them (the first task's); fails when ids repeat.
 [[nodiscard]] Status normalize_request(JobDescriptionSpec& job);
 
 // Where one task instance runs and writes: its working directory (the body's cwd with

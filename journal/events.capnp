@@ -101,6 +101,7 @@ struct GraphColumns {
   argvEnd @4 :List(UInt32);   # per task: where its program ends in `argv`
   depEnd @5 :List(UInt32);    # per task: where its dependencies end in `deps`
   deps @6 :List(UInt32);      # task ids of the same job
+  params @7 :List(TaskParams);  # the tasks with parameters of their own, in increasing id order
 }
 
 struct GraphTask {
@@ -109,7 +110,30 @@ struct GraphTask {
   deps @2 :List(UInt32);
 }
 
+# A job file task's own scheduling parameters; tasks without such an entry take the job's.
+struct TaskParams {
+  id @0 :UInt32;
+  priority @1 :Int32;
+  crashLimit @2 :UInt32;
+  nodes @3 :UInt32;
+}
+
 # --- Events ---
+
+struct JobOpened {
+  job @0 :UInt32;
+  name @1 :Text;
+  maxFails @2 :Int64 = -1;  # -1: none
+}
+
+# Tasks added to an open job (newJob false), or a new job whose description jobSubmitted cannot
+# hold (newJob true: tasks with their own parameters). The dependencies come once, here.
+struct TasksSubmitted {
+  job @0 :UInt32;
+  description @1 :JobDescription;
+  submitDeps @2 :List(IdRange);   # a plain submit: every task depends on these earlier tasks
+  newJob @3 :Bool;
+}
 
 struct ServerStarted {
   serverUid @0 :Text;
@@ -235,12 +259,16 @@ struct Event {
     # Single tasks of the job canceled (`hq task cancel`): those not yet ended then. Their
     # dependants' aborts are derived on replay, as for failures.
     tasksCanceled @16 :TasksCanceled;
-    workerReattached @17 :WorkerReattached;
+    # `hq job open`: a job without tasks that takes them until jobClosed.
+    jobOpened @17 :JobOpened;
+    jobClosed @18 :JobRef;
+    tasksSubmitted @19 :TasksSubmitted;
+    workerReattached @20 :WorkerReattached;
     # Tasks a reattached worker claimed, each with the instance it runs and its start time:
     # running again on that worker, same instance.
-    tasksReattached @18 :TaskBatch;
+    tasksReattached @21 :TaskBatch;
     # The reattach grace is over: the tasks no worker claimed wait again with instance + 1.
-    reattachEnded @19 :Void;
+    reattachEnded @22 :Void;
     # Next: alloc-queue events (queue created, removed, allocation submitted, ended),
     # job open/close.
   }

@@ -62,6 +62,7 @@ void check(schema::JobDescription::Reader job) {
     (void)graph.getArgvEnd();
     (void)graph.getDepEnd();
     (void)graph.getDeps();
+    (void)graph.getParams();
   }
   for (auto e : job.getEntries()) (void)e;
   for (auto t : job.getTasks()) {
@@ -133,6 +134,18 @@ void check(Event::Reader event) {
     case Event::TASKS_CANCELED:
       for (auto range : event.getTasksCanceled().getTasks()) (void)range.getStep();
       break;
+    case Event::JOB_OPENED:
+      (void)event.getJobOpened().getName();
+      break;
+    case Event::JOB_CLOSED:
+      (void)event.getJobClosed().getJob();
+      break;
+    case Event::TASKS_SUBMITTED: {
+      auto e = event.getTasksSubmitted();
+      check(e.getDescription());
+      for (auto r : e.getSubmitDeps()) (void)r.getStep();
+      break;
+    }
     case Event::WORKER_REATTACHED:
       (void)event.getWorkerReattached().getHostname();
       (void)event.getWorkerReattached().getAddress();
@@ -231,6 +244,12 @@ const char* event_type_name(Event::Which which) {
       return "job-reserved";
     case Event::TASKS_CANCELED:
       return "tasks-canceled";
+    case Event::JOB_OPENED:
+      return "job-opened";
+    case Event::JOB_CLOSED:
+      return "job-closed";
+    case Event::TASKS_SUBMITTED:
+      return "tasks-submitted";
     case Event::WORKER_REATTACHED:
       return "worker-reattached";
     case Event::TASKS_REATTACHED:
@@ -269,6 +288,12 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getJobReserved().getJob();
     case Event::TASKS_CANCELED:
       return event.getTasksCanceled().getJob();
+    case Event::JOB_OPENED:
+      return event.getJobOpened().getJob();
+    case Event::JOB_CLOSED:
+      return event.getJobClosed().getJob();
+    case Event::TASKS_SUBMITTED:
+      return event.getTasksSubmitted().getJob();
     case Event::TASKS_REATTACHED:
       return event.getTasksReattached().getJob();
     case Event::SERVER_STARTED:
@@ -321,6 +346,13 @@ static void graph_to_record(const GraphColumns& columns, schema::GraphColumns::B
   vector_to_list<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
   vector_to_list<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
   vector_to_list<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
+  auto params = out.initParams(columns.params.size());
+  for (size_t i = 0; i < columns.params.size(); ++i) {
+    params[i].setId(columns.params[i].id);
+    params[i].setPriority(columns.params[i].priority);
+    params[i].setCrashLimit(columns.params[i].crash_limit);
+    params[i].setNodes(columns.params[i].nodes);
+  }
 }
 
 void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder out) {
@@ -430,6 +462,9 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
     columns.argv_end = list_to_vector<uint32_t>(graph.getArgvEnd());
     columns.dep_end = list_to_vector<uint32_t>(graph.getDepEnd());
     columns.deps = list_to_vector<uint32_t>(graph.getDeps());
+    for (auto p : graph.getParams()) {
+      columns.params.push_back({p.getId(), p.getPriority(), p.getCrashLimit(), p.getNodes()});
+    }
     auto tasks = unpack_graph(std::move(columns));
     if (!tasks) return Error{"a journaled job's tasks: " + tasks.message()};
     out.tasks = std::move(*tasks);
@@ -437,6 +472,42 @@ Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job) {
   out.entries.reserve(job.getEntries().size());
   for (auto e : job.getEntries()) out.entries.push_back(text(e));
   return out;
+}
+
+bool needs_tasks_submitted(const JobDescriptionSpec& job) {
+  if (job.job != 0 || !job.submit_deps.empty()) return true;
+  return std::any_of(job.tasks.begin(), job.tasks.end(),
+                     [](const GraphTaskSpec& t) { return t.own_params; });
+}
+
+void to_record(JobId job, const JobDescriptionSpec& description, bool new_job,
+               schema::TasksSubmitted::Builder out) {
+  out.setJob(job);
+  out.setNewJob(new_job);
+  to_record(description, out.initDescription());
+  const auto& ranges = description.submit_deps.ranges();
+  auto deps = out.initSubmitDeps(ranges.size());
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    deps[i].setStart(ranges[i].start);
+    deps[i].setEnd(ranges[i].end);
+    deps[i].setStep(ranges[i].step);
+  }
+}
+
+Result<JobDescriptionSpec> from_record(schema::TasksSubmitted::Reader submitted) {
+  auto description = from_record(submitted.getDescription());
+  if (!description) return description;
+  std::vector<IdRange> ranges;
+  for (auto r : submitted.getSubmitDeps()) {
+    if (r.getStep() == 0 || r.getEnd() < r.getStart()) {
+      return Error{fmt::format("invalid dependency range {}-{}:{} in a journaled submit",
+                               r.getStart(), r.getEnd(), r.getStep())};
+    }
+    ranges.push_back({r.getStart(), r.getEnd(), r.getStep()});
+  }
+  description->submit_deps = IdSet(std::move(ranges));
+  description->job = submitted.getNewJob() ? 0 : submitted.getJob();
+  return description;
 }
 
 }  // namespace hq::journal

@@ -73,5 +73,13 @@ std::optional<JobId> event_job(schema::Event::Reader event);
 void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder out);
 // Fails on a zero step or a reversed id range.
 Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job);
+// Whether a submit is journaled as tasksSubmitted (added to an open job, with per-task
+// parameters or dependencies of a plain submit) rather than jobSubmitted.
+bool needs_tasks_submitted(const JobDescriptionSpec& job);
+void to_record(JobId job, const JobDescriptionSpec& description, bool new_job,
+               schema::TasksSubmitted::Builder out);
+// The description with its per-task parameters and submit dependencies; `job` is the open job
+// it was added to, 0 for a new job.
+Result<JobDescriptionSpec> from_record(schema::TasksSubmitted::Reader submitted);
 
 }  // namespace hq::journal

@@ -357,7 +357,13 @@ std::vector<JobId> scan_jobs(rocksdb::DB& db, rocksdb::ColumnFamilyHandle* jobs,
     }
     const JobId job = get_be32(it->key().data());
     auto event = decoder.decode(it->value().data(), it->value().size());
-    if (event && event->which() == schema::Event::JOB_SUBMITTED) {
+    // A job begins with its submission: jobSubmitted, jobOpened (`hq job open`), or a new job's
+    // tasksSubmitted (tasks with parameters of their own).
+    const bool begins = event && (event->which() == schema::Event::JOB_SUBMITTED ||
+                                  event->which() == schema::Event::JOB_OPENED ||
+                                  (event->which() == schema::Event::TASKS_SUBMITTED &&
+                                   event->getTasksSubmitted().getNewJob()));
+    if (begins) {
       ids.push_back(job);
     } else {
       damage.push_back(fmt::format(

@@ -207,6 +207,13 @@ void to_wire(const GraphColumns& columns, wire::GraphColumns::Builder out) {
   vector_to_list<uint32_t>(columns.argv_end, out.initArgvEnd(columns.argv_end.size()));
   vector_to_list<uint32_t>(columns.dep_end, out.initDepEnd(columns.dep_end.size()));
   vector_to_list<uint32_t>(columns.deps, out.initDeps(columns.deps.size()));
+  auto params = out.initParams(columns.params.size());
+  for (size_t i = 0; i < columns.params.size(); ++i) {
+    params[i].setId(columns.params[i].id);
+    params[i].setPriority(columns.params[i].priority);
+    params[i].setCrashLimit(columns.params[i].crash_limit);
+    params[i].setNodes(columns.params[i].nodes);
+  }
 }
 
 Result<std::vector<GraphTaskSpec>> from_wire(wire::GraphColumns::Reader graph) {
@@ -223,6 +230,9 @@ Result<std::vector<GraphTaskSpec>> from_wire(wire::GraphColumns::Reader graph) {
   columns.argv_end = list_to_vector<uint32_t>(graph.getArgvEnd());
   columns.dep_end = list_to_vector<uint32_t>(graph.getDepEnd());
   columns.deps = list_to_vector<uint32_t>(graph.getDeps());
+  for (auto p : graph.getParams()) {
+    columns.params.push_back({p.getId(), p.getPriority(), p.getCrashLimit(), p.getNodes()});
+  }
   return unpack_graph(std::move(columns));
 }
 
@@ -242,6 +252,15 @@ void to_wire(const JobDescriptionSpec& job, wire::JobDescription::Builder out,
   const size_t entry_count = job.entries.size() <= max_per_task ? job.entries.size() : 0;
   auto entries = out.initEntries(entry_count);
   for (size_t i = 0; i < entry_count; ++i) entries.set(i, job.entries[i]);
+  out.setJob(job.job);
+  out.setAutoIds(job.auto_ids);
+  auto deps = out.initSubmitDeps(job.submit_deps.ranges().size());
+  for (size_t i = 0; i < job.submit_deps.ranges().size(); ++i) {
+    const IdRange& r = job.submit_deps.ranges()[i];
+    deps[i].setStart(r.start);
+    deps[i].setEnd(r.end);
+    deps[i].setStep(r.step);
+  }
 }
 
 Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
@@ -275,6 +294,11 @@ Result<JobDescriptionSpec> from_wire(wire::JobDescription::Reader job) {
   }
   out.entries.reserve(job.getEntries().size());
   for (auto e : job.getEntries()) out.entries.emplace_back(e.cStr(), e.size());
+  out.job = job.getJob();
+  out.auto_ids = job.getAutoIds();
+  auto deps = from_wire(job.getSubmitDeps());
+  if (!deps) return deps.error();
+  out.submit_deps = std::move(*deps);
   return out;
 }
 

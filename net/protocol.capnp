@@ -120,6 +120,9 @@ struct JobDescription {
   tasks @8 :List(GraphTask);  # empty: every task runs `body`; else one entry per task (job files)
   graph @9 :GraphColumns;   # per-task bodies and dependencies (job files): see below
   entries @10 :List(Text);   # HQ_ENTRY of each task, one per task in id order; empty: none
+  job @11 :UInt32;          # the open job these tasks are added to (`--job`); 0: a new job
+  submitDeps @12 :List(IdRange);  # no `graph`: every task depends on these tasks of the open job
+  autoIds @13 :Bool;        # into an open job: taskIds start at 0 and move past its highest id
 }
 
 # One task of a job with per-task bodies, and the tasks of the job it waits for.
@@ -134,6 +137,16 @@ struct GraphColumns {
   argvEnd @4 :List(UInt32);   # per task: where its program ends in `argv`
   depEnd @5 :List(UInt32);    # per task: where its dependencies end in `deps`
   deps @6 :List(UInt32);      # task ids of the same job
+  params @7 :List(TaskParams);  # the tasks with parameters of their own, in increasing id order
+}
+
+# A job file task's own scheduling parameters (`priority`, `crash_limit`, `n_nodes`); tasks
+# without such an entry take the job's.
+struct TaskParams {
+  id @0 :UInt32;
+  priority @1 :Int32;
+  crashLimit @2 :UInt32;
+  nodes @3 :UInt32;
 }
 
 struct GraphTask {
@@ -168,6 +181,7 @@ struct JobSummary {
   counts @3 :TaskCounts;
   submitTime @4 :Int64;     # Unix ms
   endTime @5 :Int64;        # Unix ms, 0 while not complete
+  isOpen @6 :Bool;          # an open job (`hq job open`) that takes more tasks until closed
 }
 
 struct JobDetail {
@@ -289,6 +303,9 @@ struct ClientRequest {
     taskCancel @14 :TaskCancelRequest;   # answered with `canceled` (one CancelResult)
     jobForget @15 :JobForgetRequest;     # answered with `forgotten`
     jobWatch @16 :JobSelector;           # answered with `progress` messages, the last one `done`
+    jobOpen @17 :JobDescription;  # name and maxFails only; answered with `submitted` (its id)
+    jobClose @18 :JobSelector;    # answered with `jobs` (the closed jobs)
+    jobWaitOpen @19 :JobSelector; # as jobWait, an open job counting as done when idle
   }
 }
 

@@ -34,7 +34,8 @@ inline bool ended(TaskState s) { return s != TaskState::kWaiting && s != TaskSta
 
 struct ReadyOrder {
   bool operator()(const Job* a, const Job* b) const {
-    return a->priority != b->priority ? a->priority > b->priority : a->id < b->id;
+    if (a->priority != b->priority) return a->priority > b->priority;
+    return a->id != b->id ? a->id < b->id : a->part < b->part;
   }
 };
 
@@ -106,10 +107,18 @@ struct WorkerSlot {
   bool wholly_idle() const { return connected && held.empty() && !serves_job && outside == 0; }
 };
 
+// A part of a job being added, checked (scheduler.cc).
+struct PreparedPart {
+  const PartSpec* spec;
+  ResourceRequest request;
+  TaskIdMap ids;
+  uint32_t base;  // job-wide index of its first task
+};
+
 struct Scheduler::Impl {
   SchedulerConfig config;
-  std::map<JobId, std::unique_ptr<Job>> jobs;  // owns them, in id order
-  std::unordered_map<JobId, Job*> job_index;   // the same, for O(1) lookups by reports
+  std::map<JobId, std::unique_ptr<UserJob>> jobs;  // owns them, in id order
+  std::unordered_map<JobId, UserJob*> job_index;   // the same, for O(1) lookups by reports
   std::unordered_map<WorkerId, std::unique_ptr<WorkerSlot>> workers;
 
   // Resource names, and the distinct requests of all jobs (Job::request indexes them).
@@ -152,7 +161,7 @@ struct Scheduler::Impl {
 
   explicit Impl(SchedulerConfig c) : config(c) { names.intern(kCpus); }
 
-  Job* find_job(JobId id) const {
+  UserJob* find_job(JobId id) const {
     auto it = job_index.find(id);
     return it == job_index.end() ? nullptr : it->second;
   }
@@ -411,19 +420,19 @@ struct Scheduler::Impl {
     TaskSlot* slot;
   };
   std::optional<Held> find_held(WorkerId worker, TaskKey key) {
-    Job* job = find_job(key.job);
+    UserJob* job = find_job(key.job);
     if (!job) return std::nullopt;
-    std::optional<uint32_t> index = job->ids.index_of(key.task);
-    if (!index) return std::nullopt;
-    TaskSlot& s = job->slots[*index];
+    std::optional<UserJob::Loc> at = job->find(key.task);
+    if (!at) return std::nullopt;
+    TaskSlot& s = at->part->slots[at->index];
     if (!(s.flags & kHeld) || s.worker != worker || s.instance != key.instance) {
       return std::nullopt;
     }
-    return Held{find_worker(worker), job, *index, &s};
+    return Held{find_worker(worker), at->part, at->index, &s};
   }
 
-  void note_completion(Job& job) {
-    if (!job.completion_noted && job.counts.complete()) {
+  void note_completion(UserJob& job) {
+    if (!job.completion_noted && job.done()) {
       job.completion_noted = true;
       completed.insert(job.id);
     }
@@ -451,39 +460,47 @@ struct Scheduler::Impl {
     } else {
       abort_dependants(*h->job, h->index, time);
     }
-    if (to == TaskState::kFailed) check_max_fails(*h->job, time);
-    note_completion(*h->job);
+    if (to == TaskState::kFailed) check_max_fails(h->job->owner, time);
+    note_completion(h->job->owner);
     return true;
   }
 
   // --- Dependencies --------------------------------------------------------------------------
-  // Task `index` of `job` finished: its dependants with no other unfinished dependency are ready.
+  // Task `index` of part `job` finished: its dependants (of any part) with no other unfinished
+  // dependency are ready.
   void release_dependants(Job& job, uint32_t index) {
-    if (!job.graph) return;
-    DepGraph& g = *job.graph;
-    for (uint32_t k = g.dependant_begin[index]; k < g.dependant_begin[index + 1]; ++k) {
+    UserJob& owner = job.owner;
+    if (!owner.graph) return;
+    DepGraph& g = *owner.graph;
+    const uint32_t gi = job.base + index;
+    for (uint32_t k = g.dependant_begin[gi]; k < g.dependant_begin[gi + 1]; ++k) {
       const uint32_t d = g.dependants[k];
-      if (--g.pending[d] == 0 && job.slots[d].state == TaskState::kWaiting) put_back(job, d);
+      if (--g.pending[d] != 0) continue;
+      UserJob::Loc at = owner.at(d);
+      if (at.part->slots[at.index].state == TaskState::kWaiting) put_back(*at.part, at.index);
     }
   }
-  // Task `index` of `job` ended without finishing (failed, canceled, aborted): every task that
-  // depends on it, transitively, and has not ended becomes aborted at `now`, naming the first
-  // task of the chain that did not finish. None of them is queued or held: each has a dependency
-  // that did not finish. O(the tasks reached and their dependants).
+  // Task `index` of part `job` ended without finishing (failed, canceled, aborted): every task
+  // that depends on it, transitively, and has not ended becomes aborted at `now`, naming the
+  // first task of the chain that did not finish. None of them is queued or held: each has a
+  // dependency that did not finish. O(the tasks reached and their dependants).
   void abort_dependants(Job& job, uint32_t index, int64_t now) {
-    if (!job.graph) return;
-    DepGraph& g = *job.graph;
-    auto known = g.aborted_by.find(index);
+    UserJob& owner = job.owner;
+    if (!owner.graph) return;
+    DepGraph& g = *owner.graph;
+    const uint32_t gi = job.base + index;
+    auto known = g.aborted_by.find(gi);
     const TaskId cause = known != g.aborted_by.end() ? known->second : job.ids.id_at(index);
-    std::vector<uint32_t> stack{index};
+    std::vector<uint32_t> stack{gi};
     while (!stack.empty()) {
       const uint32_t t = stack.back();
       stack.pop_back();
       for (uint32_t k = g.dependant_begin[t]; k < g.dependant_begin[t + 1]; ++k) {
         const uint32_t d = g.dependants[k];
-        TaskSlot& s = job.slots[d];
+        UserJob::Loc at = owner.at(d);
+        TaskSlot& s = at.part->slots[at.index];
         if (ended(s.state)) continue;
-        job.set_state(s, TaskState::kAborted);
+        at.part->set_state(s, TaskState::kAborted);
         s.end_time = now;
         g.aborted_by[d] = cause;
         stack.push_back(d);
@@ -493,27 +510,30 @@ struct Scheduler::Impl {
 
   // Every task of `job` not yet ended becomes `to` (canceled or aborted) at `now`; the held ones
   // are appended to `held` (their workers must kill them).
-  void end_job(Job& job, TaskState to, int64_t now, std::vector<Assignment>& held) {
-    ready_tasks -= job.ready();
-    job.clear_ready();
-    leave_ready(job);
-    for (uint32_t i = 0; i < job.size(); ++i) {
-      TaskSlot& s = job.slots[i];
-      if (ended(s.state)) continue;
-      if (s.flags & kHeld) {
-        WorkerSlot& w = *find_worker(s.worker);
-        held.push_back({w.id, {job.id, job.ids.id_at(i), s.instance}});
-        clear_retraction(w, s);
-        if (s.state == TaskState::kRunning) --w.running;
+  void end_job(UserJob& owner, TaskState to, int64_t now, std::vector<Assignment>& held) {
+    for (auto& part : owner.parts) {
+      Job& job = *part;
+      ready_tasks -= job.ready();
+      job.clear_ready();
+      leave_ready(job);
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        TaskSlot& s = job.slots[i];
+        if (ended(s.state)) continue;
+        if (s.flags & kHeld) {
+          WorkerSlot& w = *find_worker(s.worker);
+          held.push_back({w.id, {job.id, job.ids.id_at(i), s.instance}});
+          clear_retraction(w, s);
+          if (s.state == TaskState::kRunning) --w.running;
+        }
+        s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
+        job.set_state(s, to);
+        s.end_time = now;
       }
-      s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
-      job.set_state(s, to);
-      s.end_time = now;
     }
-    note_completion(job);
+    note_completion(owner);
   }
 
-  void check_max_fails(Job& job, int64_t now) {
+  void check_max_fails(UserJob& job, int64_t now) {
     if (job.max_fails < 0 || job.counts[TaskState::kFailed] <= job.max_fails) return;
     if (job.counts.complete()) return;
     end_job(job, TaskState::kAborted, now, kills);
@@ -789,6 +809,12 @@ struct Scheduler::Impl {
       if (budget <= 0) break;
     }
   }
+
+  // Appends the parts to the job, with `graph` (over all its tasks, old and new) replacing its
+  // graph unless null; queues their ready tasks, and aborts the new tasks that depend on tasks
+  // which ended unfinished (at `now`).
+  void add_parts(UserJob& owner, std::vector<PreparedPart>& parts, std::unique_ptr<DepGraph> graph,
+                 bool cursor);
 
   void check() const;
 };

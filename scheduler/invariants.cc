@@ -22,11 +22,15 @@ void Scheduler::check_invariants() const { impl_->check(); }
     if (!(cond)) invariant_failed(fmt::format(__VA_ARGS__)); \
   } while (0)
 
-// The graph's structure, its pending counters and its abort causes.
-static void check_graph(const Job& job) {
+// The job-wide graph's structure, its pending counters and its abort causes.
+static void check_graph(const UserJob& job) {
   const DepGraph& g = *job.graph;
   const JobId id = job.id;
   const uint32_t n = job.size();
+  auto state = [&job](uint32_t global) {
+    UserJob::Loc at = job.at(global);
+    return at.part->slots[at.index].state;
+  };
   HQ_SCHED_CHECK(g.size() == n && g.dep_begin.size() == n + 1 && g.dependant_begin.size() == n + 1,
                  "job {}: graph of {} tasks for {} slots", id, g.size(), n);
   HQ_SCHED_CHECK(g.dep_begin[0] == 0 && g.dep_begin[n] == g.deps.size() &&
@@ -49,7 +53,7 @@ static void check_graph(const Job& job) {
       HQ_SCHED_CHECK(back, "job {} task #{}: dependency #{} does not list it as a dependant", id, i,
                      d);
       ++seen_as_dependant[d];
-      unfinished += job.slots[d].state != TaskState::kFinished;
+      unfinished += state(d) != TaskState::kFinished;
     }
     HQ_SCHED_CHECK(g.pending[i] == unfinished,
                    "job {} task #{}: pending counter {} but {} dependencies unfinished", id, i,
@@ -61,101 +65,143 @@ static void check_graph(const Job& job) {
                    g.dependant_begin[i + 1] - g.dependant_begin[i], seen_as_dependant[i]);
   }
   for (const auto& [index, cause] : g.aborted_by) {
-    HQ_SCHED_CHECK(index < n && job.slots[index].state == TaskState::kAborted,
+    HQ_SCHED_CHECK(index < n && state(index) == TaskState::kAborted,
                    "job {} task #{}: an abort cause for a task not aborted", id, index);
-    std::optional<uint32_t> c = job.ids.index_of(cause);
-    HQ_SCHED_CHECK(c && *c != index && ended(job.slots[*c].state) &&
-                       job.slots[*c].state != TaskState::kFinished,
-                   "job {} task #{}: aborted by task {}, which did not end unfinished", id, index,
-                   cause);
+    std::optional<UserJob::Loc> c = job.find(cause);
+    HQ_SCHED_CHECK(
+        c && c->part->base + c->index != index && ended(c->part->slots[c->index].state) &&
+            c->part->slots[c->index].state != TaskState::kFinished,
+        "job {} task #{}: aborted by task {}, which did not end unfinished", id, index, cause);
   }
+}
+
+// The parts of a job: contiguous, with disjoint ids that find() maps back, counts that add up.
+static void check_parts(const UserJob& job) {
+  const JobId id = job.id;
+  uint32_t base = 0;
+  TaskCounts sum;
+  std::vector<TaskId> all;
+  for (size_t k = 0; k < job.parts.size(); ++k) {
+    const Job& p = *job.parts[k];
+    HQ_SCHED_CHECK(&p.owner == &job && p.id == id && p.part == k && p.base == base,
+                   "job {} part {}: owner, number or base {} wrong", id, k, p.base);
+    HQ_SCHED_CHECK(p.size() > 0, "job {} part {}: empty", id, k);
+    HQ_SCHED_CHECK(!p.cursor || (job.parts.size() == 1 && !job.graph && !job.open),
+                   "job {} part {}: a cursor in a job with several parts, a graph, or open", id, k);
+    base += p.size();
+    for (int st = 0; st < 6; ++st) sum.by_state[st] += p.counts.by_state[st];
+    for (uint32_t i = 0; i < p.size(); ++i) {
+      const TaskId t = p.ids.id_at(i);
+      std::optional<UserJob::Loc> at = job.find(t);
+      HQ_SCHED_CHECK(at && at->part == &p && at->index == i,
+                     "job {} task {}: not found where it is (part {} #{})", id, t, k, i);
+      HQ_SCHED_CHECK(job.at(p.base + i).part == &p, "job {} task {}: job-wide index astray", id, t);
+      if (job.parts.size() > 1) all.push_back(t);
+    }
+  }
+  std::sort(all.begin(), all.end());
+  HQ_SCHED_CHECK(std::adjacent_find(all.begin(), all.end()) == all.end(),
+                 "job {}: a task id is in two parts", id);
+  for (int st = 0; st < 6; ++st) {
+    HQ_SCHED_CHECK(sum.by_state[st] == job.counts.by_state[st],
+                   "job {}: {} tasks counted {} but its parts hold {}", id,
+                   to_string(static_cast<TaskState>(st)), job.counts.by_state[st],
+                   sum.by_state[st]);
+  }
+  if (job.graph) check_graph(job);
 }
 
 void Scheduler::Impl::check() const {
   uint64_t total_ready = 0;
   size_t jobs_in_ready = 0;
-  for (const auto& [id, holder] : jobs) {
-    const Job& job = *holder;
-    HQ_SCHED_CHECK(job.id == id && find_job(id) == &job, "job {} is filed under id {}", job.id, id);
-    job.check_queue();
-    HQ_SCHED_CHECK(job.ids.size() == job.size(), "job {}: {} ids but {} slots", id, job.ids.size(),
-                   job.size());
-    TaskCounts recount;
-    uint32_t unheld_waiting_before_fresh = 0;
-    for (uint32_t i = 0; i < job.size(); ++i) {
-      const TaskSlot& s = job.slots[i];
-      ++recount.by_state[static_cast<int>(s.state)];
-      const bool held = s.flags & kHeld;
-      HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting | kPlaced | kOutside | kOrphan)) == 0,
-                     "job {} task #{}: bad flags {}", id, i, s.flags);
-      const bool orphan = s.flags & kOrphan;
-      HQ_SCHED_CHECK(!orphan || (s.flags == kOrphan && !ended(s.state) && job.deps_done(i)),
-                     "job {} task #{}: an orphan {}, flags {}", id, i, to_string(s.state), s.flags);
-      HQ_SCHED_CHECK(!(s.flags & kRetracting) || (held && s.state == TaskState::kWaiting),
-                     "job {} task #{}: retracting but not held and queued", id, i);
-      HQ_SCHED_CHECK(s.state != TaskState::kRunning || held || orphan,
-                     "job {} task #{}: running, not held", id, i);
-      HQ_SCHED_CHECK(!held || (s.state != TaskState::kFinished && s.state != TaskState::kFailed),
-                     "job {} task #{}: held after it finished or failed", id, i);
-      HQ_SCHED_CHECK(s.state != TaskState::kFailed || job.errors.contains(i),
-                     "job {} task #{}: failed without an error", id, i);
-      if (i >= job.fresh_begin()) {
-        HQ_SCHED_CHECK(s.state == TaskState::kWaiting && s.flags == 0 && s.instance == 0,
-                       "job {} task #{}: past the fresh cursor but not a fresh waiting task", id,
-                       i);
-      } else if (s.state == TaskState::kWaiting && !held && !orphan && job.deps_done(i)) {
-        ++unheld_waiting_before_fresh;
-      }
-      HQ_SCHED_CHECK(
-          job.deps_done(i) || (!held && s.state != TaskState::kRunning &&
-                               s.state != TaskState::kFinished && s.state != TaskState::kFailed),
-          "job {} task #{}: {}{} with {} unfinished dependencies", id, i, to_string(s.state),
-          held ? " and held" : "", job.graph->pending[i]);
-      if (held) {
-        const WorkerSlot* w = find_worker(s.worker);
-        HQ_SCHED_CHECK(w && w->connected, "job {} task #{}: held by unknown worker {}", id, i,
-                       s.worker);
-        HQ_SCHED_CHECK(s.held_pos < w->held.size() && w->held[s.held_pos].job == &job &&
-                           w->held[s.held_pos].index == i,
-                       "job {} task #{}: worker {} does not hold it at position {}", id, i,
-                       s.worker, s.held_pos);
-      }
-    }
-    for (int st = 0; st < 6; ++st) {
-      HQ_SCHED_CHECK(recount.by_state[st] == job.counts.by_state[st],
-                     "job {}: {} tasks counted {} but {} found", id,
-                     to_string(static_cast<TaskState>(st)), job.counts.by_state[st],
-                     recount.by_state[st]);
-    }
-    HQ_SCHED_CHECK(job.errors.size() == job.counts[TaskState::kFailed],
-                   "job {}: {} errors for {} failed tasks", id, job.errors.size(),
-                   job.counts[TaskState::kFailed]);
-    std::vector<uint32_t> requeued = job.requeued();
-    std::sort(requeued.begin(), requeued.end());
-    HQ_SCHED_CHECK(std::adjacent_find(requeued.begin(), requeued.end()) == requeued.end(),
-                   "job {}: a task is requeued twice", id);
-    for (uint32_t i : requeued) {
-      HQ_SCHED_CHECK(i < job.fresh_begin() && job.slots[i].state == TaskState::kWaiting &&
-                         job.slots[i].flags == 0 && job.deps_done(i),
-                     "job {} task #{}: requeued but not an unheld waiting task", id, i);
-    }
-    HQ_SCHED_CHECK(requeued.size() == unheld_waiting_before_fresh,
-                   "job {}: {} requeued entries for {} unheld waiting tasks", id, requeued.size(),
-                   unheld_waiting_before_fresh);
-    if (job.graph) check_graph(job);
-    HQ_SCHED_CHECK(job.in_ready_set == (job.ready() > 0) &&
-                       ready.contains(const_cast<Job*>(&job)) == job.in_ready_set,
-                   "job {}: in the ready set iff it has ready tasks", id);
-    if (job.in_ready_set) {
-      ++jobs_in_ready;
-    }
-    total_ready += job.ready();
-    HQ_SCHED_CHECK(!job.completion_noted || job.counts.complete(),
-                   "job {}: noted complete but has work left", id);
-    HQ_SCHED_CHECK(!completed.contains(id) || job.completion_noted,
+  for (const auto& [id, owner] : jobs) {
+    HQ_SCHED_CHECK(owner->id == id && find_job(id) == owner.get(), "job {} is filed under id {}",
+                   owner->id, id);
+    check_parts(*owner);
+    HQ_SCHED_CHECK(owner->completion_noted == owner->done(),
+                   "job {}: completion {}noted but it is {}done", id,
+                   owner->completion_noted ? "" : "not ", owner->done() ? "" : "not ");
+    HQ_SCHED_CHECK(!completed.contains(id) || owner->completion_noted,
                    "job {}: listed complete without the note", id);
-    HQ_SCHED_CHECK(job.completion_noted || !job.counts.complete(),
-                   "job {}: complete but never noted", id);
+  }
+  for (const auto& [job_id, owner] : jobs) {
+    for (const auto& part : owner->parts) {
+      const Job& job = *part;
+      const JobId id = job_id;
+      job.check_queue();
+      HQ_SCHED_CHECK(job.ids.size() == job.size(), "job {}: {} ids but {} slots", id,
+                     job.ids.size(), job.size());
+      TaskCounts recount;
+      uint32_t unheld_waiting_before_fresh = 0;
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        const TaskSlot& s = job.slots[i];
+        ++recount.by_state[static_cast<int>(s.state)];
+        const bool held = s.flags & kHeld;
+        HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting | kPlaced | kOutside | kOrphan)) == 0,
+                       "job {} task #{}: bad flags {}", id, i, s.flags);
+        const bool orphan = s.flags & kOrphan;
+        HQ_SCHED_CHECK(!orphan || (s.flags == kOrphan && !ended(s.state) && job.deps_done(i)),
+                       "job {} task #{}: an orphan {}, flags {}", id, i, to_string(s.state),
+                       s.flags);
+        HQ_SCHED_CHECK(!(s.flags & kRetracting) || (held && s.state == TaskState::kWaiting),
+                       "job {} task #{}: retracting but not held and queued", id, i);
+        HQ_SCHED_CHECK(s.state != TaskState::kRunning || held || orphan,
+                       "job {} task #{}: running, not held", id, i);
+        HQ_SCHED_CHECK(!held || (s.state != TaskState::kFinished && s.state != TaskState::kFailed),
+                       "job {} task #{}: held after it finished or failed", id, i);
+        HQ_SCHED_CHECK(s.state != TaskState::kFailed || job.errors.contains(i),
+                       "job {} task #{}: failed without an error", id, i);
+        if (i >= job.fresh_begin()) {
+          HQ_SCHED_CHECK(s.state == TaskState::kWaiting && s.flags == 0 && s.instance == 0,
+                         "job {} task #{}: past the fresh cursor but not a fresh waiting task", id,
+                         i);
+        } else if (s.state == TaskState::kWaiting && !held && !orphan && job.deps_done(i)) {
+          ++unheld_waiting_before_fresh;
+        }
+        HQ_SCHED_CHECK(
+            job.deps_done(i) || (!held && s.state != TaskState::kRunning &&
+                                 s.state != TaskState::kFinished && s.state != TaskState::kFailed),
+            "job {} task #{}: {}{} with {} unfinished dependencies", id, i, to_string(s.state),
+            held ? " and held" : "", job.owner.graph->pending[job.base + i]);
+        if (held) {
+          const WorkerSlot* w = find_worker(s.worker);
+          HQ_SCHED_CHECK(w && w->connected, "job {} task #{}: held by unknown worker {}", id, i,
+                         s.worker);
+          HQ_SCHED_CHECK(s.held_pos < w->held.size() && w->held[s.held_pos].job == &job &&
+                             w->held[s.held_pos].index == i,
+                         "job {} task #{}: worker {} does not hold it at position {}", id, i,
+                         s.worker, s.held_pos);
+        }
+      }
+      for (int st = 0; st < 6; ++st) {
+        HQ_SCHED_CHECK(recount.by_state[st] == job.counts.by_state[st],
+                       "job {}: {} tasks counted {} but {} found", id,
+                       to_string(static_cast<TaskState>(st)), job.counts.by_state[st],
+                       recount.by_state[st]);
+      }
+      HQ_SCHED_CHECK(job.errors.size() == job.counts[TaskState::kFailed],
+                     "job {}: {} errors for {} failed tasks", id, job.errors.size(),
+                     job.counts[TaskState::kFailed]);
+      std::vector<uint32_t> requeued = job.requeued();
+      std::sort(requeued.begin(), requeued.end());
+      HQ_SCHED_CHECK(std::adjacent_find(requeued.begin(), requeued.end()) == requeued.end(),
+                     "job {}: a task is requeued twice", id);
+      for (uint32_t i : requeued) {
+        HQ_SCHED_CHECK(i < job.fresh_begin() && job.slots[i].state == TaskState::kWaiting &&
+                           job.slots[i].flags == 0 && job.deps_done(i),
+                       "job {} task #{}: requeued but not an unheld waiting task", id, i);
+      }
+      HQ_SCHED_CHECK(requeued.size() == unheld_waiting_before_fresh,
+                     "job {}: {} requeued entries for {} unheld waiting tasks", id, requeued.size(),
+                     unheld_waiting_before_fresh);
+      HQ_SCHED_CHECK(job.in_ready_set == (job.ready() > 0) &&
+                         ready.contains(const_cast<Job*>(&job)) == job.in_ready_set,
+                     "job {}: in the ready set iff it has ready tasks", id);
+      if (job.in_ready_set) {
+        ++jobs_in_ready;
+      }
+      total_ready += job.ready();
+    }
   }
   HQ_SCHED_CHECK(job_index.size() == jobs.size(), "job index holds {} jobs, not {}",
                  job_index.size(), jobs.size());
@@ -167,14 +213,16 @@ void Scheduler::Impl::check() const {
     HQ_SCHED_CHECK(jobs.contains(c), "completed job {} is unknown", c);
   }
 
-  for (const auto& [id, holder] : jobs) {
-    const Job& job = *holder;
-    HQ_SCHED_CHECK(!job.reservation || (job.reservation->reserved_for == &job &&
-                                        job.node_reservations.empty() && job.in_ready_set),
-                   "job {}: its reservation does not point back", id);
-    for (const WorkerSlot* w : job.node_reservations) {
-      HQ_SCHED_CHECK(w->reserved_for == &job && job.in_ready_set && job.nodes > 1,
-                     "job {}: a node reservation does not point back", id);
+  for (const auto& [id, owner] : jobs) {
+    for (const auto& part : owner->parts) {
+      const Job& job = *part;
+      HQ_SCHED_CHECK(!job.reservation || (job.reservation->reserved_for == &job &&
+                                          job.node_reservations.empty() && job.in_ready_set),
+                     "job {}: its reservation does not point back", id);
+      for (const WorkerSlot* w : job.node_reservations) {
+        HQ_SCHED_CHECK(w->reserved_for == &job && job.in_ready_set && job.nodes > 1,
+                       "job {}: a node reservation does not point back", id);
+      }
     }
   }
   uint64_t total_retracting = 0;
@@ -200,7 +248,10 @@ void Scheduler::Impl::check() const {
       HQ_SCHED_CHECK((s.flags & kHeld) && s.worker == id && s.held_pos == k,
                      "worker {}: held entry {} (job {} task #{}) does not name it", id, k,
                      h.job->id, h.index);
-      HQ_SCHED_CHECK(find_job(h.job->id) == h.job, "worker {}: holds a task of a stale job", id);
+      HQ_SCHED_CHECK(find_job(h.job->id) == &h.job->owner &&
+                         h.job->part < h.job->owner.parts.size() &&
+                         h.job->owner.parts[h.job->part].get() == h.job,
+                     "worker {}: holds a task of a stale job", id);
       HQ_SCHED_CHECK(h.cpus == w.cost(*h.job), "worker {}: held entry {} costs {} CPUs, not {}", id,
                      k, h.cpus, w.cost(*h.job));
       cpus += h.cpus;

@@ -97,15 +97,31 @@ std::optional<uint32_t> TaskIdMap::index_of(TaskId id) const {
   return first_[it - ranges_.begin()] + (id - it->start) / it->step;
 }
 
-Job::Job(JobId job_id, uint32_t job_cpus, int32_t job_priority, TaskIdMap task_ids)
-    : id(job_id), cpus(job_cpus), priority(job_priority), ids(std::move(task_ids)) {
+Job::Job(UserJob& job_owner, uint32_t part_number, uint32_t first, uint32_t job_cpus,
+         int32_t job_priority, TaskIdMap task_ids, bool use_cursor)
+    : owner(job_owner),
+      id(job_owner.id),
+      part(part_number),
+      base(first),
+      cpus(job_cpus),
+      priority(job_priority),
+      cursor(use_cursor),
+      ids(std::move(task_ids)) {
   slots.resize(ids.size());
   counts.by_state[static_cast<int>(TaskState::kWaiting)] = size();
+  owner.counts.by_state[static_cast<int>(TaskState::kWaiting)] += size();
+  if (!cursor) clear_ready();  // the caller queues the ready tasks (rebuild_ready)
+}
+
+bool Job::deps_done(uint32_t index) const {
+  return !owner.graph || owner.graph->pending[base + index] == 0;
 }
 
 void Job::set_state(TaskSlot& slot, TaskState to) {
   --counts.by_state[static_cast<int>(slot.state)];
   ++counts.by_state[static_cast<int>(to)];
+  --owner.counts.by_state[static_cast<int>(slot.state)];
+  ++owner.counts.by_state[static_cast<int>(to)];
   slot.state = to;
 }
 
@@ -135,14 +151,9 @@ void Job::clear_ready() {
   fresh_range_ = static_cast<uint32_t>(ids.ranges().size());
 }
 
-void Job::set_graph(std::unique_ptr<DepGraph> g) {
-  graph = std::move(g);
-  rebuild_ready();
-}
-
 void Job::rebuild_ready() {
   uint32_t fresh = size();
-  while (fresh > 0 && !graph) {
+  while (fresh > 0 && cursor) {
     const TaskSlot& s = slots[fresh - 1];
     if (s.state != TaskState::kWaiting || s.flags != 0 || s.instance != 0) break;
     --fresh;
@@ -166,8 +177,9 @@ void Job::rebuild_ready() {
 void Job::check_queue() const {
   const size_t nranges = ids.ranges().size();
   if (fresh_ > size()) invariant_failed(fmt::format("job {}: fresh cursor past the end", id));
-  if (graph && fresh_ != size()) {
-    invariant_failed(fmt::format("job {}: a graph job with a fresh cursor at {}", id, fresh_));
+  if (!cursor && fresh_ != size()) {
+    invariant_failed(
+        fmt::format("job {} part {}: a part without a cursor has one at {}", id, part, fresh_));
   }
   if (fresh_ == size() ? fresh_range_ != nranges
                        : (fresh_range_ >= nranges || ids.first_index(fresh_range_) > fresh_ ||
@@ -186,6 +198,57 @@ void Job::check_queue() const {
       invariant_failed(fmt::format("job {}: task id range {} is malformed", id, r));
     }
   }
+}
+
+std::optional<UserJob::Loc> UserJob::find(TaskId task) const {
+  if (parts.size() == 1) {
+    std::optional<uint32_t> i = parts[0]->ids.index_of(task);
+    if (!i) return std::nullopt;
+    return Loc{parts[0].get(), *i};
+  }
+  // The entries that may hold `task`: starting at or before it, back while some range before
+  // them still reaches it.
+  auto it = std::upper_bound(index_.begin(), index_.end(), task,
+                             [](TaskId v, const IdEntry& e) { return v < e.start; });
+  for (size_t k = static_cast<size_t>(it - index_.begin()); k-- > 0;) {
+    if (max_end_[k] < task) break;
+    const IdEntry& e = index_[k];
+    if (task > e.end) continue;
+    const Job& p = *parts[e.part];
+    const IdRange& r = p.ids.ranges()[e.range];
+    if ((task - r.start) % r.step != 0) continue;
+    return Loc{parts[e.part].get(), p.ids.first_index(e.range) + (task - r.start) / r.step};
+  }
+  return std::nullopt;
+}
+
+UserJob::Loc UserJob::at(uint32_t global) const {
+  auto it = std::upper_bound(parts.begin(), parts.end(), global,
+                             [](uint32_t g, const std::unique_ptr<Job>& p) { return g < p->base; });
+  Job* p = (*std::prev(it)).get();
+  return Loc{p, global - p->base};
+}
+
+void UserJob::index_part(const Job& part) {
+  if (parts.size() < 2) return;
+  if (index_.empty()) {
+    // A second part: the first one's ranges are filed too.
+    const Job& first = *parts[0];
+    for (size_t r = 0; r < first.ids.ranges().size(); ++r) {
+      index_.push_back(
+          {first.ids.ranges()[r].start, first.ids.ranges()[r].end, 0, static_cast<uint32_t>(r)});
+    }
+  }
+  for (size_t r = 0; r < part.ids.ranges().size(); ++r) {
+    index_.push_back({part.ids.ranges()[r].start, part.ids.ranges()[r].end, part.part,
+                      static_cast<uint32_t>(r)});
+  }
+  std::sort(index_.begin(), index_.end(), [](const IdEntry& a, const IdEntry& b) {
+    return a.start != b.start ? a.start < b.start : a.end < b.end;
+  });
+  max_end_.resize(index_.size());
+  TaskId m = 0;
+  for (size_t k = 0; k < index_.size(); ++k) max_end_[k] = m = std::max(m, index_[k].end);
 }
 
 }  // namespace hq::sched

@@ -63,11 +63,25 @@ class TaskIdMap {
   std::vector<uint32_t> first_;  // ranges_.size() + 1 entries
 };
 
+struct UserJob;
+
+// One part of a user job: tasks that share their scheduling parameters (one request, priority,
+// crash limit, time request and node count), with their own ids, slots and ready queue. An array
+// job is one part; a job file's tasks are grouped into parts by those parameters, and each submit
+// into an open job adds parts. Every part of a job is filed under the job's id; the scheduler's
+// queues and workers point at parts.
 class Job {
  public:
-  Job(JobId job_id, uint32_t job_cpus, int32_t job_priority, TaskIdMap task_ids);
+  // `cursor`: fresh tasks are taken through a cursor (see fresh_begin()); else every ready task
+  // is requeued, as in a job with dependencies. The owner's graph must cover the part already
+  // when it is not null.
+  Job(UserJob& job_owner, uint32_t part_number, uint32_t first, uint32_t job_cpus,
+      int32_t job_priority, TaskIdMap task_ids, bool use_cursor);
 
+  UserJob& owner;
   const JobId id;
+  const uint32_t part;  // index in owner.parts
+  const uint32_t base;  // the job-wide index of its first task (owner.graph indexes by it)
   // CPUs per task, a share counted whole (its cost in a worker's queue budget); 0: `--cpus all`.
   // TODO(perf): costs in whole CPUs let a worker hold no more `--cpus 0.25` tasks than it has
   // CPUs (plus its queue), where its pool would fit four per CPU. Costs counted in
@@ -77,34 +91,25 @@ class Job {
   WorkerSlot* reservation = nullptr;  // the worker kept free for it (no starvation)
   std::vector<WorkerSlot*> node_reservations;  // the same for a multi-node job: `nodes` workers
   const int32_t priority;
-  bool open = false;         // more tasks may come (open jobs): complete jobs are kOpened
-  uint32_t crash_limit = 0;  // see JobSpec
-  uint32_t reserved = 0;     // restore only: see Scheduler::restore_reserved
-  int64_t max_fails = -1;
+  uint32_t crash_limit = 0;      // see JobSpec
   uint64_t time_request_ms = 0;  // see JobSpec
   uint32_t nodes = 1;            // whole workers per task; see JobSpec
+  const bool cursor;
   const TaskIdMap ids;
   std::vector<TaskSlot> slots;  // by index
-  TaskCounts counts;
+  TaskCounts counts;            // of this part (the owner counts the whole job)
   std::unordered_map<uint32_t, std::string> errors;  // by index, failed tasks only
   bool in_ready_set = false;                         // owned by the scheduler's ready set
-  bool completion_noted = false;  // reported (or to be reported) by take_completed_jobs
-  // Dependencies between its tasks; null for a job without any (array jobs). A graph job queues
-  // only its ready tasks (waiting, pending == 0), all through the requeued heap: it has no fresh
-  // cursor (fresh_begin() == size()).
-  std::unique_ptr<DepGraph> graph;
 
   // Whether the task may be queued and handed to a worker as far as dependencies go.
-  bool deps_done(uint32_t index) const { return !graph || graph->pending[index] == 0; }
-  // Takes the graph and queues exactly its tasks without dependencies (a new job).
-  void set_graph(std::unique_ptr<DepGraph> g);
-
+  bool deps_done(uint32_t index) const;
   uint32_t size() const { return static_cast<uint32_t>(slots.size()); }
+  // Changes the state, in this part's counts and the owner's.
   void set_state(TaskSlot& slot, TaskState to);
 
   // --- Ready queue: the waiting tasks no worker holds ----------------------------------------
   // Requeued tasks (put back) in increasing id order, then fresh ones (never assigned) in
-  // increasing id order through a cursor.
+  // increasing id order through a cursor (parts with a cursor only).
   uint32_t ready() const { return static_cast<uint32_t>(requeued_.size()) + (size() - fresh_); }
   struct Next {
     uint32_t index;
@@ -117,8 +122,8 @@ class Job {
   // Every ready task leaves the queue (the caller changes their states).
   void clear_ready();
   // Queues exactly the waiting tasks, after their states were set directly (restore): the tail of
-  // fresh tasks (waiting, instance 0, never run) behind the cursor, the others requeued. In a
-  // graph job, the ready ones only (pending counters must be right), all requeued.
+  // fresh tasks (waiting, instance 0, never run) behind the cursor, the others requeued. Without
+  // a cursor, the ready ones only (pending counters must be right), all requeued.
   void rebuild_ready();
   // Tasks at indices >= fresh_begin() were never taken from the queue.
   uint32_t fresh_begin() const { return fresh_; }
@@ -130,6 +135,53 @@ class Job {
   uint32_t fresh_ = 0;
   uint32_t fresh_range_ = 0;        // the range holding index fresh_ (ranges().size() at the end)
   std::vector<uint32_t> requeued_;  // min-heap of indices
+};
+
+// A job as users see it: its parts, and what holds for all its tasks together (counts, state,
+// max-fails, completion, dependencies, open or closed).
+struct UserJob {
+  explicit UserJob(JobId job_id) : id(job_id) {}
+  const JobId id;
+  std::vector<std::unique_ptr<Job>> parts;  // in `base` order
+  TaskCounts counts;
+  bool open = false;  // more tasks may come (open jobs): complete jobs are kOpened
+  int64_t max_fails = -1;
+  uint32_t reserved = 0;          // restore only: see Scheduler::restore_reserved
+  bool completion_noted = false;  // reported (or to be reported) by take_completed_jobs
+  // Dependencies between its tasks by job-wide index (part base + index), across parts; null
+  // for a job without any (array jobs).
+  std::unique_ptr<DepGraph> graph;
+
+  uint32_t size() const { return parts.empty() ? 0 : parts.back()->base + parts.back()->size(); }
+  struct Loc {
+    Job* part;
+    uint32_t index;
+  };
+  // The part and index of a task id; O(log ranges).
+  std::optional<Loc> find(TaskId task) const;
+  // The part holding job-wide index `global` < size().
+  Loc at(uint32_t global) const;
+  TaskId id_at(uint32_t global) const {
+    Loc l = at(global);
+    return l.part->ids.id_at(l.index);
+  }
+  // Files a new part's id ranges for find() (after it was appended to `parts`).
+  void index_part(const Job& part);
+  // Whether the completion is to be reported now: no task left to do, and not an open job that
+  // never had any.
+  bool done() const { return counts.complete() && !(open && counts.total() == 0); }
+
+ private:
+  struct IdEntry {
+    TaskId start;
+    TaskId end;
+    uint32_t part;
+    uint32_t range;  // in that part's ranges
+  };
+  // Every part's ranges by start, with the largest end so far (ranges of several parts may
+  // interleave when they have steps). Empty while the job has one part.
+  std::vector<IdEntry> index_;
+  std::vector<TaskId> max_end_;
 };
 
 // Prints the message and aborts: for broken invariants only.

@@ -14,10 +14,12 @@ namespace hq::sched {
 bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time) {
   Impl& m = *impl_;
   WorkerSlot* w = m.find_worker(worker);
-  Job* job = m.find_job(key.job);
-  if (!w || !w->connected || !job) return false;
-  std::optional<uint32_t> index = job->ids.index_of(key.task);
-  if (!index) return false;
+  UserJob* owner = m.find_job(key.job);
+  if (!w || !w->connected || !owner) return false;
+  std::optional<UserJob::Loc> at = owner->find(key.task);
+  if (!at) return false;
+  Job* job = at->part;
+  const std::optional<uint32_t> index = at->index;
   TaskSlot& s = job->slots[*index];
   if (s.instance != key.instance) return false;
   if (s.flags & kHeld) {
@@ -42,18 +44,20 @@ bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time) 
 std::vector<TaskKey> Scheduler::end_reattach() {
   Impl& m = *impl_;
   std::vector<TaskKey> back;
-  for (auto& [id, holder] : m.jobs) {
-    Job& job = *holder;
-    if (job.counts.complete()) continue;
-    for (uint32_t i = 0; i < job.size(); ++i) {
-      TaskSlot& s = job.slots[i];
-      if (!(s.flags & kOrphan)) continue;
-      if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
-      s.flags = 0;
-      ++s.instance;
-      s.start_time = 0;
-      m.put_back(job, i);
-      back.push_back({job.id, job.ids.id_at(i), s.instance});
+  for (auto& [id, owner] : m.jobs) {
+    if (owner->counts.complete()) continue;
+    for (auto& part : owner->parts) {
+      Job& job = *part;
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        TaskSlot& s = job.slots[i];
+        if (!(s.flags & kOrphan)) continue;
+        if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+        s.flags = 0;
+        ++s.instance;
+        s.start_time = 0;
+        m.put_back(job, i);
+        back.push_back({job.id, job.ids.id_at(i), s.instance});
+      }
     }
   }
   return back;
@@ -61,8 +65,10 @@ std::vector<TaskKey> Scheduler::end_reattach() {
 
 uint64_t Scheduler::orphan_count() const {
   uint64_t n = 0;
-  for (const auto& [id, holder] : impl_->jobs) {
-    for (const TaskSlot& s : holder->slots) n += (s.flags & kOrphan) != 0;
+  for (const auto& [id, owner] : impl_->jobs) {
+    for (const auto& part : owner->parts) {
+      for (const TaskSlot& s : part->slots) n += (s.flags & kOrphan) != 0;
+    }
   }
   return n;
 }

@@ -21,12 +21,12 @@ struct Found {
   TaskSlot* slot;
 };
 
-std::optional<Found> find_task(const std::unordered_map<JobId, Job*>& index, TaskKey key) {
+std::optional<Found> find_task(const std::unordered_map<JobId, UserJob*>& index, TaskKey key) {
   auto it = index.find(key.job);
   if (it == index.end()) return std::nullopt;
-  std::optional<uint32_t> i = it->second->ids.index_of(key.task);
-  if (!i) return std::nullopt;
-  return Found{it->second, *i, &it->second->slots[*i]};
+  std::optional<UserJob::Loc> at = it->second->find(key.task);
+  if (!at) return std::nullopt;
+  return Found{at->part, at->index, &at->part->slots[at->index]};
 }
 
 }  // namespace
@@ -76,65 +76,69 @@ bool Scheduler::restore_requeued(TaskKey key, uint32_t crashes) {
 }
 
 void Scheduler::restore_reserved(JobId id, uint32_t tasks) {
-  if (Job* job = impl_->find_job(id)) job->reserved = std::max(job->reserved, tasks);
+  if (UserJob* job = impl_->find_job(id)) job->reserved = std::max(job->reserved, tasks);
 }
 
 uint32_t Scheduler::fresh_cursor(JobId id) const {
-  const Job* job = impl_->find_job(id);
-  return job && !job->graph ? job->fresh_begin() : 0;
+  const UserJob* job = impl_->find_job(id);
+  return job && job->parts.size() == 1 && job->parts[0]->cursor ? job->parts[0]->fresh_begin() : 0;
 }
 
 namespace {
 
-// Whether every dependency of the task has finished, from the states alone (restore: the
-// pending counters are rebuilt at the end).
-bool deps_finished(const Job& job, uint32_t index) {
+// Whether every dependency of the task (job-wide index) has finished, from the states alone
+// (restore: the pending counters are rebuilt at the end).
+bool deps_finished(const UserJob& job, uint32_t global) {
+  if (!job.graph) return true;
   const DepGraph& g = *job.graph;
-  for (uint32_t k = g.dep_begin[index]; k < g.dep_begin[index + 1]; ++k) {
-    if (job.slots[g.deps[k]].state != TaskState::kFinished) return false;
+  for (uint32_t k = g.dep_begin[global]; k < g.dep_begin[global + 1]; ++k) {
+    UserJob::Loc at = job.at(g.deps[k]);
+    if (at.part->slots[at.index].state != TaskState::kFinished) return false;
   }
   return true;
 }
 
-// Calls fn(slot, index) for every task of the job that may be running on a worker of a server
-// that stopped: running ones, orphans of an earlier restart, and waiting ones that may have been
-// handed out (within the job's reservation; in a graph job, those whose dependencies had all
-// finished, as graph jobs have no reservation). Then the reservation starts anew.
+// Calls fn(part, slot, index) for every task of the job that may be running on a worker of a
+// server that stopped: running ones, orphans of an earlier restart, and waiting ones that may
+// have been handed out (within the job's reservation; in a part without a fresh cursor, those
+// whose dependencies had all finished, as such parts have no reservation). Then the reservation
+// starts anew.
 template <typename F>
-void for_each_maybe_running(Job& job, F fn) {
-  if (job.counts.complete()) {
-    job.reserved = 0;
+void for_each_maybe_running(UserJob& owner, F fn) {
+  if (owner.counts.complete()) {
+    owner.reserved = 0;
     return;
   }
-  if (job.graph) {
+  for (auto& part : owner.parts) {
+    Job& job = *part;
+    if (!job.cursor) {
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        TaskSlot& s = job.slots[i];
+        const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
+                               (s.state == TaskState::kWaiting && deps_finished(owner, job.base + i));
+        if (maybe_ran) fn(job, s, i);
+      }
+      continue;
+    }
+    const uint32_t reserved = std::min(owner.reserved, job.size());
+    // TODO(perf): O(size) at every restart in the history; orphans of earlier restarts may lie
+    // anywhere below their run's reservation, so the walk cannot stop at this one's.
     for (uint32_t i = 0; i < job.size(); ++i) {
       TaskSlot& s = job.slots[i];
       const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
-                             (s.state == TaskState::kWaiting && deps_finished(job, i));
-      if (maybe_ran) fn(s, i);
+                             (s.state == TaskState::kWaiting && i < reserved);
+      if (maybe_ran) fn(job, s, i);
     }
-    job.reserved = 0;
-    return;
   }
-  const uint32_t reserved = std::min(job.reserved, job.size());
-  // TODO(perf): O(size) at every restart in the history; orphans of earlier restarts may lie
-  // anywhere below their run's reservation, so the walk cannot stop at this one's.
-  for (uint32_t i = 0; i < job.size(); ++i) {
-    TaskSlot& s = job.slots[i];
-    const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
-                           (s.state == TaskState::kWaiting && i < reserved);
-    if (maybe_ran) fn(s, i);
-  }
-  job.reserved = 0;
+  owner.reserved = 0;
 }
 
 }  // namespace
 
 uint64_t Scheduler::restore_restart() {
   uint64_t back = 0;
-  for (auto& [id, holder] : impl_->jobs) {
-    Job& job = *holder;
-    for_each_maybe_running(job, [&](TaskSlot& s, uint32_t) {
+  for (auto& [id, owner] : impl_->jobs) {
+    for_each_maybe_running(*owner, [&](Job& job, TaskSlot& s, uint32_t) {
       if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
       s.flags &= ~kOrphan;
       ++s.instance;
@@ -147,9 +151,8 @@ uint64_t Scheduler::restore_restart() {
 
 uint64_t Scheduler::restore_orphans() {
   uint64_t orphans = 0;
-  for (auto& [id, holder] : impl_->jobs) {
-    Job& job = *holder;
-    for_each_maybe_running(job, [&](TaskSlot& s, uint32_t) {
+  for (auto& [id, owner] : impl_->jobs) {
+    for_each_maybe_running(*owner, [&](Job&, TaskSlot& s, uint32_t) {
       s.flags |= kOrphan;
       ++orphans;
     });
@@ -166,15 +169,17 @@ bool Scheduler::restore_reattached(TaskKey key, WorkerId worker, int64_t time) {
 
 uint64_t Scheduler::restore_reattach_ended() {
   uint64_t back = 0;
-  for (auto& [id, holder] : impl_->jobs) {
-    Job& job = *holder;
-    for (TaskSlot& s : job.slots) {
-      if (!(s.flags & kOrphan)) continue;
-      if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
-      s.flags &= ~kOrphan;
-      ++s.instance;
-      s.start_time = 0;
-      ++back;
+  for (auto& [id, owner] : impl_->jobs) {
+    for (auto& part : owner->parts) {
+      Job& job = *part;
+      for (TaskSlot& s : job.slots) {
+        if (!(s.flags & kOrphan)) continue;
+        if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+        s.flags &= ~kOrphan;
+        ++s.instance;
+        s.start_time = 0;
+        ++back;
+      }
     }
   }
   return back;
@@ -184,33 +189,43 @@ uint64_t Scheduler::finish_restore(bool reattach) {
   Impl& m = *impl_;
   const uint64_t back = reattach ? restore_orphans() : restore_restart();
   for (auto& [id, holder] : m.jobs) {
-    Job& job = *holder;
-    m.ready_tasks -= job.ready();
-    m.leave_ready(job);
-    if (job.graph) {
+    UserJob& owner = *holder;
+    for (auto& part : owner.parts) {
+      m.ready_tasks -= part->ready();
+      m.leave_ready(*part);
+    }
+    if (owner.graph) {
       // Pending counters from the restored states, then what the journal implies without
       // records of its own: the dependants of tasks that ended unfinished are aborted, at that
-      // end's time.
-      DepGraph& g = *job.graph;
-      g.aborted_by.clear();
-      for (uint32_t i = 0; i < job.size(); ++i) {
+      // end's time. Tasks aborted when they were added keep their cause.
+      DepGraph& g = *owner.graph;
+      std::erase_if(g.aborted_by, [&owner](const auto& entry) {
+        UserJob::Loc at = owner.at(entry.first);
+        return at.part->slots[at.index].state != TaskState::kAborted;
+      });
+      for (uint32_t i = 0; i < owner.size(); ++i) {
         g.pending[i] = 0;
         for (uint32_t k = g.dep_begin[i]; k < g.dep_begin[i + 1]; ++k) {
-          g.pending[i] += job.slots[g.deps[k]].state != TaskState::kFinished;
+          UserJob::Loc at = owner.at(g.deps[k]);
+          g.pending[i] += at.part->slots[at.index].state != TaskState::kFinished;
         }
       }
-      for (uint32_t i = 0; i < job.size(); ++i) {
-        const TaskSlot& s = job.slots[i];
-        if (ended(s.state) && s.state != TaskState::kFinished) {
-          m.abort_dependants(job, i, s.end_time);
+      for (auto& part : owner.parts) {
+        for (uint32_t i = 0; i < part->size(); ++i) {
+          const TaskSlot& s = part->slots[i];
+          if (ended(s.state) && s.state != TaskState::kFinished) {
+            m.abort_dependants(*part, i, s.end_time);
+          }
         }
       }
     }
-    job.rebuild_ready();
-    m.ready_tasks += job.ready();
-    m.enter_ready(job);
+    for (auto& part : owner.parts) {
+      part->rebuild_ready();
+      m.ready_tasks += part->ready();
+      m.enter_ready(*part);
+    }
     // Completed before the restart: nothing to report now.
-    if (job.counts.complete()) job.completion_noted = true;
+    owner.completion_noted = owner.done();
     m.completed.erase(id);
   }
   return back;

@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
+#include <queue>
 #include <set>
+#include <tuple>
+#include <unordered_set>
 #include <utility>
 
 #include <fmt/format.h>
@@ -23,8 +27,36 @@ Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job) {
                job.body.resources,
                job.body.time_request_ms,
                job.nodes};
-  for (const GraphTaskSpec& t : job.tasks) {
-    if (!t.deps.empty()) spec.deps.push_back({t.id, t.deps});
+  spec.open = false;
+  if (!job.tasks.empty()) {
+    // Tasks grouped into parts by their scheduling parameters, in order of first appearance.
+    using Key = std::tuple<std::string, uint64_t, uint32_t, int32_t, uint32_t>;
+    std::map<Key, size_t> index;
+    std::vector<IdSetBuilder> ids;
+    for (const GraphTaskSpec& t : job.tasks) {
+      const int32_t priority = t.own_params ? t.priority : job.priority;
+      const uint32_t crash_limit = t.own_params ? t.crash_limit : job.crash_limit;
+      const uint32_t nodes = t.own_params && t.nodes ? t.nodes : job.nodes;
+      Key key{describe(t.body.resources), t.body.time_request_ms, nodes, priority, crash_limit};
+      auto [it, added] = index.emplace(key, spec.parts.size());
+      if (added) {
+        spec.parts.push_back(PartSpec{{},
+                                      t.body.cpus,
+                                      priority,
+                                      crash_limit,
+                                      t.body.resources,
+                                      t.body.time_request_ms,
+                                      nodes});
+        ids.emplace_back();
+      }
+      ids[it->second].add(t.id);  // tasks are sorted by id
+      if (!t.deps.empty()) spec.deps.push_back({t.id, t.deps});
+    }
+    for (size_t k = 0; k < ids.size(); ++k) spec.parts[k].task_ids = std::move(ids[k]).build();
+  } else if (!job.submit_deps.empty()) {
+    std::vector<TaskId> deps;
+    job.submit_deps.for_each([&deps](uint32_t t) { deps.push_back(t); });
+    job.task_ids.for_each([&](uint32_t t) { spec.deps.push_back({t, deps}); });
   }
   return spec;
 }
@@ -199,8 +231,8 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
   if (w->reserved_for) m.drop_reservation(*w->reserved_for);
   w->pool = ResourcePool(w->resources, m.names);
   for (Job* job : failed_jobs) {
-    m.check_max_fails(*job, now);
-    m.note_completion(*job);
+    m.check_max_fails(job->owner, now);
+    m.note_completion(job->owner);
   }
   return back;
 }
@@ -209,44 +241,123 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
 
 namespace {
 
-// The spec's request, with "cpus" present.
-Result<ResourceRequest> job_request(const JobSpec& spec) {
-  if (spec.id == 0) return Error{"job id 0 is reserved"};
-  ResourceRequest r = spec.resources;
+// The parts the spec's tasks form (none for an open job submitted without tasks).
+std::vector<PartSpec> parts_of(const JobSpec& spec) {
+  if (!spec.parts.empty()) return spec.parts;
+  if (spec.task_ids.empty() && spec.open) return {};
+  return {PartSpec{spec.task_ids, spec.cpus, spec.priority, spec.crash_limit, spec.resources,
+                   spec.time_request_ms, spec.nodes}};
+}
+
+// The part's request, with "cpus" present (all of them for a multi-node part).
+Result<ResourceRequest> part_request(JobId id, const PartSpec& part) {
+  if (id == 0) return Error{"job id 0 is reserved"};
+  ResourceRequest r = part.resources;
   if (r.entries.empty()) {
-    if (spec.cpus == 0) {
-      return Error{fmt::format("job {} requests 0 CPUs: a task needs at least 1", spec.id)};
+    if (part.cpus == 0) {
+      return Error{fmt::format("job {} requests 0 CPUs: a task needs at least 1", id)};
     }
-    r.entries.push_back({std::string(kCpus), spec.cpus * kAmountUnit, AllocationPolicy::kCompact});
+    r.entries.push_back({std::string(kCpus), part.cpus * kAmountUnit, AllocationPolicy::kCompact});
   }
   auto made = make_request(r.entries);
-  if (!made) return Error{fmt::format("job {}: {}", spec.id, made.message())};
+  if (!made) return Error{fmt::format("job {}: {}", id, made.message())};
   for (const auto& e : made->entries) {
     if (e.policy != AllocationPolicy::kAll && e.amount == 0) {
-      return Error{fmt::format("job {} requests 0 of '{}'", spec.id, e.name)};
+      return Error{fmt::format("job {} requests 0 of '{}'", id, e.name)};
     }
   }
+  if (part.nodes > 1) made->entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
   return made;
 }
 
-// The spec's dependencies as a graph over `ids`; null when it has none.
-Result<std::unique_ptr<DepGraph>> job_graph(const JobSpec& spec, const TaskIdMap& ids) {
-  std::unique_ptr<DepGraph> none;
-  if (spec.deps.empty()) return none;
-  std::vector<std::pair<uint32_t, uint32_t>> edges;
-  std::vector<bool> listed(ids.size(), false);
-  for (const TaskDeps& t : spec.deps) {
-    std::optional<uint32_t> task = ids.index_of(t.id);
-    if (!task) {
-      return Error{fmt::format("job {}: dependencies are given for task {}, which it does not have",
-                               spec.id, t.id)};
+// Up to this many colliding ids are named in an error.
+constexpr size_t kNamedIds = 20;
+
+// Appends to `out` (up to kNamedIds) the ids of range `r` that `map` holds.
+void collisions(const IdRange& r, const TaskIdMap& map, std::vector<TaskId>& out) {
+  for (const IdRange& e : map.ranges()) {
+    if (e.end < r.start || e.start > r.end) continue;
+    const uint64_t lo = std::max(e.start, r.start), hi = std::min(e.end, r.end);
+    uint64_t t = r.start;
+    if (lo > r.start) t += (lo - r.start + r.step - 1) / r.step * r.step;
+    for (; t <= hi && out.size() < kNamedIds; t += r.step) {
+      if ((t - e.start) % e.step == 0) out.push_back(static_cast<TaskId>(t));
     }
-    if (listed[*task]) {
+    if (out.size() >= kNamedIds) return;
+  }
+}
+
+std::string name_ids(std::vector<TaskId> ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  IdSetBuilder b;
+  for (TaskId t : ids) b.add(t);
+  std::string text = std::move(b).build().to_string();
+  return ids.size() >= kNamedIds ? text + " (and maybe more)" : text;
+}
+
+// The spec's parts, checked: requests, ids (disjoint among themselves and from the tasks of
+// `existing`, when tasks are added to it).
+Result<std::vector<PreparedPart>> prepare_parts(const JobSpec& spec,
+                                                const std::vector<PartSpec>& parts,
+                                                const UserJob* existing) {
+  std::vector<PreparedPart> out;
+  uint64_t base = existing ? existing->size() : 0;
+  for (const PartSpec& p : parts) {
+    Result<ResourceRequest> request = part_request(spec.id, p);
+    if (!request) return request.error();
+    Result<TaskIdMap> ids = TaskIdMap::build(p.task_ids);
+    if (!ids) return Error{fmt::format("job {}: {}", spec.id, ids.message())};
+    std::vector<TaskId> taken;
+    for (const IdRange& r : ids->ranges()) {
+      if (existing) {
+        for (const auto& e : existing->parts) collisions(r, e->ids, taken);
+      }
+      for (const PreparedPart& q : out) collisions(r, q.ids, taken);
+    }
+    if (!taken.empty()) {
+      return Error{fmt::format("job {} already has task(s) {}: task ids of a job must not collide",
+                               spec.id, name_ids(std::move(taken)))};
+    }
+    base += ids->size();
+    if (base > std::numeric_limits<uint32_t>::max()) {
+      return Error{fmt::format("job {}: a job holds at most {} tasks", spec.id,
+                               std::numeric_limits<uint32_t>::max())};
+    }
+    const uint32_t first = static_cast<uint32_t>(base - ids->size());
+    out.push_back({&p, std::move(request).value(), std::move(ids).value(), first});
+  }
+  return out;
+}
+
+// The spec's dependencies as (task, dependency) pairs of job-wide indices, over the tasks of
+// `existing` and then the new parts.
+Result<std::vector<std::pair<uint32_t, uint32_t>>> prepare_edges(
+    const JobSpec& spec, const std::vector<PreparedPart>& parts, const UserJob* existing) {
+  auto new_index = [&parts](TaskId t) -> std::optional<uint32_t> {
+    for (const PreparedPart& p : parts) {
+      if (std::optional<uint32_t> i = p.ids.index_of(t)) return p.base + *i;
+    }
+    return std::nullopt;
+  };
+  std::vector<std::pair<uint32_t, uint32_t>> edges;
+  std::unordered_set<uint32_t> listed;
+  for (const TaskDeps& t : spec.deps) {
+    std::optional<uint32_t> task = new_index(t.id);
+    if (!task) {
+      return Error{fmt::format(
+          "job {}: dependencies are given for task {}, which {}", spec.id, t.id,
+          existing && existing->find(t.id) ? "was submitted before (dependencies come with a task)"
+                                           : "it does not have")};
+    }
+    if (!listed.insert(*task).second) {
       return Error{fmt::format("job {}: dependencies of task {} are given twice", spec.id, t.id)};
     }
-    listed[*task] = true;
     for (TaskId dep : t.deps) {
-      std::optional<uint32_t> d = ids.index_of(dep);
+      std::optional<uint32_t> d = new_index(dep);
+      if (!d && existing) {
+        if (std::optional<UserJob::Loc> at = existing->find(dep)) d = at->part->base + at->index;
+      }
       if (!d) {
         return Error{fmt::format("job {}: task {} depends on task {}, which the job does not have",
                                  spec.id, t.id, dep)};
@@ -254,86 +365,238 @@ Result<std::unique_ptr<DepGraph>> job_graph(const JobSpec& spec, const TaskIdMap
       edges.emplace_back(*task, *d);
     }
   }
-  if (edges.empty()) return none;
-  auto graph = DepGraph::build(ids.size(), std::move(edges),
-                               [&ids](uint32_t index) { return ids.id_at(index); });
+  return edges;
+}
+
+// The job-wide graph after adding `edges` (with the existing graph's own) over `n` tasks;
+// null when there are none. Pending counters and abort causes are left to the caller.
+Result<std::unique_ptr<DepGraph>> build_graph(const JobSpec& spec, const UserJob* existing,
+                                              const std::vector<PreparedPart>& parts, uint32_t n,
+                                              std::vector<std::pair<uint32_t, uint32_t>> edges) {
+  std::unique_ptr<DepGraph> none;
+  const DepGraph* old = existing ? existing->graph.get() : nullptr;
+  if (edges.empty() && !old) return none;
+  if (old) {
+    for (uint32_t i = 0; i < old->size(); ++i) {
+      for (uint32_t k = old->dep_begin[i]; k < old->dep_begin[i + 1]; ++k) {
+        edges.emplace_back(i, old->deps[k]);
+      }
+    }
+  }
+  const uint32_t old_size = existing ? existing->size() : 0;
+  auto id_of = [&](uint32_t index) -> TaskId {
+    if (index < old_size) return existing->id_at(index);
+    for (const PreparedPart& p : parts) {
+      if (index < p.base + p.ids.size()) return p.ids.id_at(index - p.base);
+    }
+    return 0;
+  };
+  auto graph = DepGraph::build(n, std::move(edges), id_of);
   if (!graph) return Error{fmt::format("job {}: {}", spec.id, graph.message())};
   return graph;
 }
 
 }  // namespace
 
+void Scheduler::Impl::add_parts(UserJob& owner, std::vector<PreparedPart>& parts,
+                                std::unique_ptr<DepGraph> graph, bool cursor) {
+  if (graph) {
+    const DepGraph* old = owner.graph.get();
+    if (old) graph->aborted_by = old->aborted_by;
+    owner.graph = std::move(graph);
+  }
+  for (PreparedPart& p : parts) {
+    const uint32_t cpus = whole_cpus(p.request);
+    auto part = std::make_unique<Job>(owner, static_cast<uint32_t>(owner.parts.size()), p.base,
+                                      cpus, p.spec->priority, std::move(p.ids), cursor);
+    part->request = intern_request(p.request);
+    part->crash_limit = p.spec->crash_limit;
+    part->time_request_ms = p.spec->time_request_ms;
+    part->nodes = std::max<uint32_t>(p.spec->nodes, 1);
+    owner.parts.push_back(std::move(part));
+    owner.index_part(*owner.parts.back());
+  }
+  if (owner.graph) {
+    // Pending counters from the states (the new tasks' dependencies may have ended already).
+    DepGraph& g = *owner.graph;
+    for (uint32_t i = 0; i < g.size(); ++i) {
+      g.pending[i] = 0;
+      for (uint32_t k = g.dep_begin[i]; k < g.dep_begin[i + 1]; ++k) {
+        UserJob::Loc at = owner.at(g.deps[k]);
+        g.pending[i] += at.part->slots[at.index].state != TaskState::kFinished;
+      }
+    }
+  }
+  const size_t first_new = owner.parts.size() - parts.size();
+  for (size_t k = first_new; k < owner.parts.size(); ++k) {
+    Job& part = *owner.parts[k];
+    if (!part.cursor) part.rebuild_ready();
+    ready_tasks += part.ready();
+    enter_ready(part);
+  }
+  if (owner.graph && first_new > 0) {
+    // New tasks that depend on tasks which ended unfinished are aborted at once.
+    const DepGraph& g = *owner.graph;
+    const uint32_t old_size = owner.parts[first_new]->base;
+    for (uint32_t d = 0; d < old_size; ++d) {
+      UserJob::Loc at = owner.at(d);
+      const TaskState st = at.part->slots[at.index].state;
+      if (!ended(st) || st == TaskState::kFinished) continue;
+      if (g.dependant_begin[d + 1] == g.dependant_begin[d]) continue;
+      if (g.dependants[g.dependant_begin[d + 1] - 1] < old_size) continue;  // none of them new
+      abort_dependants(*at.part, at.index, now);
+    }
+  }
+}
+
 Status Scheduler::add_job(const JobSpec& spec) {
-  if (impl_->jobs.contains(spec.id)) {
+  Impl& m = *impl_;
+  if (m.jobs.contains(spec.id)) {
     return Status::error(fmt::format("job {} already exists: job ids are never reused", spec.id));
   }
-  Result<ResourceRequest> request = job_request(spec);
-  if (!request) return request.status();
-  Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
-  if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
-  if (spec.nodes > 1) {  // whole workers
-    request->entries = {{std::string(kCpus), 0, AllocationPolicy::kAll}};
-  }
-  Result<std::unique_ptr<DepGraph>> graph = job_graph(spec, *ids);
+  if (spec.id == 0) return Status::error("job id 0 is reserved");
+  const std::vector<PartSpec> specs = parts_of(spec);
+  Result<std::vector<PreparedPart>> parts = prepare_parts(spec, specs, nullptr);
+  if (!parts) return parts.status();
+  Result<std::vector<std::pair<uint32_t, uint32_t>>> edges = prepare_edges(spec, *parts, nullptr);
+  if (!edges) return edges.status();
+  uint32_t n = 0;
+  for (const PreparedPart& p : *parts) n += p.ids.size();
+  Result<std::unique_ptr<DepGraph>> graph =
+      build_graph(spec, nullptr, *parts, n, std::move(edges).value());
   if (!graph) return graph.status();
-  const uint32_t cpus = whole_cpus(*request);
-  auto job = std::make_unique<Job>(spec.id, cpus, spec.priority, std::move(ids).value());
-  if (*graph) job->set_graph(std::move(graph).value());
-  job->request = impl_->intern_request(*request);
-  job->crash_limit = spec.crash_limit;
+  auto job = std::make_unique<UserJob>(spec.id);
   job->max_fails = spec.max_fails;
-  job->time_request_ms = spec.time_request_ms;
-  job->nodes = std::max<uint32_t>(spec.nodes, 1);
-  Job& ref = *job;
-  impl_->jobs.emplace(spec.id, std::move(job));
-  impl_->job_index.emplace(spec.id, &ref);
-  impl_->ready_tasks += ref.ready();
-  impl_->enter_ready(ref);
+  job->open = spec.open;
+  UserJob& ref = *job;
+  m.jobs.emplace(spec.id, std::move(job));
+  m.job_index.emplace(spec.id, &ref);
+  const bool cursor = !spec.open && parts->size() == 1 && !*graph;
+  m.add_parts(ref, *parts, std::move(graph).value(), cursor);
+  m.note_completion(ref);
   return Status::ok();
 }
 
 Status Scheduler::validate_job(const JobSpec& spec) {
-  Result<ResourceRequest> request = job_request(spec);
-  if (!request) return request.status();
-  Result<TaskIdMap> ids = TaskIdMap::build(spec.task_ids);
-  if (!ids) return Status::error(fmt::format("job {}: {}", spec.id, ids.message()));
-  Result<std::unique_ptr<DepGraph>> graph = job_graph(spec, *ids);
+  if (spec.id == 0) return Status::error("job id 0 is reserved");
+  const std::vector<PartSpec> specs = parts_of(spec);
+  Result<std::vector<PreparedPart>> parts = prepare_parts(spec, specs, nullptr);
+  if (!parts) return parts.status();
+  Result<std::vector<std::pair<uint32_t, uint32_t>>> edges = prepare_edges(spec, *parts, nullptr);
+  if (!edges) return edges.status();
+  uint32_t n = 0;
+  for (const PreparedPart& p : *parts) n += p.ids.size();
+  Result<std::unique_ptr<DepGraph>> graph =
+      build_graph(spec, nullptr, *parts, n, std::move(edges).value());
   if (!graph) return graph.status();
   return Status::ok();
 }
 
+Status Scheduler::validate_tasks(const JobSpec& spec) const {
+  const UserJob* job = impl_->find_job(spec.id);
+  if (!job) return Status::error(fmt::format("job {} not found", spec.id));
+  if (!job->open) {
+    return Status::error(
+        fmt::format("job {} is not open: tasks are added only to jobs made by `hq job open`, "
+                    "until `hq job close`",
+                    spec.id));
+  }
+  const std::vector<PartSpec> specs = parts_of(spec);
+  if (specs.empty()) return Status::error(fmt::format("job {}: no tasks to add", spec.id));
+  Result<std::vector<PreparedPart>> parts = prepare_parts(spec, specs, job);
+  if (!parts) return parts.status();
+  Result<std::vector<std::pair<uint32_t, uint32_t>>> edges = prepare_edges(spec, *parts, job);
+  if (!edges) return edges.status();
+  if (edges->empty() && !job->graph) return Status::ok();
+  uint64_t n = job->size();
+  for (const PreparedPart& p : *parts) n += p.ids.size();
+  Result<std::unique_ptr<DepGraph>> graph =
+      build_graph(spec, job, *parts, static_cast<uint32_t>(n), std::move(edges).value());
+  return graph ? Status::ok() : graph.status();
+}
+
+Status Scheduler::add_tasks(const JobSpec& spec, int64_t now) {
+  Impl& m = *impl_;
+  if (Status st = validate_tasks(spec); !st) return st;
+  UserJob& job = *m.find_job(spec.id);
+  const std::vector<PartSpec> specs = parts_of(spec);
+  Result<std::vector<PreparedPart>> parts = prepare_parts(spec, specs, &job);
+  Result<std::vector<std::pair<uint32_t, uint32_t>>> edges = prepare_edges(spec, *parts, &job);
+  uint32_t n = job.size();
+  for (const PreparedPart& p : *parts) n += p.ids.size();
+  Result<std::unique_ptr<DepGraph>> graph =
+      build_graph(spec, &job, *parts, n, std::move(edges).value());
+  m.now = now;
+  m.add_parts(job, *parts, std::move(graph).value(), /*cursor=*/false);
+  // New work: its completion is reported anew.
+  job.completion_noted = false;
+  m.completed.erase(job.id);
+  m.note_completion(job);
+  return Status::ok();
+}
+
+bool Scheduler::close_job(JobId id) {
+  Impl& m = *impl_;
+  UserJob* job = m.find_job(id);
+  if (!job || !job->open) return false;
+  job->open = false;
+  // Complete while open, it was reported to those waiting for its current tasks: now it is
+  // complete for everyone.
+  job->completion_noted = false;
+  m.completed.erase(id);
+  m.note_completion(*job);
+  return true;
+}
+
+bool Scheduler::job_open(JobId id) const {
+  const UserJob* job = impl_->find_job(id);
+  return job && job->open;
+}
+
+std::optional<TaskId> Scheduler::max_task_id(JobId id) const {
+  const UserJob* job = impl_->find_job(id);
+  if (!job) return std::nullopt;
+  std::optional<TaskId> max;
+  for (const auto& part : job->parts) {
+    const TaskId last = part->ids.ranges().back().end;
+    if (!max || last > *max) max = last;
+  }
+  return max;
+}
+
 std::vector<Assignment> Scheduler::cancel_job(JobId id, int64_t now) {
   std::vector<Assignment> kill;
-  if (Job* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kCanceled, now, kill);
+  if (UserJob* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kCanceled, now, kill);
   return kill;
 }
 
 std::vector<Assignment> Scheduler::cancel_tasks(JobId id, const IdSet& tasks, int64_t now) {
   Impl& m = *impl_;
   std::vector<Assignment> kill;
-  Job* job = m.find_job(id);
-  if (!job) return kill;
-  std::vector<uint32_t> canceled;
-  bool was_queued = false;
+  UserJob* owner = m.find_job(id);
+  if (!owner) return kill;
+  std::vector<UserJob::Loc> canceled;
+  std::set<Job*> was_queued;
   tasks.for_each([&](uint32_t t) {
-    std::optional<uint32_t> index = job->ids.index_of(t);
-    if (!index) return;
-    TaskSlot& s = job->slots[*index];
+    std::optional<UserJob::Loc> at = owner->find(t);
+    if (!at) return;
+    Job* job = at->part;
+    TaskSlot& s = job->slots[at->index];
     if (ended(s.state)) return;
     if (s.flags & kHeld) {
       WorkerSlot& w = *m.find_worker(s.worker);
       kill.push_back({w.id, {job->id, t, s.instance}});
       m.clear_retraction(w, s);
       if (s.state == TaskState::kRunning) --w.running;
-    } else if (job->deps_done(*index)) {
-      was_queued = true;
+    } else if (job->deps_done(at->index)) {
+      was_queued.insert(job);
     }
     s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
     job->set_state(s, TaskState::kCanceled);
     s.end_time = now;
-    canceled.push_back(*index);
+    canceled.push_back(*at);
   });
-  if (was_queued) {
+  for (Job* job : was_queued) {
     // TODO(perf): O(size) for one task; a queue that skips ended tasks would make it O(1).
     m.ready_tasks -= job->ready();
     m.leave_ready(*job);
@@ -341,31 +604,36 @@ std::vector<Assignment> Scheduler::cancel_tasks(JobId id, const IdSet& tasks, in
     m.ready_tasks += job->ready();
     m.enter_ready(*job);
   }
-  for (uint32_t index : canceled) m.abort_dependants(*job, index, now);
-  m.note_completion(*job);
+  for (const UserJob::Loc& at : canceled) m.abort_dependants(*at.part, at.index, now);
+  m.note_completion(*owner);
   return kill;
 }
 
 Status Scheduler::remove_job(JobId id) {
   Impl& m = *impl_;
-  Job* job = m.find_job(id);
+  UserJob* job = m.find_job(id);
   if (!job) return Status::error(fmt::format("job {} not found", id));
-  if (!job->counts.complete()) {
-    return Status::error(fmt::format("job {} is not complete: cancel it first", id));
+  if (job->open || !job->counts.complete()) {
+    return Status::error(fmt::format("job {} is not complete: {} it first", id,
+                                     job->open ? "close or cancel" : "cancel"));
   }
-  for (const TaskSlot& s : job->slots) {
-    if (s.flags & kHeld) {
-      return Status::error(
-          fmt::format("job {}: a worker has not yet reported the end of its canceled task(s)", id));
+  for (const auto& part : job->parts) {
+    for (const TaskSlot& s : part->slots) {
+      if (s.flags & kHeld) {
+        return Status::error(fmt::format(
+            "job {}: a worker has not yet reported the end of its canceled task(s)", id));
+      }
+    }
+    for (auto& [wid, w] : m.workers) {
+      if (w->serves_job == part.get()) {
+        return Status::error(fmt::format("job {}: a worker still serves one of its tasks", id));
+      }
     }
   }
-  for (auto& [wid, w] : m.workers) {
-    if (w->serves_job == job) {
-      return Status::error(fmt::format("job {}: a worker still serves one of its tasks", id));
-    }
+  for (const auto& part : job->parts) {
+    m.ready_tasks -= part->ready();
+    m.leave_ready(*part);  // drops its reservations too
   }
-  m.ready_tasks -= job->ready();
-  m.leave_ready(*job);  // drops its reservations too
   m.completed.erase(id);
   std::erase(m.aborted_jobs, id);
   m.job_index.erase(id);
@@ -375,7 +643,7 @@ Status Scheduler::remove_job(JobId id) {
 
 std::vector<Assignment> Scheduler::abort_job(JobId id, int64_t now) {
   std::vector<Assignment> kill;
-  if (Job* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kAborted, now, kill);
+  if (UserJob* job = impl_->find_job(id)) impl_->end_job(*job, TaskState::kAborted, now, kill);
   return kill;
 }
 
@@ -461,11 +729,67 @@ TaskView make_view(const Job& job, uint32_t index, TaskId id) {
     auto it = job.errors.find(index);
     if (it != job.errors.end()) v.error = &it->second;
   }
-  if (s.state == TaskState::kAborted && job.graph) {
-    auto it = job.graph->aborted_by.find(index);
-    if (it != job.graph->aborted_by.end()) v.aborted_by = TaskRef{job.id, it->second};
+  if (s.state == TaskState::kAborted && job.owner.graph) {
+    const auto& causes = job.owner.graph->aborted_by;
+    auto it = causes.find(job.base + index);
+    if (it != causes.end()) v.aborted_by = TaskRef{job.id, it->second};
   }
   return v;
+}
+
+// Calls f(part, index, id) for the part's tasks with an id >= `from` in increasing id order,
+// until f returns false; returns false when f did.
+template <typename F>
+bool walk_part(const Job& job, TaskId from, const F& f) {
+  const std::vector<IdRange>& ranges = job.ids.ranges();
+  auto r = std::lower_bound(ranges.begin(), ranges.end(), from,
+                            [](const IdRange& range, TaskId id) { return range.end < id; });
+  for (; r != ranges.end(); ++r) {
+    uint64_t t = r->start;
+    if (from > r->start) t += (uint64_t{from} - r->start + r->step - 1) / r->step * r->step;
+    uint32_t index = job.ids.first_index(static_cast<size_t>(r - ranges.begin())) +
+                     static_cast<uint32_t>((t - r->start) / r->step);
+    for (; t <= r->end; t += r->step) {
+      if (!f(job, index++, static_cast<TaskId>(t))) return false;
+    }
+  }
+  return true;
+}
+
+// The same over every part of the job, merged in increasing id order.
+template <typename F>
+void walk_job(const UserJob& owner, TaskId from, const F& f) {
+  if (owner.parts.size() == 1) {
+    walk_part(*owner.parts[0], from, f);
+    return;
+  }
+  // Each part's next task; the smallest id goes first. O(log parts) per task.
+  struct Cursor {
+    TaskId id;
+    const Job* part;
+    uint32_t index;
+    bool operator>(const Cursor& o) const { return id > o.id; }
+  };
+  std::priority_queue<Cursor, std::vector<Cursor>, std::greater<>> heap;
+  auto next_of = [](const Job& part, TaskId from_id) -> std::optional<Cursor> {
+    std::optional<Cursor> out;
+    walk_part(part, from_id, [&out](const Job& p, uint32_t index, TaskId id) {
+      out = Cursor{id, &p, index};
+      return false;
+    });
+    return out;
+  };
+  for (const auto& part : owner.parts) {
+    if (auto c = next_of(*part, from)) heap.push(*c);
+  }
+  while (!heap.empty()) {
+    Cursor c = heap.top();
+    heap.pop();
+    if (!f(*c.part, c.index, c.id)) return;
+    if (c.index + 1 < c.part->size()) {
+      heap.push(Cursor{c.part->ids.id_at(c.index + 1), c.part, c.index + 1});
+    }
+  }
 }
 
 }  // namespace
@@ -484,18 +808,18 @@ std::vector<JobId> Scheduler::job_ids() const {
 }
 
 TaskCounts Scheduler::counts(JobId id) const {
-  const Job* job = impl_->find_job(id);
+  const UserJob* job = impl_->find_job(id);
   return job ? job->counts : TaskCounts{};
 }
 
 JobState Scheduler::job_state(JobId id) const {
-  const Job* job = impl_->find_job(id);
+  const UserJob* job = impl_->find_job(id);
   return job ? derive_job_state(job->counts, job->open) : derive_job_state(TaskCounts{});
 }
 
 uint32_t Scheduler::job_cpus(JobId id) const {
-  const Job* job = impl_->find_job(id);
-  return job ? job->cpus : 0;
+  const UserJob* job = impl_->find_job(id);
+  return job && !job->parts.empty() ? job->parts[0]->cpus : 0;
 }
 
 std::optional<TaskKey> Scheduler::serving(WorkerId id) const {
@@ -510,10 +834,16 @@ JobId Scheduler::reserved_for(WorkerId id) const {
   return w && w->reserved_for ? w->reserved_for->id : 0;
 }
 
-std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now) const {
+std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now, std::optional<TaskId> task) const {
   std::vector<WorkerFit> out;
-  const Job* job = impl_->find_job(id);
-  if (!job) return out;
+  const UserJob* owner = impl_->find_job(id);
+  if (!owner || owner->parts.empty()) return out;
+  const Job* job = owner->parts[0].get();
+  if (task) {
+    std::optional<UserJob::Loc> at = owner->find(*task);
+    if (!at) return out;
+    job = at->part;
+  }
   const PoolRequest& r = impl_->request_of(*job);
   for (const auto& [wid, holder] : impl_->workers) {
     const WorkerSlot& w = *holder;
@@ -560,40 +890,29 @@ std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now) const {
 }
 
 void Scheduler::for_each_task(JobId id, const std::function<void(const TaskView&)>& f) const {
-  const Job* job = impl_->find_job(id);
+  const UserJob* job = impl_->find_job(id);
   if (!job) return;
-  uint32_t index = 0;
-  for (const IdRange& r : job->ids.ranges()) {
-    for (uint64_t t = r.start; t <= r.end; t += r.step) {
-      f(make_view(*job, index++, static_cast<TaskId>(t)));
-    }
-  }
+  walk_job(*job, 0, [&f](const Job& part, uint32_t index, TaskId t) {
+    f(make_view(part, index, t));
+    return true;
+  });
 }
 
 void Scheduler::for_each_task_from(JobId id, TaskId from,
                                    const std::function<bool(const TaskView&)>& f) const {
-  const Job* job = impl_->find_job(id);
+  const UserJob* job = impl_->find_job(id);
   if (!job) return;
-  const std::vector<IdRange>& ranges = job->ids.ranges();
-  auto r = std::lower_bound(ranges.begin(), ranges.end(), from,
-                            [](const IdRange& range, TaskId id) { return range.end < id; });
-  for (; r != ranges.end(); ++r) {
-    uint64_t t = r->start;
-    if (from > r->start) t += (uint64_t{from} - r->start + r->step - 1) / r->step * r->step;
-    uint32_t index = job->ids.first_index(static_cast<size_t>(r - ranges.begin())) +
-                     static_cast<uint32_t>((t - r->start) / r->step);
-    for (; t <= r->end; t += r->step) {
-      if (!f(make_view(*job, index++, static_cast<TaskId>(t)))) return;
-    }
-  }
+  walk_job(*job, from, [&f](const Job& part, uint32_t index, TaskId t) {
+    return f(make_view(part, index, t));
+  });
 }
 
 std::optional<TaskView> Scheduler::task(JobId job_id, TaskId task) const {
-  const Job* job = impl_->find_job(job_id);
+  const UserJob* job = impl_->find_job(job_id);
   if (!job) return std::nullopt;
-  std::optional<uint32_t> index = job->ids.index_of(task);
-  if (!index) return std::nullopt;
-  return make_view(*job, *index, task);
+  std::optional<UserJob::Loc> at = job->find(task);
+  if (!at) return std::nullopt;
+  return make_view(*at->part, at->index, task);
 }
 
 uint32_t Scheduler::held_tasks(WorkerId id) const {
@@ -620,7 +939,7 @@ uint32_t Scheduler::queued_tasks(WorkerId id) const {
 }
 
 uint64_t Scheduler::dependency_count(JobId id) const {
-  const Job* job = impl_->find_job(id);
+  const UserJob* job = impl_->find_job(id);
   return job && job->graph ? job->graph->edges() : 0;
 }
 
@@ -628,17 +947,19 @@ namespace {
 
 // The dependencies of the task in increasing id order, those that finished too unless
 // `unfinished_only`.
-std::vector<TaskId> task_deps(const Job* job, TaskId task, bool unfinished_only) {
+std::vector<TaskId> task_deps(const UserJob* job, TaskId task, bool unfinished_only) {
   std::vector<TaskId> out;
   if (!job || !job->graph) return out;
-  std::optional<uint32_t> index = job->ids.index_of(task);
-  if (!index) return out;
+  std::optional<UserJob::Loc> at = job->find(task);
+  if (!at) return out;
   const DepGraph& g = *job->graph;
-  for (uint32_t k = g.dep_begin[*index]; k < g.dep_begin[*index + 1]; ++k) {
-    const uint32_t d = g.deps[k];
-    if (unfinished_only && job->slots[d].state == TaskState::kFinished) continue;
-    out.push_back(job->ids.id_at(d));  // indices increase with ids
+  const uint32_t gi = at->part->base + at->index;
+  for (uint32_t k = g.dep_begin[gi]; k < g.dep_begin[gi + 1]; ++k) {
+    UserJob::Loc d = job->at(g.deps[k]);
+    if (unfinished_only && d.part->slots[d.index].state == TaskState::kFinished) continue;
+    out.push_back(d.part->ids.id_at(d.index));
   }
+  std::sort(out.begin(), out.end());  // parts interleave ids
   return out;
 }
 
@@ -653,10 +974,10 @@ std::vector<TaskId> Scheduler::unfinished_dependencies(JobId job, TaskId task) c
 }
 
 uint32_t Scheduler::crash_count(JobId job_id, TaskId task) const {
-  const Job* job = impl_->find_job(job_id);
+  const UserJob* job = impl_->find_job(job_id);
   if (!job) return 0;
-  std::optional<uint32_t> index = job->ids.index_of(task);
-  return index ? job->slots[*index].crashes : 0;
+  std::optional<UserJob::Loc> at = job->find(task);
+  return at ? at->part->slots[at->index].crashes : 0;
 }
 
 }  // namespace hq::sched

@@ -52,6 +52,17 @@ struct TaskCounts {
 // is kOpened.
 JobState derive_job_state(const TaskCounts& counts, bool open = false);
 
+// Tasks of a job that share their scheduling parameters (see JobSpec for each field).
+struct PartSpec {
+  IdSet task_ids;
+  uint32_t cpus = 1;
+  int32_t priority = 0;
+  uint32_t crash_limit = 0;
+  ResourceRequest resources = {};
+  uint64_t time_request_ms = 0;
+  uint32_t nodes = 0;
+};
+
 struct JobSpec {
   JobId id = 0;
   IdSet task_ids;        // any order; duplicates are an error
@@ -70,13 +81,23 @@ struct JobSpec {
   uint32_t nodes = 0;
   // Dependencies between the job's tasks (ids of this job): a task waits until all of its own
   // have finished, and is aborted when one fails, is canceled or aborted. Tasks not listed have
-  // none. Empty: no graph, and the job costs nothing more than an array job.
+  // none. Empty: no graph, and the job costs nothing more than an array job. Given to add_tasks,
+  // a dependency may name any task the job already has.
   std::vector<TaskDeps> deps = {};
+  // Heterogeneous tasks: when not empty, the job's tasks are these groups, and task_ids, cpus,
+  // priority, crash_limit, resources, time_request_ms and nodes above are unused. The ids of
+  // the groups must be disjoint.
+  std::vector<PartSpec> parts = {};
+  // An open job (`hq job open`): add_tasks may add tasks until close_job; it may start without
+  // any task. Complete while open, it is kOpened.
+  bool open = false;
 };
 
 // Normalizes the job's request (normalize_request) and returns what the scheduler is given of it:
 // the one conversion that submit and restore share, which must agree for a restarted server to
-// rebuild the campaign it acknowledged.
+// rebuild the campaign it acknowledged. A job file's tasks are grouped into parts by their
+// scheduling parameters (request, time request, nodes, priority, crash limit); a plain submit's
+// `submit_deps` become dependencies of each of its tasks.
 // Fails when the description itself is inconsistent (normalize_request).
 Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job);
 
@@ -154,6 +175,18 @@ class Scheduler {
   Status add_job(const JobSpec& spec);
   // What add_job would refuse in the spec itself (all but the id's novelty), without adding it.
   static Status validate_job(const JobSpec& spec);
+  // Adds the spec's tasks (and their parts) to the open job spec.id at `now`. Fails, changing
+  // nothing, on an unknown or closed job, ids the job already has (named), or a dependency on
+  // an id the job does not have. A new task depending on a task that already ended unfinished
+  // is aborted at once, naming the cause; one on a finished task has that dependency satisfied.
+  Status add_tasks(const JobSpec& spec, int64_t now = 0);
+  // What add_tasks would refuse, without adding anything.
+  Status validate_tasks(const JobSpec& spec) const;
+  // An open job takes no more tasks. False for an unknown or already closed job.
+  bool close_job(JobId id);
+  bool job_open(JobId id) const;
+  // The job's highest task id; nullopt for a job without tasks or an unknown job.
+  std::optional<TaskId> max_task_id(JobId id) const;
   // Every task not yet ended becomes canceled at `now`. Returns the ones held by workers, which
   // the server must tell to kill them (they keep occupying the worker until it reports their
   // end).
@@ -265,7 +298,9 @@ class Scheduler {
   JobState job_state(JobId id) const;
   uint32_t job_cpus(JobId id) const;  // whole CPUs per task; 0 for `all`
   // For each connected worker (increasing id), whether the task's request fits it and why not.
-  std::vector<WorkerFit> explain(JobId job, int64_t now = 0) const;
+  // `task`: the task whose request is explained (jobs with several parts); none: the first part.
+  std::vector<WorkerFit> explain(JobId job, int64_t now = 0,
+                                 std::optional<TaskId> task = std::nullopt) const;
   // The multi-node task the worker serves as a secondary node; nullopt: none.
   std::optional<TaskKey> serving(WorkerId id) const;
   // The job the worker is kept free for (its tasks fit nowhere now and it comes first); 0: none.

@@ -42,6 +42,12 @@ void Server::on_client_request(const std::shared_ptr<net::Connection>& connectio
       return handle_job_cancel(c, request.getJobCancel());
     case wire::ClientRequest::JOB_WAIT:
       return handle_job_wait(connection, request.getJobWait());
+    case wire::ClientRequest::JOB_WAIT_OPEN:
+      return handle_job_wait(connection, request.getJobWaitOpen(), /*without_close=*/true);
+    case wire::ClientRequest::JOB_OPEN:
+      return handle_job_open(c, request.getJobOpen());
+    case wire::ClientRequest::JOB_CLOSE:
+      return handle_job_close(c, request.getJobClose());
     case wire::ClientRequest::TASK_LIST:
       return handle_task_list(c, request.getTaskList());
     case wire::ClientRequest::TASK_EXPLAIN:
@@ -108,6 +114,10 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
     return reply_error(c, "invalid job: a time limit or time request longer than a year");
   }
   if (job->nodes > 1'000'000) return reply_error(c, "invalid job: too many nodes per task");
+  if (job->job != 0) return handle_add_tasks(c, std::move(*job));
+  if (!job->submit_deps.empty()) {
+    return reply_error(c, "invalid job: --deps names tasks of an open job: use it with --job");
+  }
   const JobId id = last_job_id_ + 1;
   auto made = sched::job_spec(id, *job);
   if (!made) return reply_error(c, "invalid job: " + made.message());
@@ -127,9 +137,13 @@ void Server::handle_submit(net::Connection& c, wire::JobDescription::Reader desc
   const int64_t now = unix_millis_now();
   if (journal_) {
     journal::EventMessage event(now);
-    auto submitted = event.event().initJobSubmitted();
-    submitted.setJob(id);
-    journal::to_record(*job, submitted.initDescription());
+    if (journal::needs_tasks_submitted(*job)) {  // tasks with their own parameters
+      journal::to_record(id, *job, /*new_job=*/true, event.event().initTasksSubmitted());
+    } else {
+      auto submitted = event.event().initJobSubmitted();
+      submitted.setJob(id);
+      journal::to_record(*job, submitted.initDescription());
+    }
     record(event);
   }
   // The job exists (for workers and for every client) once it is durable.
@@ -197,6 +211,7 @@ void Server::fill_job_summary(JobId id, wire::JobSummary::Builder out) const {
   c.setAborted(counts[sched::TaskState::kAborted]);
   out.setSubmitTime(job.submit_time);
   out.setEndTime(job.end_time);
+  out.setIsOpen(scheduler_.job_open(id));
 }
 
 void Server::reply_job_summaries(net::Connection& c, const std::vector<JobId>& ids) {
@@ -219,9 +234,13 @@ void Server::handle_job_info(net::Connection& c, wire::JobSelector::Reader selec
   auto list = reply.initRoot<wire::ClientResponse>().initJobDetails(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
     fill_job_summary(ids[i], list[i].initSummary());
-    const JobDescriptionSpec& description = jobs_.at(ids[i]).description;
+    const JobRecord& record = jobs_.at(ids[i]);
     constexpr size_t kMaxTasksShown = 1000;
-    net::to_wire(description, list[i].initDescription(), kMaxTasksShown);
+    if (record.added.empty()) {
+      net::to_wire(record.description, list[i].initDescription(), kMaxTasksShown);
+    } else {
+      net::to_wire(record.merged(kMaxTasksShown), list[i].initDescription(), kMaxTasksShown);
+    }
     list[i].setDependencies(scheduler_.dependency_count(ids[i]));
   }
   respond(c, reply);
@@ -253,10 +272,15 @@ void Server::handle_job_cancel(net::Connection& c, wire::JobSelector::Reader sel
   after_state_change();
 }
 
+bool Server::job_done_for(const Waiter& w, JobId id) const {
+  return scheduler_.counts(id).complete() && (w.without_close || !scheduler_.job_open(id));
+}
+
 void Server::handle_job_wait(const std::shared_ptr<net::Connection>& c,
-                             wire::JobSelector::Reader selector) {
+                             wire::JobSelector::Reader selector, bool without_close) {
   Waiter waiter{c, select_jobs(selector)};
-  for (JobId id : waiter.jobs) waiter.incomplete += !scheduler_.counts(id).complete();
+  waiter.without_close = without_close;
+  for (JobId id : waiter.jobs) waiter.incomplete += !job_done_for(waiter, id);
   if (waiter.incomplete == 0) return reply_job_summaries(*c, waiter.jobs);
   if (waiters_.size() >= waiters_swept_at_) {
     // Waiters of clients that went away, swept once their number doubled: O(1) per wait.
@@ -274,7 +298,7 @@ void Server::handle_job_wait(const std::shared_ptr<net::Connection>& c,
   }
   const uint64_t key = next_waiter_++;
   for (JobId id : waiter.jobs) {
-    if (!scheduler_.counts(id).complete()) waiters_by_job_[id].push_back(key);
+    if (!job_done_for(waiter, id)) waiters_by_job_[id].push_back(key);
   }
   waiters_.emplace(key, std::move(waiter));
 }
@@ -290,13 +314,20 @@ void Server::notify_waiters(const std::vector<JobId>& completed) {
     if (by_job == waiters_by_job_.end()) continue;
     std::vector<uint64_t> keys = std::move(by_job->second);
     waiters_by_job_.erase(by_job);
+    std::vector<uint64_t> still;  // waiting for an open job to be closed too
     for (uint64_t key : keys) {
       auto it = waiters_.find(key);
-      if (it == waiters_.end() || --it->second.incomplete > 0) continue;
+      if (it == waiters_.end()) continue;
+      if (!job_done_for(it->second, id)) {
+        still.push_back(key);
+        continue;
+      }
+      if (--it->second.incomplete > 0) continue;
       auto connection = it->second.connection.lock();
       if (connection && connection->is_open()) reply_job_summaries(*connection, it->second.jobs);
       waiters_.erase(it);
     }
+    if (!still.empty()) waiters_by_job_[id] = std::move(still);
   }
 }
 
@@ -307,10 +338,11 @@ void Server::handle_task_explain(net::Connection& c, wire::TaskKey::Reader key) 
   if (!task) {
     return reply_error(c, fmt::format("job {} has no task {}", key.getJob(), key.getTask()));
   }
-  const TaskBodySpec& body = job->second.description.body;
+  const TaskBodySpec& body = task_body(job->second.holder(key.getTask()), key.getTask());
   std::string request =
       body.resources.entries.empty() ? fmt::format("cpus={}", body.cpus) : describe(body.resources);
-  std::vector<sched::WorkerFit> fits = scheduler_.explain(key.getJob(), unix_millis_now());
+  std::vector<sched::WorkerFit> fits =
+      scheduler_.explain(key.getJob(), unix_millis_now(), key.getTask());
   capnp::MallocMessageBuilder reply;
   auto out = reply.initRoot<wire::ClientResponse>().initExplanation();
   out.setRequest(request);

@@ -9,6 +9,84 @@ namespace hq::server {
 
 namespace schema = journal::schema;
 
+const JobDescriptionSpec& JobRecord::holder(TaskId task) const {
+  for (const JobDescriptionSpec& d : added) {
+    if (d.task_ids.contains(task)) return d;
+  }
+  return description;
+}
+
+void JobRecord::add(JobDescriptionSpec submit) {
+  if (added.empty()) {
+    description.body = submit.body;
+    description.stream = submit.stream;
+  }
+  added.push_back(std::move(submit));
+}
+
+JobDescriptionSpec JobRecord::merged(size_t max_tasks) const {
+  JobDescriptionSpec out;
+  out.name = description.name;
+  out.max_fails = description.max_fails;
+  if (added.empty()) return out;
+  out.body = added.front().body;
+  out.priority = added.front().priority;
+  out.crash_limit = added.front().crash_limit;
+  out.nodes = added.front().nodes;
+  std::vector<IdRange> ranges;
+  size_t total = 0;
+  for (const JobDescriptionSpec& d : added) {
+    ranges.insert(ranges.end(), d.task_ids.ranges().begin(), d.task_ids.ranges().end());
+    total += d.task_ids.size();
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const IdRange& a, const IdRange& b) { return a.start < b.start; });
+  bool interleaved = false;
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    interleaved |= ranges[i].start <= ranges[i - 1].last();
+  }
+  IdSetBuilder ids;
+  if (!interleaved) {
+    for (const IdRange& r : ranges) ids.add_range(r);
+  } else {  // stepped ranges of several submits between each other: rare, and ids are distinct
+    std::vector<TaskId> all;
+    all.reserve(total);
+    for (const JobDescriptionSpec& d : added)
+      d.task_ids.for_each([&](TaskId t) { all.push_back(t); });
+    std::sort(all.begin(), all.end());
+    for (TaskId t : all) ids.add(t);
+  }
+  out.task_ids = std::move(ids).build();
+  if (total <= max_tasks && added.size() > 1) {
+    for (const JobDescriptionSpec& d : added) {
+      d.task_ids.for_each([&](TaskId t) {
+        GraphTaskSpec& task = out.tasks.emplace_back();
+        task.id = t;
+        task.body = task_body(d, t);
+        for (const GraphTaskSpec& g : d.tasks) {
+          if (g.id == t) task.deps = g.deps;
+        }
+      });
+    }
+    std::sort(out.tasks.begin(), out.tasks.end(),
+              [](const GraphTaskSpec& a, const GraphTaskSpec& b) { return a.id < b.id; });
+  } else if (added.size() == 1) {
+    out.tasks = added.front().tasks;
+    out.entries = added.front().entries;
+  }
+  return out;
+}
+
+void Restore::fail(journal::Seq seq, JobId id, const Status& why) {
+  // Never skipped: the job was acknowledged.
+  if (!status_) return;
+  status_ = Status::error(
+      fmt::format("journal seq {}: job {} was acknowledged but cannot be restored ({}); a server "
+                  "without it would serve a smaller campaign than it accepted: run the hq release "
+                  "that accepted it, or move the journal aside to start with an empty one",
+                  seq, id, why.message()));
+}
+
 void Restore::note_end(JobId job, int64_t time) {
   auto it = jobs_.find(job);
   if (it != jobs_.end()) it->second.end_time = std::max(it->second.end_time, time);
@@ -95,6 +173,43 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
       scheduler_.abort_job(e.getJobAborted().getJob(), time);
       note_end(e.getJobAborted().getJob(), time);
       return;
+    case schema::Event::JOB_OPENED: {
+      const JobId id = e.getJobOpened().getJob();
+      max_job_id_ = std::max(max_job_id_, id);
+      sched::JobSpec spec;
+      spec.id = id;
+      spec.task_ids = {};
+      spec.open = true;
+      spec.max_fails = e.getJobOpened().getMaxFails();
+      if (Status added = scheduler_.add_job(spec); !added) return fail(seq, id, added);
+      JobRecord& record = jobs_[id];
+      record.description.name = e.getJobOpened().getName().cStr();
+      record.submit_time = time;
+      return;
+    }
+    case schema::Event::JOB_CLOSED:
+      scheduler_.close_job(e.getJobClosed().getJob());
+      return;
+    case schema::Event::TASKS_SUBMITTED: {
+      auto submitted = e.getTasksSubmitted();
+      const JobId id = submitted.getJob();
+      auto description = journal::from_record(submitted);
+      if (!description) return fail(seq, id, description.status());
+      auto spec = sched::job_spec(id, *description);
+      if (!spec) return fail(seq, id, spec.status());
+      if (submitted.getNewJob()) {
+        max_job_id_ = std::max(max_job_id_, id);
+        if (Status added = scheduler_.add_job(*spec); !added) return fail(seq, id, added);
+        JobRecord& record = jobs_[id];
+        record.description = std::move(*description);
+        record.submit_time = time;
+        return;
+      }
+      if (Status added = scheduler_.add_tasks(*spec, time); !added) return fail(seq, id, added);
+      auto it = jobs_.find(id);
+      if (it != jobs_.end()) it->second.add(std::move(*description));
+      return;
+    }
     case schema::Event::SERVER_STARTED:
       if (e.getServerStarted().getReattach()) {
         // The run before it ended; what may still run on its workers kept its instance, for
@@ -179,7 +294,8 @@ void Restore::finish(bool reattach) {
     return false;
   });
   for (auto& [id, job] : jobs_) {
-    if (!scheduler_.counts(id).complete()) job.end_time = 0;  // end_time held the last end seen
+    if (!scheduler_.counts(id).complete() || scheduler_.job_open(id))
+      job.end_time = 0;  // end_time held the last end seen
   }
 }
 

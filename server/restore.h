@@ -18,12 +18,23 @@
 namespace hq::server {
 
 struct JobRecord {
+  // The job as submitted; of an open job, its name (and the first added submit's body, which
+  // clients show for it).
   JobDescriptionSpec description;
+  // An open job's submits, in order: each holds its tasks' bodies (open_jobs.cc).
+  std::vector<JobDescriptionSpec> added;
   int64_t submit_time = 0;
   int64_t end_time = 0;  // set when the job completes
   // Tasks that survived server restarts on their workers: by task, the instance and how many
   // restarts it survived (`hq task info`). Entries of an older instance are stale.
   std::unordered_map<TaskId, std::pair<InstanceId, uint32_t>> reattached;
+  // The description holding the task's body (an added submit of an open job, or `description`).
+  const JobDescriptionSpec& holder(TaskId task) const;
+  // Records a submit added to the open job.
+  void add(JobDescriptionSpec submit);
+  // An open job as one description for clients: every submit's ids, and each task with its own
+  // body when there are at most `max_tasks` of them (else the first submit's body for all).
+  JobDescriptionSpec merged(size_t max_tasks) const;
 };
 
 // Applies journal events, in seq order, to `scheduler` (fresh: no workers) and `jobs`, which
@@ -56,6 +67,8 @@ class Restore {
 
  private:
   void note_end(JobId job, int64_t time);
+  // Notes the first acknowledged job that cannot be restored.
+  void fail(journal::Seq seq, JobId id, const Status& why);
 
   sched::Scheduler& scheduler_;
   std::map<JobId, JobRecord>& jobs_;

@@ -497,7 +497,9 @@ void Server::after_state_change() {
   const std::vector<JobId> completed = scheduler_.take_completed_jobs();
   for (JobId id : completed) {
     auto it = jobs_.find(id);
-    if (it != jobs_.end() && it->second.end_time == 0) it->second.end_time = unix_millis_now();
+    if (it != jobs_.end() && it->second.end_time == 0 && !scheduler_.job_open(id)) {
+      it->second.end_time = unix_millis_now();
+    }
   }
   notify_waiters(completed);
   note_watchers();
@@ -554,22 +556,29 @@ void Server::run_schedule() {
     }
     net::to_wire(keys, out.initTasks(keys.size()));
     size_t own_bodies = 0;
-    for (const TaskKey& k : keys) own_bodies += !jobs_.at(k.job).description.tasks.empty();
+    // Tasks of job files and of open jobs come with their own bodies.
+    auto own_body = [this](const TaskKey& k) {
+      const JobRecord& r = jobs_.at(k.job);
+      return !r.description.tasks.empty() || !r.added.empty();
+    };
+    for (const TaskKey& k : keys) own_bodies += own_body(k);
     auto bodies = out.initTaskBodies(own_bodies);
     size_t b = 0;
     for (const TaskKey& k : keys) {
-      const JobDescriptionSpec& d = jobs_.at(k.job).description;
-      if (d.tasks.empty()) continue;
+      if (!own_body(k)) continue;
+      const JobDescriptionSpec& d = jobs_.at(k.job).holder(k.task);
       bodies[b].setJob(k.job);
       bodies[b].setTask(k.task);
       net::to_wire(task_body(d, k.task), bodies[b++].initBody());
     }
     size_t with_entry = 0;
-    for (const TaskKey& k : keys) with_entry += !jobs_.at(k.job).description.entries.empty();
+    for (const TaskKey& k : keys) {
+      with_entry += !jobs_.at(k.job).holder(k.task).entries.empty();
+    }
     auto entries = out.initEntries(with_entry);
     size_t e = 0;
     for (const TaskKey& k : keys) {
-      const JobDescriptionSpec& d = jobs_.at(k.job).description;
+      const JobDescriptionSpec& d = jobs_.at(k.job).holder(k.task);
       if (d.entries.empty()) continue;
       const std::string* entry = task_entry(d, k.task);
       entries[e].setJob(k.job);

@@ -72,7 +72,8 @@ struct Watcher {
 struct Waiter {
   std::weak_ptr<net::Connection> connection;
   std::vector<JobId> jobs;
-  size_t incomplete = 0;  // of `jobs`
+  size_t incomplete = 0;       // of `jobs`
+  bool without_close = false;  // an open job counts as done when its current tasks are
 };
 
 class Server {
@@ -184,7 +185,15 @@ class Server {
   void handle_job_info(net::Connection& c, wire::JobSelector::Reader selector);
   void handle_job_cancel(net::Connection& c, wire::JobSelector::Reader selector);
   void handle_job_wait(const std::shared_ptr<net::Connection>& c,
-                       wire::JobSelector::Reader selector);
+                       wire::JobSelector::Reader selector, bool without_close = false);
+  // Whether the waiter is done waiting for the job.
+  bool job_done_for(const Waiter& w, JobId id) const;
+
+  // open_jobs.cc: `hq job open`, tasks added to an open job, `hq job close`.
+  void handle_job_open(net::Connection& c, wire::JobDescription::Reader description);
+  void handle_job_close(net::Connection& c, wire::JobSelector::Reader selector);
+  // `job.job` names the open job; the description was checked as handle_submit checks a job.
+  void handle_add_tasks(net::Connection& c, JobDescriptionSpec job);
   void handle_task_list(net::Connection& c, wire::TaskQuery::Reader query);
   void handle_task_explain(net::Connection& c, wire::TaskKey::Reader key);
   // job_management.cc: `hq task cancel`, `hq job forget`, `hq job progress`.
@@ -249,6 +258,13 @@ class Server {
   journal::Seq must_sync_seq_ = 0;
   uint32_t worker_sends_waiting_ = 0;
   std::unordered_map<JobId, uint32_t> reserved_;  // tasks reserved per job, this run
+  // Submits into open jobs and closes journaled but not applied yet (open_jobs.cc).
+  struct PendingOpenJob {
+    std::vector<IdSet> ids;  // of the submits
+    uint32_t submits = 0;
+    bool closing = false;
+  };
+  std::unordered_map<JobId, PendingOpenJob> pending_open_;
   std::deque<std::pair<journal::Seq, std::function<void(const Status&)>>> durable_waiters_;
   uint32_t restored_jobs_ = 0;
   uint64_t restored_tasks_ = 0;

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import slurm as local_slurm
+
 ROOT = Path(__file__).resolve().parents[2]
 HQ_BIN = os.environ.get("HQ_BIN") or str(ROOT / "build-asan" / "hq")
 
@@ -196,3 +198,22 @@ def hq_env(tmp_path):
     env = HqEnv(tmp_path)
     yield env
     env.close()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """The local SLURM cluster of this session (tools/local-slurm), started at its first use."""
+    reason = local_slurm.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = local_slurm.LocalSlurm(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    """The session's SLURM cluster; jobs a test leaves behind are canceled after it."""
+    yield slurm_cluster
+    slurm_cluster.cancel_all()

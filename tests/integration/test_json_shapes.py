@@ -174,9 +174,12 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
     held = hq_env.command(["--output-mode", "quiet", "job", "submit-file", str(held_file)])
     held = int(held.strip())
 
+    opened = shapes.run("hq job open", ["job", "open"])["id"]
+    shapes.run("hq submit", ["submit", "--job", str(opened), "--", "true"])
+    shapes.run("hq job close", ["job", "close", str(opened)])
     jobs = shapes.run("hq job list", ["job", "list", "--all"])
     assert {j["id"] for j in jobs} == {done, done + 1, failed, streamed, waiting, running,
-                                      canceled, partly, graph, held}
+                                      canceled, partly, graph, held, opened}
     for job in (done, failed, streamed, waiting, running, canceled, graph):
         shapes.run("hq job info", ["job", "info", str(job)])
     shapes.run("hq task list", ["task", "list", str(graph)])

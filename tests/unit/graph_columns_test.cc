@@ -32,7 +32,24 @@ void expect_same(const std::vector<GraphTaskSpec>& a, const std::vector<GraphTas
     EXPECT_EQ(a[i].id, b[i].id);
     EXPECT_EQ(a[i].body, b[i].body) << "task " << a[i].id;
     EXPECT_EQ(a[i].deps, b[i].deps) << "task " << a[i].id;
+    EXPECT_EQ(a[i].own_params, b[i].own_params) << "task " << a[i].id;
+    EXPECT_EQ(a[i].priority, b[i].priority) << "task " << a[i].id;
+    EXPECT_EQ(a[i].crash_limit, b[i].crash_limit) << "task " << a[i].id;
+    EXPECT_EQ(a[i].nodes, b[i].nodes) << "task " << a[i].id;
   }
+}
+
+// Tasks 2 and 7 with their own priority, crash limit and nodes.
+std::vector<GraphTaskSpec> with_params() {
+  std::vector<GraphTaskSpec> tasks = sample();
+  for (GraphTaskSpec& t : tasks) {
+    if (t.id != 2 && t.id != 7) continue;
+    t.own_params = true;
+    t.priority = -static_cast<int32_t>(t.id);
+    t.crash_limit = t.id + 10;
+    t.nodes = t.id == 7 ? 2 : 0;
+  }
+  return tasks;
 }
 
 TEST(GraphColumnsTest, BodiesEqualButForTheirProgramsAreStoredOnce) {
@@ -81,6 +98,32 @@ TEST(GraphColumnsTest, RoundTripsThroughTheWireAndTheJournal) {
   expect_same(from_record->tasks, job.tasks);
 }
 
+TEST(GraphColumnsTest, OwnParametersTravelForTheTasksThatHaveThem) {
+  JobDescriptionSpec job;
+  job.name = "mixed";
+  job.task_ids = IdSet::parse("1-3,7-8").value();
+  job.tasks = with_params();
+  job.body = job.tasks.front().body;
+  GraphColumns c = pack_graph(job.tasks);
+  ASSERT_EQ(c.params.size(), 2u);
+  EXPECT_EQ(c.params[1].id, 7u);
+  EXPECT_EQ(c.params[1].nodes, 2u);
+
+  capnp::MallocMessageBuilder wire_message;
+  auto wire = wire_message.initRoot<wire::JobDescription>();
+  net::to_wire(job, wire);
+  auto from_wire = net::from_wire(wire.asReader());
+  ASSERT_TRUE(from_wire) << from_wire.message();
+  expect_same(from_wire->tasks, job.tasks);
+
+  capnp::MallocMessageBuilder record_message;
+  auto record = record_message.initRoot<journal::schema::JobDescription>();
+  journal::to_record(job, record);
+  auto from_record = journal::from_record(record.asReader());
+  ASSERT_TRUE(from_record) << from_record.message();
+  expect_same(from_record->tasks, job.tasks);
+}
+
 TEST(GraphColumnsTest, DamagedColumnsAreRefusedNamingTheColumn) {
   const GraphColumns good = pack_graph(sample());
   auto refused = [](GraphColumns c, const std::string& word) {
@@ -106,6 +149,13 @@ TEST(GraphColumnsTest, DamagedColumnsAreRefusedNamingTheColumn) {
   c = good;
   c.bodies.clear();
   refused(c, "bodies");
+  const GraphColumns mixed = pack_graph(with_params());
+  c = mixed;
+  c.params[0].id = 4;  // no such task
+  refused(c, "params");
+  c = mixed;
+  std::swap(c.params[0], c.params[1]);  // out of order
+  refused(c, "params");
 }
 
 }  // namespace

@@ -328,7 +328,21 @@ TEST(SchedulerGraphTest, RandomGraphsUnderRandomEvents) {
       d.deps.erase(std::unique(d.deps.begin(), d.deps.end()), d.deps.end());
       deps.push_back(std::move(d));
     }
-    ASSERT_TRUE(s.add_job(graph_spec(1, "1-" + std::to_string(n), deps)).is_ok());
+    JobSpec spec = graph_spec(1, "1-" + std::to_string(n), deps);
+    if (round % 2 == 1) {
+      // Heterogeneous: each task in one of up to three parts of other CPUs and priorities,
+      // their ids interleaved, dependencies across parts.
+      const uint32_t nparts = 2 + rng() % 2;
+      std::vector<IdSetBuilder> ids(nparts);
+      for (TaskId t = 1; t <= n; ++t) ids[rng() % nparts].add(t);
+      for (uint32_t k = 0; k < nparts; ++k) {
+        IdSet set = std::move(ids[k]).build();
+        if (set.empty()) continue;
+        spec.parts.push_back(
+            PartSpec{std::move(set), 1 + k % 2, static_cast<int32_t>(rng() % 3), 0, {}, 0, 0});
+      }
+    }
+    ASSERT_TRUE(s.add_job(spec).is_ok());
     s.check_invariants();
     std::vector<Assignment> held;
     int64_t now = 1;
