@@ -36,7 +36,11 @@ Server::Server(asio::io_context& io, ServerOptions options)
       options_(std::move(options)),
       signals_(io, SIGINT, SIGTERM),
       heartbeat_timer_(io),
-      lazy_commit_timer_(io) {}
+      lazy_commit_timer_(io) {
+  allocator_ = std::make_unique<Allocator>(
+      io, fs::absolute(options_.server_dir),
+      [this](const sched::WorkerShape& shape) { return scheduler_.allocation_demand(shape); });
+}
 
 Server::~Server() {
   // What the last loop turns recorded: the journal writes committed groups before it closes.
@@ -190,6 +194,7 @@ void Server::stop() {
   signals_.cancel();
   heartbeat_timer_.cancel();
   lazy_commit_timer_.cancel();
+  allocator_->stop();
   // Workers are told to stop, so that they end cleanly rather than as lost.
   for (auto& [id, w] : workers_) {
     if (!w.connection) continue;
@@ -315,6 +320,7 @@ void Server::on_worker_message(std::shared_ptr<net::Connection> connection, Work
         c->send(reply);
         spdlog::info("worker {} connected from {} ({}, {})", wid, w.address, w.hostname,
                      describe(w.resources));
+        allocator_->on_worker_connected(wid, w.group);
         request_schedule();
       });
       return;
@@ -416,6 +422,7 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
     }
   }
   w.connection.reset();
+  allocator_->on_worker_lost(id);
   std::vector<TaskKey> requeued = scheduler_.remove_worker(id, w.end_time, lost);
   journal::EventMessage event(w.end_time);
   event.event().initWorkerLost().setWorker(id);
