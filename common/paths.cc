@@ -22,6 +22,10 @@ fs::path lock_file_path(const fs::path& server_dir) { return server_dir / "serve
 fs::path server_log_path(const fs::path& server_dir) { return server_dir / "server.log"; }
 fs::path journal_dir_path(const fs::path& server_dir) { return server_dir / "journal"; }
 
+fs::path alloc_dir_path(const fs::path& server_dir, uint32_t queue, uint32_t n) {
+  return server_dir / "alloc" / std::to_string(queue) / std::to_string(n);
+}
+
 std::string stream_file_name(std::string_view server_uid, WorkerId worker, uint32_t pid,
                              uint32_t random) {
   std::string uid(server_uid);

@@ -26,6 +26,9 @@ fs::path lock_file_path(const fs::path& server_dir);
 fs::path server_log_path(const fs::path& server_dir);
 // The journal's RocksDB directory (issue: the journal).
 fs::path journal_dir_path(const fs::path& server_dir);
+// The batch scripts and outputs of allocation queue `queue`'s allocations, one directory each
+// (`hq alloc`): alloc/<queue>/<n>.
+fs::path alloc_dir_path(const fs::path& server_dir, uint32_t queue, uint32_t n);
 
 // Files of an output stream directory (`hq submit --stream DIR`, docs/stream-format.md).
 inline constexpr std::string_view kStreamExtension = ".hqs";

@@ -306,7 +306,63 @@ struct ClientRequest {
     jobOpen @17 :JobDescription;  # name and maxFails only; answered with `submitted` (its id)
     jobClose @18 :JobSelector;    # answered with `jobs` (the closed jobs)
     jobWaitOpen @19 :JobSelector; # as jobWait, an open job counting as done when idle
+    allocAdd @20 :AllocQueueParams;  # answered with `allocQueues` (the new queue)
+    allocList @21 :Void;             # answered with `allocQueues` (all, with their allocations)
+    allocPause @22 :UInt32;          # answered with `allocQueues` (that queue)
+    allocResume @23 :UInt32;
+    allocRemove @24 :AllocRemoveRequest;  # answered with `allocQueues` (the removed queue)
   }
+}
+
+# `hq alloc add slurm|pbs`: an allocation queue. The client checks the options and builds what
+# every allocation runs; the server fills in the node count of each allocation.
+struct AllocQueueParams {
+  manager @0 :Text;          # slurm or pbs
+  name @1 :Text;
+  timeLimitMs @2 :UInt64;    # each allocation's walltime
+  workerTimeLimitMs @3 :UInt64;  # 0: the walltime's
+  backlog @4 :UInt32;
+  maxWorkersPerAlloc @5 :UInt32;
+  maxWorkerCount @6 :UInt32;     # 0: none
+  minUtilization @7 :Float64;
+  hqBinary @8 :Text;         # the `hq` the workers run
+  serverDir @9 :Text;        # their --server-dir
+  workerArgs @10 :List(Text);  # more `hq worker start` options
+  batchArgs @11 :List(Text);   # for sbatch / qsub as they are
+  workerStartCmd @12 :Text;
+  workerStopCmd @13 :Text;
+  workerWrapCmd @14 :Text;
+  workerCpus @15 :Text;      # the workers' --cpus as given; empty: not known before they start
+  workerResources @16 :List(Text);  # their --resource definitions
+  idleTimeoutMs @17 :UInt64;
+}
+
+struct AllocRemoveRequest {
+  queue @0 :UInt32;
+  force @1 :Bool;            # also cancel allocations whose workers are connected
+}
+
+struct AllocationSummary {
+  id @0 :Text;               # the batch system's job id
+  state @1 :Text;            # queued, running, finished, failed
+  workers @2 :UInt32;        # nodes asked for
+  workerIds @3 :List(UInt32);  # hq workers that connected from it
+  detail @4 :Text;           # the batch system's last words about it
+  submitTime @5 :Int64;      # Unix ms
+  startTime @6 :Int64;       # 0: not yet
+  endTime @7 :Int64;
+  logDir @8 :Text;           # its stdout and stderr files
+}
+
+struct AllocQueueSummary {
+  id @0 :UInt32;
+  params @1 :AllocQueueParams;
+  state @2 :Text;            # active, paused
+  pauseReason @3 :Text;
+  lastError @4 :Text;
+  allocations @5 :List(AllocationSummary);
+  demand @6 :UInt32;         # workers the waiting tasks could use, at the last refresh
+  unfit @7 :List(Text);      # why waiting tasks are not demand for this queue (per job)
 }
 
 # `hq task cancel JOB TASKS`: single tasks of one job.
@@ -379,6 +435,7 @@ struct ClientResponse {
     taskPage @11 :TaskPage;           # taskList
     forgotten @12 :JobForgetResult;   # jobForget
     progress @13 :JobProgress;        # jobWatch
+    allocQueues @14 :List(AllocQueueSummary);  # allocAdd, allocList, allocPause, ...
   }
 }
 

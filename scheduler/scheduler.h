@@ -147,6 +147,24 @@ struct SchedulerConfig {
   double queue_factor = 1.0;
 };
 
+// A worker that an allocation queue would start (`hq alloc add`'s worker options).
+struct WorkerShape {
+  // What it offers; none: not known before it starts (it detects its CPUs), so that it is
+  // taken to offer any number of CPUs and nothing else.
+  std::optional<ResourceDescriptor> resources = std::nullopt;
+  uint64_t lifetime_ms = 0;  // how long it lives from its start; 0: unlimited
+};
+
+// The waiting tasks that such a worker could run (Scheduler::allocation_demand).
+struct AllocationDemand {
+  uint64_t tasks = 0;  // waiting, no worker holds them, dependencies finished, and they fit
+  ResourceAmount cpu_amount = 0;  // their CPUs summed (1/kAmountUnit), whole-worker ones excluded
+  uint64_t whole_workers = 0;     // workers taken whole by them: `--cpus all`, `--nodes N`
+  // Why the other ready tasks could never run on such a worker, one line per job part:
+  // "job 3: needs 2 of gpus, has 0 (4 tasks)".
+  std::vector<std::string> unfit;
+};
+
 class Job;
 struct WorkerSlot;
 
@@ -319,6 +337,10 @@ class Scheduler {
   uint32_t queued_tasks(WorkerId id) const;
   // Waiting tasks that no worker holds, over all jobs: what schedule() may still assign.
   uint32_t waiting_tasks() const;
+  // The ready tasks (waiting, held by no worker, dependencies finished) that a worker of this
+  // shape could run with nothing else running there; tasks waiting on dependencies are never
+  // in it. O(parts with ready tasks). In alloc_demand.cc.
+  AllocationDemand allocation_demand(const WorkerShape& shape) const;
   // The job has dependencies between its tasks, and how many (0 for none or an unknown job).
   uint64_t dependency_count(JobId id) const;
   // The task's dependencies, in increasing id order; empty for none or an unknown task.

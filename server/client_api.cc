@@ -76,6 +76,12 @@ void Server::on_client_request(const std::shared_ptr<net::Connection>& connectio
       return handle_journal_prune(c);
     case wire::ClientRequest::JOURNAL_FLUSH:
       return handle_journal_flush(c);
+    case wire::ClientRequest::ALLOC_ADD:
+    case wire::ClientRequest::ALLOC_LIST:
+    case wire::ClientRequest::ALLOC_PAUSE:
+    case wire::ClientRequest::ALLOC_RESUME:
+    case wire::ClientRequest::ALLOC_REMOVE:
+      return handle_alloc_request(connection, request);
     case wire::ClientRequest::SERVER_STOP: {
       capnp::MallocMessageBuilder reply;
       reply.initRoot<wire::ClientResponse>().setOk();

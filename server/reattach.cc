@@ -123,6 +123,7 @@ void Server::register_new_worker(const std::shared_ptr<net::Connection>& connect
     send_cancel(*c, stale);
     spdlog::info("worker {} connected from {} ({}, {})", wid, w.address, w.hostname,
                  describe(w.resources));
+    allocator_->on_worker_connected(wid, w.group);
     request_schedule();
   });
 }
@@ -225,6 +226,7 @@ void Server::reattach_worker(std::shared_ptr<net::Connection> connection, Worker
       "worker {} reattached from {} ({}): {} running task(s) kept, {} result(s) recorded, {} "
       "stale task(s) killed, {} stale result(s) ignored",
       wid, w.address, w.hostname, running, ends.size(), stale.size(), ignored);
+  allocator_->on_worker_connected(wid, w.group);
   if (reattach_expected_.empty()) end_reattach_grace("every worker is back");
   after_state_change();
 }

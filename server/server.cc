@@ -37,7 +37,11 @@ Server::Server(asio::io_context& io, ServerOptions options)
       signals_(io, SIGINT, SIGTERM),
       heartbeat_timer_(io),
       reattach_timer_(io),
-      lazy_commit_timer_(io) {}
+      lazy_commit_timer_(io) {
+  allocator_ = std::make_unique<Allocator>(
+      io, fs::absolute(options_.server_dir),
+      [this](const sched::WorkerShape& shape) { return scheduler_.allocation_demand(shape); });
+}
 
 Server::~Server() {
   // What the last loop turns recorded: the journal writes committed groups before it closes.
@@ -196,6 +200,7 @@ void Server::stop(bool stop_workers) {
   heartbeat_timer_.cancel();
   reattach_timer_.cancel();
   lazy_commit_timer_.cancel();
+  allocator_->stop();
   // Workers are told to stop, so that they end cleanly rather than as lost; or told that the
   // server leaves, so that they keep their tasks and reattach to the next server. The journal
   // learns which: stopped workers are not waited for after a restart.
@@ -378,6 +383,7 @@ void Server::on_worker_lost(WorkerId id, const std::string& reason) {
     }
   }
   w.connection.reset();
+  allocator_->on_worker_lost(id);
   std::vector<TaskKey> requeued = scheduler_.remove_worker(id, w.end_time, lost);
   journal::EventMessage event(w.end_time);
   event.event().initWorkerLost().setWorker(id);

@@ -18,6 +18,7 @@
 #include "net/connection.h"
 #include "net/convert.h"
 #include "scheduler/scheduler.h"
+#include "server/allocator.h"
 #include "server/restore.h"
 #include "server/server.h"
 
@@ -211,6 +212,10 @@ class Server {
   void handle_worker_list(net::Connection& c, const std::vector<WorkerId>& ids);
   void handle_worker_stop(net::Connection& c, wire::WorkerSelector::Reader selector);
   void handle_server_info(net::Connection& c);
+  // alloc_api.cc: `hq alloc add|list|pause|resume|remove`.
+  void handle_alloc_request(const std::shared_ptr<net::Connection>& connection,
+                            wire::ClientRequest::Reader request);
+  void reply_alloc_queues(net::Connection& c, const std::vector<uint32_t>& ids);
 
  public:
   // What `hq server info` shows; also handed to ServerOptions::on_started.
@@ -271,6 +276,7 @@ class Server {
   uint32_t replay_ms_ = 0;
 
   sched::Scheduler scheduler_;
+  std::unique_ptr<Allocator> allocator_;  // asks scheduler_ for demand
   std::map<JobId, JobRecord> jobs_;
   std::map<WorkerId, WorkerRecord> workers_;
   JobId last_job_id_ = 0;

@@ -138,6 +138,14 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
     shapes = Shapes(hq_env)
     journal = tmp_path / "journal"
     stream = tmp_path / "stream"
+    # The server's batch commands are stand-ins: an allocation queue's shapes without a SLURM.
+    fake = tmp_path / "fake-slurm"
+    fake.mkdir()
+    for name, body in (("sbatch", "echo 4242"), ("squeue", "echo '4242|PENDING|Priority'"),
+                       ("scancel", "true")):
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    hq_env.env["PATH"] = f"{fake}:{hq_env.env['PATH']}"
     hq_env.start_server("--journal", str(journal))
     worker = hq_env.start_worker(2, "--resource", "numa=[[0,1],[2,3]]")
     release = tmp_path / "release"
@@ -220,6 +228,17 @@ def test_every_json_output_has_the_documented_shape(hq_env, tmp_path):
     shapes.run("hq worker list", ["worker", "list", "--all"])
     shapes.run("hq worker info", ["worker", "info", str(worker.worker_id)])
     shapes.run("hq (error)", ["job", "info", "99"], expect_fail=True)
+
+    queue = shapes.run("hq alloc add", ["alloc", "add", "slurm", "--no-dry-run", "--time-limit",
+                                        "10m", "--cpus", "1", "--max-worker-count", "2"])["id"]
+    hq_env.submit(["--", "true"])
+    wait_until(lambda: hq_env.json(["alloc", "info", str(queue)])["allocations"],
+               message="the queue to submit an allocation")
+    shapes.run("hq alloc list", ["alloc", "list"])
+    shapes.run("hq alloc info", ["alloc", "info", str(queue)])
+    shapes.run("hq alloc pause", ["alloc", "pause", str(queue)])
+    shapes.run("hq alloc pause", ["alloc", "resume", str(queue)])
+    shapes.run("hq alloc pause", ["alloc", "remove", str(queue)])
     hq_env.command(["server", "stop"])
     hq_env.server.wait(timeout=30)
     shapes.run("hq journal report", ["journal", "report", "--journal", str(journal)])
