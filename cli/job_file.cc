@@ -182,8 +182,26 @@ class Reader {
       if (!list || !list->is_array_of_tables()) {
         fail(requests->source(), key + ".request", "expected [[task.request]] tables");
       }
-      for (const toml::node& r : *list)
+      for (const toml::node& r : *list) {
         task.requests.push_back(request(*r.as_table(), key + ".request"));
+        // Alternatives of one task share what the scheduler groups tasks by besides the
+        // request itself.
+        const JobFileRequest& first = task.requests.front();
+        const JobFileRequest& last = task.requests.back();
+        if (last.nodes != first.nodes) {
+          fail(r.source(), key + ".request.n_nodes",
+               "every [[task.request]] of a task must ask for the same n_nodes (alternatives "
+               "differ in resources only)");
+        }
+        if (last.time_request_ms != first.time_request_ms) {
+          fail(r.source(), key + ".request.time_request",
+               "every [[task.request]] of a task must have the same time_request (alternatives "
+               "differ in resources only)");
+        }
+      }
+      if (task.requests.size() > 255) {
+        fail(requests->source(), key + ".request", "at most 255 [[task.request]] per task");
+      }
     }
     if (task.requests.empty()) task.requests.push_back(request(toml::table{}, key + ".request"));
   }
@@ -381,12 +399,7 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
   const bool streamed = !job.stream.empty();
   if (file.tasks.empty()) return Error{fmt::format("{}: the file defines no task", name)};
   const JobFileTask& first = file.tasks.front();
-  auto unsupported = [&name](const JobFileTask& t, const char* what) {
-    return Error{
-        fmt::format("{}: task {}: {} is not supported by this hq release", name, t.id, what)};
-  };
   for (const JobFileTask& t : file.tasks) {
-    if (t.requests.size() > 1) return unsupported(t, "more than one [[task.request]]");
     for (const auto& out : {t.stdout_output, t.stderr_output}) {
       if (out && out->remove_if_finished && streamed && out->path.empty()) {
         return Error{
@@ -430,6 +443,9 @@ Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::
     if (!t.requests.empty()) {
       body.resources = t.requests[0].resources;
       body.time_request_ms = t.requests[0].time_request_ms;
+    }
+    if (t.requests.size() > 1) {
+      for (const JobFileRequest& r : t.requests) body.variants.push_back(r.resources);
     }
   }
   const uint32_t first_nodes = first.requests.empty() ? 0 : first.requests[0].nodes;

@@ -65,8 +65,8 @@ Result<JobFile> read_job_file(const fs::path& path, bool deps_outside = false);
 
 // The job a parsed file describes, one body per task, with relative paths against
 // `submit_dir` (an [array] file: an array job, its entries in HQ_ENTRY). Tasks may differ in
-// their request, priority, crash limit and nodes. Fails naming `file` for what this hq release
-// cannot run yet: several requests of one task (alternatives).
+// their request, priority, crash limit and nodes; several requests of one task become the
+// body's variants (alternatives).
 Result<JobDescriptionSpec> job_file_description(const JobFile& file, const std::string& name,
                                                 const std::string& submit_dir);
 

@@ -22,6 +22,30 @@ ResourceRequest task_request(const TaskBodySpec& body, uint32_t nodes) {
   return r;
 }
 
+namespace {
+
+// Each variant as task_request() makes it, the first one the body's request; none when they
+// all ask the same (a multi-node task: every CPU of each worker).
+void normalize_variants(TaskBodySpec& body, uint32_t nodes) {
+  if (body.variants.empty()) return;
+  bool differ = false;
+  for (ResourceRequest& v : body.variants) {
+    TaskBodySpec one;
+    one.resources = std::move(v);
+    v = task_request(one, nodes);
+    differ = differ || !(v == body.variants.front());
+  }
+  if (!differ || body.variants.size() < 2) {
+    body.resources = body.variants.front();
+    body.variants.clear();
+  } else {
+    body.resources = body.variants.front();
+  }
+  body.cpus = whole_cpus(body.resources);
+}
+
+}  // namespace
+
 Status normalize_request(JobDescriptionSpec& job) {
   if (!job.tasks.empty()) {
     std::stable_sort(job.tasks.begin(), job.tasks.end(),
@@ -35,13 +59,16 @@ Status normalize_request(JobDescriptionSpec& job) {
       ids.add(t.id);
       t.body.resources = task_request(t.body, t.own_params && t.nodes ? t.nodes : job.nodes);
       t.body.cpus = whole_cpus(t.body.resources);
+      normalize_variants(t.body, t.own_params && t.nodes ? t.nodes : job.nodes);
     }
     job.task_ids = std::move(ids).build();
     job.body.resources = job.tasks[0].body.resources;
     job.body.time_request_ms = job.tasks[0].body.time_request_ms;
+    job.body.variants = job.tasks[0].body.variants;
   }
   job.body.resources = task_request(job.body, job.nodes);
   job.body.cpus = whole_cpus(job.body.resources);
+  normalize_variants(job.body, job.nodes);
   if (!job.entries.empty()) {
     if (job.entries.size() != job.task_ids.size()) {
       return Status::error(

@@ -29,6 +29,10 @@ struct TaskBodySpec {
   uint64_t time_limit_ms = 0;  // a task running longer is killed ("Time limit reached"); 0: none
   // What each task needs, sorted by name with "cpus" among them (make_request); empty: `cpus`.
   ResourceRequest resources;
+  // Alternatives (a job file's several `[[task.request]]`): empty, or two or more requests in
+  // file order, the first equal to `resources`. The scheduler may run a task with any of them
+  // and tells it which (HQ_RESOURCE_VARIANT, the index here). All share the time request.
+  std::vector<ResourceRequest> variants;
   PinMode pin = PinMode::kNone;
   // `--time-request`: only a worker that lives this long after the start runs the task; 0: any.
   uint64_t time_request_ms = 0;

@@ -65,6 +65,13 @@ struct TaskBody {
   taskDir @12 :Bool;        # a fresh directory per task instance (HQ_TASK_DIR)
   stdoutRemoveIfFinished @13 :Bool;  # output files removed when the task finishes
   stderrRemoveIfFinished @14 :Bool;
+  # Alternatives (several [[task.request]]): empty, or two or more in file order, the first
+  # equal to `resources`.
+  variants @15 :List(ResourceVariant);
+}
+
+struct ResourceVariant {
+  resources @0 :List(ResourceEntry);  # as TaskBody.resources
 }
 
 struct ResourceEntry {

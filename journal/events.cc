@@ -45,6 +45,9 @@ void check_body(schema::TaskBody::Reader body) {
   (void)body.getSubmitDir();
   for (auto e : body.getResources()) (void)e.getName();
   (void)body.getStdin();
+  for (auto v : body.getVariants()) {
+    for (auto e : v.getResources()) (void)e.getName();
+  }
 }
 
 // Reads every field of the parts that may hold pointers; throws kj::Exception on damage.
@@ -334,6 +337,16 @@ static void body_to_record(const TaskBodySpec& spec, schema::TaskBody::Builder b
   body.setTaskDir(spec.task_dir);
   body.setStdoutRemoveIfFinished(spec.stdout_rm_if_finished);
   body.setStderrRemoveIfFinished(spec.stderr_rm_if_finished);
+  auto variants = body.initVariants(static_cast<unsigned>(spec.variants.size()));
+  for (size_t v = 0; v < spec.variants.size(); ++v) {
+    const auto& list = spec.variants[v].entries;
+    auto out = variants[v].initResources(static_cast<unsigned>(list.size()));
+    for (size_t i = 0; i < list.size(); ++i) {
+      out[i].setName(list[i].name);
+      out[i].setAmount(list[i].amount);
+      out[i].setPolicy(static_cast<uint8_t>(list[i].policy));
+    }
+  }
 }
 
 static void graph_to_record(const GraphColumns& columns, schema::GraphColumns::Builder out) {
@@ -403,6 +416,20 @@ static Result<TaskBodySpec> body_from_record(schema::TaskBody::Reader body) {
     auto request = make_request(std::move(entries));
     if (!request) return Error{"a journaled job's request: " + request.message()};
     spec.resources = std::move(*request);
+  }
+  for (auto v : body.getVariants()) {
+    std::vector<ResourceRequestEntry> list;
+    for (auto e : v.getResources()) {
+      if (e.getPolicy() > static_cast<uint8_t>(AllocationPolicy::kAll)) {
+        return Error{fmt::format("unknown allocation policy {} in a journaled job's variant",
+                                 e.getPolicy())};
+      }
+      list.push_back(
+          {text(e.getName()), e.getAmount(), static_cast<AllocationPolicy>(e.getPolicy())});
+    }
+    auto request = make_request(std::move(list));
+    if (!request) return Error{"a journaled job's resource variant: " + request.message()};
+    spec.variants.push_back(std::move(*request));
   }
   if (body.getPin() > static_cast<uint8_t>(PinMode::kOmp)) {
     return Error{fmt::format("unknown pin mode {} in a journaled job", body.getPin())};

@@ -73,6 +73,10 @@ void to_wire(const TaskBodySpec& body, wire::TaskBody::Builder out) {
                                    body.stdin_data.size()));
   out.setTaskDir(body.task_dir);
   out.setStdoutRemoveIfFinished(body.stdout_rm_if_finished);
+  auto variants = out.initVariants(static_cast<unsigned>(body.variants.size()));
+  for (size_t i = 0; i < body.variants.size(); ++i) {
+    to_wire(body.variants[i], variants[i].initResources(body.variants[i].entries.size()));
+  }
   out.setStderrRemoveIfFinished(body.stderr_rm_if_finished);
 }
 
@@ -194,6 +198,15 @@ Result<TaskBodySpec> from_wire(wire::TaskBody::Reader body) {
   auto resources = from_wire(body.getResources());
   if (!resources) return resources.error();
   out.resources = std::move(*resources);
+  for (auto v : body.getVariants()) {
+    auto variant = from_wire(v.getResources());
+    if (!variant) return Error{"a resource variant: " + variant.message()};
+    out.variants.push_back(std::move(*variant));
+  }
+  if (out.variants.size() == 1 || out.variants.size() > 255) {
+    return Error{
+        fmt::format("{} resource variants: a task has none or 2 to 255", out.variants.size())};
+  }
   return out;
 }
 

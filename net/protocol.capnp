@@ -106,6 +106,13 @@ struct TaskBody {
   taskDir @12 :Bool;        # a fresh directory per task instance in HQ_TASK_DIR
   stdoutRemoveIfFinished @13 :Bool;  # the stdout file is removed when the task finishes
   stderrRemoveIfFinished @14 :Bool;
+  # Alternatives (job file: several [[task.request]]): empty, or two or more requests in file
+  # order, the first equal to `resources`; a task runs with one of them (HQ_RESOURCE_VARIANT).
+  variants @15 :List(ResourceVariant);
+}
+
+struct ResourceVariant {
+  resources @0 :List(ResourceEntry);  # as TaskBody.resources
 }
 
 struct JobDescription {
@@ -526,6 +533,15 @@ struct Assignment {
   taskBodies @3 :List(TaskBodyOf);
   # HQ_ENTRY of the tasks among `tasks` of jobs with entries (--each-line, --from-json).
   entries @4 :List(TaskEntry);
+  # The variant (index in TaskBody.variants) of the tasks among `tasks` that have variants and
+  # run with another than the first; absent: variant 0.
+  variants @5 :List(TaskVariant);
+}
+
+struct TaskVariant {
+  job @0 :UInt32;
+  task @1 :UInt32;
+  variant @2 :UInt8;
 }
 
 # The entry of one task of a job with entries, sent with the task.

@@ -28,6 +28,7 @@ struct HeldTask {
   uint32_t index;
   uint32_t cpus;
   Allocation alloc;
+  uint8_t variant = 0;  // of a job with alternatives (Job::variants): the one it holds
 };
 
 inline bool ended(TaskState s) { return s != TaskState::kWaiting && s != TaskState::kRunning; }
@@ -89,7 +90,11 @@ struct WorkerSlot {
     if (serves_job || outside > 0) return 0;
     return static_cast<uint32_t>((pool.free_amount(kCpuResource) + kAmountUnit - 1) / kAmountUnit);
   }
-  uint32_t cost(const Job& job) const { return job.cpus ? job.cpus : cpus; }
+  // Of variant `v` of a job with alternatives (Job::variants).
+  uint32_t cost(const Job& job, uint8_t v = 0) const {
+    const uint32_t c = v < job.variant_cpus.size() ? job.variant_cpus[v] : job.cpus;
+    return c ? c : cpus;
+  }
   // CPUs of tasks it may still hold, queued or placed: held_cpus never exceeds limit.
   uint32_t queue_room() const { return serves_job || multi_held ? 0 : limit - held_cpus; }
   // Whether the worker lives long enough for a task of `job` started at `now`.
@@ -99,8 +104,8 @@ struct WorkerSlot {
   }
   // Whether a task of `job` can be placed now. Not while tasks wait in its queue: they come
   // first (the worker starts its queue in order), so that a big one is not starved.
-  bool can_place(const Job& job, const PoolRequest& r, int64_t now) const {
-    return outside == 0 && stuck == 0 && !serves_job && held_cpus + cost(job) <= limit &&
+  bool can_place(const Job& job, const PoolRequest& r, int64_t now, uint8_t v = 0) const {
+    return outside == 0 && stuck == 0 && !serves_job && held_cpus + cost(job, v) <= limit &&
            lives_for(job, now) && pool.fits(r);
   }
   // Free for a whole multi-node task: holds nothing and serves none.
@@ -111,6 +116,7 @@ struct WorkerSlot {
 struct PreparedPart {
   const PartSpec* spec;
   ResourceRequest request;
+  std::vector<ResourceRequest> variants;  // empty, or 2+ with the first as `request`
   TaskIdMap ids;
   uint32_t base;  // job-wide index of its first task
 };
@@ -170,6 +176,10 @@ struct Scheduler::Impl {
     return it == workers.end() ? nullptr : it->second.get();
   }
   const PoolRequest& request_of(const Job& job) const { return requests[job.request]; }
+  // Variant `v` of the job's request (Job::variants); its request when it has none.
+  const PoolRequest& request_of(const Job& job, uint8_t v) const {
+    return v < job.variants.size() ? requests[job.variants[v]] : requests[job.request];
+  }
 
   uint32_t intern_request(const ResourceRequest& r) {
     auto [it, added] = request_ids.emplace(describe(r), static_cast<uint32_t>(requests.size()));
@@ -230,8 +240,8 @@ struct Scheduler::Impl {
   // reserved job does not need. The reservation keeps back one task's request of the reserved
   // job (by amounts), no more: of a resource it needs and finds short (the GPU it waits for),
   // nothing may be taken; of one it finds enough of, everything above its need.
-  bool leaves_room_for_reserved(const WorkerSlot& w, const Job& job) const {
-    const PoolRequest& take = request_of(job);
+  bool leaves_room_for_reserved(const WorkerSlot& w, const Job& job, uint8_t v = 0) const {
+    const PoolRequest& take = request_of(job, v);
     const PoolRequest& keep = request_of(*w.reserved_for);
     size_t k = 0;
     for (const PoolEntry& e : take) {
@@ -284,13 +294,14 @@ struct Scheduler::Impl {
     }
   }
   // `alloc` empty and !placed: the task waits in the worker's queue.
-  void hold(WorkerSlot& w, Job& job, uint32_t index, bool placed, Allocation alloc) {
+  void hold(WorkerSlot& w, Job& job, uint32_t index, bool placed, Allocation alloc,
+            uint8_t variant = 0) {
     TaskSlot& s = job.slots[index];
     s.flags = kHeld | (placed ? kPlaced : 0);
     s.worker = w.id;
     s.held_pos = static_cast<uint32_t>(w.held.size());
-    const uint32_t cost = w.cost(job);
-    w.held.push_back({&job, index, cost, std::move(alloc)});
+    const uint32_t cost = w.cost(job, variant);
+    w.held.push_back({&job, index, cost, std::move(alloc), variant});
     w.held_cpus += cost;
     if (job.nodes > 1) ++w.multi_held;
     if (!placed) {
@@ -327,8 +338,8 @@ struct Scheduler::Impl {
         ++k;
         continue;
       }
-      if (!w.pool.allocate(request_of(*job), scratch_alloc)) break;
       HeldTask& h = w.held[s.held_pos];
+      if (!w.pool.allocate(request_of(*job, h.variant), scratch_alloc)) break;
       h.alloc = std::move(scratch_alloc);
       scratch_alloc = {};
       s.flags |= kPlaced;
@@ -344,10 +355,11 @@ struct Scheduler::Impl {
     if (s.flags & kPlaced) return;
     leave_queue(w, job, index);
     HeldTask& h = w.held[s.held_pos];
-    if (!w.pool.allocate(request_of(job), h.alloc)) {
+    const PoolRequest& r = request_of(job, h.variant);
+    if (!w.pool.allocate(r, h.alloc)) {
       // The worker started it in place of placed tasks it has not started: those wait instead,
       // at the head of the queue, until the model has room for this one.
-      for (size_t k = 0; k < w.held.size() && !w.pool.fits(request_of(job)); ++k) {
+      for (size_t k = 0; k < w.held.size() && !w.pool.fits(r); ++k) {
         HeldTask& other = w.held[k];
         TaskSlot& o = other.job->slots[other.index];
         if (!(o.flags & kPlaced) || o.state != TaskState::kWaiting) continue;
@@ -357,7 +369,7 @@ struct Scheduler::Impl {
         w.queue.insert(w.queue.begin(), {other.job, other.index});
         w.queued_cpus += other.cpus;
       }
-      if (!w.pool.allocate(request_of(job), h.alloc)) {
+      if (!w.pool.allocate(r, w.held[s.held_pos].alloc)) {
         // The shapes differ (groups): it runs outside the model's pool, and nothing more is
         // placed on the worker until it ends.
         s.flags |= kOutside;
@@ -579,13 +591,13 @@ struct Scheduler::Impl {
     }
   }
 
-  void assign(Decisions& d, WorkerSlot& w, Job& job, bool placed) {
+  void assign(Decisions& d, WorkerSlot& w, Job& job, bool placed, uint8_t variant = 0) {
     Job::Next next = job.take_ready();
     --ready_tasks;
     Allocation alloc;
-    if (placed) w.pool.allocate(request_of(job), alloc);
-    hold(w, job, next.index, placed, std::move(alloc));
-    d.assign.push_back({w.id, {job.id, next.id, job.slots[next.index].instance}});
+    if (placed) w.pool.allocate(request_of(job, variant), alloc);
+    hold(w, job, next.index, placed, std::move(alloc), variant);
+    d.assign.push_back({w.id, {job.id, next.id, job.slots[next.index].instance}, {}, variant});
     if (job.reservation == &w) drop_reservation(job);
   }
 
@@ -624,17 +636,28 @@ struct Scheduler::Impl {
                  ? w->real_free() > 0 && w->outside == 0 && w->stuck == 0 && w->held_cpus < w->limit
                  : w->queue_room() > 0;
     };
-    auto room = [this, real](WorkerSlot* w, Job& job) {
-      const PoolRequest& r = request_of(job);
+    // The variant a task of `job` takes on `w` (0 without alternatives), or -1: none.
+    auto room = [this, real](WorkerSlot* w, Job& job) -> int {
       if (real) {
-        if (reserved_against(*w, job) && !leaves_room_for_reserved(*w, job)) return false;
-        return w->can_place(job, r, now);
+        // Alternatives in order: the first that fits the worker now.
+        const size_t n = std::max<size_t>(job.variants.size(), 1);
+        for (size_t k = 0; k < n; ++k) {
+          const auto v = static_cast<uint8_t>(k);
+          if (reserved_against(*w, job) && !leaves_room_for_reserved(*w, job, v)) continue;
+          if (w->can_place(job, request_of(job, v), now, v)) return v;
+        }
+        return -1;
       }
       // Queued tasks start in order on the worker: one queued behind a reservation would take
       // what the reserved job waits for, and one waiting for anything but CPUs would hold up
-      // every task behind it while CPUs idle. Those wait at the server instead.
-      if (reserved_against(*w, job) || !cpu_only[job.request]) return false;
-      return w->cost(job) <= w->queue_room() && w->lives_for(job, now) && w->pool.could_fit(r);
+      // every task behind it while CPUs idle. Those wait at the server instead, and so do
+      // tasks with alternatives, whose variant is chosen where they fit now.
+      if (reserved_against(*w, job) || !cpu_only[job.request] || !job.variants.empty()) {
+        return -1;
+      }
+      const bool fits = w->cost(job) <= w->queue_room() && w->lives_for(job, now) &&
+                        w->pool.could_fit(request_of(job));
+      return fits ? 0 : -1;
     };
     candidates.clear();
     for (WorkerSlot* w : free_list) {
@@ -645,7 +668,8 @@ struct Scheduler::Impl {
     size_t cursor = 0;  // next candidate to visit
     for (auto it = ready.begin(); it != ready.end() && full < candidates.size();) {
       Job& job = **it;
-      if (job.nodes > 1 || unfit_pass[job.request] == pass) {
+      // (A job with alternatives is not held back by its first one.)
+      if (job.nodes > 1 || (job.variants.empty() && unfit_pass[job.request] == pass)) {
         // Multi-node jobs have their own pass; or another job with this request fit nowhere.
         ++it;
         continue;
@@ -654,18 +678,20 @@ struct Scheduler::Impl {
       while (job.ready() > 0 && misses < candidates.size()) {
         if (cursor >= candidates.size()) cursor = 0;
         WorkerSlot* w = candidates[cursor++];
-        if (!room(w, job)) {
+        const int variant = room(w, job);
+        if (variant < 0) {
           ++misses;
           continue;
         }
         misses = 0;
-        assign(d, *w, job, real);
+        assign(d, *w, job, real, static_cast<uint8_t>(variant));
         if (!has_room(w)) ++full;
       }
       if (job.ready() > 0) {
         // A time request narrows the workers beyond the request: only jobs without one speak
         // for every job of their request.
-        if (job.time_request_ms == 0) unfit_pass[job.request] = pass;
+        // Nor do jobs with alternatives: another variant may fit where the first does not.
+        if (job.time_request_ms == 0 && job.variants.empty()) unfit_pass[job.request] = pass;
         if (real) reserve(job);
       }
       if (full * 2 > candidates.size()) {
@@ -684,7 +710,9 @@ struct Scheduler::Impl {
     // keeps a worker, so that it is not passed over forever.
     if (real && full >= candidates.size()) {
       for (Job* job : ready) {
-        if (unfit_pass[job->request] == pass || job->nodes > 1) continue;
+        if ((job->variants.empty() && unfit_pass[job->request] == pass) || job->nodes > 1) {
+          continue;
+        }
         if (!job->reservation) reserve(*job);
         break;
       }

@@ -252,8 +252,12 @@ void Scheduler::Impl::check() const {
                          h.job->part < h.job->owner.parts.size() &&
                          h.job->owner.parts[h.job->part].get() == h.job,
                      "worker {}: holds a task of a stale job", id);
-      HQ_SCHED_CHECK(h.cpus == w.cost(*h.job), "worker {}: held entry {} costs {} CPUs, not {}", id,
-                     k, h.cpus, w.cost(*h.job));
+      HQ_SCHED_CHECK(h.variant == 0 || h.variant < h.job->variants.size(),
+                     "worker {}: held entry {} has variant {} of {}", id, k, h.variant,
+                     h.job->variants.size());
+      HQ_SCHED_CHECK(h.cpus == w.cost(*h.job, h.variant),
+                     "worker {}: held entry {} costs {} CPUs, not {}", id, k, h.cpus,
+                     w.cost(*h.job, h.variant));
       cpus += h.cpus;
       if (s.flags & kRetracting) retracting += h.cpus;
       if (s.state == TaskState::kRunning) ++running;

@@ -87,8 +87,12 @@ class Job {
   // CPUs (plus its queue), where its pool would fit four per CPU. Costs counted in
   // 1/kAmountUnit would lift that.
   const uint32_t cpus;
-  uint32_t request = 0;               // index of its resource request in the scheduler's table
-  WorkerSlot* reservation = nullptr;  // the worker kept free for it (no starvation)
+  uint32_t request = 0;  // index of its resource request in the scheduler's table
+  // Its alternatives (JobSpec::variants) as indices like `request` (the first is `request`),
+  // and their CPUs as `cpus`; empty: none.
+  std::vector<uint32_t> variants;
+  std::vector<uint32_t> variant_cpus;
+  WorkerSlot* reservation = nullptr;           // the worker kept free for it (no starvation)
   std::vector<WorkerSlot*> node_reservations;  // the same for a multi-node job: `nodes` workers
   const int32_t priority;
   uint32_t crash_limit = 0;      // see JobSpec

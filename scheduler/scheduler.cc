@@ -27,17 +27,21 @@ Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job) {
                job.body.resources,
                job.body.time_request_ms,
                job.nodes};
+  spec.variants = job.body.variants;
   spec.open = false;
   if (!job.tasks.empty()) {
     // Tasks grouped into parts by their scheduling parameters, in order of first appearance.
-    using Key = std::tuple<std::string, uint64_t, uint32_t, int32_t, uint32_t>;
+    using Key = std::tuple<std::string, uint64_t, uint32_t, int32_t, uint32_t, std::string>;
     std::map<Key, size_t> index;
     std::vector<IdSetBuilder> ids;
     for (const GraphTaskSpec& t : job.tasks) {
       const int32_t priority = t.own_params ? t.priority : job.priority;
       const uint32_t crash_limit = t.own_params ? t.crash_limit : job.crash_limit;
       const uint32_t nodes = t.own_params && t.nodes ? t.nodes : job.nodes;
-      Key key{describe(t.body.resources), t.body.time_request_ms, nodes, priority, crash_limit};
+      std::string variants;
+      for (const ResourceRequest& v : t.body.variants) variants += describe(v) + ";";
+      Key key{describe(t.body.resources), t.body.time_request_ms, nodes, priority, crash_limit,
+              std::move(variants)};
       auto [it, added] = index.emplace(key, spec.parts.size());
       if (added) {
         spec.parts.push_back(PartSpec{{},
@@ -46,7 +50,8 @@ Result<JobSpec> job_spec(JobId id, JobDescriptionSpec& job) {
                                       crash_limit,
                                       t.body.resources,
                                       t.body.time_request_ms,
-                                      nodes});
+                                      nodes,
+                                      t.body.variants});
         ids.emplace_back();
       }
       ids[it->second].add(t.id);  // tasks are sorted by id
@@ -246,7 +251,7 @@ std::vector<PartSpec> parts_of(const JobSpec& spec) {
   if (!spec.parts.empty()) return spec.parts;
   if (spec.task_ids.empty() && spec.open) return {};
   return {PartSpec{spec.task_ids, spec.cpus, spec.priority, spec.crash_limit, spec.resources,
-                   spec.time_request_ms, spec.nodes}};
+                   spec.time_request_ms, spec.nodes, spec.variants}};
 }
 
 // The part's request, with "cpus" present (all of them for a multi-node part).
@@ -306,6 +311,22 @@ Result<std::vector<PreparedPart>> prepare_parts(const JobSpec& spec,
   for (const PartSpec& p : parts) {
     Result<ResourceRequest> request = part_request(spec.id, p);
     if (!request) return request.error();
+    std::vector<ResourceRequest> variants;
+    if (p.variants.size() > 255) {
+      return Error{
+          fmt::format("job {}: {} resource variants; at most 255", spec.id, p.variants.size())};
+    }
+    // A multi-node part takes whole workers whatever its variants ask: it has none.
+    if (p.variants.size() > 1 && p.nodes <= 1) {
+      for (const ResourceRequest& v : p.variants) {
+        PartSpec one = p;
+        one.resources = v;
+        Result<ResourceRequest> made = part_request(spec.id, one);
+        if (!made) return made.error();
+        variants.push_back(std::move(*made));
+      }
+      request = variants.front();
+    }
     Result<TaskIdMap> ids = TaskIdMap::build(p.task_ids);
     if (!ids) return Error{fmt::format("job {}: {}", spec.id, ids.message())};
     std::vector<TaskId> taken;
@@ -325,7 +346,8 @@ Result<std::vector<PreparedPart>> prepare_parts(const JobSpec& spec,
                                std::numeric_limits<uint32_t>::max())};
     }
     const uint32_t first = static_cast<uint32_t>(base - ids->size());
-    out.push_back({&p, std::move(request).value(), std::move(ids).value(), first});
+    out.push_back(
+        {&p, std::move(request).value(), std::move(variants), std::move(ids).value(), first});
   }
   return out;
 }
@@ -410,6 +432,10 @@ void Scheduler::Impl::add_parts(UserJob& owner, std::vector<PreparedPart>& parts
     auto part = std::make_unique<Job>(owner, static_cast<uint32_t>(owner.parts.size()), p.base,
                                       cpus, p.spec->priority, std::move(p.ids), cursor);
     part->request = intern_request(p.request);
+    for (const ResourceRequest& v : p.variants) {
+      part->variants.push_back(intern_request(v));
+      part->variant_cpus.push_back(whole_cpus(v));
+    }
     part->crash_limit = p.spec->crash_limit;
     part->time_request_ms = p.spec->time_request_ms;
     part->nodes = std::max<uint32_t>(p.spec->nodes, 1);
@@ -853,6 +879,25 @@ std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now, std::optional<T
     fit.could_fit = w.pool.could_fit(r);
     fit.fits_now = w.pool.fits(r);
     if (!fit.fits_now) fit.reason = w.pool.why_not(r, impl_->names);
+    if (job->variants.size() > 1) {
+      // Alternatives: it fits where any of them does, the first that fits chosen.
+      fit.could_fit = fit.fits_now = false;
+      std::string reasons;
+      for (size_t k = 0; k < job->variants.size(); ++k) {
+        const auto v = static_cast<uint8_t>(k);
+        const PoolRequest& rv = impl_->request_of(*job, v);
+        fit.could_fit = fit.could_fit || w.pool.could_fit(rv);
+        if (!fit.fits_now && w.pool.fits(rv)) {
+          fit.fits_now = true;
+          fit.variant = v;
+        }
+        if (!w.pool.fits(rv)) {
+          if (!reasons.empty()) reasons += "; ";
+          reasons += fmt::format("variant {}: {}", k, w.pool.why_not(rv, impl_->names));
+        }
+      }
+      fit.reason = fit.fits_now ? "" : reasons;
+    }
     if (job->nodes > 1) {
       fit.could_fit = true;
       fit.fits_now = w.wholly_idle();
@@ -877,7 +922,7 @@ std::vector<WorkerFit> Scheduler::explain(JobId id, int64_t now, std::optional<T
                       std::max<int64_t>(0, (w.end_time - now) / 1000), job->time_request_ms / 1000);
     }
     if (fit.fits_now && Impl::reserved_against(w, *job) &&
-        !impl_->leaves_room_for_reserved(w, *job)) {
+        !impl_->leaves_room_for_reserved(w, *job, fit.variant)) {
       fit.fits_now = false;
       fit.reason =
           fmt::format("kept free for job {}, which waits for a bigger share", w.reserved_for->id);

@@ -61,6 +61,7 @@ struct PartSpec {
   ResourceRequest resources = {};
   uint64_t time_request_ms = 0;
   uint32_t nodes = 0;
+  std::vector<ResourceRequest> variants = {};  // see JobSpec
 };
 
 struct JobSpec {
@@ -79,6 +80,10 @@ struct JobSpec {
   // More than 1: each task takes this many whole workers of one group (`--nodes`); its request
   // is then all of each worker's CPUs.
   uint32_t nodes = 0;
+  // Alternatives of `resources` (job files' several [[task.request]]): empty, or two or more
+  // requests, the first used as `resources`. A task is placed with the first that fits the
+  // worker (Assignment::variant). At most 255.
+  std::vector<ResourceRequest> variants = {};
   // Dependencies between the job's tasks (ids of this job): a task waits until all of its own
   // have finished, and is aborted when one fails, is canceled or aborted. Tasks not listed have
   // none. Empty: no graph, and the job costs nothing more than an array job. Given to add_tasks,
@@ -107,6 +112,8 @@ struct Assignment {
   // A multi-node task: the other workers it spans (the task runs on `worker`, which must be told
   // them); empty otherwise.
   std::vector<WorkerId> others = {};
+  // Of a task with alternatives (JobSpec::variants): the index of the one it runs with.
+  uint8_t variant = 0;
 };
 
 struct Decisions {
@@ -139,6 +146,8 @@ struct WorkerFit {
   bool fits_now = false;   // its request fits the worker's free resources now
   bool could_fit = false;  // it would fit the worker with nothing running
   std::string reason;      // empty when it fits now
+  // A task with alternatives: the first that fits now (fits_now), each one's reason otherwise.
+  uint8_t variant = 0;
 };
 
 struct SchedulerConfig {

@@ -347,6 +347,10 @@ void Server::handle_task_explain(net::Connection& c, wire::TaskKey::Reader key) 
   const TaskBodySpec& body = task_body(job->second.holder(key.getTask()), key.getTask());
   std::string request =
       body.resources.entries.empty() ? fmt::format("cpus={}", body.cpus) : describe(body.resources);
+  // Alternatives, in the order the scheduler tries them.
+  for (size_t v = 1; v < body.variants.size(); ++v) {
+    request += fmt::format(" or (variant {}) {}", v, describe(body.variants[v]));
+  }
   std::vector<sched::WorkerFit> fits =
       scheduler_.explain(key.getJob(), unix_millis_now(), key.getTask());
   capnp::MallocMessageBuilder reply;

@@ -545,6 +545,11 @@ void Server::run_schedule() {
     list.push_back(workers_.at(a.worker).hostname);
     for (WorkerId o : a.others) list.push_back(workers_.at(o).hostname);
   }
+  // Tasks with alternatives placed with another than the first (the worker takes that one).
+  std::map<TaskKey, uint8_t> variants;
+  for (const auto& a : decisions.assign) {
+    if (a.variant != 0) variants[a.key] = a.variant;
+  }
   for (auto& [wid, keys] : by_worker(decisions.assign)) {
     WorkerRecord& w = workers_.at(wid);
     std::vector<JobId> new_jobs;
@@ -590,6 +595,17 @@ void Server::run_schedule() {
       entries[e].setJob(k.job);
       entries[e].setTask(k.task);
       entries[e++].setEntry(entry ? *entry : std::string());
+    }
+    size_t with_variant = 0;
+    for (const TaskKey& k : keys) with_variant += variants.count(k);
+    auto variant_list = out.initVariants(with_variant);
+    size_t vi = 0;
+    for (const TaskKey& k : keys) {
+      auto it = variants.find(k);
+      if (it == variants.end()) continue;
+      variant_list[vi].setJob(k.job);
+      variant_list[vi].setTask(k.task);
+      variant_list[vi++].setVariant(it->second);
     }
     size_t multi = 0;
     for (const TaskKey& k : keys) multi += hosts.count(k);

@@ -40,6 +40,16 @@ struct JobBody {
   // What each task needs: body.resources, or `body.cpus` whole CPUs when that is empty.
   ResourceRequest request;
   PoolRequest pool_request;  // `request` interned in the worker's ResourceNames
+  // body.variants, each interned as pool_request (the first is `request` again); empty: none.
+  std::vector<PoolRequest> variant_pools = {};
+
+  // Variant `v` of the request (0 when the body has none).
+  const ResourceRequest& request_of(uint8_t v) const {
+    return v < body.variants.size() ? body.variants[v] : request;
+  }
+  const PoolRequest& pool_of(uint8_t v) const {
+    return v < variant_pools.size() ? variant_pools[v] : pool_request;
+  }
 };
 
 struct RunningTask {
@@ -446,8 +456,9 @@ class Worker {
           if (!body) throw std::runtime_error("bad job description: " + body.message());
           ResourceRequest request = task_request(*body);
           PoolRequest pool_request = intern_request(request, names_);
-          jobs_[job.getJob()] = JobBody{std::move(*body), job.getStream().cStr(),
-                                        std::move(request), std::move(pool_request)};
+          JobBody& b = jobs_[job.getJob()] = JobBody{std::move(*body), job.getStream().cStr(),
+                                                     std::move(request), std::move(pool_request)};
+          intern_variants(b);
         }
         for (auto t : a.getTaskBodies()) {
           auto job_it = jobs_.find(t.getJob());
@@ -456,12 +467,16 @@ class Worker {
           if (job_it == jobs_.end()) continue;  // the task fails for the missing job body
           ResourceRequest request = task_request(*body);
           PoolRequest pool_request = intern_request(request, names_);
-          task_bodies_[TaskRef{t.getJob(), t.getTask()}] = JobBody{
+          JobBody& b = task_bodies_[TaskRef{t.getJob(), t.getTask()}] = JobBody{
               std::move(*body), job_it->second.stream, std::move(request), std::move(pool_request)};
+          intern_variants(b);
         }
         for (auto e : a.getEntries()) {
           task_entries_[TaskRef{e.getJob(), e.getTask()}] =
               std::string(e.getEntry().cStr(), e.getEntry().size());
+        }
+        for (auto v : a.getVariants()) {
+          task_variants_[TaskRef{v.getJob(), v.getTask()}] = v.getVariant();
         }
         for (auto k : a.getTasks()) queue_.push_back(net::from_wire(k));
         for (auto n : a.getNodes()) {
@@ -506,6 +521,7 @@ class Worker {
         node_hosts_.erase(key);
         task_bodies_.erase(key.ref());
         task_entries_.erase(key.ref());
+        task_variants_.erase(key.ref());
         return true;
       }
     }
@@ -523,6 +539,12 @@ class Worker {
     if (it != running_.end() && it->second.key == key && !it->second.canceled) {
       it->second.canceled = true;
       runner_.terminate(it->second.pid, options_.cancel_grace);
+    }
+  }
+
+  void intern_variants(JobBody& job) {
+    for (const ResourceRequest& r : job.body.variants) {
+      job.variant_pools.push_back(intern_request(r, names_));
     }
   }
 
@@ -548,20 +570,31 @@ class Worker {
         flush_soon();
         continue;
       }
+      // The variant the server chose (HQ_RESOURCE_VARIANT); 0 when it named none.
+      uint8_t variant = 0;
+      if (auto v = task_variants_.find(key.ref()); v != task_variants_.end()) variant = v->second;
+      if (variant > 0 && variant >= job.body.variants.size()) {
+        it = queue_.erase(it);
+        fail_unstarted(key, fmt::format("the server chose resource variant {} of a task with {}",
+                                        variant, job.body.variants.size()));
+        continue;
+      }
+      const PoolRequest& pool_request = job.pool_of(variant);
       Allocation allocation;
-      if (!pool_.allocate(job.pool_request, allocation)) {
+      if (!pool_.allocate(pool_request, allocation)) {
         // It waits for running tasks to end, and the tasks behind it wait too: the server models
         // this worker the same way, and a big task must not be overtaken forever.
-        if (pool_.could_fit(job.pool_request)) break;
+        if (pool_.could_fit(pool_request)) break;
         // The server assigns a task only where it could fit: the two disagree on what this
         // worker has. Waiting would be forever.
         it = queue_.erase(it);
         fail_unstarted(key, fmt::format("the task can never run on worker {}: {}", worker_id_,
-                                        pool_.why_not(job.pool_request, names_)));
+                                        pool_.why_not(pool_request, names_)));
         continue;
       }
       it = queue_.erase(it);  // start_task never touches the queue
-      start_task(key, job, std::move(allocation));
+      task_variants_.erase(key.ref());
+      start_task(key, job, variant, std::move(allocation));
       if (own != task_bodies_.end()) task_bodies_.erase(own);
     }
   }
@@ -570,6 +603,7 @@ class Worker {
     node_hosts_.erase(key);
     task_bodies_.erase(key.ref());
     task_entries_.erase(key.ref());
+    task_variants_.erase(key.ref());
     reports_.pending().failed.push_back({key, unix_millis_now(), std::move(error), nullptr});
     flush_soon();
   }
@@ -599,7 +633,8 @@ class Worker {
 
   // The variables that tell a task what it got, and how to bind to it, named and formed as
   // HyperQueue does (docs/hyperqueue.md lists what hq adds).
-  void add_resource_env(const JobBody& job, const Allocation& allocation, SpawnSpec& spec) const {
+  void add_resource_env(const JobBody& job, uint8_t variant, const Allocation& allocation,
+                        SpawnSpec& spec) const {
     auto& env = spec.env;
     // CPU labels are numbers (parse_cpu_definition): whole CPUs in numeric order, a shared one
     // last.
@@ -621,7 +656,11 @@ class Worker {
     if (!shared_cpu && !job_sets(job, "OMP_NUM_THREADS")) {
       env.emplace_back("OMP_NUM_THREADS", std::to_string(cpus.size()));
     }
-    for (const ResourceRequestEntry& e : job.request.entries) {
+    // As HyperQueue: only a task with alternatives is told which one it runs with.
+    if (job.body.variants.size() > 1) {
+      env.emplace_back("HQ_RESOURCE_VARIANT", std::to_string(variant));
+    }
+    for (const ResourceRequestEntry& e : job.request_of(variant).entries) {
       uint32_t id = names_.find(e.name);
       std::string suffix = env_name(e.name);
       env.emplace_back("HQ_RESOURCE_REQUEST_" + suffix, describe_with_policy(e));
@@ -662,7 +701,7 @@ class Worker {
 
   // Runs `key` on the resources of `allocation`, which it owns from now on (given back to the
   // pool when it cannot start or when it ends).
-  void start_task(const TaskKey& key, const JobBody& job, Allocation allocation) {
+  void start_task(const TaskKey& key, const JobBody& job, uint8_t variant, Allocation allocation) {
     int64_t now = unix_millis_now();
     RunningTask task;
     task.key = key;
@@ -702,7 +741,7 @@ class Worker {
     spec.env.emplace_back("HQ_SUBMIT_DIR", job.body.submit_dir);
     spec.env.emplace_back("HQ_SERVER_UID", server_uid_);
     spec.env.emplace_back("HQ_WORKER_ID", std::to_string(worker_id_));
-    add_resource_env(job, task.allocation, spec);
+    add_resource_env(job, variant, task.allocation, spec);
     if (auto entry = task_entries_.find(key.ref()); entry != task_entries_.end()) {
       spec.env.emplace_back("HQ_ENTRY", std::move(entry->second));
       task_entries_.erase(entry);
@@ -1061,6 +1100,8 @@ class Worker {
   std::unordered_map<TaskRef, JobBody> task_bodies_;
   // HQ_ENTRY of queued tasks of jobs with entries, from their assignment until they start or go.
   std::unordered_map<TaskRef, std::string> task_entries_;
+  // The resource variant of queued tasks the server gave one other than the first.
+  std::unordered_map<TaskRef, uint8_t> task_variants_;
   std::deque<TaskKey> queue_;
   std::map<TaskKey, std::vector<std::string>> node_hosts_;  // of queued multi-node tasks
   std::unordered_map<TaskRef, RunningTask> running_;

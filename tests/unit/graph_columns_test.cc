@@ -124,6 +124,44 @@ TEST(GraphColumnsTest, OwnParametersTravelForTheTasksThatHaveThem) {
   expect_same(from_record->tasks, job.tasks);
 }
 
+TEST(GraphColumnsTest, ResourceVariantsTravelWithTheirBody) {
+  JobDescriptionSpec job;
+  job.name = "variants";
+  job.task_ids = IdSet::parse("1-3,7-8").value();
+  job.tasks = sample();
+  ResourceRequest four{{{"cpus", 4 * kAmountUnit, AllocationPolicy::kCompact}}};
+  ResourceRequest one_gpu{{{"cpus", kAmountUnit, AllocationPolicy::kCompact},
+                           {"gpus", kAmountUnit, AllocationPolicy::kTight}}};
+  job.tasks[1].body.resources = four;
+  job.tasks[1].body.variants = {four, one_gpu};
+  job.body = job.tasks.front().body;
+  // A body with variants differs from one without.
+  GraphColumns c = pack_graph(job.tasks);
+  EXPECT_EQ(c.bodies.size(), 3u);
+
+  capnp::MallocMessageBuilder wire_message;
+  auto wire = wire_message.initRoot<wire::JobDescription>();
+  net::to_wire(job, wire);
+  auto from_wire = net::from_wire(wire.asReader());
+  ASSERT_TRUE(from_wire) << from_wire.message();
+  expect_same(from_wire->tasks, job.tasks);
+  EXPECT_EQ(from_wire->tasks[1].body.variants.size(), 2u);
+
+  capnp::MallocMessageBuilder record_message;
+  auto record = record_message.initRoot<journal::schema::JobDescription>();
+  journal::to_record(job, record);
+  auto from_record = journal::from_record(record.asReader());
+  ASSERT_TRUE(from_record) << from_record.message();
+  expect_same(from_record->tasks, job.tasks);
+  EXPECT_EQ(from_record->tasks[1].body.variants.size(), 2u);
+
+  // A lone variant is not a valid list of alternatives.
+  wire.getGraph().getBodies()[1].initVariants(1);
+  auto bad = net::from_wire(wire.asReader());
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.message().find("resource variants"), std::string::npos) << bad.message();
+}
+
 TEST(GraphColumnsTest, DamagedColumnsAreRefusedNamingTheColumn) {
   const GraphColumns good = pack_graph(sample());
   auto refused = [](GraphColumns c, const std::string& word) {

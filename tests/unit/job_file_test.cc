@@ -234,15 +234,36 @@ stderr = "err.txt"
   EXPECT_TRUE(contains(bad.message(), "%{TASK_ID}")) << bad.message();
 }
 
-TEST(JobFileDescription, StillRefusesAlternativeRequests) {
-  Result<JobFile> parsed = parse_job_file(
-      "[[task]]\ncommand = [\"a\"]\n[[task.request]]\nresources = { cpus = 1 }\n"
-      "[[task.request]]\nresources = { cpus = 2 }\n",
-      "jobs.toml");
-  ASSERT_TRUE(parsed.is_ok());
-  auto job = job_file_description(*parsed, "jobs.toml", "/submit");
-  ASSERT_FALSE(job.is_ok());
-  EXPECT_TRUE(contains(job.message(), "more than one [[task.request]]")) << job.message();
+TEST(JobFileDescription, SeveralRequestsAreVariantsInFileOrder) {
+  JobDescriptionSpec job = description_of(
+      "[[task]]\nid = 3\ncommand = [\"a\"]\n[[task.request]]\nresources = { cpus = 4 }\n"
+      "time_request = \"10s\"\n[[task.request]]\nresources = { cpus = 1, gpus = 1 }\n"
+      "time_request = \"10s\"\n"
+      "[[task]]\nid = 4\ncommand = [\"b\"]\n[[task.request]]\nresources = { cpus = 2 }\n");
+  ASSERT_EQ(job.tasks.size(), 2u);
+  const TaskBodySpec& body = job.tasks[0].body;
+  ASSERT_EQ(body.variants.size(), 2u);
+  EXPECT_EQ(describe(body.variants[0]), "cpus=4");
+  EXPECT_EQ(describe(body.variants[1]), "cpus=1,gpus=1");
+  EXPECT_TRUE(body.resources == body.variants[0]);
+  EXPECT_EQ(body.cpus, 4u);
+  EXPECT_EQ(body.time_request_ms, 10'000u);
+  // One request: no variants.
+  EXPECT_TRUE(job.tasks[1].body.variants.empty());
+  EXPECT_EQ(describe(job.tasks[1].body.resources), "cpus=2");
+}
+
+TEST(JobFile, VariantsMustAgreeOnNodesAndTimeRequest) {
+  EXPECT_TRUE(contains(
+      error_of("[[task]]\ncommand = [\"a\"]\n[[task.request]]\nresources = { cpus = 1 }\n"
+               "[[task.request]]\nn_nodes = 2\n"),
+      "jobs.toml:5: key 'task.request.n_nodes': every [[task.request]] of a task must ask for "
+      "the same n_nodes"));
+  EXPECT_TRUE(contains(
+      error_of("[[task]]\ncommand = [\"a\"]\n[[task.request]]\nresources = { cpus = 1 }\n"
+               "[[task.request]]\nresources = { cpus = 2 }\ntime_request = \"1m\"\n"),
+      "jobs.toml:5: key 'task.request.time_request': every [[task.request]] of a task must have "
+      "the same time_request"));
 }
 
 }  // namespace

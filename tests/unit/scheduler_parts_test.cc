@@ -113,6 +113,91 @@ TEST(SchedulerPartsTest, HeterogeneousTasksRunByTheirOwnRequestAndPriority) {
   EXPECT_EQ(order, (Ids{3, 4}));
 }
 
+ResourceRequest cpus_request(uint32_t cpus) {
+  return ResourceRequest{{{std::string(kCpus), cpus * kAmountUnit, AllocationPolicy::kCompact}}};
+}
+
+// A part whose tasks take `cpus[0]` CPUs, or else `cpus[1]`, ... (resource variants).
+PartSpec variants_part(const std::string& task_ids, const std::vector<uint32_t>& cpus) {
+  PartSpec p = part(task_ids, cpus[0]);
+  for (uint32_t c : cpus) p.variants.push_back(cpus_request(c));
+  p.resources = p.variants[0];
+  return p;
+}
+
+TEST(SchedulerPartsTest, VariantsTakeTheFirstThatFitsTheWorker) {
+  Scheduler s(SchedulerConfig{0.0});
+  JobSpec spec;
+  spec.id = 1;
+  spec.parts = {variants_part("1-3", {4, 1})};
+  ASSERT_TRUE(s.add_job(spec).is_ok());
+  ASSERT_TRUE(s.add_worker(1, 2).is_ok());
+  s.check_invariants();
+  // Four CPUs never fit this worker: the second variant does, twice.
+  std::vector<Assignment> held;
+  EXPECT_EQ(assigned(s, &held), (Ids{1, 2}));
+  for (const Assignment& a : held) EXPECT_EQ(a.variant, 1u);
+  // Task 3 waits for a CPU, and would fit with its second variant.
+  std::vector<WorkerFit> fits = s.explain(1, 0, 3);
+  ASSERT_EQ(fits.size(), 1u);
+  EXPECT_TRUE(fits[0].could_fit);
+  EXPECT_FALSE(fits[0].fits_now);
+  EXPECT_NE(fits[0].reason.find("variant 0: "), std::string::npos) << fits[0].reason;
+  EXPECT_NE(fits[0].reason.find("variant 1: "), std::string::npos) << fits[0].reason;
+  // Ending one releases its one CPU: task 3 takes it.
+  run(s, held[0]);
+  std::vector<Assignment> next;
+  EXPECT_EQ(assigned(s, &next), (Ids{3}));
+  EXPECT_EQ(next[0].variant, 1u);
+  run(s, held[1]);
+  run(s, next[0]);
+  EXPECT_EQ(s.job_state(1), JobState::kFinished);
+  // Everything was given back: a two-CPU task fits the worker again.
+  JobSpec two = more(2, "1", {}, 2);
+  ASSERT_TRUE(s.add_job(two).is_ok());
+  EXPECT_EQ(assigned(s, &next), (Ids{1}));
+}
+
+TEST(SchedulerPartsTest, VariantsPreferTheFirstAndFallBackWhenItIsShort) {
+  Scheduler s(SchedulerConfig{0.0});
+  JobSpec spec;
+  spec.id = 1;
+  spec.parts = {variants_part("1-2", {4, 1})};
+  ASSERT_TRUE(s.add_job(spec).is_ok());
+  ASSERT_TRUE(s.add_worker(1, 4).is_ok());
+  std::vector<Assignment> held;
+  // The first takes the whole worker with variant 0; the second does not wait for four CPUs
+  // when one would do, but none is left.
+  EXPECT_EQ(assigned(s, &held), (Ids{1}));
+  EXPECT_EQ(held[0].variant, 0u);
+  EXPECT_EQ(s.explain(1, 0, 2)[0].fits_now, false);
+  run(s, held[0]);
+  held.clear();
+  EXPECT_EQ(assigned(s, &held), (Ids{2}));
+  EXPECT_EQ(held[0].variant, 0u);
+  run(s, held[0]);
+  held.clear();
+  // Three of the four CPUs busy: a task with variants takes the one left with its second.
+  ASSERT_TRUE(s.add_job(more(2, "1", {}, 3)).is_ok());
+  EXPECT_EQ(assigned(s, &held), (Ids{1}));
+  JobSpec third;
+  third.id = 3;
+  third.parts = {variants_part("7", {4, 1})};
+  ASSERT_TRUE(s.add_job(third).is_ok());
+  std::vector<Assignment> small;
+  EXPECT_EQ(assigned(s, &small), (Ids{7}));
+  EXPECT_EQ(small[0].variant, 1u);
+  // Both end: all four CPUs are free again (the one variant 1 took among them).
+  ASSERT_TRUE(s.task_started(small[0].worker, small[0].key, 10));
+  s.check_invariants();
+  run(s, held[0]);
+  ASSERT_TRUE(s.task_finished(small[0].worker, small[0].key, 20));
+  s.check_invariants();
+  JobSpec four = more(4, "1", {}, 4);
+  ASSERT_TRUE(s.add_job(four).is_ok());
+  EXPECT_EQ(assigned(s, &held), (Ids{1}));
+}
+
 TEST(SchedulerPartsTest, CrashLimitIsPerPartAndMaxFailsPerJob) {
   Scheduler s(SchedulerConfig{0.0});
   JobSpec spec;
