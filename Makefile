@@ -27,7 +27,11 @@ build: deps
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
 	ninja -C $(BUILD) -j $(JOBS)
 
-demo: build
+# Builds only the `hq` binary, then runs the demo with it.
+demo: deps
+	@[ -f $(BUILD)/build.ninja ] || cmake -S . -B $(BUILD) -G Ninja \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)
+	ninja -C $(BUILD) -j $(JOBS) hq
 	tools/demo $(BUILD)/hq
 
 # Every test suite, on an ASan + UBSan build: unit tests (CTest) and integration tests (pytest).

@@ -480,6 +480,7 @@ struct RunningClaim {
   key @0 :TaskKey;
   startTime @1 :Int64;      # Unix ms on the worker
   units @2 :List(AllocatedUnit);  # what it took from the worker's resources
+  variant @3 :UInt8;        # the resource variant it runs with (0 without alternatives)
 }
 
 struct AllocatedUnit {

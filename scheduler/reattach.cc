@@ -11,7 +11,8 @@
 
 namespace hq::sched {
 
-bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time) {
+bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time,
+                              uint8_t variant) {
   Impl& m = *impl_;
   WorkerSlot* w = m.find_worker(worker);
   UserJob* owner = m.find_job(key.job);
@@ -31,10 +32,11 @@ bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time) 
   // multi-node task's secondary nodes are not known here: it runs again instead.
   if (s.state == TaskState::kRunning && s.worker != worker) return false;
   if (job->nodes > 1) return false;
+  if (variant > 0 && variant >= job->variants.size()) return false;
   s.flags = 0;
   if (s.state == TaskState::kWaiting) job->set_state(s, TaskState::kRunning);
   // Held as a queued task, then placed as a queued task that the worker reports started.
-  m.hold(*w, *job, *index, /*placed=*/false, {});
+  m.hold(*w, *job, *index, /*placed=*/false, {}, variant);
   m.place_started(*w, *job, *index);
   s.start_time = start_time;
   ++w->running;

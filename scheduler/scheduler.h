@@ -290,7 +290,8 @@ class Scheduler {
   // the pool, as place_started does, when they do not fit). Otherwise (an unknown job or task,
   // another instance, a task canceled, requeued, held or run elsewhere) nothing changes, and
   // the worker must kill it. A task it already holds as that instance is accepted again.
-  bool reattach_task(WorkerId worker, TaskKey key, int64_t start_time);
+  // `variant`: the resource variant it runs with (refused when the task has no such variant).
+  bool reattach_task(WorkerId worker, TaskKey key, int64_t start_time, uint8_t variant = 0);
   // The grace is over: every orphan left waits again with instance + 1 (crash counters kept),
   // as after a restart without reattach. Returns them, with their new instance.
   std::vector<TaskKey> end_reattach();

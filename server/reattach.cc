@@ -168,7 +168,7 @@ void Server::reattach_worker(std::shared_ptr<net::Connection> connection, Worker
   std::vector<TaskKey> stale;
   for (auto c : reg.getRunning()) {
     const TaskKey key = net::from_wire(c.getKey());
-    if (scheduler_.reattach_task(wid, key, c.getStartTime())) {
+    if (scheduler_.reattach_task(wid, key, c.getStartTime(), c.getVariant())) {
       adopted[key.job].emplace_back(key, c.getStartTime());
     } else {
       stale.push_back(key);

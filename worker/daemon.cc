@@ -56,6 +56,7 @@ struct RunningTask {
   TaskKey key;
   pid_t pid = 0;
   int64_t start_time = 0;  // Unix ms
+  uint8_t variant = 0;     // the resource variant it runs with (HQ_RESOURCE_VARIANT)
   Allocation allocation;   // given back to the pool when the task ends
   bool canceled = false;
   bool timed_out = false;  // killed by the job's --time-limit
@@ -329,6 +330,7 @@ class Worker {
     for (const auto& [ref, task] : running_) {
       net::to_wire(task.key, running[i].initKey());
       running[i].setStartTime(task.start_time);
+      running[i].setVariant(task.variant);
       auto units = running[i].initUnits(static_cast<unsigned>(task.allocation.size()));
       for (size_t k = 0; k < task.allocation.size(); ++k) {
         const AllocationEntry& a = task.allocation[k];
@@ -706,6 +708,7 @@ class Worker {
     RunningTask task;
     task.key = key;
     task.start_time = now;
+    task.variant = variant;
     task.allocation = std::move(allocation);
 
     TaskPaths paths = task_paths(job.body, key.job, key.task, key.instance, server_uid_);

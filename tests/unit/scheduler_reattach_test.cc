@@ -96,6 +96,40 @@ TEST(SchedulerReattachTest, ForgedClaimsChangeNothing) {
   s.check_invariants();
 }
 
+ResourceRequest cpus_request(uint32_t cpus) {
+  return ResourceRequest{{{std::string(kCpus), cpus * kAmountUnit, AllocationPolicy::kCompact}}};
+}
+
+TEST(SchedulerReattachTest, AClaimTakesTheResourcesOfItsVariant) {
+  Scheduler s;
+  JobSpec spec;
+  spec.id = 1;
+  spec.task_ids = *IdSet::parse("0-2");
+  spec.variants = {cpus_request(2), cpus_request(1)};
+  spec.resources = spec.variants[0];
+  spec.cpus = 2;
+  ASSERT_TRUE(s.add_job(spec).is_ok());
+  ASSERT_TRUE(s.restore_started({1, 0, 0}, 1, 10));
+  ASSERT_TRUE(s.restore_started({1, 1, 0}, 1, 11));
+  EXPECT_EQ(s.finish_restore(/*reattach=*/true), 2u);
+  ASSERT_TRUE(s.add_worker(1, 2).is_ok());
+  EXPECT_FALSE(s.reattach_task(1, {1, 0, 0}, 10, /*variant=*/2));  // it has two variants
+  EXPECT_TRUE(s.reattach_task(1, {1, 0, 0}, 10, 1));
+  EXPECT_TRUE(s.reattach_task(1, {1, 1, 0}, 11, 1));
+  s.check_invariants();
+  // One CPU each: the worker is full, so task 2 is only queued there.
+  EXPECT_EQ(assigned(s), (std::vector<std::string>{}));
+  EXPECT_EQ(s.running_tasks(1), 2u);
+  EXPECT_TRUE(s.task_finished(1, {1, 0, 0}, 30));
+  s.check_invariants();
+  // One CPU free: task 2 runs there with its second variant.
+  std::vector<Assignment> next = s.schedule().assign;
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].key.task, 2u);
+  EXPECT_EQ(next[0].variant, 1u);
+  s.check_invariants();
+}
+
 TEST(SchedulerReattachTest, ACanceledOrphanIsStale) {
   Scheduler s;
   crashed_campaign(s);
