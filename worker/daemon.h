@@ -45,6 +45,7 @@ struct WorkerOptions {
   // no task whose `--time-request` it would outlive.
   std::optional<Millis> time_limit;
   std::string group;  // `--group`; empty: "default"
+  std::string allocation;  // the batch job it runs in (--manager); empty: none
   OnServerLost on_server_lost = OnServerLost::kReconnect;
   // `--reconnect-timeout`: with kReconnect, how long to keep trying before stopping as kStop.
   Millis reconnect_timeout{15 * 60 * 1000};
