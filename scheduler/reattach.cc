@@ -11,8 +11,7 @@
 
 namespace hq::sched {
 
-bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time,
-                              uint8_t variant) {
+bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time, uint8_t variant) {
   Impl& m = *impl_;
   WorkerSlot* w = m.find_worker(worker);
   UserJob* owner = m.find_job(key.job);

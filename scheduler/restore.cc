@@ -114,8 +114,9 @@ void for_each_maybe_running(UserJob& owner, F fn) {
     if (!job.cursor) {
       for (uint32_t i = 0; i < job.size(); ++i) {
         TaskSlot& s = job.slots[i];
-        const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
-                               (s.state == TaskState::kWaiting && deps_finished(owner, job.base + i));
+        const bool maybe_ran =
+            s.state == TaskState::kRunning || (s.flags & kOrphan) ||
+            (s.state == TaskState::kWaiting && deps_finished(owner, job.base + i));
         if (maybe_ran) fn(job, s, i);
       }
       continue;

@@ -573,6 +573,12 @@ class Worker {
         flush_soon();
         continue;
       }
+      // An older instance still runs here (a stale run killed after this worker came back):
+      // this one starts once it is gone, since a worker runs one instance of a task at a time.
+      if (running_.contains(key.ref())) {
+        ++it;
+        continue;
+      }
       // The variant the server chose (HQ_RESOURCE_VARIANT); 0 when it named none.
       uint8_t variant = 0;
       if (auto v = task_variants_.find(key.ref()); v != task_variants_.end()) variant = v->second;

@@ -143,7 +143,7 @@ def test_heterogeneous_job_file_runs_by_each_tasks_request_and_priority(hq_env):
 
 def test_open_job_survives_kill_9(hq_env):
     hq_env.start_server()
-    w = hq_env.start_worker(cpus=2)
+    w = hq_env.start_worker(2, "--on-server-lost", "stop")  # it dies with its server
     job = open_job(hq_env, "--name", "kept")
     j = str(job)
     hq_env.submit(["--job", j, "--array", "1", "--", "bash", "-c", "echo x >> ran.1"])

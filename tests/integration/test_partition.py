@@ -81,7 +81,8 @@ def test_partitions_shorter_and_longer_than_the_heartbeat_timeout(hq_env, netns)
     root = hq_env.root
     # Lost after 3 missed heartbeats of 2 s: 6 s of silence.
     hq_env.start_server(host=address)
-    worker = start_worker_in(hq_env, ns, 2, "--heartbeat", "2s")
+    # Two CPUs for the tasks held across the partitions, one for probes.
+    worker = start_worker_in(hq_env, ns, 3, "--heartbeat", "2s")
     gates = {t: root / f"gate.{t}" for t in (1, 2)}
     job = hq_env.submit(["--array", "1-2", "--stdout", "none", "--stderr", "none", "--",
                          *marker_task(root, "p", gate=f"{root}/gate.$HQ_TASK_ID")])

@@ -25,8 +25,8 @@ def submit_variants(hq_env):
 
 
 def ran_with(hq_env, task):
-    variant, cpus, request = (hq_env.work / f"out.{task}").read_text().split()
-    return int(variant), cpus.split(","), request
+    variant, cpus, request = (hq_env.work / f"out.{task}").read_text().split(None, 2)
+    return int(variant), cpus.split(","), request.strip()
 
 
 def test_small_worker_runs_the_second_variant(hq_env):
@@ -37,7 +37,7 @@ def test_small_worker_runs_the_second_variant(hq_env):
     variant, cpus, request = ran_with(hq_env, 1)
     assert variant == 1
     assert len(cpus) == 1
-    assert request == "1"
+    assert request == "1 compact"
     # A task without alternatives is not told any.
     assert (hq_env.work / "out.2").read_text().strip() == "unset"
 
@@ -50,7 +50,7 @@ def test_big_worker_runs_the_first_variant(hq_env):
     variant, cpus, request = ran_with(hq_env, 1)
     assert variant == 0
     assert sorted(cpus) == ["0", "1", "2", "3"]
-    assert request == "4"
+    assert request == "4 compact"
 
 
 def test_variants_survive_a_server_killed_before_any_worker(hq_env):

@@ -92,7 +92,7 @@ def test_worker_stop_and_list(hq_env):
 
 def test_worker_stops_when_server_goes_away(hq_env):
     server = hq_env.start_server()
-    w = hq_env.start_worker()
+    w = hq_env.start_worker(1, "--on-server-lost", "stop")  # the default reconnects instead
     hq_env.kill(server)
     assert w.wait(timeout=30) != 0
     assert "lost the server" in hq_env.log_of(w) or "closed the connection" in hq_env.log_of(w)

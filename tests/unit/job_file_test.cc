@@ -44,7 +44,7 @@ time_request = "10s"
 
 [[task.request]]
 resources = { "cpus" = 1, "mem" = 0.5 }
-n_nodes = 2
+time_request = "10s"
 
 [[task]]
 command = ["true"]
@@ -74,7 +74,7 @@ deps = [7]
             describe(*make_request(
                 {*parse_named_request("cpus=4 compact!"), *parse_named_request("gpus=2")})));
   EXPECT_EQ(t.requests[0].time_request_ms, 10'000u);
-  EXPECT_EQ(t.requests[1].nodes, 2u);
+  EXPECT_EQ(t.requests[1].time_request_ms, 10'000u);
   // The second task has no id: the first free one from 0.
   EXPECT_EQ(r->tasks[1].id, 0u);
   EXPECT_EQ(r->tasks[1].deps, (std::vector<TaskId>{7}));
@@ -244,7 +244,7 @@ TEST(JobFileDescription, SeveralRequestsAreVariantsInFileOrder) {
   const TaskBodySpec& body = job.tasks[0].body;
   ASSERT_EQ(body.variants.size(), 2u);
   EXPECT_EQ(describe(body.variants[0]), "cpus=4");
-  EXPECT_EQ(describe(body.variants[1]), "cpus=1,gpus=1");
+  EXPECT_EQ(describe(body.variants[1]), "cpus=1; gpus=1");
   EXPECT_TRUE(body.resources == body.variants[0]);
   EXPECT_EQ(body.cpus, 4u);
   EXPECT_EQ(body.time_request_ms, 10'000u);
