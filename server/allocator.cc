@@ -69,8 +69,7 @@ wire::AllocQueueParams::Reader Allocator::params_of(const Queue& q) const {
   return q.params->getRoot<wire::AllocQueueParams>().asReader();
 }
 
-Result<std::unique_ptr<Allocator::Queue>> Allocator::make_queue(
-    wire::AllocQueueParams::Reader p) const {
+Result<std::unique_ptr<Allocator::Queue>> Allocator::make_queue(wire::AllocQueueParams::Reader p) {
   auto kind = alloc::parse_manager(p.getManager().cStr());
   if (!kind) return kind.error();
   if (p.getTimeLimitMs() == 0) return Error{"an allocation queue needs a positive --time-limit"};
@@ -109,7 +108,7 @@ Result<std::unique_ptr<Allocator::Queue>> Allocator::make_queue(
   q->params = std::make_unique<capnp::MallocMessageBuilder>();
   q->params->setRoot(p);
   q->batch = std::make_shared<alloc::BatchSystem>(alloc::make_backend(*kind), runner_);
-  return q;
+  return Result<std::unique_ptr<Queue>>(std::move(q));
 }
 
 Result<uint32_t> Allocator::add_queue(wire::AllocQueueParams::Reader p) {
@@ -136,9 +135,8 @@ void Allocator::restore(const std::map<uint32_t, RestoredQueue>& queues, uint32_
   last_queue_id_ = std::max(last_queue_id_, max_id);
   for (const auto& [id, restored] : queues) {
     Result<std::unique_ptr<Queue>> made = Error{"no parameters"};
-    Status read = with_queue_params(restored.params, [&](wire::AllocQueueParams::Reader p) {
-      made = make_queue(p);
-    });
+    Status read = with_queue_params(
+        restored.params, [&](wire::AllocQueueParams::Reader p) { made = make_queue(p); });
     if (!read || !made) {
       spdlog::warn("allocation queue {} of the journal is not restored: {}", id,
                    read ? made.message() : read.message());

@@ -101,7 +101,7 @@ class Allocator {
     bool paused_journaled = false;
   };
 
-  Result<std::unique_ptr<Queue>> make_queue(wire::AllocQueueParams::Reader params) const;
+  Result<std::unique_ptr<Queue>> make_queue(wire::AllocQueueParams::Reader params);
   // Journals what changed in the queue's logic since the last call: allocations that ended, a
   // pause or resume.
   void journal_changes(Queue& q);

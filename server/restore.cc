@@ -328,7 +328,8 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
 Status with_queue_params(const std::string& bytes,
                          const std::function<void(wire::AllocQueueParams::Reader)>& fn) {
   if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0) {
-    return Status::error(fmt::format("queue parameters of {} bytes are not a message", bytes.size()));
+    return Status::error(
+        fmt::format("queue parameters of {} bytes are not a message", bytes.size()));
   }
   // An aligned copy: the record's bytes need not be.
   kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
@@ -342,7 +343,8 @@ Status with_queue_params(const std::string& bytes,
     fn(params);
     return Status::ok();
   } catch (const kj::Exception& e) {
-    return Status::error(fmt::format("undecodable queue parameters: {}", e.getDescription().cStr()));
+    return Status::error(
+        fmt::format("undecodable queue parameters: {}", e.getDescription().cStr()));
   }
 }
 

@@ -39,7 +39,7 @@ struct WorkerRecord {
   int64_t limit_time = 0;  // Unix ms when its time limit stops it; 0: none
   std::string group;
   std::string allocation;  // the batch job it runs in, as it reports it; empty: none
-  uint32_t pid = 0;  // on its host
+  uint32_t pid = 0;        // on its host
   std::string work_dir;
   std::string address;
   int64_t connect_time = 0;

@@ -2,6 +2,7 @@
 the server submits allocations while tasks wait, their workers run the tasks and leave when
 idle, and nothing is left in SLURM."""
 
+import json
 import time
 
 from conftest import wait_until
@@ -187,7 +188,7 @@ def test_a_server_kill_keeps_the_queues_and_adopts_the_running_allocation(hq_env
                          message="the queue to submit an allocation")
     hq_env.wait_for_task_state(job, 0, "running", timeout=120)
     [worker] = hq_env.json(["worker", "list"])
-    assert worker["group"] == "adopters", worker
+    assert worker["configuration"]["group"] == "adopters", worker
     assert queue_info(hq_env, queue)["allocations"][0]["worker_ids"] == [worker["id"]]
 
     hq_env.kill(hq_env.server)
@@ -220,3 +221,14 @@ def test_a_server_kill_keeps_the_queues_and_adopts_the_running_allocation(hq_env
     hq_env.kill(hq_env.server)
     hq_env.start_server()
     assert hq_env.json(["alloc", "list"]) == []
+    # The journal tells the whole story, in docs/json.md's form.
+    events = [json.loads(line)["event"] for line in
+              hq_env.command(["journal", "export"]).splitlines()]
+    kinds = [e["type"] for e in events if e["type"].startswith("alloc")]
+    for kind in ("alloc-queue-added", "alloc-queue-paused", "allocation-submitted",
+                 "allocation-ended", "alloc-queue-removed"):
+        assert kind in kinds, kinds
+    [added] = [e for e in events if e["type"] == "alloc-queue-added" and e["queue"] == queue]
+    assert added["manager"] == "slurm" and added["name"] == "adopted", added
+    [ended] = [e for e in events if e["type"] == "allocation-ended"]
+    assert ended["allocation"] == alloc and ended["state"] == "finished", ended

@@ -175,7 +175,6 @@ TEST(Restore, FoldsAsAServerRestarts) {
   f.scheduler.check_invariants();
 }
 
-
 // The bytes an allocQueueAdded record carries for a queue named `name`.
 std::string queue_params(const std::string& name) {
   capnp::MallocMessageBuilder message;
@@ -195,8 +194,8 @@ TEST(Restore, AllocationQueuesComeBackWithTheirAllocationsAndPauseState) {
     f.event([&](Event::Builder e) {
       auto a = e.initAllocQueueAdded();
       a.setQueue(queue);
-      a.setParams(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()),
-                                      bytes.size()));
+      a.setParams(
+          capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
     });
   };
   auto submitted = [&f](uint32_t queue, const std::string& id) {
@@ -251,9 +250,8 @@ TEST(Restore, AllocationQueuesComeBackWithTheirAllocationsAndPauseState) {
   EXPECT_EQ(kept.allocations[1].workers, 2u);
   EXPECT_EQ(kept.allocations[1].log_dir, "/dir/101");
   std::string name;
-  ASSERT_TRUE(with_queue_params(kept.params, [&name](wire::AllocQueueParams::Reader p) {
-    name = p.getName().cStr();
-  }));
+  ASSERT_TRUE(with_queue_params(
+      kept.params, [&name](wire::AllocQueueParams::Reader p) { name = p.getName().cStr(); }));
   EXPECT_EQ(name, "kept");
   EXPECT_EQ(queues.at(3).pause_reason.value_or(""), "paused by `hq alloc pause`");
 }
