@@ -146,6 +146,21 @@ void AllocationQueue::on_status(const std::map<std::string, AllocationStatus>& s
   }
 }
 
+void AllocationQueue::restore(Allocation a) {
+  a.workers = std::max<uint32_t>(a.workers, 1);
+  a.connected = 0;
+  a.cancel_requested = false;
+  if (a.ended_at) {
+    if (active(a)) a.state = AllocationState::kFinished;
+  } else {
+    a.state = AllocationState::kQueued;
+    a.started_at.reset();
+    a.any_connected = false;
+  }
+  const std::string id = a.id;
+  allocations_[id] = std::move(a);
+}
+
 void AllocationQueue::on_worker_connected(const std::string& id, int64_t now) {
   auto it = allocations_.find(id);
   if (it == allocations_.end() || !active(it->second)) return;

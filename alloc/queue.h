@@ -73,6 +73,10 @@ class AllocationQueue {
   // The answer of one status query for ids_to_query(); an id absent from it is one the batch
   // system forgot: it ended.
   void on_status(const std::map<std::string, AllocationStatus>& status, int64_t now);
+  // After a server restart: an allocation the journal knows. One whose `ended_at` is set is
+  // history (state kFinished or kFailed); any other counts as queued until the next on_status,
+  // with no worker connected yet (they reconnect through on_worker_connected).
+  void restore(Allocation a);
   void on_worker_connected(const std::string& id, int64_t now);
   void on_worker_lost(const std::string& id);
   // The allocations whose state can still change: queued and running ones.

@@ -67,11 +67,6 @@ void print_json(const nlohmann::json& j) { std::cout << j.dump(2) << "\n"; }
 
 int cmd_alloc_add(const GlobalOptions& g, alloc::ManagerKind kind, const QueueOptions& options,
                   bool no_dry_run) {
-  if (!options.group.empty()) {
-    throw CommandError{
-        "--group cannot be given to an allocation queue: its workers take the allocation's id "
-        "as their group, which is how the server knows which allocation they come from"};
-  }
   const std::string server_dir = fs::absolute(g.resolved_server_dir()).string();
   alloc::AllocationSpec spec =
       allocation_spec(options, options.max_workers_per_alloc, own_binary(), server_dir);
@@ -334,8 +329,9 @@ void add_queue_options(CLI::App& c, QueueOptions& o) {
   c.add_option("--worker-time-limit", o.worker_time_limit,
                "Time limit of the workers (default: the allocation's remaining time)");
   c.add_option("--on-server-lost", o.on_server_lost,
-               "What workers do when the server goes away: stop or finish-running")
-      ->check(CLI::IsMember({"stop", "finish-running"}));
+               "What workers do when the server goes away: reconnect (the workers' default), "
+               "stop or finish-running")
+      ->check(CLI::IsMember({"reconnect", "stop", "finish-running"}));
   c.add_option("--cpus", o.cpus, "CPUs of each worker, as for `hq worker start --cpus`");
   c.add_option("--resource", o.resources,
                "A resource of each worker, NAME=VALUE as for `hq worker start` (repeatable)")

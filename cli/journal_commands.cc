@@ -162,6 +162,50 @@ json event_json(Event::Reader e) {
     case Event::JOB_CLOSED:
       j["job"] = e.getJobClosed().getJob();
       break;
+    case Event::ALLOC_QUEUE_ADDED: {
+      j["queue"] = e.getAllocQueueAdded().getQueue();
+      auto bytes = e.getAllocQueueAdded().getParams();
+      Status read = server::with_queue_params(
+          std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size()),
+          [&j](wire::AllocQueueParams::Reader p) {
+            std::vector<std::string> batch_args;
+            for (auto a : p.getBatchArgs()) batch_args.push_back(text(a));
+            j["manager"] = text(p.getManager());
+            j["name"] = text(p.getName());
+            j["time_limit"] = static_cast<double>(p.getTimeLimitMs()) / 1000.0;
+            j["backlog"] = p.getBacklog();
+            j["max_workers_per_alloc"] = p.getMaxWorkersPerAlloc();
+            j["batch_args"] = batch_args;
+          });
+      if (!read) j["params_error"] = read.message();
+      break;
+    }
+    case Event::ALLOC_QUEUE_PAUSED:
+      j["queue"] = e.getAllocQueuePaused().getQueue();
+      j["reason"] = text(e.getAllocQueuePaused().getReason());
+      break;
+    case Event::ALLOC_QUEUE_RESUMED:
+      j["queue"] = e.getAllocQueueResumed().getQueue();
+      break;
+    case Event::ALLOC_QUEUE_REMOVED:
+      j["queue"] = e.getAllocQueueRemoved().getQueue();
+      break;
+    case Event::ALLOCATION_SUBMITTED: {
+      auto a = e.getAllocationSubmitted();
+      j["queue"] = a.getQueue();
+      j["allocation"] = text(a.getAllocation());
+      j["workers"] = a.getWorkers();
+      j["log_dir"] = text(a.getLogDir());
+      break;
+    }
+    case Event::ALLOCATION_ENDED: {
+      auto a = e.getAllocationEnded();
+      j["queue"] = a.getQueue();
+      j["allocation"] = text(a.getAllocation());
+      j["state"] = a.getFailed() ? "failed" : "finished";
+      j["detail"] = text(a.getDetail());
+      break;
+    }
     case Event::TASKS_SUBMITTED: {
       auto s = e.getTasksSubmitted();
       j["job"] = s.getJob();

@@ -52,6 +52,7 @@ void apply_allocation(worker::WorkerOptions& o, const std::string& manager) {
   };
   std::optional<alloc::AllocationInfo> info = must(alloc::find_allocation(manager, getenv, runner));
   if (!info) return;
+  o.allocation = info->id;
   if (o.group.empty()) o.group = info->id;
   if (info->remaining && (!o.time_limit || *info->remaining < *o.time_limit)) {
     if (info->remaining->count() <= 0) {

@@ -276,7 +276,44 @@ struct Event {
     tasksReattached @21 :TaskBatch;
     # The reattach grace is over: the tasks no worker claimed wait again with instance + 1.
     reattachEnded @22 :Void;
-    # Next: alloc-queue events (queue created, removed, allocation submitted, ended),
-    # job open/close.
+    # Allocation queues (`hq alloc`), and the allocations they submitted to the batch system.
+    allocQueueAdded @23 :AllocQueueAdded;
+    allocQueuePaused @24 :AllocQueuePaused;
+    allocQueueResumed @25 :AllocQueueRef;
+    # `hq alloc remove`: its queued and running allocations were canceled.
+    allocQueueRemoved @26 :AllocQueueRef;
+    allocationSubmitted @27 :AllocationSubmitted;
+    allocationEnded @28 :AllocationEnded;
   }
+}
+
+struct AllocQueueAdded {
+  queue @0 :UInt32;
+  # The queue's parameters as `hq alloc add` sent them: one unpacked Cap'n Proto message whose
+  # root is an AllocQueueParams of the client protocol (net/protocol.capnp), so that the two
+  # cannot drift apart.
+  params @1 :Data;
+}
+
+struct AllocQueuePaused {
+  queue @0 :UInt32;
+  reason @1 :Text;          # `hq alloc pause`, or the failures that paused it
+}
+
+struct AllocQueueRef {
+  queue @0 :UInt32;
+}
+
+struct AllocationSubmitted {
+  queue @0 :UInt32;
+  allocation @1 :Text;      # the batch system's job id
+  workers @2 :UInt32;       # nodes asked for
+  logDir @3 :Text;          # its batch script, stdout and stderr
+}
+
+struct AllocationEnded {
+  queue @0 :UInt32;
+  allocation @1 :Text;
+  failed @2 :Bool;
+  detail @3 :Text;          # the batch system's last words about it
 }

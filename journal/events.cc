@@ -137,6 +137,27 @@ void check(Event::Reader event) {
     case Event::TASKS_CANCELED:
       for (auto range : event.getTasksCanceled().getTasks()) (void)range.getStep();
       break;
+    case Event::ALLOC_QUEUE_ADDED:
+      (void)event.getAllocQueueAdded().getParams();
+      break;
+    case Event::ALLOC_QUEUE_PAUSED:
+      (void)event.getAllocQueuePaused().getReason();
+      break;
+    case Event::ALLOC_QUEUE_RESUMED:
+    case Event::ALLOC_QUEUE_REMOVED:
+      break;
+    case Event::ALLOCATION_SUBMITTED: {
+      auto a = event.getAllocationSubmitted();
+      (void)a.getAllocation();
+      (void)a.getLogDir();
+      break;
+    }
+    case Event::ALLOCATION_ENDED: {
+      auto a = event.getAllocationEnded();
+      (void)a.getAllocation();
+      (void)a.getDetail();
+      break;
+    }
     case Event::JOB_OPENED:
       (void)event.getJobOpened().getName();
       break;
@@ -259,6 +280,18 @@ const char* event_type_name(Event::Which which) {
       return "tasks-reattached";
     case Event::REATTACH_ENDED:
       return "reattach-ended";
+    case Event::ALLOC_QUEUE_ADDED:
+      return "alloc-queue-added";
+    case Event::ALLOC_QUEUE_PAUSED:
+      return "alloc-queue-paused";
+    case Event::ALLOC_QUEUE_RESUMED:
+      return "alloc-queue-resumed";
+    case Event::ALLOC_QUEUE_REMOVED:
+      return "alloc-queue-removed";
+    case Event::ALLOCATION_SUBMITTED:
+      return "allocation-submitted";
+    case Event::ALLOCATION_ENDED:
+      return "allocation-ended";
   }
   return "unknown";
 }
@@ -304,6 +337,12 @@ std::optional<JobId> event_job(Event::Reader event) {
     case Event::WORKER_LOST:
     case Event::WORKER_REATTACHED:
     case Event::REATTACH_ENDED:
+    case Event::ALLOC_QUEUE_ADDED:
+    case Event::ALLOC_QUEUE_PAUSED:
+    case Event::ALLOC_QUEUE_RESUMED:
+    case Event::ALLOC_QUEUE_REMOVED:
+    case Event::ALLOCATION_SUBMITTED:
+    case Event::ALLOCATION_ENDED:
       break;
   }
   return std::nullopt;

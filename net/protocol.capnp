@@ -473,6 +473,9 @@ struct WorkerRegistration {
   reattachCount @12 :UInt32;     # times this worker process reconnected, this one included
   running @13 :List(RunningClaim);  # its tasks still running
   ended @14 :List(EndedClaim);      # results the server may not have recorded
+  # The batch job it runs in (SLURM_JOB_ID, PBS_JOBID; `--manager`); empty: none. How the server
+  # knows which allocation of a queue it comes from, whatever its group.
+  allocation @15 :Text;
 }
 
 # A task a reattaching worker still runs.

@@ -1,5 +1,7 @@
 // `hq alloc ...` requests: allocation queues (server/allocator.h does the work).
 
+#include <memory>
+
 #include <capnp/message.h>
 #include <fmt/format.h>
 
@@ -16,6 +18,23 @@ void Server::reply_alloc_queues(net::Connection& c, const std::vector<uint32_t>&
   c.send(reply);
 }
 
+void Server::reply_alloc_queues_durably(const std::shared_ptr<net::Connection>& connection,
+                                        const std::vector<uint32_t>& ids) {
+  auto reply = std::make_shared<capnp::MallocMessageBuilder>();
+  allocator_->fill(
+      reply->initRoot<wire::ClientResponse>().initAllocQueues(static_cast<unsigned>(ids.size())),
+      ids);
+  std::weak_ptr<net::Connection> weak = connection;
+  when_durable([this, weak, reply](const Status& stored) {
+    auto c = weak.lock();
+    if (!c) return;
+    if (!stored) {
+      return reply_error(*c, "the journal could not store the change: " + stored.message());
+    }
+    c->send(*reply);
+  });
+}
+
 void Server::handle_alloc_request(const std::shared_ptr<net::Connection>& connection,
                                   wire::ClientRequest::Reader request) {
   net::Connection& c = *connection;
@@ -23,7 +42,7 @@ void Server::handle_alloc_request(const std::shared_ptr<net::Connection>& connec
     case wire::ClientRequest::ALLOC_ADD: {
       auto id = allocator_->add_queue(request.getAllocAdd());
       if (!id) return reply_error(c, "cannot add the allocation queue: " + id.message());
-      return reply_alloc_queues(c, {*id});
+      return reply_alloc_queues_durably(connection, {*id});
     }
     case wire::ClientRequest::ALLOC_LIST:
       return reply_alloc_queues(c, allocator_->queue_ids());
@@ -33,7 +52,7 @@ void Server::handle_alloc_request(const std::shared_ptr<net::Connection>& connec
       uint32_t id = pause ? request.getAllocPause() : request.getAllocResume();
       Status st = pause ? allocator_->pause(id) : allocator_->resume(id);
       if (!st) return reply_error(c, st.message());
-      return reply_alloc_queues(c, {id});
+      return reply_alloc_queues_durably(connection, {id});
     }
     case wire::ClientRequest::ALLOC_REMOVE: {
       uint32_t id = request.getAllocRemove().getQueue();
@@ -52,7 +71,15 @@ void Server::handle_alloc_request(const std::shared_ptr<net::Connection>& connec
               return reply_error(*conn,
                                  fmt::format("removing allocation queue {}: {}", id, st.message()));
             }
-            conn->send(*before);
+            when_durable([this, weak, before](const Status& stored) {
+              auto c = weak.lock();
+              if (!c) return;
+              if (!stored) {
+                return reply_error(*c,
+                                   "the journal could not store the change: " + stored.message());
+              }
+              c->send(*before);
+            });
           });
       return;
     }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include <capnp/serialize.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -39,10 +40,11 @@ alloc::AllocationSpec spec_of(wire::AllocQueueParams::Reader p, uint32_t workers
 
 }  // namespace
 
-Allocator::Allocator(asio::io_context& io, fs::path server_dir, DemandFn demand)
+Allocator::Allocator(asio::io_context& io, fs::path server_dir, DemandFn demand, RecordFn record)
     : io_(io),
       server_dir_(std::move(server_dir)),
       demand_(std::move(demand)),
+      record_(std::move(record)),
       timer_(io),
       batch_thread_(std::make_unique<asio::thread_pool>(1)) {}
 
@@ -67,8 +69,7 @@ wire::AllocQueueParams::Reader Allocator::params_of(const Queue& q) const {
   return q.params->getRoot<wire::AllocQueueParams>().asReader();
 }
 
-Result<uint32_t> Allocator::add_queue(wire::AllocQueueParams::Reader p) {
-  if (stopped_) return Error{"the server is stopping"};
+Result<std::unique_ptr<Allocator::Queue>> Allocator::make_queue(wire::AllocQueueParams::Reader p) {
   auto kind = alloc::parse_manager(p.getManager().cStr());
   if (!kind) return kind.error();
   if (p.getTimeLimitMs() == 0) return Error{"an allocation queue needs a positive --time-limit"};
@@ -107,18 +108,103 @@ Result<uint32_t> Allocator::add_queue(wire::AllocQueueParams::Reader p) {
   q->params = std::make_unique<capnp::MallocMessageBuilder>();
   q->params->setRoot(p);
   q->batch = std::make_shared<alloc::BatchSystem>(alloc::make_backend(*kind), runner_);
+  return Result<std::unique_ptr<Queue>>(std::move(q));
+}
+
+Result<uint32_t> Allocator::add_queue(wire::AllocQueueParams::Reader p) {
+  if (stopped_) return Error{"the server is stopping"};
+  auto made = make_queue(p);
+  if (!made) return made.error();
+  std::unique_ptr<Queue> q = std::move(*made);
   q->id = ++last_queue_id_;
   uint32_t id = q->id;
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(*q->params);
+  kj::ArrayPtr<const kj::byte> bytes = words.asBytes();
+  record_([&](journal::schema::Event::Builder e) {
+    auto added = e.initAllocQueueAdded();
+    added.setQueue(id);
+    added.setParams(capnp::Data::Reader(bytes.begin(), bytes.size()));
+  });
   queues_.emplace(id, std::move(q));
   spdlog::info("allocation queue {} added ({})", id, p.getManager().cStr());
   if (queues_.size() == 1) arm_tick();
   return id;
 }
 
+void Allocator::restore(const std::map<uint32_t, RestoredQueue>& queues, uint32_t max_id) {
+  last_queue_id_ = std::max(last_queue_id_, max_id);
+  for (const auto& [id, restored] : queues) {
+    Result<std::unique_ptr<Queue>> made = Error{"no parameters"};
+    Status read = with_queue_params(
+        restored.params, [&](wire::AllocQueueParams::Reader p) { made = make_queue(p); });
+    if (!read || !made) {
+      spdlog::warn("allocation queue {} of the journal is not restored: {}", id,
+                   read ? made.message() : read.message());
+      continue;
+    }
+    Queue& q = **made;
+    q.id = id;
+    if (restored.pause_reason) {
+      q.logic->pause(*restored.pause_reason);
+      q.paused_journaled = true;
+    }
+    uint32_t live = 0;
+    for (const RestoredAllocation& r : restored.allocations) {
+      alloc::Allocation a;
+      a.id = r.id;
+      a.workers = r.workers;
+      a.submitted_at = r.submit_time;
+      a.detail = r.detail;
+      if (r.end_time) {
+        a.state = r.failed ? alloc::AllocationState::kFailed : alloc::AllocationState::kFinished;
+        a.ended_at = r.end_time;
+        q.ended_journaled.insert(r.id);
+      } else {
+        ++live;
+      }
+      q.logic->restore(std::move(a));
+      if (!r.log_dir.empty()) q.log_dirs[r.id] = r.log_dir;
+    }
+    q.next_dir = static_cast<uint32_t>(restored.allocations.size());
+    spdlog::info("allocation queue {} restored: {} allocation(s) to find again in the batch system",
+                 id, live);
+    queues_.emplace(id, std::move(*made));
+  }
+  if (!queues_.empty()) arm_tick();
+}
+
+void Allocator::journal_changes(Queue& q) {
+  const uint32_t id = q.id;
+  for (const auto& [aid, a] : q.logic->allocations()) {
+    if (!a.ended_at || q.ended_journaled.contains(aid)) continue;
+    q.ended_journaled.insert(aid);
+    record_([&](journal::schema::Event::Builder e) {
+      auto ended = e.initAllocationEnded();
+      ended.setQueue(id);
+      ended.setAllocation(aid);
+      ended.setFailed(a.state == alloc::AllocationState::kFailed);
+      ended.setDetail(a.detail);
+    });
+  }
+  if (q.logic->paused() != q.paused_journaled) {
+    q.paused_journaled = q.logic->paused();
+    record_([&](journal::schema::Event::Builder e) {
+      if (q.paused_journaled) {
+        auto paused = e.initAllocQueuePaused();
+        paused.setQueue(id);
+        paused.setReason(q.logic->pause_reason());
+      } else {
+        e.initAllocQueueResumed().setQueue(id);
+      }
+    });
+  }
+}
+
 Status Allocator::pause(uint32_t id) {
   auto it = queues_.find(id);
   if (it == queues_.end()) return Status::error(fmt::format("allocation queue {} not found", id));
   it->second->logic->pause("paused by `hq alloc pause`");
+  journal_changes(*it->second);
   return Status::ok();
 }
 
@@ -126,6 +212,7 @@ Status Allocator::resume(uint32_t id) {
   auto it = queues_.find(id);
   if (it == queues_.end()) return Status::error(fmt::format("allocation queue {} not found", id));
   it->second->logic->resume();
+  journal_changes(*it->second);
   return Status::ok();
 }
 
@@ -148,6 +235,7 @@ void Allocator::remove(uint32_t id, bool force, std::function<void(const Status&
   q.removing = true;
   alloc::Decisions d = q.logic->remove();
   cancel(q, std::move(d.cancel), [this, id, done](const Status& st) {
+    record_([id](journal::schema::Event::Builder e) { e.initAllocQueueRemoved().setQueue(id); });
     queues_.erase(id);
     for (auto w = worker_alloc_.begin(); w != worker_alloc_.end();) {
       w = w->second.first == id ? worker_alloc_.erase(w) : std::next(w);
@@ -199,14 +287,14 @@ void Allocator::fill(capnp::List<wire::AllocQueueSummary>::Builder out,
   }
 }
 
-void Allocator::on_worker_connected(WorkerId worker, const std::string& group) {
+void Allocator::on_worker_connected(WorkerId worker, const std::string& allocation) {
   int64_t now = unix_millis_now();
   for (auto& [id, q] : queues_) {
-    if (!q->logic->allocations().contains(group)) continue;
-    q->logic->on_worker_connected(group, now);
-    q->worker_ids[group].push_back(worker);
-    worker_alloc_[worker] = {id, group};
-    spdlog::info("worker {} belongs to allocation {} of queue {}", worker, group, id);
+    if (!q->logic->allocations().contains(allocation)) continue;
+    q->logic->on_worker_connected(allocation, now);
+    q->worker_ids[allocation].push_back(worker);
+    worker_alloc_[worker] = {id, allocation};
+    spdlog::info("worker {} belongs to allocation {} of queue {}", worker, allocation, id);
     return;
   }
 }
@@ -219,10 +307,11 @@ void Allocator::on_worker_lost(WorkerId worker) {
   worker_alloc_.erase(it);
 }
 
-void Allocator::stop() {
+void Allocator::stop(bool cancel) {
   if (stopped_) return;
   stopped_ = true;
   timer_.cancel();
+  if (!cancel) return;
   // The workers are told to stop by the server; what is left in the batch system goes too.
   for (auto& [id, q] : queues_) {
     std::vector<std::string> ids = q->logic->ids_to_query();
@@ -251,7 +340,11 @@ uint32_t Allocator::demand_of(Queue& q) {
   uint64_t workers = d.whole_workers;
   if (q.worker_cpus != 0) {
     const uint64_t per_worker = uint64_t{q.worker_cpus} * kAmountUnit;
-    workers += (d.cpu_amount + per_worker - 1) / per_worker;
+    workers += d.cpu_amount / per_worker;
+    // The CPUs left over ask for one more worker when they would use --min-utilization of it.
+    const uint64_t rest = d.cpu_amount % per_worker;
+    const double utilization = static_cast<double>(rest) / static_cast<double>(per_worker);
+    if (rest > 0 && utilization >= params_of(q).getMinUtilization()) ++workers;
   } else {
     // The workers' CPUs are not known: each waiting task may need a worker of its own (the
     // queue's limits bound what that submits).
@@ -288,7 +381,12 @@ void Allocator::submit(Queue& q, const std::vector<uint32_t>& workers) {
   };
   std::vector<Submitted> plan;
   for (uint32_t n : workers) {
-    plan.push_back({n, alloc_dir_path(server_dir_, q.id, ++q.next_dir).string()});
+    // After a restart, numbers that failed submissions took may be there already.
+    fs::path dir;
+    do {
+      dir = alloc_dir_path(server_dir_, q.id, ++q.next_dir);
+    } while (fs::exists(dir));
+    plan.push_back({n, dir.string()});
   }
   std::vector<alloc::AllocationSpec> specs;
   for (const Submitted& s : plan) specs.push_back(spec_of(params_of(q), s.workers, s.log_dir));
@@ -311,11 +409,19 @@ void Allocator::submit(Queue& q, const std::vector<uint32_t>& workers) {
             spdlog::info("queue {}: allocation {} submitted ({} workers)", id, *s.id, s.workers);
             q.log_dirs[*s.id] = s.log_dir;
             q.logic->on_submitted(*s.id, s.workers, now);
+            record_([&](journal::schema::Event::Builder e) {
+              auto submitted = e.initAllocationSubmitted();
+              submitted.setQueue(id);
+              submitted.setAllocation(*s.id);
+              submitted.setWorkers(s.workers);
+              submitted.setLogDir(s.log_dir);
+            });
           } else {
             spdlog::warn("queue {}: submitting an allocation failed: {}", id, s.id.message());
             q.logic->on_submit_failed(s.workers, s.id.message(), now);
           }
         }
+        journal_changes(q);
         // A queue removed meanwhile cancels what was just submitted.
         if (q.removing) {
           std::vector<std::string> ids = q.logic->ids_to_query();
@@ -342,6 +448,7 @@ void Allocator::query(Queue& q) {
                         return;
                       }
                       q.logic->on_status(*answer, unix_millis_now());
+                      journal_changes(q);
                     });
 }
 

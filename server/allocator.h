@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,8 +24,10 @@
 #include "alloc/queue.h"
 #include "common/ids.h"
 #include "common/paths.h"
+#include "journal/events.h"
 #include "net/protocol.capnp.h"
 #include "scheduler/scheduler.h"
+#include "server/restore.h"
 
 namespace hq::server {
 
@@ -36,9 +39,12 @@ class Allocator {
   static constexpr Millis kRefresh{2000};
 
   using DemandFn = std::function<sched::AllocationDemand(const sched::WorkerShape&)>;
+  // Journals one event: the callee fills it in.
+  using RecordFn = std::function<void(const std::function<void(journal::schema::Event::Builder)>&)>;
 
-  // `demand` asks the scheduler; it is called on the io thread at each tick.
-  Allocator(asio::io_context& io, fs::path server_dir, DemandFn demand);
+  // `demand` asks the scheduler; it is called on the io thread at each tick. `record` journals
+  // every change of a queue and of its allocations (allocQueue* and allocation* events).
+  Allocator(asio::io_context& io, fs::path server_dir, DemandFn demand, RecordFn record);
   // Waits for the batch command running, if any (stop() should come first).
   ~Allocator();
   Allocator(const Allocator&) = delete;
@@ -47,6 +53,10 @@ class Allocator {
   // A new queue; its id, or why the parameters are wrong. Submits nothing yet: the next tick
   // plans.
   Result<uint32_t> add_queue(wire::AllocQueueParams::Reader params);
+  // After a restart, before any add_queue: the queues the journal kept, with their allocations
+  // (the live ones are queried at the first tick, not submitted again). A queue whose
+  // parameters no longer make one is skipped, with a warning. Ids continue after `max_id`.
+  void restore(const std::map<uint32_t, RestoredQueue>& queues, uint32_t max_id);
   Status pause(uint32_t queue);
   Status resume(uint32_t queue);
   // Cancels the queue's allocations and forgets it once scancel/qdel answered; `done` gets the
@@ -58,14 +68,15 @@ class Allocator {
             const std::vector<uint32_t>& queues) const;
   std::vector<uint32_t> queue_ids() const;
 
-  // A worker registered in group `group`: when that is one of the queues' allocations (the
-  // workers of an allocation take its id as their group), it counts as connected there.
-  void on_worker_connected(WorkerId worker, const std::string& group);
+  // A worker registered from batch job `allocation` (as it detected it; empty: none): when that
+  // is one of the queues' allocations, it counts as connected there.
+  void on_worker_connected(WorkerId worker, const std::string& allocation);
   void on_worker_lost(WorkerId worker);
 
-  // The server stops: no more planning; queued and running allocations are canceled (the
-  // cancel finishes before the destructor returns).
-  void stop();
+  // The server stops: no more planning. With `cancel` (`hq server stop`), queued and running
+  // allocations are canceled (the cancel finishes before the destructor returns); without (a
+  // signal), they stay, for a restarted server to adopt.
+  void stop(bool cancel);
 
  private:
   struct Queue {
@@ -85,8 +96,15 @@ class Allocator {
     uint32_t next_dir = 0;
     std::map<std::string, std::string> log_dirs;              // by allocation id
     std::map<std::string, std::vector<WorkerId>> worker_ids;  // by allocation id
+    // What the journal has heard of its state.
+    std::set<std::string> ended_journaled;
+    bool paused_journaled = false;
   };
 
+  Result<std::unique_ptr<Queue>> make_queue(wire::AllocQueueParams::Reader params);
+  // Journals what changed in the queue's logic since the last call: allocations that ended, a
+  // pause or resume.
+  void journal_changes(Queue& q);
   wire::AllocQueueParams::Reader params_of(const Queue& q) const;
   void arm_tick();
   void tick();
@@ -103,6 +121,7 @@ class Allocator {
   asio::io_context& io_;
   fs::path server_dir_;
   DemandFn demand_;
+  RecordFn record_;
   asio::steady_timer timer_;
   bool stopped_ = false;
   std::map<uint32_t, std::unique_ptr<Queue>> queues_;

@@ -49,6 +49,7 @@ Status Server::open_journal() {
   }
   restore.finish(/*reattach=*/true);
   reattach_expected_ = restore.connected_workers();
+  allocator_->restore(restore.alloc_queues(), restore.max_queue_id());
   forgotten_.insert(restore.forgotten().begin(), restore.forgotten().end());
   for (auto& [id, job] : jobs_) {
     ++restored_jobs_;

@@ -60,6 +60,7 @@ Status Server::read_registration(wire::WorkerRegistration::Reader reg, net::Conn
   w.resources = std::move(*resources);
   if (reg.getTimeLimitMs() > 0) w.limit_time = now + static_cast<int64_t>(reg.getTimeLimitMs());
   w.group = reg.getGroup().size() ? reg.getGroup().cStr() : "default";
+  w.allocation = reg.getAllocation().cStr();
   w.pid = reg.getPid();
   w.work_dir = reg.getWorkDir().cStr();
   w.address = connection.remote_address();
@@ -123,7 +124,7 @@ void Server::register_new_worker(const std::shared_ptr<net::Connection>& connect
     send_cancel(*c, stale);
     spdlog::info("worker {} connected from {} ({}, {})", wid, w.address, w.hostname,
                  describe(w.resources));
-    allocator_->on_worker_connected(wid, w.group);
+    allocator_->on_worker_connected(wid, w.allocation);
     request_schedule();
   });
 }
@@ -226,7 +227,7 @@ void Server::reattach_worker(std::shared_ptr<net::Connection> connection, Worker
       "worker {} reattached from {} ({}): {} running task(s) kept, {} result(s) recorded, {} "
       "stale task(s) killed, {} stale result(s) ignored",
       wid, w.address, w.hostname, running, ends.size(), stale.size(), ignored);
-  allocator_->on_worker_connected(wid, w.group);
+  allocator_->on_worker_connected(wid, w.allocation);
   if (reattach_expected_.empty()) end_reattach_grace("every worker is back");
   after_state_change();
 }

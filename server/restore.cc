@@ -1,9 +1,12 @@
 #include "server/restore.h"
 
 #include <algorithm>
+#include <cstring>
 #include <string>
 
+#include <capnp/serialize.h>
 #include <fmt/format.h>
+#include <kj/exception.h>
 
 namespace hq::server {
 
@@ -274,6 +277,74 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
     case schema::Event::WORKER_LOST:
       connected_.erase(e.getWorkerLost().getWorker());
       return;
+    case schema::Event::ALLOC_QUEUE_ADDED: {
+      auto r = e.getAllocQueueAdded();
+      RestoredQueue& q = queues_[r.getQueue()];
+      q.id = r.getQueue();
+      auto bytes = r.getParams();
+      q.params.assign(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+      max_queue_id_ = std::max(max_queue_id_, q.id);
+      return;
+    }
+    case schema::Event::ALLOC_QUEUE_PAUSED:
+      if (auto q = queues_.find(e.getAllocQueuePaused().getQueue()); q != queues_.end()) {
+        q->second.pause_reason = e.getAllocQueuePaused().getReason().cStr();
+      }
+      return;
+    case schema::Event::ALLOC_QUEUE_RESUMED:
+      if (auto q = queues_.find(e.getAllocQueueResumed().getQueue()); q != queues_.end()) {
+        q->second.pause_reason.reset();
+      }
+      return;
+    case schema::Event::ALLOC_QUEUE_REMOVED:
+      queues_.erase(e.getAllocQueueRemoved().getQueue());
+      return;
+    case schema::Event::ALLOCATION_SUBMITTED: {
+      auto r = e.getAllocationSubmitted();
+      auto q = queues_.find(r.getQueue());
+      if (q == queues_.end()) return;
+      RestoredAllocation& a = q->second.allocations.emplace_back();
+      a.id = r.getAllocation().cStr();
+      a.workers = std::max<uint32_t>(r.getWorkers(), 1);
+      a.log_dir = r.getLogDir().cStr();
+      a.submit_time = time;
+      return;
+    }
+    case schema::Event::ALLOCATION_ENDED: {
+      auto r = e.getAllocationEnded();
+      auto q = queues_.find(r.getQueue());
+      if (q == queues_.end()) return;
+      for (RestoredAllocation& a : q->second.allocations) {
+        if (a.id != r.getAllocation().cStr() || a.end_time) continue;
+        a.end_time = time;
+        a.failed = r.getFailed();
+        a.detail = r.getDetail().cStr();
+      }
+      return;
+    }
+  }
+}
+
+Status with_queue_params(const std::string& bytes,
+                         const std::function<void(wire::AllocQueueParams::Reader)>& fn) {
+  if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0) {
+    return Status::error(
+        fmt::format("queue parameters of {} bytes are not a message", bytes.size()));
+  }
+  // An aligned copy: the record's bytes need not be.
+  kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+  std::memcpy(words.begin(), bytes.data(), bytes.size());
+  try {
+    capnp::FlatArrayMessageReader reader(words);
+    auto params = reader.getRoot<wire::AllocQueueParams>();
+    (void)params.getWorkerArgs();
+    (void)params.getBatchArgs();
+    (void)params.getWorkerResources();
+    fn(params);
+    return Status::ok();
+  } catch (const kj::Exception& e) {
+    return Status::error(
+        fmt::format("undecodable queue parameters: {}", e.getDescription().cStr()));
   }
 }
 

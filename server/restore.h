@@ -4,8 +4,11 @@
 // that the report shows what a restarted server would serve.
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <set>
+#include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -13,6 +16,7 @@
 #include "common/job_spec.h"
 #include "common/result.h"
 #include "journal/journal.h"
+#include "net/protocol.capnp.h"
 #include "scheduler/scheduler.h"
 
 namespace hq::server {
@@ -36,6 +40,30 @@ struct JobRecord {
   // body when there are at most `max_tasks` of them (else the first submit's body for all).
   JobDescriptionSpec merged(size_t max_tasks) const;
 };
+
+// An allocation queue as the journal left it (alloc events), for the allocator to take over.
+struct RestoredAllocation {
+  std::string id;  // the batch system's
+  uint32_t workers = 1;
+  std::string log_dir;
+  int64_t submit_time = 0;
+  // Ended, as journaled; otherwise it may still be queued or running in the batch system.
+  std::optional<int64_t> end_time;
+  bool failed = false;
+  std::string detail;
+};
+
+struct RestoredQueue {
+  uint32_t id = 0;
+  std::string params;  // the allocQueueAdded record's bytes (AllocQueueParams)
+  std::optional<std::string> pause_reason;
+  std::vector<RestoredAllocation> allocations;  // in submission order
+};
+
+// Calls `fn` with the AllocQueueParams that `bytes` (an allocQueueAdded record's params) hold,
+// or fails naming what is wrong with them.
+Status with_queue_params(const std::string& bytes,
+                         const std::function<void(wire::AllocQueueParams::Reader)>& fn);
 
 // Applies journal events, in seq order, to `scheduler` (fresh: no workers) and `jobs`, which
 // must outlive it. Owner thread of both.
@@ -64,6 +92,9 @@ class Restore {
   const Status& status() const { return status_; }
   // The highest job id of the jobSubmitted events applied.
   JobId max_job_id() const { return max_job_id_; }
+  // The allocation queues not removed, by id, and the highest queue id ever added.
+  const std::map<uint32_t, RestoredQueue>& alloc_queues() const { return queues_; }
+  uint32_t max_queue_id() const { return max_queue_id_; }
 
  private:
   void note_end(JobId job, int64_t time);
@@ -76,6 +107,8 @@ class Restore {
   JobId max_job_id_ = 0;
   std::vector<JobId> forgotten_;
   std::set<WorkerId> connected_;
+  std::map<uint32_t, RestoredQueue> queues_;
+  uint32_t max_queue_id_ = 0;
 };
 
 }  // namespace hq::server

@@ -40,7 +40,12 @@ Server::Server(asio::io_context& io, ServerOptions options)
       lazy_commit_timer_(io) {
   allocator_ = std::make_unique<Allocator>(
       io, fs::absolute(options_.server_dir),
-      [this](const sched::WorkerShape& shape) { return scheduler_.allocation_demand(shape); });
+      [this](const sched::WorkerShape& shape) { return scheduler_.allocation_demand(shape); },
+      [this](const std::function<void(journal::schema::Event::Builder)>& fill) {
+        journal::EventMessage event(unix_millis_now());
+        fill(event.event());
+        record(event);
+      });
 }
 
 Server::~Server() {
@@ -200,7 +205,7 @@ void Server::stop(bool stop_workers) {
   heartbeat_timer_.cancel();
   reattach_timer_.cancel();
   lazy_commit_timer_.cancel();
-  allocator_->stop();
+  allocator_->stop(/*cancel=*/stop_workers);
   // Workers are told to stop, so that they end cleanly rather than as lost; or told that the
   // server leaves, so that they keep their tasks and reattach to the next server. The journal
   // learns which: stopped workers are not waited for after a restart.

@@ -38,7 +38,8 @@ struct WorkerRecord {
   ResourceDescriptor resources;
   int64_t limit_time = 0;  // Unix ms when its time limit stops it; 0: none
   std::string group;
-  uint32_t pid = 0;  // on its host
+  std::string allocation;  // the batch job it runs in, as it reports it; empty: none
+  uint32_t pid = 0;        // on its host
   std::string work_dir;
   std::string address;
   int64_t connect_time = 0;
@@ -216,6 +217,9 @@ class Server {
   void handle_alloc_request(const std::shared_ptr<net::Connection>& connection,
                             wire::ClientRequest::Reader request);
   void reply_alloc_queues(net::Connection& c, const std::vector<uint32_t>& ids);
+  // The same, once what the request journaled is durable.
+  void reply_alloc_queues_durably(const std::shared_ptr<net::Connection>& connection,
+                                  const std::vector<uint32_t>& ids);
 
  public:
   // What `hq server info` shows; also handed to ServerOptions::on_started.

@@ -36,19 +36,21 @@ class Cluster:
         return self
 
     def start_server(self):
-        with open(self.server_log, "w") as log:
-            self.procs.append(subprocess.Popen(
+        with open(self.server_log, "a") as log:
+            self.server = subprocess.Popen(
                 [self.hq_bin, "server", "start", "--host", "127.0.0.1", *self.server_args],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT))
+                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.procs.append(self.server)
         wait_for(lambda: self.hq(["server", "info"], check=False).returncode == 0, 120,
                  "the server")
 
-    def worker(self, cpus):
-        before = len(self.workers())
-        self.procs.append(subprocess.Popen([self.hq_bin, "worker", "start", "--cpus", str(cpus)],
-                                           env=self.env, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL))
-        wait_for(lambda: len(self.workers()) > before, 30, "the worker")
+    def worker(self, cpus, *args, wait=True):
+        before = len(self.workers()) if wait else 0
+        self.procs.append(subprocess.Popen(
+            [self.hq_bin, "worker", "start", "--cpus", str(cpus), *args], env=self.env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        if wait:
+            wait_for(lambda: len(self.workers()) > before, 30, "the worker")
 
     def workers(self):
         out = self.hq(["--output-mode", "json", "worker", "list"], check=False).stdout

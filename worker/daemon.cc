@@ -312,6 +312,7 @@ class Worker {
     reg.setCpus(descriptor_.cpus());
     reg.setWorkDir(options_.work_dir.string());
     reg.setGroup(options_.group);
+    reg.setAllocation(options_.allocation);
     reg.setPid(static_cast<uint32_t>(::getpid()));
     if (options_.heartbeat) reg.setHeartbeatMs(static_cast<uint32_t>(options_.heartbeat->count()));
     if (options_.idle_timeout) {

@@ -44,7 +44,8 @@ struct WorkerOptions {
   // `--time-limit`: the worker stops cleanly this long after it starts, and the server gives it
   // no task whose `--time-request` it would outlive.
   std::optional<Millis> time_limit;
-  std::string group;  // `--group`; empty: "default"
+  std::string group;       // `--group`; empty: "default"
+  std::string allocation;  // the batch job it runs in (--manager); empty: none
   OnServerLost on_server_lost = OnServerLost::kReconnect;
   // `--reconnect-timeout`: with kReconnect, how long to keep trying before stopping as kStop.
   Millis reconnect_timeout{15 * 60 * 1000};

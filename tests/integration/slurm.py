@@ -92,7 +92,13 @@ class LocalSlurm:
         assert p.returncode == 0, p.stderr
         return p.stdout.split()
 
-    def cancel_all(self):
+    def cancel_all(self, timeout=60):
+        """Cancels every job left, and waits until squeue lists none (the next test starts
+        from an empty cluster)."""
         jobs = self.active_jobs()
-        if jobs:
-            self.run(["scancel", *jobs])
+        if not jobs:
+            return
+        self.run(["scancel", *jobs])
+        deadline = time.monotonic() + timeout
+        while self.active_jobs() and time.monotonic() < deadline:
+            time.sleep(0.1)

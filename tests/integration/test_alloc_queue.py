@@ -2,6 +2,7 @@
 the server submits allocations while tasks wait, their workers run the tasks and leave when
 idle, and nothing is left in SLURM."""
 
+import json
 import time
 
 from conftest import wait_until
@@ -166,3 +167,68 @@ def test_queue_whose_allocations_fail_pauses_itself_with_the_error(hq_env, slurm
     # Paused, it submits nothing more.
     assert slurm.active_jobs() == []
     hq_env.command(["alloc", "remove", str(queue)])
+
+
+def test_a_server_kill_keeps_the_queues_and_adopts_the_running_allocation(hq_env, slurm):
+    """kill -9 of the server while an allocation's worker runs a task: the restarted server has
+    the queue (and a paused one, still paused), finds the allocation again instead of submitting
+    another, its worker reattaches, and the task runs once."""
+    slurm_server(hq_env, slurm)
+    # A group of its own: the server matches workers to allocations by their batch job.
+    queue = add_queue(hq_env, "--time-limit", "10m", "--idle-timeout", "3s", "--cpus", "1",
+                      "--max-worker-count", "1", "--no-dry-run", "--name", "adopted",
+                      "--group", "adopters")
+    paused = add_queue(hq_env, "--time-limit", "5m", "--no-dry-run", "--name", "idle")
+    hq_env.command(["alloc", "pause", str(paused)])
+    marks = hq_env.work / "marks"
+    job = hq_env.submit(["--", "bash", "-c",
+                         f"echo $HQ_INSTANCE_ID >> {marks}; "
+                         "while [ ! -e go ]; do sleep 0.05; done"])
+    [alloc] = wait_until(lambda: allocation_ids(hq_env, queue), timeout=60,
+                         message="the queue to submit an allocation")
+    hq_env.wait_for_task_state(job, 0, "running", timeout=120)
+    [worker] = hq_env.json(["worker", "list"])
+    assert worker["configuration"]["group"] == "adopters", worker
+    assert queue_info(hq_env, queue)["allocations"][0]["worker_ids"] == [worker["id"]]
+
+    hq_env.kill(hq_env.server)
+    assert alloc in slurm.active_jobs()
+    hq_env.start_server()
+    queues = {q["id"]: q for q in hq_env.json(["alloc", "list"])}
+    assert sorted(queues) == [queue, paused]
+    assert queues[paused]["state"] == "paused"
+    assert queues[queue]["state"] == "active"
+    assert allocation_ids(hq_env, queue) == [alloc]
+    # The worker comes back with its task; the allocation is running again, and no other is
+    # submitted while it serves the queue's one worker.
+    wait_until(lambda: [w["id"] for w in hq_env.json(["worker", "list"])] == [worker["id"]],
+               timeout=60, message="the allocation's worker to reattach")
+    wait_until(lambda: queue_info(hq_env, queue)["allocations"][0]["state"] == "running",
+               timeout=60, message="the restarted server to see its allocation running")
+    (hq_env.work / "go").write_text("")
+    assert hq_env.wait_job(job, timeout=120) == 0
+    assert marks.read_text().split() == ["0"]
+    assert allocation_ids(hq_env, queue) == [alloc]
+    # Idle, the worker leaves and the allocation ends; removing the queues leaves SLURM empty.
+    wait_until(lambda: slurm.active_jobs() == [], timeout=120,
+               message="the adopted allocation to end")
+    wait_until(lambda: queue_info(hq_env, queue)["allocations"][0]["state"] == "finished",
+               timeout=60, message="the queue to see its allocation end")
+    hq_env.command(["alloc", "remove", str(queue)])
+    hq_env.command(["alloc", "remove", str(paused)])
+    assert hq_env.json(["alloc", "list"]) == []
+    # Removed queues stay removed across a restart.
+    hq_env.kill(hq_env.server)
+    hq_env.start_server()
+    assert hq_env.json(["alloc", "list"]) == []
+    # The journal tells the whole story, in docs/json.md's form.
+    events = [json.loads(line)["event"] for line in
+              hq_env.command(["journal", "export"]).splitlines()]
+    kinds = [e["type"] for e in events if e["type"].startswith("alloc")]
+    for kind in ("alloc-queue-added", "alloc-queue-paused", "allocation-submitted",
+                 "allocation-ended", "alloc-queue-removed"):
+        assert kind in kinds, kinds
+    [added] = [e for e in events if e["type"] == "alloc-queue-added" and e["queue"] == queue]
+    assert added["manager"] == "slurm" and added["name"] == "adopted", added
+    [ended] = [e for e in events if e["type"] == "allocation-ended"]
+    assert ended["allocation"] == alloc and ended["state"] == "finished", ended

@@ -242,5 +242,36 @@ TEST_F(QueueTest, NoCancellationWithoutTheOption) {
   EXPECT_TRUE(plan(0).empty());
 }
 
+TEST_F(QueueTest, RestoredAllocationsCountAsPendingUntilTheBatchSystemAnswers) {
+  make({.backlog = 1});
+  Allocation live;
+  live.id = "41";
+  live.workers = 2;
+  live.state = AllocationState::kRunning;  // as before the restart: taken as queued again
+  live.submitted_at = now - 5000;
+  q->restore(live);
+  Allocation done;
+  done.id = "40";
+  done.state = AllocationState::kFailed;
+  done.submitted_at = now - 9000;
+  done.ended_at = now - 6000;
+  q->restore(done);
+  check();
+  EXPECT_EQ(alloc("41").state, AllocationState::kQueued);
+  EXPECT_EQ(alloc("40").state, AllocationState::kFailed);
+  // Only the live one is asked about; it covers a demand of two, and fills the backlog.
+  EXPECT_EQ(q->ids_to_query(), std::vector<std::string>{"41"});
+  EXPECT_EQ(q->pending_workers(), 2u);
+  EXPECT_TRUE(plan(2).empty());
+  EXPECT_TRUE(plan(5).empty());
+  // Its workers reconnect; the batch system says it runs.
+  q->on_worker_connected("41", now);
+  status({{"41", kRunning}});
+  EXPECT_EQ(alloc("41").state, AllocationState::kRunning);
+  EXPECT_EQ(q->pending_workers(), 1u);
+  // A history entry is no failure: nothing paused the queue.
+  EXPECT_FALSE(q->paused());
+}
+
 }  // namespace
 }  // namespace hq::alloc

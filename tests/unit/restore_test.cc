@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
 #include "journal/events.h"
 
 namespace hq::server {
@@ -170,6 +173,97 @@ TEST(Restore, FoldsAsAServerRestarts) {
   EXPECT_EQ(f.jobs.at(2).end_time, 1000 + 5);
   EXPECT_EQ(f.jobs.at(1).end_time, 0);
   f.scheduler.check_invariants();
+}
+
+// The bytes an allocQueueAdded record carries for a queue named `name`.
+std::string queue_params(const std::string& name) {
+  capnp::MallocMessageBuilder message;
+  auto p = message.initRoot<wire::AllocQueueParams>();
+  p.setManager("slurm");
+  p.setName(name);
+  p.setTimeLimitMs(3'600'000);
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+TEST(Restore, AllocationQueuesComeBackWithTheirAllocationsAndPauseState) {
+  Fold f;
+  auto add = [&f](uint32_t queue, const std::string& name) {
+    const std::string bytes = queue_params(name);
+    f.event([&](Event::Builder e) {
+      auto a = e.initAllocQueueAdded();
+      a.setQueue(queue);
+      a.setParams(
+          capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+    });
+  };
+  auto submitted = [&f](uint32_t queue, const std::string& id) {
+    f.event([&](Event::Builder e) {
+      auto a = e.initAllocationSubmitted();
+      a.setQueue(queue);
+      a.setAllocation(id);
+      a.setWorkers(2);
+      a.setLogDir("/dir/" + id);
+    });
+  };
+  add(1, "kept");
+  add(2, "gone");
+  add(3, "paused");
+  submitted(1, "100");
+  submitted(1, "101");
+  submitted(2, "200");
+  f.event([](Event::Builder e) {
+    auto a = e.initAllocationEnded();
+    a.setQueue(1);
+    a.setAllocation("100");
+    a.setFailed(true);
+    a.setDetail("FAILED");
+  });
+  f.event([](Event::Builder e) { e.initAllocQueueRemoved().setQueue(2); });
+  f.event([](Event::Builder e) {
+    auto p = e.initAllocQueuePaused();
+    p.setQueue(3);
+    p.setReason("paused by `hq alloc pause`");
+  });
+  f.event([](Event::Builder e) {
+    auto p = e.initAllocQueuePaused();
+    p.setQueue(1);
+    p.setReason("3 allocations in a row failed");
+  });
+  f.event([](Event::Builder e) { e.initAllocQueueResumed().setQueue(1); });
+  f.restore.finish();
+  ASSERT_TRUE(f.restore.status()) << f.restore.status().message();
+
+  const auto& queues = f.restore.alloc_queues();
+  ASSERT_EQ(queues.size(), 2u);
+  EXPECT_EQ(f.restore.max_queue_id(), 3u);  // a removed queue's id is not given again
+  const RestoredQueue& kept = queues.at(1);
+  EXPECT_FALSE(kept.pause_reason);
+  ASSERT_EQ(kept.allocations.size(), 2u);
+  EXPECT_EQ(kept.allocations[0].id, "100");
+  ASSERT_TRUE(kept.allocations[0].end_time);
+  EXPECT_TRUE(kept.allocations[0].failed);
+  EXPECT_EQ(kept.allocations[0].detail, "FAILED");
+  EXPECT_EQ(kept.allocations[1].id, "101");
+  EXPECT_FALSE(kept.allocations[1].end_time);
+  EXPECT_EQ(kept.allocations[1].workers, 2u);
+  EXPECT_EQ(kept.allocations[1].log_dir, "/dir/101");
+  std::string name;
+  ASSERT_TRUE(with_queue_params(
+      kept.params, [&name](wire::AllocQueueParams::Reader p) { name = p.getName().cStr(); }));
+  EXPECT_EQ(name, "kept");
+  EXPECT_EQ(queues.at(3).pause_reason.value_or(""), "paused by `hq alloc pause`");
+}
+
+TEST(Restore, DamagedQueueParametersAreAnErrorNotACrash) {
+  EXPECT_FALSE(with_queue_params("", [](wire::AllocQueueParams::Reader) {}));
+  EXPECT_FALSE(with_queue_params("1234567", [](wire::AllocQueueParams::Reader) {}));
+  // Eight bytes of a segment table that promises more than there is.
+  const std::string torn("\0\0\0\0\xff\0\0\0", 8);
+  Status st = with_queue_params(torn, [](wire::AllocQueueParams::Reader) {});
+  EXPECT_FALSE(st);
+  EXPECT_NE(st.message().find("queue parameters"), std::string::npos) << st.message();
 }
 
 }  // namespace
