@@ -112,21 +112,26 @@ void Server::register_new_worker(const std::shared_ptr<net::Connection>& connect
       spdlog::error("worker {}: {}", wid, st.message());
       return c->close();
     }
-    capnp::MallocMessageBuilder reply;
-    auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
-    registered.setWorkerId(wid);
-    registered.setServerUid(access_.server_uid);
-    registered.setHeartbeatMs(static_cast<uint32_t>(w.heartbeat.count()));
-    if (options_.idle_timeout) {
-      registered.setIdleTimeoutMs(static_cast<uint64_t>(options_.idle_timeout->count()));
-    }
-    c->send(reply);
-    send_cancel(*c, stale);
+    send_registered(*c, wid, w, stale);
     spdlog::info("worker {} connected from {} ({}, {})", wid, w.address, w.hostname,
                  describe(w.resources));
     allocator_->on_worker_connected(wid, w.allocation);
     request_schedule();
   });
+}
+
+void Server::send_registered(net::Connection& c, WorkerId wid, const WorkerRecord& w,
+                             const std::vector<TaskKey>& stale) {
+  capnp::MallocMessageBuilder reply;
+  auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
+  registered.setWorkerId(wid);
+  registered.setServerUid(access_.server_uid);
+  registered.setHeartbeatMs(static_cast<uint32_t>(w.heartbeat.count()));
+  if (options_.idle_timeout) {
+    registered.setIdleTimeoutMs(static_cast<uint64_t>(options_.idle_timeout->count()));
+  }
+  c.send(reply);
+  send_cancel(c, stale);
 }
 
 bool Server::expects_reattach(wire::WorkerRegistration::Reader reg) const {
@@ -210,16 +215,7 @@ void Server::reattach_worker(std::shared_ptr<net::Connection> connection, Worker
   // Results that arrived while the server was away: as if they had arrived live.
   for (const End& e : ends) apply_task_end(w, e.key, e.time, e.finished, e.error);
 
-  capnp::MallocMessageBuilder reply;
-  auto registered = reply.initRoot<wire::ToWorker>().initRegistered();
-  registered.setWorkerId(wid);
-  registered.setServerUid(access_.server_uid);
-  registered.setHeartbeatMs(static_cast<uint32_t>(w.heartbeat.count()));
-  if (options_.idle_timeout) {
-    registered.setIdleTimeoutMs(static_cast<uint64_t>(options_.idle_timeout->count()));
-  }
-  connection->send(reply);
-  send_cancel(*connection, stale);
+  send_registered(*connection, wid, w, stale);
   size_t running = 0;
   for (const auto& [job, tasks] : adopted) running += tasks.size();
   running -= ends.size();

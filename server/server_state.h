@@ -107,6 +107,10 @@ class Server {
                       const std::string& error);
   // reattach.cc: registration, and workers coming back after a restart.
   // A worker that is not reattaching: journaled, then added and answered once its id is durable.
+  // Tells a worker its id and the server's settings, then which of its tasks to kill (claims
+  // this server does not expect there).
+  void send_registered(net::Connection& c, WorkerId wid, const WorkerRecord& w,
+                       const std::vector<TaskKey>& stale);
   void register_new_worker(const std::shared_ptr<net::Connection>& connection, WorkerId wid,
                            wire::WorkerRegistration::Reader reg);
   // Whether a registration is a worker the server waits for (same server, id expected).
