@@ -343,7 +343,10 @@ int run(int argc, char** argv) {
                    "its remaining time caps --time-limit")
       ->check(CLI::IsMember({"detect", "slurm", "pbs", "none"}));
   std::string detect_list = "all";
-  bool no_hyper_threading = false;
+  bool no_hyper_threading = false, zero_work = false;
+  worker_start->add_flag("--zero-work", zero_work,
+                         "Benchmark mode: complete every assigned task at once, without running "
+                         "its program (same messages, journal and scheduling as real tasks)");
   auto add_detect_options = [&](CLI::App* command) {
     command->add_option("--detect-resources", detect_list,
                         "What to detect: all, none, or a comma list of cpus, mem, gpus/nvidia, "
@@ -381,6 +384,7 @@ int run(int argc, char** argv) {
     if (o.reconnect_timeout.count() <= 0) {
       throw CommandError{"invalid --reconnect-timeout: it must be positive"};
     }
+    o.zero_work = zero_work;
     code = worker::run_worker(o);
   });
   auto* worker_hwdetect =

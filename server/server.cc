@@ -341,19 +341,60 @@ bool Server::apply_task_end(WorkerRecord& w, TaskKey key, int64_t time, bool fin
 
 void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader events) {
   bool changed = false;
-  for (auto e : events.getStarted()) {
-    TaskKey key = net::from_wire(e.getKey());
-    if (scheduler_.task_started(w.id, key, e.getTime())) {
-      record_task(TaskRecord::kStarted, w.id, key, e.getTime());
-      changed = true;
+  // The worker started its new tasks on what the ended ones left: ends of tasks that started
+  // before this message go first, and a task that started and ended within it ends right after
+  // its start, so that the model never holds more than the worker did.
+  auto started = events.getStarted();
+  std::vector<TaskKey> started_here;
+  started_here.reserve(started.size());
+  for (auto e : started) started_here.push_back(net::from_wire(e.getKey()));
+  std::vector<TaskKey> sorted_starts = started_here;
+  std::sort(sorted_starts.begin(), sorted_starts.end());
+  auto started_here_too = [&](const TaskKey& key) {
+    return std::binary_search(sorted_starts.begin(), sorted_starts.end(), key);
+  };
+  // (key, index into finished, or into failed when `failed`) of the ends after their starts.
+  struct LaterEnd {
+    TaskKey key;
+    uint32_t index;
+    bool failed;
+    bool operator<(const LaterEnd& o) const { return key < o.key; }
+  };
+  std::vector<LaterEnd> later;
+  auto finished = events.getFinished();
+  auto failed = events.getFailed();
+  auto end_one = [&](const LaterEnd& e) {
+    if (e.failed) {
+      auto f = failed[e.index];
+      return apply_task_end(w, e.key, f.getTime(), false, f.getError().cStr());
+    }
+    return apply_task_end(w, e.key, finished[e.index].getTime(), true, {});
+  };
+  for (uint32_t i = 0; i < finished.size(); ++i) {
+    LaterEnd e{net::from_wire(finished[i].getKey()), i, false};
+    if (started_here_too(e.key)) {
+      later.push_back(e);
+    } else {
+      changed |= end_one(e);
     }
   }
-  for (auto e : events.getFinished()) {
-    changed |= apply_task_end(w, net::from_wire(e.getKey()), e.getTime(), true, {});
+  for (uint32_t i = 0; i < failed.size(); ++i) {
+    LaterEnd e{net::from_wire(failed[i].getKey()), i, true};
+    if (started_here_too(e.key)) {
+      later.push_back(e);
+    } else {
+      changed |= end_one(e);
+    }
   }
-  for (auto e : events.getFailed()) {
-    changed |=
-        apply_task_end(w, net::from_wire(e.getKey()), e.getTime(), false, e.getError().cStr());
+  std::sort(later.begin(), later.end());
+  for (uint32_t i = 0; i < started.size(); ++i) {
+    const TaskKey& key = started_here[i];
+    if (scheduler_.task_started(w.id, key, started[i].getTime())) {
+      record_task(TaskRecord::kStarted, w.id, key, started[i].getTime());
+      changed = true;
+    }
+    auto end = std::lower_bound(later.begin(), later.end(), LaterEnd{key, 0, false});
+    if (end != later.end() && end->key == key) changed |= end_one(*end);
   }
   for (auto k : events.getRetracted()) {
     // Back to waiting as the same instance, never started: within the job's reservation, which

@@ -45,12 +45,15 @@ class Cluster:
                  "the server")
 
     def worker(self, cpus, *args, wait=True):
+        """Starts a worker; returns its process."""
         before = len(self.workers()) if wait else 0
-        self.procs.append(subprocess.Popen(
+        proc = subprocess.Popen(
             [self.hq_bin, "worker", "start", "--cpus", str(cpus), *args], env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
         if wait:
             wait_for(lambda: len(self.workers()) > before, 30, "the worker")
+        return proc
 
     def workers(self):
         out = self.hq(["--output-mode", "json", "worker", "list"], check=False).stdout
@@ -69,6 +72,13 @@ class Cluster:
                 p.kill()
                 p.wait()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def cpu_seconds(proc):
+    """User + system CPU time a running process has used itself (not its children)."""
+    with open(f"/proc/{proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_array(cluster, n, program, extra=()):

@@ -603,9 +603,25 @@ class Worker {
       }
       it = queue_.erase(it);  // start_task never touches the queue
       task_variants_.erase(key.ref());
-      start_task(key, job, variant, std::move(allocation));
+      if (options_.zero_work) {
+        end_at_once(key, allocation);
+      } else {
+        start_task(key, job, variant, std::move(allocation));
+      }
       if (own != task_bodies_.end()) task_bodies_.erase(own);
     }
+  }
+
+  // --zero-work: the task starts and finishes now, giving its resources back at once.
+  void end_at_once(const TaskKey& key, const Allocation& allocation) {
+    pool_.release(allocation);
+    node_hosts_.erase(key);
+    task_entries_.erase(key.ref());
+    int64_t now = unix_millis_now();
+    ReportBatch& reports = reports_.pending();
+    reports.started.push_back({key, now, {}, nullptr});
+    reports.finished.push_back({key, now, {}, nullptr, now});
+    flush_soon();
   }
 
   void fail_unstarted(const TaskKey& key, std::string error) {

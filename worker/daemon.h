@@ -49,6 +49,9 @@ struct WorkerOptions {
   OnServerLost on_server_lost = OnServerLost::kReconnect;
   // `--reconnect-timeout`: with kReconnect, how long to keep trying before stopping as kStop.
   Millis reconnect_timeout{15 * 60 * 1000};
+  // `--zero-work` (a benchmark mode): a task ends, finished, as soon as its resources are free,
+  // without a process; the reports, the server's journal and scheduling are those of real tasks.
+  bool zero_work = false;
 };
 
 // Runs until the server stops the worker, the server goes away, or the idle timeout passes.

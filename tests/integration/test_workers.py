@@ -1,5 +1,6 @@
 """Workers: loss, restart of tasks elsewhere, stop, idle timeout, heartbeats."""
 
+import json
 import os
 import signal
 
@@ -147,3 +148,32 @@ def test_cpu_accounting_limits_parallelism(hq_env):
     assert hq_env.tasks(big)[0]["state"] == "waiting"
     hq_env.start_worker(cpus=4)
     assert hq_env.wait_job(big) == 0
+
+
+def test_a_zero_work_worker_ends_tasks_at_once_through_the_journal(hq_env):
+    # The benchmark mode (`--zero-work`): every task is reported started and finished without
+    # its program running, through the same messages and journal as real tasks.
+    hq_env.start_server()
+    worker = hq_env.start_worker(4, "--zero-work")
+    marks = hq_env.root / "marks"
+    marks.mkdir()
+    job = hq_env.submit(["--array", "1-3000", "--", "bash", "-c", f"touch {marks}/$HQ_TASK_ID"])
+    wide = hq_env.submit(["--array", "1-50", "--cpus", "3", "--", "touch", f"{marks}/wide"])
+    assert hq_env.wait_job(job) == 0
+    assert hq_env.wait_job(wide) == 0
+    assert list(marks.iterdir()) == []
+    tasks = hq_env.tasks(job)
+    assert len(tasks) == 3000
+    assert all(t["state"] == "finished" and t["instance"] == 0 and t["worker"] == worker.worker_id
+               for t in tasks)
+    hq_env.command(["journal", "flush"])
+    events = [json.loads(line)["event"] for line in
+              hq_env.command(["journal", "export"]).splitlines()]
+    for kind in ("task-started", "task-finished"):
+        ends = [(e["job"], e["task"]) for e in events if e["type"] == kind]
+        assert sorted(ends) == sorted([(job, t) for t in range(1, 3001)] +
+                                      [(wide, t) for t in range(1, 51)]), kind
+    # Recorded, not only reported: a restarted server has the same campaign.
+    hq_env.kill(hq_env.server)
+    hq_env.start_server()
+    assert hq_env.job(job)["task_stats"]["finished"] == 3000
