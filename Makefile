@@ -49,6 +49,8 @@ integration:
 
 bench: build
 	tools/bench-throughput --hq $(BUILD)/hq --baseline $(BUILD)/tools/spawn-baseline
+	tools/bench-throughput --hq $(BUILD)/hq --zero-work --cpus 64 --repeat 2
+	tools/bench-startup --hq $(BUILD)/hq
 	tools/bench-journal --hq $(BUILD)/hq --tools $(BUILD)/tools
 	tools/bench-graph --hq $(BUILD)/hq --repeat 1
 

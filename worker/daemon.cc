@@ -73,6 +73,10 @@ struct RunningTask {
 };
 
 constexpr Millis kStreamFlushInterval{1000};
+// A task's start is reported with the next batch that goes out, or after this long: the start of
+// a short task then travels with its end, in one message instead of two (the server knows the
+// task is on this worker already; only `hq task list` sees it running a little later).
+constexpr Millis kStartReportDelay{20};
 // Ended tasks whose results a reattaching worker presents again: the server may have lost the
 // last ones it was sent (unsynced when it crashed). Results older than these many ends are
 // taken as recorded.
@@ -200,7 +204,8 @@ class Worker {
         idle_timer_(io),
         lifetime_timer_(io),
         reconnect_timer_(io),
-        stream_flush_timer_(io) {}
+        stream_flush_timer_(io),
+        start_report_timer_(io) {}
 
   Status start() {
     auto resources = worker_resources(options_);
@@ -851,7 +856,7 @@ class Worker {
     }
     running_[key.ref()] = std::move(task);
     reports_.pending().started.push_back({key, now, {}, nullptr});
-    flush_soon();
+    flush_later();
   }
 
   // The writer of stream directory `dir`, created at the first task that needs it: one file per
@@ -999,9 +1004,25 @@ class Worker {
     asio::post(io_, [this] { flush(); });
   }
 
+  // The batch goes out with the next flush, or after kStartReportDelay.
+  void flush_later() {
+    if (flush_pending_ || start_report_armed_) return;
+    start_report_armed_ = true;
+    start_report_timer_.expires_after(kStartReportDelay);
+    start_report_timer_.async_wait([this](const std::error_code& error) {
+      if (error || !start_report_armed_) return;
+      start_report_armed_ = false;
+      flush();
+    });
+  }
+
   // Sends what the turn gathered, once the streams of the ended tasks are synced.
   void flush() {
     flush_pending_ = false;
+    if (start_report_armed_) {
+      start_report_armed_ = false;
+      start_report_timer_.cancel();
+    }
     if (!connection_ || !connection_->is_open()) return;
     auto broken = reports_.flush([this](const ReportBatch& batch) { send(batch); });
     for (const auto& writer : broken) drop_stream(writer);
@@ -1080,6 +1101,7 @@ class Worker {
     lifetime_timer_.cancel();
     stream_flush_timer_.cancel();
     reconnect_timer_.cancel();
+    start_report_timer_.cancel();
     if (!connection_ || !connection_->is_open()) return io_.stop();
     if (why) {
       capnp::MallocMessageBuilder message;
@@ -1117,6 +1139,7 @@ class Worker {
   bool serving_ = false;  // a secondary node of a multi-node task
   std::string drain_reason_;
   asio::steady_timer stream_flush_timer_;
+  asio::steady_timer start_report_timer_;
   std::shared_ptr<net::Connection> connection_;
   WorkerId worker_id_ = 0;
   std::string server_uid_;
@@ -1141,6 +1164,7 @@ class Worker {
   uint32_t cpus_id_ = 0, nvidia_id_ = 0, amd_id_ = 0;
   Reports reports_;
   bool flush_pending_ = false;
+  bool start_report_armed_ = false;  // start_report_timer_ waits to flush
   bool sent_since_heartbeat_ = false;
   bool idle_armed_ = false;
   bool stream_flush_armed_ = false;
