@@ -370,21 +370,18 @@ void Server::handle_worker_events(WorkerRecord& w, wire::WorkerEvents::Reader ev
     }
     return apply_task_end(w, e.key, finished[e.index].getTime(), true, {});
   };
-  for (uint32_t i = 0; i < finished.size(); ++i) {
-    LaterEnd e{net::from_wire(finished[i].getKey()), i, false};
+  auto end_now_or_later = [&](const LaterEnd& e) {
     if (started_here_too(e.key)) {
       later.push_back(e);
     } else {
       changed |= end_one(e);
     }
+  };
+  for (uint32_t i = 0; i < finished.size(); ++i) {
+    end_now_or_later({net::from_wire(finished[i].getKey()), i, false});
   }
   for (uint32_t i = 0; i < failed.size(); ++i) {
-    LaterEnd e{net::from_wire(failed[i].getKey()), i, true};
-    if (started_here_too(e.key)) {
-      later.push_back(e);
-    } else {
-      changed |= end_one(e);
-    }
+    end_now_or_later({net::from_wire(failed[i].getKey()), i, true});
   }
   std::sort(later.begin(), later.end());
   for (uint32_t i = 0; i < started.size(); ++i) {
