@@ -172,6 +172,29 @@ std::vector<std::string> rewrite_output_log(std::vector<std::string> args) {
   return out;
 }
 
+// The command group the arguments name (`hq [GLOBAL OPTIONS] GROUP ...`) when it is one of those
+// whose parts of the command tree are built alone, or "--version"; empty otherwise.
+std::string named_command(const std::vector<std::string>& args) {
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") return {};
+    // Nothing but the version: no group is needed.
+    if (arg == "--version") return arg;
+    if (arg.starts_with("-")) {
+      const bool takes_value = arg == "--server-dir" || arg == "--output-mode" ||
+                               arg == "--log-level" || arg == "--colors";
+      if (takes_value) ++i;
+      continue;
+    }
+    for (const char* group :
+         {"server", "worker", "submit", "job", "task", "journal", "output", "alloc"}) {
+      if (arg == group) return arg;
+    }
+    return {};
+  }
+  return {};
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"hq: a crash-resilient task runtime for HPC clusters"};
   app.require_subcommand(1);
@@ -194,228 +217,241 @@ int run(int argc, char** argv) {
   app.set_version_flag("--version", std::string("hq ") + HQ_VERSION);
   int code = 0;
 
+  std::vector<std::string> args(argv, argv + argc);
+  args = rewrite_output_log(std::move(args));
+  // Only the part of the tree that the command line names is built: building all of it was
+  // most of a short command's run time (docs/benchmarks.md). All of it without a known name:
+  // for the top-level help, the completion script, and the error of a mistyped command.
+  const std::string named = named_command(args);
+  auto want = [&named](std::string_view group) { return named.empty() || named == group; };
+
   // --- server ---
-  auto* server = app.add_subcommand("server", "Start, stop and inspect the server");
-  server->require_subcommand(1);
-  auto* server_start = server->add_subcommand("start", "Run the server in the foreground");
   std::string host, heartbeat = "8s", server_idle_timeout, access_file, reattach_grace = "60s";
   uint16_t client_port = 0, worker_port = 0;
-  auto* host_option =
-      server_start->add_option("--host", host, "Hostname that clients and workers connect to");
-  auto* client_port_option = server_start->add_option("--client-port", client_port,
-                                                      "Port for clients (default: any free)");
-  auto* worker_port_option = server_start->add_option("--worker-port", worker_port,
-                                                      "Port for workers (default: any free)");
-  server_start
-      ->add_option("--access-file", access_file,
-                   "Use the keys, server UID, hosts and ports of this file (made by `hq server "
-                   "generate-access`)")
-      ->excludes(host_option)
-      ->excludes(client_port_option)
-      ->excludes(worker_port_option);
-  server_start->add_option("--heartbeat", heartbeat,
-                           "How often workers without their own --heartbeat report; 3 missed "
-                           "heartbeats lose a worker");
-  server_start->add_option("--idle-timeout", server_idle_timeout,
-                           "Stop workers without their own --idle-timeout after this long "
-                           "without tasks (e.g. 5m)");
-  server_start->add_option("--reattach-grace", reattach_grace,
-                           "After a restart, how long tasks that were running wait for their "
-                           "workers to reattach before they run again (default 60s)");
   std::string journal;
   bool no_journal = false;
-  auto* journal_option = server_start->add_option(
-      "--journal", journal, "Journal directory (default: the server directory's 'journal')");
-  server_start
-      ->add_flag("--no-journal", no_journal,
-                 "Keep no journal: nothing survives the server (throwaway runs)")
-      ->excludes(journal_option);
-  server_start->callback([&] {
-    server::ServerOptions o;
-    o.server_dir = g.resolved_server_dir();
-    o.host = host;
-    o.client_port = client_port;
-    o.worker_port = worker_port;
-    if (!access_file.empty()) o.access_file = fs::absolute(access_file);
-    o.heartbeat = duration_option("--heartbeat", heartbeat);
-    if (o.heartbeat.count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
-    if (!server_idle_timeout.empty()) {
-      o.idle_timeout = duration_option("--idle-timeout", server_idle_timeout);
-      if (o.idle_timeout->count() <= 0) {
-        throw CommandError{"invalid --idle-timeout: it must be positive"};
-      }
-    }
-    o.reattach_grace = duration_option("--reattach-grace", reattach_grace);
-    if (o.reattach_grace.count() < 0) throw CommandError{"--reattach-grace must not be negative"};
-    if (!journal.empty()) o.journal = fs::absolute(journal);
-    o.no_journal = no_journal;
-    // As HyperQueue does: the server's address and identity, once it listens.
-    o.on_started = [&g](capnp::MessageReader& info) {
-      print_server_info(g, info.getRoot<wire::ServerInfo>());
-    };
-    code = server::run_server(o);
-  });
-  server->add_subcommand("stop", "Stop the server")->callback([&] { code = cmd_server_stop(g); });
   GenerateAccessOptions generate;
   std::string generate_file, generate_client_file, generate_worker_file;
-  auto* generate_access =
-      server->add_subcommand("generate-access",
-                             "Write an access file (fresh keys, a new server UID) for a later "
-                             "`hq server start --access-file`");
-  generate_access->add_option("file", generate_file, "The access file to write")->required();
-  generate_access->add_option("--host", generate.host,
-                              "Host of both the client and the worker side (default: this "
-                              "machine's hostname)");
-  generate_access->add_option("--client-host", generate.client_host,
-                              "Host clients connect to (default: --host)");
-  generate_access->add_option("--client-port", generate.client_port, "Port for clients")
-      ->required();
-  generate_access->add_option("--worker-host", generate.worker_host,
-                              "Host workers connect to (default: --host)");
-  generate_access->add_option("--worker-port", generate.worker_port, "Port for workers")
-      ->required();
-  generate_access->add_option("--client-file", generate_client_file,
-                              "Also write the client half alone to this file");
-  generate_access->add_option("--worker-file", generate_worker_file,
-                              "Also write the worker half alone to this file");
-  generate_access->callback([&] {
-    generate.file = generate_file;
-    generate.client_file = generate_client_file;
-    generate.worker_file = generate_worker_file;
-    code = cmd_server_generate_access(g, generate);
-  });
-  server->add_subcommand("info", "Show the server's address, ports and identity")->callback([&] {
-    code = cmd_server_info(g);
-  });
   std::string server_wait_timeout;
-  auto* server_wait = server->add_subcommand("wait", "Wait until the server answers");
-  server_wait->add_option("--timeout", server_wait_timeout,
-                          "Fail after this long (e.g. 30s; default: wait forever)");
-  server_wait->callback([&] {
-    std::optional<Millis> timeout;
-    if (!server_wait_timeout.empty()) {
-      timeout = duration_option("--timeout", server_wait_timeout);
-    }
-    code = cmd_server_wait(g, timeout);
-  });
+  if (want("server")) {
+    auto* server = app.add_subcommand("server", "Start, stop and inspect the server");
+    server->require_subcommand(1);
+    auto* server_start = server->add_subcommand("start", "Run the server in the foreground");
+    auto* host_option =
+        server_start->add_option("--host", host, "Hostname that clients and workers connect to");
+    auto* client_port_option = server_start->add_option("--client-port", client_port,
+                                                        "Port for clients (default: any free)");
+    auto* worker_port_option = server_start->add_option("--worker-port", worker_port,
+                                                        "Port for workers (default: any free)");
+    server_start
+        ->add_option("--access-file", access_file,
+                     "Use the keys, server UID, hosts and ports of this file (made by `hq server "
+                     "generate-access`)")
+        ->excludes(host_option)
+        ->excludes(client_port_option)
+        ->excludes(worker_port_option);
+    server_start->add_option("--heartbeat", heartbeat,
+                             "How often workers without their own --heartbeat report; 3 missed "
+                             "heartbeats lose a worker");
+    server_start->add_option("--idle-timeout", server_idle_timeout,
+                             "Stop workers without their own --idle-timeout after this long "
+                             "without tasks (e.g. 5m)");
+    server_start->add_option("--reattach-grace", reattach_grace,
+                             "After a restart, how long tasks that were running wait for their "
+                             "workers to reattach before they run again (default 60s)");
+    auto* journal_option = server_start->add_option(
+        "--journal", journal, "Journal directory (default: the server directory's 'journal')");
+    server_start
+        ->add_flag("--no-journal", no_journal,
+                   "Keep no journal: nothing survives the server (throwaway runs)")
+        ->excludes(journal_option);
+    server_start->callback([&] {
+      server::ServerOptions o;
+      o.server_dir = g.resolved_server_dir();
+      o.host = host;
+      o.client_port = client_port;
+      o.worker_port = worker_port;
+      if (!access_file.empty()) o.access_file = fs::absolute(access_file);
+      o.heartbeat = duration_option("--heartbeat", heartbeat);
+      if (o.heartbeat.count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
+      if (!server_idle_timeout.empty()) {
+        o.idle_timeout = duration_option("--idle-timeout", server_idle_timeout);
+        if (o.idle_timeout->count() <= 0) {
+          throw CommandError{"invalid --idle-timeout: it must be positive"};
+        }
+      }
+      o.reattach_grace = duration_option("--reattach-grace", reattach_grace);
+      if (o.reattach_grace.count() < 0) throw CommandError{"--reattach-grace must not be negative"};
+      if (!journal.empty()) o.journal = fs::absolute(journal);
+      o.no_journal = no_journal;
+      // As HyperQueue does: the server's address and identity, once it listens.
+      o.on_started = [&g](capnp::MessageReader& info) {
+        print_server_info(g, info.getRoot<wire::ServerInfo>());
+      };
+      code = server::run_server(o);
+    });
+    server->add_subcommand("stop", "Stop the server")->callback([&] { code = cmd_server_stop(g); });
+    auto* generate_access =
+        server->add_subcommand("generate-access",
+                               "Write an access file (fresh keys, a new server UID) for a later "
+                               "`hq server start --access-file`");
+    generate_access->add_option("file", generate_file, "The access file to write")->required();
+    generate_access->add_option("--host", generate.host,
+                                "Host of both the client and the worker side (default: this "
+                                "machine's hostname)");
+    generate_access->add_option("--client-host", generate.client_host,
+                                "Host clients connect to (default: --host)");
+    generate_access->add_option("--client-port", generate.client_port, "Port for clients")
+        ->required();
+    generate_access->add_option("--worker-host", generate.worker_host,
+                                "Host workers connect to (default: --host)");
+    generate_access->add_option("--worker-port", generate.worker_port, "Port for workers")
+        ->required();
+    generate_access->add_option("--client-file", generate_client_file,
+                                "Also write the client half alone to this file");
+    generate_access->add_option("--worker-file", generate_worker_file,
+                                "Also write the worker half alone to this file");
+    generate_access->callback([&] {
+      generate.file = generate_file;
+      generate.client_file = generate_client_file;
+      generate.worker_file = generate_worker_file;
+      code = cmd_server_generate_access(g, generate);
+    });
+    server->add_subcommand("info", "Show the server's address, ports and identity")->callback([&] {
+      code = cmd_server_info(g);
+    });
+    auto* server_wait = server->add_subcommand("wait", "Wait until the server answers");
+    server_wait->add_option("--timeout", server_wait_timeout,
+                            "Fail after this long (e.g. 30s; default: wait forever)");
+    server_wait->callback([&] {
+      std::optional<Millis> timeout;
+      if (!server_wait_timeout.empty()) {
+        timeout = duration_option("--timeout", server_wait_timeout);
+      }
+      code = cmd_server_wait(g, timeout);
+    });
+  }
 
   // --- worker ---
-  auto* worker = app.add_subcommand("worker", "Start, stop and inspect workers");
-  worker->require_subcommand(1);
-  auto* worker_start = worker->add_subcommand("start", "Run a worker in the foreground");
   std::string worker_cpus;
   std::vector<std::string> worker_resources;
   std::string hostname, idle_timeout, work_dir, cancel_grace = "1s", worker_heartbeat;
-  worker_start->add_option("--cpus", worker_cpus,
-                           "CPUs: N, NxM (groups), [0,1,..] or [[0,1],[2,3]] (default: those "
-                           "this process may use)");
-  worker_start
-      ->add_option("--resource", worker_resources,
-                   "A resource NAME=VALUE, VALUE one of [a,b,c], [[a,b],[c,d]], "
-                   "range(A-B) or sum(N) (repeatable)")
-      ->allow_extra_args(false);
-  worker_start->add_option("--hostname", hostname, "Name shown for this worker");
-  worker_start->add_option("--idle-timeout", idle_timeout,
-                           "Stop after this long without tasks (e.g. 5m; default: the "
-                           "server's --idle-timeout)");
-  worker_start->add_option("--heartbeat", worker_heartbeat,
-                           "How often to report to the server, which declares the worker lost "
-                           "after 3 missed heartbeats (default: the server's --heartbeat, 8s)");
-  worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
   std::string worker_time_limit, worker_group, on_server_lost = "reconnect",
                                                reconnect_timeout = "15m", manager = "detect";
-  worker_start->add_option("--time-limit", worker_time_limit,
-                           "Stop cleanly after this long (e.g. 1h); no task starts that its "
-                           "--time-request says would not finish");
-  worker_start->add_option("--group", worker_group, "Group of this worker (default: default)");
-  worker_start
-      ->add_option("--on-server-lost", on_server_lost,
-                   "When the connection to the server breaks: reconnect (keep tasks running and "
-                   "reattach; the default), stop (kill tasks) or finish-running")
-      ->check(CLI::IsMember({"reconnect", "stop", "finish-running"}));
-  worker_start->add_option("--reconnect-timeout", reconnect_timeout,
-                           "With --on-server-lost reconnect: stop after this long without a "
-                           "server (default 15m)");
-  worker_start
-      ->add_option("--manager", manager,
-                   "Batch system this worker runs in: slurm, pbs, none, or detect (SLURM_JOB_ID, "
-                   "else PBS_JOBID); inside one, the allocation's id is the default --group and "
-                   "its remaining time caps --time-limit")
-      ->check(CLI::IsMember({"detect", "slurm", "pbs", "none"}));
   std::string detect_list = "all";
   bool no_hyper_threading = false, zero_work = false;
-  worker_start->add_flag("--zero-work", zero_work,
-                         "Benchmark mode: complete every assigned task at once, without running "
-                         "its program (same messages, journal and scheduling as real tasks)");
-  auto add_detect_options = [&](CLI::App* command) {
-    command->add_option("--detect-resources", detect_list,
-                        "What to detect: all, none, or a comma list of cpus, mem, gpus/nvidia, "
-                        "gpus/amd (default all)");
-    command->add_flag("--no-hyper-threading", no_hyper_threading,
-                      "Use one CPU (the first) of each core");
-  };
-  add_detect_options(worker_start);
-  worker_start->callback([&] {
-    worker::WorkerOptions o;
-    o.server_dir = g.resolved_server_dir();
-    o.cpus = worker_cpus;
-    o.resources = worker_resources;
-    o.hostname = hostname;
-    if (!idle_timeout.empty()) o.idle_timeout = duration_option("--idle-timeout", idle_timeout);
-    if (!worker_heartbeat.empty()) {
-      o.heartbeat = duration_option("--heartbeat", worker_heartbeat);
-      if (o.heartbeat->count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
-      if (o.heartbeat->count() > 3'600'000) throw CommandError{"--heartbeat must be at most 1h"};
-    }
-    o.work_dir = work_dir;
-    o.cancel_grace = duration_option("--cancel-grace", cancel_grace);
-    o.detect = detect_option(detect_list, no_hyper_threading);
-    if (!worker_time_limit.empty()) {
-      o.time_limit = duration_option("--time-limit", worker_time_limit);
-      if (o.time_limit->count() <= 0)
-        throw CommandError{"invalid --time-limit: it must be positive"};
-    }
-    o.group = worker_group;
-    apply_allocation(o, manager);
-    o.on_server_lost = on_server_lost == "finish-running" ? worker::OnServerLost::kFinishRunning
-                       : on_server_lost == "stop"         ? worker::OnServerLost::kStop
-                                                          : worker::OnServerLost::kReconnect;
-    o.reconnect_timeout = duration_option("--reconnect-timeout", reconnect_timeout);
-    if (o.reconnect_timeout.count() <= 0) {
-      throw CommandError{"invalid --reconnect-timeout: it must be positive"};
-    }
-    o.zero_work = zero_work;
-    code = worker::run_worker(o);
-  });
-  auto* worker_hwdetect =
-      worker->add_subcommand("hwdetect", "Show the resources a worker started here would detect");
-  add_detect_options(worker_hwdetect);
-  worker_hwdetect->callback(
-      [&] { code = cmd_worker_hwdetect(g, detect_option(detect_list, no_hyper_threading)); });
   bool worker_all = false;
   std::string worker_filter;
-  auto* worker_list = worker->add_subcommand("list", "List connected workers");
-  worker_list->add_flag("--all", worker_all, "Include disconnected workers");
-  worker_list
-      ->add_option("--filter", worker_filter,
-                   "Only running (connected) or offline (disconnected) workers")
-      ->check(CLI::IsMember({"running", "offline"}));
-  worker_list->callback([&] { code = cmd_worker_list(g, worker_all, worker_filter); });
   std::string worker_selector;
   const char* kWorkerSelector = "Worker id, ids and ranges (1-3,7), last or all";
-  auto* worker_info = worker->add_subcommand("info", "Show workers in detail");
-  worker_info->add_option("selector", worker_selector, kWorkerSelector)->required();
-  worker_info->callback([&] { code = cmd_worker_info(g, worker_selector); });
-  auto* worker_address = worker->add_subcommand("address", "Print the hostname of workers");
-  worker_address->add_option("selector", worker_selector, kWorkerSelector)->required();
-  worker_address->callback([&] { code = cmd_worker_address(g, worker_selector); });
   uint32_t wait_count = 0;
-  auto* worker_wait = worker->add_subcommand("wait", "Wait until at least N workers are connected");
-  worker_wait->add_option("count", wait_count, "How many workers")->required();
-  worker_wait->callback([&] { code = cmd_worker_wait(g, wait_count); });
-  auto* worker_stop = worker->add_subcommand("stop", "Stop workers; their tasks run elsewhere");
-  worker_stop->add_option("selector", worker_selector, kWorkerSelector)->required();
-  worker_stop->callback([&] { code = cmd_worker_stop(g, worker_selector); });
+  if (want("worker")) {
+    auto* worker = app.add_subcommand("worker", "Start, stop and inspect workers");
+    worker->require_subcommand(1);
+    auto* worker_start = worker->add_subcommand("start", "Run a worker in the foreground");
+    worker_start->add_option("--cpus", worker_cpus,
+                             "CPUs: N, NxM (groups), [0,1,..] or [[0,1],[2,3]] (default: those "
+                             "this process may use)");
+    worker_start
+        ->add_option("--resource", worker_resources,
+                     "A resource NAME=VALUE, VALUE one of [a,b,c], [[a,b],[c,d]], "
+                     "range(A-B) or sum(N) (repeatable)")
+        ->allow_extra_args(false);
+    worker_start->add_option("--hostname", hostname, "Name shown for this worker");
+    worker_start->add_option("--idle-timeout", idle_timeout,
+                             "Stop after this long without tasks (e.g. 5m; default: the "
+                             "server's --idle-timeout)");
+    worker_start->add_option("--heartbeat", worker_heartbeat,
+                             "How often to report to the server, which declares the worker lost "
+                             "after 3 missed heartbeats (default: the server's --heartbeat, 8s)");
+    worker_start->add_option("--work-dir", work_dir, "Directory for the worker's own files");
+    worker_start->add_option("--time-limit", worker_time_limit,
+                             "Stop cleanly after this long (e.g. 1h); no task starts that its "
+                             "--time-request says would not finish");
+    worker_start->add_option("--group", worker_group, "Group of this worker (default: default)");
+    worker_start
+        ->add_option("--on-server-lost", on_server_lost,
+                     "When the connection to the server breaks: reconnect (keep tasks running and "
+                     "reattach; the default), stop (kill tasks) or finish-running")
+        ->check(CLI::IsMember({"reconnect", "stop", "finish-running"}));
+    worker_start->add_option("--reconnect-timeout", reconnect_timeout,
+                             "With --on-server-lost reconnect: stop after this long without a "
+                             "server (default 15m)");
+    worker_start
+        ->add_option("--manager", manager,
+                     "Batch system this worker runs in: slurm, pbs, none, or detect (SLURM_JOB_ID, "
+                     "else PBS_JOBID); inside one, the allocation's id is the default --group and "
+                     "its remaining time caps --time-limit")
+        ->check(CLI::IsMember({"detect", "slurm", "pbs", "none"}));
+    worker_start->add_flag("--zero-work", zero_work,
+                           "Benchmark mode: complete every assigned task at once, without running "
+                           "its program (same messages, journal and scheduling as real tasks)");
+    auto add_detect_options = [&](CLI::App* command) {
+      command->add_option("--detect-resources", detect_list,
+                          "What to detect: all, none, or a comma list of cpus, mem, gpus/nvidia, "
+                          "gpus/amd (default all)");
+      command->add_flag("--no-hyper-threading", no_hyper_threading,
+                        "Use one CPU (the first) of each core");
+    };
+    add_detect_options(worker_start);
+    worker_start->callback([&] {
+      worker::WorkerOptions o;
+      o.server_dir = g.resolved_server_dir();
+      o.cpus = worker_cpus;
+      o.resources = worker_resources;
+      o.hostname = hostname;
+      if (!idle_timeout.empty()) o.idle_timeout = duration_option("--idle-timeout", idle_timeout);
+      if (!worker_heartbeat.empty()) {
+        o.heartbeat = duration_option("--heartbeat", worker_heartbeat);
+        if (o.heartbeat->count() < 100) throw CommandError{"--heartbeat must be at least 100ms"};
+        if (o.heartbeat->count() > 3'600'000) throw CommandError{"--heartbeat must be at most 1h"};
+      }
+      o.work_dir = work_dir;
+      o.cancel_grace = duration_option("--cancel-grace", cancel_grace);
+      o.detect = detect_option(detect_list, no_hyper_threading);
+      if (!worker_time_limit.empty()) {
+        o.time_limit = duration_option("--time-limit", worker_time_limit);
+        if (o.time_limit->count() <= 0)
+          throw CommandError{"invalid --time-limit: it must be positive"};
+      }
+      o.group = worker_group;
+      apply_allocation(o, manager);
+      o.on_server_lost = on_server_lost == "finish-running" ? worker::OnServerLost::kFinishRunning
+                         : on_server_lost == "stop"         ? worker::OnServerLost::kStop
+                                                            : worker::OnServerLost::kReconnect;
+      o.reconnect_timeout = duration_option("--reconnect-timeout", reconnect_timeout);
+      if (o.reconnect_timeout.count() <= 0) {
+        throw CommandError{"invalid --reconnect-timeout: it must be positive"};
+      }
+      o.zero_work = zero_work;
+      code = worker::run_worker(o);
+    });
+    auto* worker_hwdetect =
+        worker->add_subcommand("hwdetect", "Show the resources a worker started here would detect");
+    add_detect_options(worker_hwdetect);
+    worker_hwdetect->callback(
+        [&] { code = cmd_worker_hwdetect(g, detect_option(detect_list, no_hyper_threading)); });
+    auto* worker_list = worker->add_subcommand("list", "List connected workers");
+    worker_list->add_flag("--all", worker_all, "Include disconnected workers");
+    worker_list
+        ->add_option("--filter", worker_filter,
+                     "Only running (connected) or offline (disconnected) workers")
+        ->check(CLI::IsMember({"running", "offline"}));
+    worker_list->callback([&] { code = cmd_worker_list(g, worker_all, worker_filter); });
+    auto* worker_info = worker->add_subcommand("info", "Show workers in detail");
+    worker_info->add_option("selector", worker_selector, kWorkerSelector)->required();
+    worker_info->callback([&] { code = cmd_worker_info(g, worker_selector); });
+    auto* worker_address = worker->add_subcommand("address", "Print the hostname of workers");
+    worker_address->add_option("selector", worker_selector, kWorkerSelector)->required();
+    worker_address->callback([&] { code = cmd_worker_address(g, worker_selector); });
+    auto* worker_wait =
+        worker->add_subcommand("wait", "Wait until at least N workers are connected");
+    worker_wait->add_option("count", wait_count, "How many workers")->required();
+    worker_wait->callback([&] { code = cmd_worker_wait(g, wait_count); });
+    auto* worker_stop = worker->add_subcommand("stop", "Stop workers; their tasks run elsewhere");
+    worker_stop->add_option("selector", worker_selector, kWorkerSelector)->required();
+    worker_stop->callback([&] { code = cmd_worker_stop(g, worker_selector); });
+  }
 
   // --- submit / job submit ---
   SubmitOptions submit;
@@ -479,82 +515,86 @@ int run(int argc, char** argv) {
     s->footer("The program and its arguments follow the options, best after `--`.");
     s->callback([&] { code = cmd_submit(g, submit); });
   };
-  add_submit(&app, "submit");
+  if (want("submit")) add_submit(&app, "submit");
 
   // --- job ---
-  auto* job = app.add_subcommand("job", "Submit, list, inspect, cancel and wait for jobs");
-  job->require_subcommand(1);
-  add_submit(job, "submit");
   std::string job_file_path;
   bool job_file_wait = false;
-  auto* submit_file = job->add_subcommand(
-      "submit-file", "Submit a job from a HyperQueue job definition file (TOML)");
-  submit_file->add_option("file", job_file_path, "The job file")->required();
-  submit_file->add_flag("--wait", job_file_wait, "Wait until the job ends");
   std::optional<uint32_t> job_file_into;
-  submit_file->add_option("--job", job_file_into, "Add the tasks to this open job");
-  submit_file->callback(
-      [&] { code = cmd_job_submit_file(g, job_file_path, job_file_wait, job_file_into); });
   std::string open_name;
   std::optional<int64_t> open_max_fails;
-  auto* job_open = job->add_subcommand("open", "Open a job that takes tasks until it is closed");
-  job_open->add_option("--name", open_name, "Job name");
-  job_open->add_option("--max-fails", open_max_fails, "Abort the job after this many failures");
-  job_open->callback([&] { code = cmd_job_open(g, open_name, open_max_fails); });
-  auto* job_close = job->add_subcommand("close", "Close open jobs: they take no more tasks");
   std::string close_selector;
-  job_close->add_option("selector", close_selector, "Job id, range (1-4), last or all")->required();
-  job_close->callback([&] { code = cmd_job_close(g, close_selector); });
   bool job_all = false;
   std::string job_filter, job_selector;
-  auto* job_list = job->add_subcommand("list", "List jobs (by default those not yet complete)");
-  job_list->add_flag("--all", job_all, "Show all jobs");
-  job_list->add_option("--filter", job_filter,
-                       "Only jobs in these states: waiting,running,finished,failed,canceled");
-  job_list->callback([&] { code = cmd_job_list(g, job_all, job_filter); });
-  auto* job_info = job->add_subcommand("info", "Show jobs in detail");
-  job_info->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
-  job_info->callback([&] { code = cmd_job_info(g, job_selector); });
-  auto* job_cancel = job->add_subcommand("cancel", "Cancel jobs; running tasks are killed");
-  job_cancel->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
-  job_cancel->callback([&] { code = cmd_job_cancel(g, job_selector); });
-  auto* job_wait = job->add_subcommand(
-      "wait",
-      "Wait until jobs end. Exit code 0 when every waited job finished, 1 when any failed or "
-      "was canceled");
-  job_wait->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
   bool without_close = false;
-  job_wait->add_flag("--without-close", without_close,
-                     "An open job counts as done once its current tasks are");
   bool wait_progress = false;
-  job_wait->add_flag("--progress", wait_progress, "Show the jobs' progress while waiting");
-  job_wait->callback([&] { code = cmd_job_wait(g, job_selector, without_close, wait_progress); });
-
-  // --- task ---
-  auto* task = app.add_subcommand("task", "Inspect tasks");
-  task->require_subcommand(1);
   std::string task_job, task_ids, task_filter;
-  auto* task_list = task->add_subcommand("list", "List the tasks of a job");
-  task_list->add_option("job", task_job, "Job id or last")->required();
-  task_list->add_option("--tasks", task_ids, "Only these task ids, e.g. 1-5,9");
-  task_list->add_option("--filter", task_filter,
-                        "Only tasks in these states: waiting,running,finished,failed,canceled");
-  task_list->callback([&] { code = cmd_task_list(g, task_job, task_ids, task_filter); });
-  auto* task_info = task->add_subcommand("info", "Show tasks of a job in detail");
-  task_info->add_option("job", task_job, "Job id or last")->required();
-  task_info->add_option("tasks", task_ids, "Task ids, e.g. 1-5,9")->required();
-  task_info->callback([&] { code = cmd_task_info(g, task_job, task_ids); });
   uint32_t explain_job = 0, explain_task = 0;
-  auto* task_explain =
-      task->add_subcommand("explain", "Say, per worker, whether a task's request fits and why not");
-  task_explain->add_option("job", explain_job, "Job id")->required();
-  task_explain->add_option("task", explain_task, "Task id")->required();
-  task_explain->callback([&] { code = cmd_task_explain(g, explain_job, explain_task); });
+  if (want("job") || want("task")) {
+    auto* job = app.add_subcommand("job", "Submit, list, inspect, cancel and wait for jobs");
+    job->require_subcommand(1);
+    add_submit(job, "submit");
+    auto* submit_file = job->add_subcommand(
+        "submit-file", "Submit a job from a HyperQueue job definition file (TOML)");
+    submit_file->add_option("file", job_file_path, "The job file")->required();
+    submit_file->add_flag("--wait", job_file_wait, "Wait until the job ends");
+    submit_file->add_option("--job", job_file_into, "Add the tasks to this open job");
+    submit_file->callback(
+        [&] { code = cmd_job_submit_file(g, job_file_path, job_file_wait, job_file_into); });
+    auto* job_open = job->add_subcommand("open", "Open a job that takes tasks until it is closed");
+    job_open->add_option("--name", open_name, "Job name");
+    job_open->add_option("--max-fails", open_max_fails, "Abort the job after this many failures");
+    job_open->callback([&] { code = cmd_job_open(g, open_name, open_max_fails); });
+    auto* job_close = job->add_subcommand("close", "Close open jobs: they take no more tasks");
+    job_close->add_option("selector", close_selector, "Job id, range (1-4), last or all")
+        ->required();
+    job_close->callback([&] { code = cmd_job_close(g, close_selector); });
+    auto* job_list = job->add_subcommand("list", "List jobs (by default those not yet complete)");
+    job_list->add_flag("--all", job_all, "Show all jobs");
+    job_list->add_option("--filter", job_filter,
+                         "Only jobs in these states: waiting,running,finished,failed,canceled");
+    job_list->callback([&] { code = cmd_job_list(g, job_all, job_filter); });
+    auto* job_info = job->add_subcommand("info", "Show jobs in detail");
+    job_info->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
+    job_info->callback([&] { code = cmd_job_info(g, job_selector); });
+    auto* job_cancel = job->add_subcommand("cancel", "Cancel jobs; running tasks are killed");
+    job_cancel->add_option("selector", job_selector, "Job id, range (1-4), last or all")
+        ->required();
+    job_cancel->callback([&] { code = cmd_job_cancel(g, job_selector); });
+    auto* job_wait = job->add_subcommand(
+        "wait",
+        "Wait until jobs end. Exit code 0 when every waited job finished, 1 when any failed or "
+        "was canceled");
+    job_wait->add_option("selector", job_selector, "Job id, range (1-4), last or all")->required();
+    job_wait->add_flag("--without-close", without_close,
+                       "An open job counts as done once its current tasks are");
+    job_wait->add_flag("--progress", wait_progress, "Show the jobs' progress while waiting");
+    job_wait->callback([&] { code = cmd_job_wait(g, job_selector, without_close, wait_progress); });
 
-  add_job_management_commands(*job, *task, g, code);
-  add_journal_commands(app, g, code);
-  add_output_commands(app, g, code);
-  add_alloc_commands(app, g, code);
+    // --- task ---
+    auto* task = app.add_subcommand("task", "Inspect tasks");
+    task->require_subcommand(1);
+    auto* task_list = task->add_subcommand("list", "List the tasks of a job");
+    task_list->add_option("job", task_job, "Job id or last")->required();
+    task_list->add_option("--tasks", task_ids, "Only these task ids, e.g. 1-5,9");
+    task_list->add_option("--filter", task_filter,
+                          "Only tasks in these states: waiting,running,finished,failed,canceled");
+    task_list->callback([&] { code = cmd_task_list(g, task_job, task_ids, task_filter); });
+    auto* task_info = task->add_subcommand("info", "Show tasks of a job in detail");
+    task_info->add_option("job", task_job, "Job id or last")->required();
+    task_info->add_option("tasks", task_ids, "Task ids, e.g. 1-5,9")->required();
+    task_info->callback([&] { code = cmd_task_info(g, task_job, task_ids); });
+    auto* task_explain = task->add_subcommand(
+        "explain", "Say, per worker, whether a task's request fits and why not");
+    task_explain->add_option("job", explain_job, "Job id")->required();
+    task_explain->add_option("task", explain_task, "Task id")->required();
+    task_explain->callback([&] { code = cmd_task_explain(g, explain_job, explain_task); });
+
+    add_job_management_commands(*job, *task, g, code);
+  }
+  if (want("journal")) add_journal_commands(app, g, code);
+  if (want("output")) add_output_commands(app, g, code);
+  if (want("alloc")) add_alloc_commands(app, g, code);
 
   // Last, so that the script it prints covers every command above.
   std::string shell;
@@ -573,8 +613,6 @@ int run(int argc, char** argv) {
     for (CLI::App* leaf : sub->get_subcommands({})) leaf->fallthrough();
   }
 
-  std::vector<std::string> args(argv, argv + argc);
-  args = rewrite_output_log(std::move(args));
   size_t submit_at = 0;
   args = split_submit_program(args, submit.program, &submit_at);
   if (submit_at > 0) {
