@@ -99,6 +99,6 @@ class LocalSlurm:
         if not jobs:
             return
         self.run(["scancel", *jobs])
-        deadline = time.monotonic() + timeout
-        while self.active_jobs() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        from conftest import wait_until  # here: conftest imports this module
+        wait_until(lambda: not self.active_jobs(), timeout=timeout,
+                   message="SLURM to drop the canceled jobs", interval=0.1)
