@@ -31,8 +31,6 @@ struct HeldTask {
   uint8_t variant = 0;  // of a job with alternatives (Job::variants): the one it holds
 };
 
-inline bool ended(TaskState s) { return s != TaskState::kWaiting && s != TaskState::kRunning; }
-
 struct ReadyOrder {
   bool operator()(const Job* a, const Job* b) const {
     if (a->priority != b->priority) return a->priority > b->priority;
@@ -146,6 +144,8 @@ struct Scheduler::Impl {
   uint64_t retracting_cpus = 0;  // over all workers
 
   std::set<JobId> completed;  // for take_completed_jobs
+  // Parts with chunks of ended tasks to pack (Job::pack_list), at the next pack_ended().
+  std::vector<Job*> to_pack;
   std::vector<TaskKey> crash_failures;
   std::vector<JobId> aborted_jobs;
   std::vector<Assignment> kills;
@@ -279,6 +279,16 @@ struct Scheduler::Impl {
     enter_ready(job);
   }
 
+  // Packs the records of ended tasks (task_table.h). Only between Scheduler calls: no
+  // reference to a record may be alive.
+  void pack_ended() {
+    std::erase_if(to_pack, [](Job* part) {
+      if (!part->pack_ended()) return false;
+      part->in_pack_list = false;
+      return true;
+    });
+  }
+
   // --- Workers -------------------------------------------------------------------------------
   // Refreshes the worker's cached figures and list memberships after its load changed.
   void touch(WorkerSlot& w) {
@@ -296,7 +306,7 @@ struct Scheduler::Impl {
   // `alloc` empty and !placed: the task waits in the worker's queue.
   void hold(WorkerSlot& w, Job& job, uint32_t index, bool placed, Allocation alloc,
             uint8_t variant = 0) {
-    TaskSlot& s = job.slots[index];
+    TaskSlot& s = job.task(index);
     s.flags = kHeld | (placed ? kPlaced : 0);
     s.worker = w.id;
     s.held_pos = static_cast<uint32_t>(w.held.size());
@@ -321,7 +331,7 @@ struct Scheduler::Impl {
   void leave_queue(WorkerSlot& w, Job& job, uint32_t index) {
     for (auto it = w.queue.begin(); it != w.queue.end(); ++it) {
       if (it->job == &job && it->index == index) {
-        w.queued_cpus -= w.held[job.slots[index].held_pos].cpus;
+        w.queued_cpus -= w.held[job.task(index).held_pos].cpus;
         w.queue.erase(it);
         return;
       }
@@ -333,7 +343,7 @@ struct Scheduler::Impl {
   void promote(WorkerSlot& w) {
     for (size_t k = 0; k < w.queue.size() && w.outside == 0;) {
       auto [job, index] = w.queue[k];
-      TaskSlot& s = job->slots[index];
+      TaskSlot& s = job->task(index);
       if (s.state != TaskState::kWaiting || (s.flags & kRetracting)) {
         ++k;
         continue;
@@ -351,7 +361,7 @@ struct Scheduler::Impl {
   // A queued task the worker reports started: it found the resources, so the model takes them
   // too when it can (the two views may differ for a moment).
   void place_started(WorkerSlot& w, Job& job, uint32_t index) {
-    TaskSlot& s = job.slots[index];
+    TaskSlot& s = job.task(index);
     if (s.flags & kPlaced) return;
     leave_queue(w, job, index);
     HeldTask& h = w.held[s.held_pos];
@@ -361,7 +371,7 @@ struct Scheduler::Impl {
       // at the head of the queue, until the model has room for this one.
       for (size_t k = 0; k < w.held.size() && !w.pool.fits(r); ++k) {
         HeldTask& other = w.held[k];
-        TaskSlot& o = other.job->slots[other.index];
+        TaskSlot& o = other.job->task(other.index);
         if (!(o.flags & kPlaced) || o.state != TaskState::kWaiting) continue;
         w.pool.release(other.alloc);
         other.alloc.clear();
@@ -396,7 +406,7 @@ struct Scheduler::Impl {
   }
   void release(WorkerSlot& w, Job& job, uint32_t index) {
     free_secondaries(job, index);
-    TaskSlot& s = job.slots[index];
+    TaskSlot& s = job.task(index);
     clear_retraction(w, s);
     const bool placed = s.flags & kPlaced;
     HeldTask& h = w.held[s.held_pos];
@@ -412,7 +422,7 @@ struct Scheduler::Impl {
     const uint32_t pos = s.held_pos;
     if (pos + 1 != w.held.size()) {
       w.held[pos] = std::move(w.held.back());
-      w.held[pos].job->slots[w.held[pos].index].held_pos = pos;
+      w.held[pos].job->task(w.held[pos].index).held_pos = pos;
     }
     w.held.pop_back();
     s.flags = 0;
@@ -436,11 +446,11 @@ struct Scheduler::Impl {
     if (!job) return std::nullopt;
     std::optional<UserJob::Loc> at = job->find(key.task);
     if (!at) return std::nullopt;
-    TaskSlot& s = at->part->slots[at->index];
-    if (!(s.flags & kHeld) || s.worker != worker || s.instance != key.instance) {
+    TaskSlot* s = at->part->tasks.dense_at(at->index);  // a held task's chunk is dense
+    if (!s || !(s->flags & kHeld) || s->worker != worker || s->instance != key.instance) {
       return std::nullopt;
     }
-    return Held{find_worker(worker), at->part, at->index, &s};
+    return Held{find_worker(worker), at->part, at->index, s};
   }
 
   void note_completion(UserJob& job) {
@@ -463,7 +473,7 @@ struct Scheduler::Impl {
     } else if (s.start_time == 0) {
       s.start_time = time;  // ended without a start report (batched): no known start
     }
-    h->job->set_state(s, to);
+    h->job->set_state(h->index, s, to);
     s.end_time = time;
     if (error) h->job->errors[h->index] = std::move(*error);
     release(*h->w, *h->job, h->index);
@@ -489,7 +499,7 @@ struct Scheduler::Impl {
       const uint32_t d = g.dependants[k];
       if (--g.pending[d] != 0) continue;
       UserJob::Loc at = owner.at(d);
-      if (at.part->slots[at.index].state == TaskState::kWaiting) put_back(*at.part, at.index);
+      if (at.part->tasks.get(at.index).state == TaskState::kWaiting) put_back(*at.part, at.index);
     }
   }
   // Task `index` of part `job` ended without finishing (failed, canceled, aborted): every task
@@ -510,9 +520,9 @@ struct Scheduler::Impl {
       for (uint32_t k = g.dependant_begin[t]; k < g.dependant_begin[t + 1]; ++k) {
         const uint32_t d = g.dependants[k];
         UserJob::Loc at = owner.at(d);
-        TaskSlot& s = at.part->slots[at.index];
-        if (ended(s.state)) continue;
-        at.part->set_state(s, TaskState::kAborted);
+        if (ended(at.part->tasks.get(at.index).state)) continue;
+        TaskSlot& s = at.part->task(at.index);
+        at.part->set_state(at.index, s, TaskState::kAborted);
         s.end_time = now;
         g.aborted_by[d] = cause;
         stack.push_back(d);
@@ -528,18 +538,28 @@ struct Scheduler::Impl {
       ready_tasks -= job.ready();
       job.clear_ready();
       leave_ready(job);
-      for (uint32_t i = 0; i < job.size(); ++i) {
-        TaskSlot& s = job.slots[i];
-        if (ended(s.state)) continue;
-        if (s.flags & kHeld) {
-          WorkerSlot& w = *find_worker(s.worker);
-          held.push_back({w.id, {job.id, job.ids.id_at(i), s.instance}});
-          clear_retraction(w, s);
-          if (s.state == TaskState::kRunning) --w.running;
+      for (uint32_t c = 0; c < job.tasks.chunks(); ++c) {
+        if (TaskSlot* u = job.tasks.uniform(c)) {
+          // Tasks that never left the queue end together, without a record each.
+          if (ended(u->state)) continue;
+          u->flags &= ~kOrphan;
+          job.set_uniform_state(c, to);
+          u->end_time = now;
+          continue;
         }
-        s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
-        job.set_state(s, to);
-        s.end_time = now;
+        for (uint32_t i = job.tasks.chunk_begin(c); i < job.tasks.chunk_end(c); ++i) {
+          if (ended(job.tasks.get(i).state)) continue;
+          TaskSlot& s = job.task(i);
+          if (s.flags & kHeld) {
+            WorkerSlot& w = *find_worker(s.worker);
+            held.push_back({w.id, {job.id, job.ids.id_at(i), s.instance}});
+            clear_retraction(w, s);
+            if (s.state == TaskState::kRunning) --w.running;
+          }
+          s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
+          job.set_state(i, s, to);
+          s.end_time = now;
+        }
       }
     }
     note_completion(owner);
@@ -597,7 +617,7 @@ struct Scheduler::Impl {
     Allocation alloc;
     if (placed) w.pool.allocate(request_of(job, variant), alloc);
     hold(w, job, next.index, placed, std::move(alloc), variant);
-    d.assign.push_back({w.id, {job.id, next.id, job.slots[next.index].instance}, {}, variant});
+    d.assign.push_back({w.id, {job.id, next.id, job.task(next.index).instance}, {}, variant});
     if (job.reservation == &w) drop_reservation(job);
   }
 
@@ -793,7 +813,7 @@ struct Scheduler::Impl {
     uint32_t smallest = std::numeric_limits<uint32_t>::max();
     for (WorkerSlot* v : overloaded_list) {
       for (const QueuedTask& q : v->queue) {
-        const TaskSlot& s = q.job->slots[q.index];
+        const TaskSlot& s = q.job->task(q.index);
         if (s.state != TaskState::kWaiting || (s.flags & kRetracting)) continue;
         auto& list = retractable_by_request[q.job->request];
         if (list.empty()) retractable_requests.push_back(q.job->request);
@@ -814,7 +834,7 @@ struct Scheduler::Impl {
         for (size_t i = list.size(); i-- > 0 && room > 0 && budget > 0;) {
           auto [v, job, index] = list[i];
           if (v == idle) continue;
-          TaskSlot& s = job->slots[index];
+          TaskSlot& s = job->task(index);
           const uint32_t c = v->held[s.held_pos].cpus;
           if ((s.flags & kRetracting) || c > room || c > budget) continue;
           if (reserved_against(*idle, *job) || !idle->lives_for(*job, now)) continue;

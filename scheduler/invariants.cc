@@ -29,7 +29,7 @@ static void check_graph(const UserJob& job) {
   const uint32_t n = job.size();
   auto state = [&job](uint32_t global) {
     UserJob::Loc at = job.at(global);
-    return at.part->slots[at.index].state;
+    return at.part->tasks.get(at.index).state;
   };
   HQ_SCHED_CHECK(g.size() == n && g.dep_begin.size() == n + 1 && g.dependant_begin.size() == n + 1,
                  "job {}: graph of {} tasks for {} slots", id, g.size(), n);
@@ -69,8 +69,8 @@ static void check_graph(const UserJob& job) {
                    "job {} task #{}: an abort cause for a task not aborted", id, index);
     std::optional<UserJob::Loc> c = job.find(cause);
     HQ_SCHED_CHECK(
-        c && c->part->base + c->index != index && ended(c->part->slots[c->index].state) &&
-            c->part->slots[c->index].state != TaskState::kFinished,
+        c && c->part->base + c->index != index && ended(c->part->tasks.get(c->index).state) &&
+            c->part->tasks.get(c->index).state != TaskState::kFinished,
         "job {} task #{}: aborted by task {}, which did not end unfinished", id, index, cause);
   }
 }
@@ -131,10 +131,12 @@ void Scheduler::Impl::check() const {
       job.check_queue();
       HQ_SCHED_CHECK(job.ids.size() == job.size(), "job {}: {} ids but {} slots", id,
                      job.ids.size(), job.size());
+      const std::string table = job.tasks.check();
+      HQ_SCHED_CHECK(table.empty(), "job {} part {}: {}", id, job.part, table);
       TaskCounts recount;
       uint32_t unheld_waiting_before_fresh = 0;
       for (uint32_t i = 0; i < job.size(); ++i) {
-        const TaskSlot& s = job.slots[i];
+        const TaskSlot s = job.tasks.get(i);
         ++recount.by_state[static_cast<int>(s.state)];
         const bool held = s.flags & kHeld;
         HQ_SCHED_CHECK((s.flags & ~(kHeld | kRetracting | kPlaced | kOutside | kOrphan)) == 0,
@@ -187,8 +189,8 @@ void Scheduler::Impl::check() const {
       HQ_SCHED_CHECK(std::adjacent_find(requeued.begin(), requeued.end()) == requeued.end(),
                      "job {}: a task is requeued twice", id);
       for (uint32_t i : requeued) {
-        HQ_SCHED_CHECK(i < job.fresh_begin() && job.slots[i].state == TaskState::kWaiting &&
-                           job.slots[i].flags == 0 && job.deps_done(i),
+        HQ_SCHED_CHECK(i < job.fresh_begin() && job.tasks.get(i).state == TaskState::kWaiting &&
+                           job.tasks.get(i).flags == 0 && job.deps_done(i),
                        "job {} task #{}: requeued but not an unheld waiting task", id, i);
       }
       HQ_SCHED_CHECK(requeued.size() == unheld_waiting_before_fresh,
@@ -244,7 +246,7 @@ void Scheduler::Impl::check() const {
     std::map<std::pair<uint32_t, uint32_t>, ResourceAmount> unit_used;  // by (resource, unit)
     for (size_t k = 0; k < w.held.size(); ++k) {
       const HeldTask& h = w.held[k];
-      const TaskSlot& s = h.job->slots[h.index];
+      const TaskSlot s = h.job->tasks.get(h.index);
       HQ_SCHED_CHECK((s.flags & kHeld) && s.worker == id && s.held_pos == k,
                      "worker {}: held entry {} (job {} task #{}) does not name it", id, k,
                      h.job->id, h.index);
@@ -325,7 +327,7 @@ void Scheduler::Impl::check() const {
                      format_amount(used[r]), names.name(r));
     }
     if (w.serves_job) {
-      const TaskSlot& s = w.serves_job->slots[w.serves_index];
+      const TaskSlot s = w.serves_job->tasks.get(w.serves_index);
       const WorkerSlot* root = find_worker(s.worker);
       HQ_SCHED_CHECK(w.connected && w.held.empty() && w.serves_job->nodes > 1 &&
                          (s.flags & kHeld) && root && root != &w && root->connected &&
@@ -380,7 +382,7 @@ void Scheduler::Impl::check() const {
   for (const auto& task : held_multi) {
     auto it = serving.find(task);
     const uint32_t n = it == serving.end() ? 0 : it->second;
-    HQ_SCHED_CHECK(n + 1 == task.first->nodes || ended(task.first->slots[task.second].state),
+    HQ_SCHED_CHECK(n + 1 == task.first->nodes || ended(task.first->tasks.get(task.second).state),
                    "job {} task #{}: {} secondary nodes, not {}", task.first->id, task.second, n,
                    task.first->nodes - 1);
   }

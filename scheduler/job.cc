@@ -89,6 +89,10 @@ TaskId TaskIdMap::id_at(uint32_t index) const {
 }
 
 std::optional<uint32_t> TaskIdMap::index_of(TaskId id) const {
+  if (ranges_.size() == 1 && ranges_[0].step == 1) {  // an array job's usual `--array a-b`
+    if (id < ranges_[0].start || id > ranges_[0].end) return std::nullopt;
+    return id - ranges_[0].start;
+  }
   auto it = std::upper_bound(ranges_.begin(), ranges_.end(), id,
                              [](TaskId v, const IdRange& r) { return v < r.start; });
   if (it == ranges_.begin()) return std::nullopt;
@@ -106,8 +110,8 @@ Job::Job(UserJob& job_owner, uint32_t part_number, uint32_t first, uint32_t job_
       cpus(job_cpus),
       priority(job_priority),
       cursor(use_cursor),
-      ids(std::move(task_ids)) {
-  slots.resize(ids.size());
+      ids(std::move(task_ids)),
+      tasks(ids.size()) {
   counts.by_state[static_cast<int>(TaskState::kWaiting)] = size();
   owner.counts.by_state[static_cast<int>(TaskState::kWaiting)] += size();
   if (!cursor) clear_ready();  // the caller queues the ready tasks (rebuild_ready)
@@ -117,12 +121,42 @@ bool Job::deps_done(uint32_t index) const {
   return !owner.graph || owner.graph->pending[base + index] == 0;
 }
 
-void Job::set_state(TaskSlot& slot, TaskState to) {
+void Job::set_state(uint32_t index, TaskSlot& slot, TaskState to) {
   --counts.by_state[static_cast<int>(slot.state)];
   ++counts.by_state[static_cast<int>(to)];
   --owner.counts.by_state[static_cast<int>(slot.state)];
   ++owner.counts.by_state[static_cast<int>(to)];
+  if (tasks.note_state(index, slot.state, to)) note_full(index >> TaskTable::kChunkShift);
   slot.state = to;
+}
+
+TaskSlot& Job::unpacked_task(uint32_t index) {
+  if (tasks.unpacks_ended(index)) note_full(index >> TaskTable::kChunkShift);
+  return tasks.at(index);
+}
+
+void Job::note_full(uint32_t chunk) {
+  full_chunks_.push_back(chunk);
+  if (pack_list && !in_pack_list) {
+    pack_list->push_back(this);
+    in_pack_list = true;
+  }
+}
+
+void Job::set_uniform_state(uint32_t c, TaskState to) {
+  TaskSlot& u = *tasks.uniform(c);
+  const uint32_t n = tasks.chunk_end(c) - tasks.chunk_begin(c);
+  counts.by_state[static_cast<int>(u.state)] -= n;
+  counts.by_state[static_cast<int>(to)] += n;
+  owner.counts.by_state[static_cast<int>(u.state)] -= n;
+  owner.counts.by_state[static_cast<int>(to)] += n;
+  u.state = to;
+  tasks.note_uniform(c);
+}
+
+bool Job::pack_ended() {
+  std::erase_if(full_chunks_, [this](uint32_t c) { return tasks.pack(c); });
+  return full_chunks_.empty();
 }
 
 Job::Next Job::take_ready() {
@@ -154,15 +188,15 @@ void Job::clear_ready() {
 void Job::rebuild_ready() {
   uint32_t fresh = size();
   while (fresh > 0 && cursor) {
-    const TaskSlot& s = slots[fresh - 1];
+    const TaskSlot s = tasks.get(fresh - 1);
     if (s.state != TaskState::kWaiting || s.flags != 0 || s.instance != 0) break;
     --fresh;
   }
   requeued_.clear();
   for (uint32_t i = 0; i < fresh; ++i) {
     // Increasing: a heap.
-    if (slots[i].state == TaskState::kWaiting && !(slots[i].flags & (kHeld | kOrphan)) &&
-        deps_done(i)) {
+    const TaskSlot s = tasks.get(i);
+    if (s.state == TaskState::kWaiting && !(s.flags & (kHeld | kOrphan)) && deps_done(i)) {
       requeued_.push_back(i);
     }
   }

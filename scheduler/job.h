@@ -1,7 +1,7 @@
 #pragma once
-// Private to scheduler/: how one job's tasks are stored. A job of N tasks costs one 32-byte
-// TaskSlot per task plus a few bytes per id range; nothing is allocated per task beyond that,
-// except an error string for each failed task.
+// Private to scheduler/: how one job's tasks are stored. A job costs a few bytes per id range,
+// its task records (task_table.h: nothing per waiting task, 32 bytes per task in flight, a few
+// bytes per ended one) and an error string for each failed task.
 
 #include <cstdint>
 #include <memory>
@@ -15,33 +15,11 @@
 #include "common/result.h"
 #include "scheduler/graph.h"
 #include "scheduler/scheduler.h"
+#include "scheduler/task_table.h"
 
 namespace hq::sched {
 
 struct WorkerSlot;
-
-// TaskSlot::flags.
-inline constexpr uint8_t kHeld = 1;        // a worker holds it (queued, running, or ended by a
-                                           // cancel and not yet reported by the worker)
-inline constexpr uint8_t kRetracting = 2;  // a retraction was sent and not answered yet
-inline constexpr uint8_t kPlaced = 4;      // held with an allocation in its worker's pool
-inline constexpr uint8_t kOutside = 8;     // started by its worker beyond the model's pool
-inline constexpr uint8_t kOrphan = 16;     // after a restart: may be running on a worker that
-                                           // has not reattached yet; held by nobody, never
-                                           // handed out (scheduler/reattach.cc)
-
-// Everything the scheduler keeps per task.
-struct TaskSlot {
-  int64_t start_time = 0;  // 0: not started (in this instance)
-  int64_t end_time = 0;    // 0: not ended
-  WorkerId worker = 0;     // the holder while kHeld; else the last worker that held it, or 0
-  InstanceId instance = 0;
-  uint32_t held_pos = 0;  // index in the holder's held list; meaningful only while kHeld
-  uint16_t crashes = 0;   // times a worker was lost while running it (saturates)
-  TaskState state = TaskState::kWaiting;
-  uint8_t flags = 0;
-};
-static_assert(sizeof(TaskSlot) == 32, "TaskSlot is part of the memory budget per task");
 
 // A job's task ids as sorted, disjoint ranges, mapping ids to dense indices 0..size()-1 (in
 // increasing id order) and back in O(log ranges).
@@ -100,16 +78,31 @@ class Job {
   uint32_t nodes = 1;            // whole workers per task; see JobSpec
   const bool cursor;
   const TaskIdMap ids;
-  std::vector<TaskSlot> slots;  // by index
-  TaskCounts counts;            // of this part (the owner counts the whole job)
+  TaskTable tasks;    // by index
+  TaskCounts counts;  // of this part (the owner counts the whole job)
   std::unordered_map<uint32_t, std::string> errors;  // by index, failed tasks only
   bool in_ready_set = false;                         // owned by the scheduler's ready set
 
   // Whether the task may be queued and handed to a worker as far as dependencies go.
   bool deps_done(uint32_t index) const;
-  uint32_t size() const { return static_cast<uint32_t>(slots.size()); }
-  // Changes the state, in this part's counts and the owner's.
-  void set_state(TaskSlot& slot, TaskState to);
+  uint32_t size() const { return tasks.size(); }
+  // The record of task `index` to change (TaskTable::at); tasks.get(index) to read it.
+  TaskSlot& task(uint32_t index) {
+    if (TaskSlot* s = tasks.dense_at(index)) return *s;
+    return unpacked_task(index);
+  }
+  // Changes the state of task `index`, whose record is `slot`, in this part's counts and the
+  // owner's.
+  void set_state(uint32_t index, TaskSlot& slot, TaskState to);
+  // The same for every task of uniform chunk `c` of `tasks` (none of them held).
+  void set_uniform_state(uint32_t c, TaskState to);
+  // Packs the chunks whose tasks have all ended (TaskTable::pack); false while some of them
+  // are still held. Called by the scheduler between its calls, when no record is referenced.
+  bool pack_ended();
+  // Where the part files itself when a chunk's last task ends (the scheduler's list of parts
+  // to pack); null: nowhere.
+  std::vector<Job*>* pack_list = nullptr;
+  bool in_pack_list = false;
 
   // --- Ready queue: the waiting tasks no worker holds ----------------------------------------
   // Requeued tasks (put back) in increasing id order, then fresh ones (never assigned) in
@@ -136,6 +129,9 @@ class Job {
   void check_queue() const;
 
  private:
+  void note_full(uint32_t chunk);
+  TaskSlot& unpacked_task(uint32_t index);
+  std::vector<uint32_t> full_chunks_;  // of `tasks`, all ended since it was last packed
   uint32_t fresh_ = 0;
   uint32_t fresh_range_ = 0;        // the range holding index fresh_ (ranges().size() at the end)
   std::vector<uint32_t> requeued_;  // min-heap of indices

@@ -20,20 +20,21 @@ bool Scheduler::reattach_task(WorkerId worker, TaskKey key, int64_t start_time, 
   if (!at) return false;
   Job* job = at->part;
   const std::optional<uint32_t> index = at->index;
-  TaskSlot& s = job->slots[*index];
-  if (s.instance != key.instance) return false;
-  if (s.flags & kHeld) {
+  const TaskSlot now = job->tasks.get(*index);
+  if (now.instance != key.instance) return false;
+  if (now.flags & kHeld) {
     // A claim repeated in one message, or a task it reported started meanwhile.
-    return s.worker == worker && s.state == TaskState::kRunning;
+    return now.worker == worker && now.state == TaskState::kRunning;
   }
-  if (!(s.flags & kOrphan)) return false;
+  if (!(now.flags & kOrphan)) return false;
+  TaskSlot& s = job->task(*index);
   // The journal knows where a running task runs: a claim from elsewhere is not that run. A
   // multi-node task's secondary nodes are not known here: it runs again instead.
   if (s.state == TaskState::kRunning && s.worker != worker) return false;
   if (job->nodes > 1) return false;
   if (variant > 0 && variant >= job->variants.size()) return false;
   s.flags = 0;
-  if (s.state == TaskState::kWaiting) job->set_state(s, TaskState::kRunning);
+  if (s.state == TaskState::kWaiting) job->set_state(*index, s, TaskState::kRunning);
   // Held as a queued task, then placed as a queued task that the worker reports started.
   m.hold(*w, *job, *index, /*placed=*/false, {}, variant);
   m.place_started(*w, *job, *index);
@@ -50,9 +51,9 @@ std::vector<TaskKey> Scheduler::end_reattach() {
     for (auto& part : owner->parts) {
       Job& job = *part;
       for (uint32_t i = 0; i < job.size(); ++i) {
-        TaskSlot& s = job.slots[i];
-        if (!(s.flags & kOrphan)) continue;
-        if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+        if (!(job.tasks.get(i).flags & kOrphan)) continue;
+        TaskSlot& s = job.task(i);
+        if (s.state == TaskState::kRunning) job.set_state(i, s, TaskState::kWaiting);
         s.flags = 0;
         ++s.instance;
         s.start_time = 0;
@@ -68,7 +69,7 @@ uint64_t Scheduler::orphan_count() const {
   uint64_t n = 0;
   for (const auto& [id, owner] : impl_->jobs) {
     for (const auto& part : owner->parts) {
-      for (const TaskSlot& s : part->slots) n += (s.flags & kOrphan) != 0;
+      for (uint32_t i = 0; i < part->size(); ++i) n += (part->tasks.get(i).flags & kOrphan) != 0;
     }
   }
   return n;

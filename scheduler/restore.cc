@@ -26,7 +26,7 @@ std::optional<Found> find_task(const std::unordered_map<JobId, UserJob*>& index,
   if (it == index.end()) return std::nullopt;
   std::optional<UserJob::Loc> at = it->second->find(key.task);
   if (!at) return std::nullopt;
-  return Found{at->part, at->index, &at->part->slots[at->index]};
+  return Found{at->part, at->index, &at->part->task(at->index)};
 }
 
 }  // namespace
@@ -35,7 +35,7 @@ bool Scheduler::restore_started(TaskKey key, WorkerId worker, int64_t time) {
   std::optional<Found> f = find_task(impl_->job_index, key);
   if (!f) return false;
   TaskSlot& s = *f->slot;
-  f->job->set_state(s, TaskState::kRunning);
+  f->job->set_state(f->index, s, TaskState::kRunning);
   s.instance = key.instance;
   s.worker = worker;
   s.start_time = time;
@@ -51,7 +51,7 @@ bool Scheduler::restore_ended(TaskKey key, TaskState state, int64_t time, std::s
   if (!f) return false;
   TaskSlot& s = *f->slot;
   if (state != TaskState::kCanceled && s.start_time == 0) s.start_time = time;
-  f->job->set_state(s, state);
+  f->job->set_state(f->index, s, state);
   s.instance = key.instance;
   s.end_time = time;
   if (worker != 0) s.worker = worker;
@@ -67,7 +67,7 @@ bool Scheduler::restore_requeued(TaskKey key, uint32_t crashes) {
   std::optional<Found> f = find_task(impl_->job_index, key);
   if (!f) return false;
   TaskSlot& s = *f->slot;
-  f->job->set_state(s, TaskState::kWaiting);
+  f->job->set_state(f->index, s, TaskState::kWaiting);
   s.instance = key.instance;
   s.crashes = static_cast<uint16_t>(std::min<uint32_t>(crashes, 0xffff));
   s.start_time = s.end_time = 0;
@@ -93,7 +93,7 @@ bool deps_finished(const UserJob& job, uint32_t global) {
   const DepGraph& g = *job.graph;
   for (uint32_t k = g.dep_begin[global]; k < g.dep_begin[global + 1]; ++k) {
     UserJob::Loc at = job.at(g.deps[k]);
-    if (at.part->slots[at.index].state != TaskState::kFinished) return false;
+    if (at.part->tasks.get(at.index).state != TaskState::kFinished) return false;
   }
   return true;
 }
@@ -113,11 +113,11 @@ void for_each_maybe_running(UserJob& owner, F fn) {
     Job& job = *part;
     if (!job.cursor) {
       for (uint32_t i = 0; i < job.size(); ++i) {
-        TaskSlot& s = job.slots[i];
+        const TaskSlot s = job.tasks.get(i);
         const bool maybe_ran =
             s.state == TaskState::kRunning || (s.flags & kOrphan) ||
             (s.state == TaskState::kWaiting && deps_finished(owner, job.base + i));
-        if (maybe_ran) fn(job, s, i);
+        if (maybe_ran) fn(job, job.task(i), i);
       }
       continue;
     }
@@ -125,10 +125,10 @@ void for_each_maybe_running(UserJob& owner, F fn) {
     // TODO(perf): O(size) at every restart in the history; orphans of earlier restarts may lie
     // anywhere below their run's reservation, so the walk cannot stop at this one's.
     for (uint32_t i = 0; i < job.size(); ++i) {
-      TaskSlot& s = job.slots[i];
+      const TaskSlot s = job.tasks.get(i);
       const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
                              (s.state == TaskState::kWaiting && i < reserved);
-      if (maybe_ran) fn(job, s, i);
+      if (maybe_ran) fn(job, job.task(i), i);
     }
   }
   owner.reserved = 0;
@@ -139,8 +139,8 @@ void for_each_maybe_running(UserJob& owner, F fn) {
 uint64_t Scheduler::restore_restart() {
   uint64_t back = 0;
   for (auto& [id, owner] : impl_->jobs) {
-    for_each_maybe_running(*owner, [&](Job& job, TaskSlot& s, uint32_t) {
-      if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+    for_each_maybe_running(*owner, [&](Job& job, TaskSlot& s, uint32_t i) {
+      if (s.state == TaskState::kRunning) job.set_state(i, s, TaskState::kWaiting);
       s.flags &= ~kOrphan;
       ++s.instance;
       s.start_time = 0;
@@ -173,9 +173,10 @@ uint64_t Scheduler::restore_reattach_ended() {
   for (auto& [id, owner] : impl_->jobs) {
     for (auto& part : owner->parts) {
       Job& job = *part;
-      for (TaskSlot& s : job.slots) {
-        if (!(s.flags & kOrphan)) continue;
-        if (s.state == TaskState::kRunning) job.set_state(s, TaskState::kWaiting);
+      for (uint32_t i = 0; i < job.size(); ++i) {
+        if (!(job.tasks.get(i).flags & kOrphan)) continue;
+        TaskSlot& s = job.task(i);
+        if (s.state == TaskState::kRunning) job.set_state(i, s, TaskState::kWaiting);
         s.flags &= ~kOrphan;
         ++s.instance;
         s.start_time = 0;
@@ -202,18 +203,18 @@ uint64_t Scheduler::finish_restore(bool reattach) {
       DepGraph& g = *owner.graph;
       std::erase_if(g.aborted_by, [&owner](const auto& entry) {
         UserJob::Loc at = owner.at(entry.first);
-        return at.part->slots[at.index].state != TaskState::kAborted;
+        return at.part->tasks.get(at.index).state != TaskState::kAborted;
       });
       for (uint32_t i = 0; i < owner.size(); ++i) {
         g.pending[i] = 0;
         for (uint32_t k = g.dep_begin[i]; k < g.dep_begin[i + 1]; ++k) {
           UserJob::Loc at = owner.at(g.deps[k]);
-          g.pending[i] += at.part->slots[at.index].state != TaskState::kFinished;
+          g.pending[i] += at.part->tasks.get(at.index).state != TaskState::kFinished;
         }
       }
       for (auto& part : owner.parts) {
         for (uint32_t i = 0; i < part->size(); ++i) {
-          const TaskSlot& s = part->slots[i];
+          const TaskSlot s = part->tasks.get(i);
           if (ended(s.state) && s.state != TaskState::kFinished) {
             m.abort_dependants(*part, i, s.end_time);
           }

@@ -170,7 +170,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
     // A node of a multi-node task is gone: the task stops on all of them and runs again.
     Job& job = *w->serves_job;
     const uint32_t index = w->serves_index;
-    TaskSlot& s = job.slots[index];
+    TaskSlot& s = job.task(index);
     WorkerSlot& root = *m.find_worker(s.worker);
     m.kills.push_back({root.id, {job.id, job.ids.id_at(index), s.instance}});
     const bool was_running = s.state == TaskState::kRunning;
@@ -179,7 +179,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
     if (!ended(s.state)) {
       if (was_running && lost && s.crashes < std::numeric_limits<uint16_t>::max()) ++s.crashes;
       if (was_running && lost && job.crash_limit > 0 && s.crashes >= job.crash_limit) {
-        job.set_state(s, TaskState::kFailed);
+        job.set_state(index, s, TaskState::kFailed);
         s.end_time = now;
         job.errors[index] = fmt::format(
             "A worker of this multi-node task was lost {} time(s); its crash limit ({}) is "
@@ -189,7 +189,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
         m.abort_dependants(job, index, now);
         failed_jobs.push_back(&job);
       } else {
-        if (was_running) job.set_state(s, TaskState::kWaiting);
+        if (was_running) job.set_state(index, s, TaskState::kWaiting);
         ++s.instance;
         s.start_time = 0;
         m.put_back(job, index);
@@ -200,7 +200,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
   for (const HeldTask& h : w->held) {
     Job& job = *h.job;
     m.free_secondaries(job, h.index);
-    TaskSlot& s = job.slots[h.index];
+    TaskSlot& s = job.task(h.index);
     if (s.flags & kRetracting) m.retracting_cpus -= h.cpus;
     s.flags = 0;
     s.held_pos = 0;
@@ -208,7 +208,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
     if (s.state == TaskState::kRunning) {
       if (lost && s.crashes < std::numeric_limits<uint16_t>::max()) ++s.crashes;
       if (lost && job.crash_limit > 0 && s.crashes >= job.crash_limit) {
-        job.set_state(s, TaskState::kFailed);
+        job.set_state(h.index, s, TaskState::kFailed);
         s.end_time = now;
         job.errors[h.index] = fmt::format(
             "Task was running on a worker that was lost {} time(s); its crash limit ({}) is "
@@ -219,7 +219,7 @@ std::vector<TaskKey> Scheduler::remove_worker(WorkerId id, int64_t now, bool los
         failed_jobs.push_back(&job);
         continue;
       }
-      job.set_state(s, TaskState::kWaiting);
+      job.set_state(h.index, s, TaskState::kWaiting);
     }
     ++s.instance;
     s.start_time = 0;
@@ -432,6 +432,7 @@ void Scheduler::Impl::add_parts(UserJob& owner, std::vector<PreparedPart>& parts
     auto part = std::make_unique<Job>(owner, static_cast<uint32_t>(owner.parts.size()), p.base,
                                       cpus, p.spec->priority, std::move(p.ids), cursor);
     part->request = intern_request(p.request);
+    part->pack_list = &to_pack;
     for (const ResourceRequest& v : p.variants) {
       part->variants.push_back(intern_request(v));
       part->variant_cpus.push_back(whole_cpus(v));
@@ -449,7 +450,7 @@ void Scheduler::Impl::add_parts(UserJob& owner, std::vector<PreparedPart>& parts
       g.pending[i] = 0;
       for (uint32_t k = g.dep_begin[i]; k < g.dep_begin[i + 1]; ++k) {
         UserJob::Loc at = owner.at(g.deps[k]);
-        g.pending[i] += at.part->slots[at.index].state != TaskState::kFinished;
+        g.pending[i] += at.part->tasks.get(at.index).state != TaskState::kFinished;
       }
     }
   }
@@ -466,7 +467,7 @@ void Scheduler::Impl::add_parts(UserJob& owner, std::vector<PreparedPart>& parts
     const uint32_t old_size = owner.parts[first_new]->base;
     for (uint32_t d = 0; d < old_size; ++d) {
       UserJob::Loc at = owner.at(d);
-      const TaskState st = at.part->slots[at.index].state;
+      const TaskState st = at.part->tasks.get(at.index).state;
       if (!ended(st) || st == TaskState::kFinished) continue;
       if (g.dependant_begin[d + 1] == g.dependant_begin[d]) continue;
       if (g.dependants[g.dependant_begin[d + 1] - 1] < old_size) continue;  // none of them new
@@ -607,8 +608,8 @@ std::vector<Assignment> Scheduler::cancel_tasks(JobId id, const IdSet& tasks, in
     std::optional<UserJob::Loc> at = owner->find(t);
     if (!at) return;
     Job* job = at->part;
-    TaskSlot& s = job->slots[at->index];
-    if (ended(s.state)) return;
+    if (ended(job->tasks.get(at->index).state)) return;
+    TaskSlot& s = job->task(at->index);
     if (s.flags & kHeld) {
       WorkerSlot& w = *m.find_worker(s.worker);
       kill.push_back({w.id, {job->id, t, s.instance}});
@@ -618,7 +619,7 @@ std::vector<Assignment> Scheduler::cancel_tasks(JobId id, const IdSet& tasks, in
       was_queued.insert(job);
     }
     s.flags &= ~kOrphan;  // a worker claiming it later is told to kill it
-    job->set_state(s, TaskState::kCanceled);
+    job->set_state(at->index, s, TaskState::kCanceled);
     s.end_time = now;
     canceled.push_back(*at);
   });
@@ -644,8 +645,8 @@ Status Scheduler::remove_job(JobId id) {
                                      job->open ? "close or cancel" : "cancel"));
   }
   for (const auto& part : job->parts) {
-    for (const TaskSlot& s : part->slots) {
-      if (s.flags & kHeld) {
+    for (uint32_t i = 0; i < part->size(); ++i) {
+      if (part->tasks.get(i).flags & kHeld) {
         return Status::error(fmt::format(
             "job {}: a worker has not yet reported the end of its canceled task(s)", id));
       }
@@ -662,6 +663,7 @@ Status Scheduler::remove_job(JobId id) {
   }
   m.completed.erase(id);
   std::erase(m.aborted_jobs, id);
+  std::erase_if(m.to_pack, [id](const Job* part) { return part->id == id; });
   m.job_index.erase(id);
   m.jobs.erase(id);
   return Status::ok();
@@ -680,7 +682,7 @@ bool Scheduler::task_started(WorkerId worker, TaskKey key, int64_t time) {
   if (!h || h->slot->state != TaskState::kWaiting) return false;
   impl_->clear_retraction(*h->w, *h->slot);  // too late to give it back
   impl_->place_started(*h->w, *h->job, h->index);
-  h->job->set_state(*h->slot, TaskState::kRunning);
+  h->job->set_state(h->index, *h->slot, TaskState::kRunning);
   h->slot->start_time = time;
   ++h->w->running;
   return true;
@@ -710,6 +712,7 @@ Decisions Scheduler::schedule(int64_t now) {
   m.now = now;
   m.check_reservations();
   Decisions d;
+  m.pack_ended();
   m.compact_lists();
   if (!m.ready.empty()) m.fill_multi_node(d);
   if (!m.ready.empty() && !m.free_list.empty()) {
@@ -739,7 +742,7 @@ std::vector<JobId> Scheduler::take_completed_jobs() {
 namespace {
 
 TaskView make_view(const Job& job, uint32_t index, TaskId id) {
-  const TaskSlot& s = job.slots[index];
+  const TaskSlot s = job.tasks.get(index);
   TaskView v;
   v.id = id;
   v.state = s.state;
@@ -852,7 +855,7 @@ std::optional<TaskKey> Scheduler::serving(WorkerId id) const {
   const WorkerSlot* w = impl_->find_worker(id);
   if (!w || !w->serves_job) return std::nullopt;
   const Job& job = *w->serves_job;
-  return TaskKey{job.id, job.ids.id_at(w->serves_index), job.slots[w->serves_index].instance};
+  return TaskKey{job.id, job.ids.id_at(w->serves_index), job.tasks.get(w->serves_index).instance};
 }
 
 JobId Scheduler::reserved_for(WorkerId id) const {
@@ -965,6 +968,15 @@ uint32_t Scheduler::held_tasks(WorkerId id) const {
   return w ? static_cast<uint32_t>(w->held.size()) : 0;
 }
 
+size_t Scheduler::task_record_bytes(JobId id) const {
+  const UserJob* job = impl_->find_job(id);
+  size_t n = 0;
+  if (job) {
+    for (const auto& part : job->parts) n += part->tasks.bytes();
+  }
+  return n;
+}
+
 uint32_t Scheduler::running_tasks(WorkerId id) const {
   const WorkerSlot* w = impl_->find_worker(id);
   return w ? w->running : 0;
@@ -979,7 +991,7 @@ uint32_t Scheduler::queued_tasks(WorkerId id) const {
   const WorkerSlot* w = impl_->find_worker(id);
   if (!w) return 0;
   uint32_t n = 0;
-  for (const HeldTask& h : w->held) n += h.job->slots[h.index].state == TaskState::kWaiting;
+  for (const HeldTask& h : w->held) n += h.job->tasks.get(h.index).state == TaskState::kWaiting;
   return n;
 }
 
@@ -1001,7 +1013,7 @@ std::vector<TaskId> task_deps(const UserJob* job, TaskId task, bool unfinished_o
   const uint32_t gi = at->part->base + at->index;
   for (uint32_t k = g.dep_begin[gi]; k < g.dep_begin[gi + 1]; ++k) {
     UserJob::Loc d = job->at(g.deps[k]);
-    if (unfinished_only && d.part->slots[d.index].state == TaskState::kFinished) continue;
+    if (unfinished_only && d.part->tasks.get(d.index).state == TaskState::kFinished) continue;
     out.push_back(d.part->ids.id_at(d.index));
   }
   std::sort(out.begin(), out.end());  // parts interleave ids
@@ -1022,7 +1034,7 @@ uint32_t Scheduler::crash_count(JobId job_id, TaskId task) const {
   const UserJob* job = impl_->find_job(job_id);
   if (!job) return 0;
   std::optional<UserJob::Loc> at = job->find(task);
-  return at ? at->part->slots[at->index].crashes : 0;
+  return at ? at->part->tasks.get(at->index).crashes : 0;
 }
 
 }  // namespace hq::sched

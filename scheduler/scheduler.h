@@ -4,6 +4,7 @@
 // decisions come out as return values, so it can be driven deterministically by tests and
 // benchmarks with millions of tasks.
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -342,6 +343,9 @@ class Scheduler {
   std::optional<TaskView> task(JobId job, TaskId task) const;
   // Tasks held by the worker (queued or running, canceled ones not yet ended included).
   uint32_t held_tasks(WorkerId id) const;
+  // Heap bytes of the job's task records (task_table.h), ids and errors aside; 0 for an
+  // unknown job. Ended tasks' records are packed by schedule().
+  size_t task_record_bytes(JobId id) const;
   uint32_t running_tasks(WorkerId id) const;  // held tasks in state kRunning
   // Held tasks the worker has not reported started (queued; canceled ones excluded).
   uint32_t queued_tasks(WorkerId id) const;

@@ -1,5 +1,6 @@
 // Throughput and memory of the scheduler alone (DESIGN.md budgets: >= 1,000,000 assignments/s,
-// <= 64 bytes per waiting task of an array job).
+// <= 64 bytes per waiting task of an array job; issue 15: <= 1 byte per waiting and <= 4 bytes
+// per ended task).
 //
 //   scheduler_bench                       # all
 //   scheduler_bench --benchmark_filter=Memory
@@ -384,6 +385,47 @@ void BM_MemoryPerWaitingTask(benchmark::State& state) {
   state.counters["bytes_per_task"] = per_task;
 }
 BENCHMARK(BM_MemoryPerWaitingTask)->Iterations(1)->Unit(benchmark::kMillisecond);
+
+// Heap bytes per ended task of one 2,000,000-task array job that ran to its end on two workers,
+// one task in 1,000 failing (each keeps its error text), measured after the schedule() that
+// packs the ended tasks' records. Task durations of a few milliseconds, as a campaign of short
+// tasks has them.
+void BM_MemoryPerEndedTask(benchmark::State& state) {
+  constexpr uint32_t kTasks = 2'000'000;
+  double per_task = 0;
+  for (auto _ : state) {
+    auto heap = [] {
+      struct mallinfo2 m = mallinfo2();
+      return m.uordblks + m.hblkhd;
+    };
+    auto s = std::make_unique<Scheduler>();
+    for (WorkerId w = 1; w <= 2; ++w) {
+      if (!s->add_worker(w, 64).is_ok()) std::abort();
+    }
+    s->schedule();
+    size_t before = heap();
+    if (!s->add_job({1, IdSet::range(1, kTasks), 1, 0}).is_ok()) std::abort();
+    int64_t now = 1'700'000'000'000;
+    uint32_t ended = 0;
+    while (ended < kTasks) {
+      Decisions d = s->schedule(now);
+      for (const Assignment& a : d.assign) {
+        if (!s->task_started(a.worker, a.key, ++now)) std::abort();
+        const int64_t end = now + 1 + a.key.task % 4;
+        const bool ok = a.key.task % 1000 != 0 ? s->task_finished(a.worker, a.key, end)
+                                               : s->task_failed(a.worker, a.key, end, "exit 1");
+        if (!ok) std::abort();
+        ++ended;
+      }
+    }
+    s->schedule(now);
+    size_t after = heap();
+    per_task = static_cast<double>(after - before) / kTasks;
+    benchmark::DoNotOptimize(s->waiting_tasks());
+  }
+  state.counters["bytes_per_task"] = per_task;
+}
+BENCHMARK(BM_MemoryPerEndedTask)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace hq::sched
