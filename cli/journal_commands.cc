@@ -132,6 +132,7 @@ json event_json(Event::Reader e) {
     case Event::TASKS_STARTED:  // printed task by task (for_each_task_event)
     case Event::TASKS_FINISHED:
     case Event::TASKS_REATTACHED:
+    case Event::TASK_TIMES:
     case Event::REATTACH_ENDED:
       break;
     case Event::WORKER_REATTACHED:
@@ -224,13 +225,43 @@ json event_json(Event::Reader e) {
   return j;
 }
 
-// The server writes task starts and ends in batches (tasks-started, tasks-finished); readers see
-// one task-started or task-finished event per task, with the batch's seq and the task's time.
+// The packed starts and ends of a taskTimes record, as one task-started and one task-finished
+// event per task, each with its own time.
+void for_each_packed_time(Event::Reader e, const std::function<void(int64_t, json)>& fn) {
+  auto r = e.getTaskTimes();
+  auto each = [&](capnp::Data::Reader data, journal::TaskTimesList list) {
+    auto entries = journal::unpack_task_times(data.begin(), data.size(), list, e.getTime());
+    if (!entries) return;  // checked when the record was decoded
+    for (const journal::TaskTimeEntry& t : *entries) {
+      json task = {{"job", r.getJob()}, {"task", t.task}, {"instance", t.instance}};
+      if (list != journal::TaskTimesList::kFinished) {
+        json j = {{"type", "task-started"}};
+        j.update(task);
+        j["worker"] = r.getWorker();
+        fn(t.start, std::move(j));
+      }
+      if (list != journal::TaskTimesList::kStarted) {
+        json j = {{"type", "task-finished"}};
+        j.update(task);
+        fn(t.end, std::move(j));
+      }
+    }
+  };
+  each(r.getStarted(), journal::TaskTimesList::kStarted);
+  each(r.getRan(), journal::TaskTimesList::kRan);
+  each(r.getFinished(), journal::TaskTimesList::kFinished);
+}
+
+// The server writes task starts and ends in batches (task-times; tasks-started and
+// tasks-finished before it); readers see one task-started or task-finished event per task, with
+// the batch's seq and the task's time.
 using schema_batch = journal::schema::TaskBatch::Reader;
 void for_each_task_event(Event::Reader e, const std::function<void(int64_t, json)>& fn) {
   const char* type = nullptr;
   schema_batch batch;
   switch (e.which()) {
+    case Event::TASK_TIMES:
+      return for_each_packed_time(e, fn);
     case Event::TASKS_STARTED:
       type = "task-started";
       batch = e.getTasksStarted();

@@ -10,9 +10,12 @@ $Cxx.namespace("hq::journal::schema");
 
 # The value of the "format" key, checked on open. A journal of another major version is refused;
 # a newer minor version only adds fields and events, which older readers skip.
+# 2: task starts and ends are written as taskTimes, which a 1.x reader would skip. A 1.x journal
+# is read, and becomes 2.0 when it is first opened for writing.
 const formatMagic :Text = "hq-journal";
-const formatMajor :UInt16 = 1;
+const formatMajor :UInt16 = 2;
 const formatMinor :UInt16 = 0;
+const formatOldestMajor :UInt16 = 1;  # the oldest major version this reader takes
 
 struct Format {
   magic @0 :Text;
@@ -206,6 +209,17 @@ struct TaskBatch {
   tasks @2 :List(TaskTime);
 }
 
+# The starts and ends one worker reported for one job between two journal commits, packed: a
+# few bytes per task (docs/journal-format.md, "Packed task times"). The server writes these;
+# tasksStarted and tasksFinished are still read.
+struct TaskTimes {
+  job @0 :UInt32;
+  worker @1 :UInt32;
+  started @2 :Data;         # started, still running at the commit: task, instance, start
+  ran @3 :Data;             # started and finished: task, instance, start, end
+  finished @4 :Data;        # finished, started in an earlier record: task, instance, end
+}
+
 struct JobReserve {
   job @0 :UInt32;
   tasks @1 :UInt32;         # the first that many tasks of the job in id order
@@ -284,6 +298,7 @@ struct Event {
     allocQueueRemoved @26 :AllocQueueRef;
     allocationSubmitted @27 :AllocationSubmitted;
     allocationEnded @28 :AllocationEnded;
+    taskTimes @29 :TaskTimes;
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include "common/capnp_lists.h"
 #include "common/graph_columns.h"
+#include "common/varint.h"
 
 namespace hq::journal {
 namespace {
@@ -79,6 +80,16 @@ void check(schema::TaskBatch::Reader batch) {
   for (auto t : batch.getTasks()) (void)t.getTime();
 }
 
+void check(schema::TaskTimes::Reader times, int64_t base) {
+  auto list = [base](capnp::Data::Reader data, TaskTimesList which) {
+    auto entries = unpack_task_times(data.begin(), data.size(), which, base);
+    if (!entries) KJ_FAIL_REQUIRE("damaged packed task times", entries.message().c_str());
+  };
+  list(times.getStarted(), TaskTimesList::kStarted);
+  list(times.getRan(), TaskTimesList::kRan);
+  list(times.getFinished(), TaskTimesList::kFinished);
+}
+
 // Reads every field of the active member. Keep in step with events.capnp.
 void check(Event::Reader event) {
   switch (event.which()) {
@@ -127,6 +138,9 @@ void check(Event::Reader event) {
       break;
     case Event::TASKS_FINISHED:
       check(event.getTasksFinished());
+      break;
+    case Event::TASK_TIMES:
+      check(event.getTaskTimes(), event.getTime());
       break;
     case Event::JOB_ABORTED:
       (void)event.getJobAborted().getJob();
@@ -185,6 +199,69 @@ void check(Event::Reader event) {
 std::string text(capnp::Text::Reader t) { return std::string(t.cStr(), t.size()); }
 
 }  // namespace
+
+// A packed list of task times: per entry, in order of task and instance,
+//   varint(task - the previous entry's task)          (the first against 0)
+//   varint(instance)
+//   varint(zigzag(time - the previous entry's time))  (the first against the record's time);
+//                                                     the start, or the end in `finished`
+//   in `ran` only: varint(zigzag(end - start))
+std::string pack_task_times(const std::vector<TaskTimeEntry>& entries, TaskTimesList list,
+                            int64_t base) {
+  std::string out;
+  out.reserve(entries.size() * 5);
+  TaskId prev_task = 0;
+  int64_t prev_time = base;
+  for (const TaskTimeEntry& e : entries) {
+    put_varint(out, e.task - prev_task);
+    prev_task = e.task;
+    put_varint(out, e.instance);
+    const int64_t time = list == TaskTimesList::kFinished ? e.end : e.start;
+    put_varint(out, zigzag(time - prev_time));
+    prev_time = time;
+    if (list == TaskTimesList::kRan) put_varint(out, zigzag(e.end - e.start));
+  }
+  return out;
+}
+
+Result<std::vector<TaskTimeEntry>> unpack_task_times(const uint8_t* data, size_t size,
+                                                     TaskTimesList list, int64_t base) {
+  std::vector<TaskTimeEntry> out;
+  size_t pos = 0;
+  uint64_t task = 0;
+  int64_t prev_time = base;
+  while (pos < size) {
+    const size_t at = pos;
+    auto delta = get_varint(data, size, pos);
+    auto instance = delta ? get_varint(data, size, pos) : std::nullopt;
+    auto time = instance ? get_varint(data, size, pos) : std::nullopt;
+    auto run = time && list == TaskTimesList::kRan ? get_varint(data, size, pos)
+                                                   : std::optional<uint64_t>(0);
+    if (!time || !run) return Error{fmt::format("packed task times cut short at byte {}", at)};
+    task += *delta;
+    if (task > UINT32_MAX || *instance > UINT32_MAX) {
+      return Error{fmt::format("packed task times: task {} instance {} beyond 32 bits at byte {}",
+                               task, *instance, at)};
+    }
+    TaskTimeEntry e;
+    e.task = static_cast<TaskId>(task);
+    e.instance = static_cast<InstanceId>(*instance);
+    const int64_t t = static_cast<int64_t>(static_cast<uint64_t>(prev_time) +
+                                           static_cast<uint64_t>(unzigzag(*time)));
+    prev_time = t;
+    if (list == TaskTimesList::kFinished) {
+      e.end = t;
+    } else {
+      e.start = t;
+      if (list == TaskTimesList::kRan) {
+        e.end =
+            static_cast<int64_t>(static_cast<uint64_t>(t) + static_cast<uint64_t>(unzigzag(*run)));
+      }
+    }
+    out.push_back(e);
+  }
+  return out;
+}
 
 EventMessage::EventMessage(int64_t time_ms)
     : builder_(kj::arrayPtr(first_segment_.data(), first_segment_.size()),
@@ -292,6 +369,8 @@ const char* event_type_name(Event::Which which) {
       return "allocation-submitted";
     case Event::ALLOCATION_ENDED:
       return "allocation-ended";
+    case Event::TASK_TIMES:
+      return "task-times";
   }
   return "unknown";
 }
@@ -318,6 +397,8 @@ std::optional<JobId> event_job(Event::Reader event) {
       return event.getTasksStarted().getJob();
     case Event::TASKS_FINISHED:
       return event.getTasksFinished().getJob();
+    case Event::TASK_TIMES:
+      return event.getTaskTimes().getJob();
     case Event::JOB_ABORTED:
       return event.getJobAborted().getJob();
     case Event::JOB_RESERVED:

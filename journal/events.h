@@ -70,6 +70,26 @@ const char* event_type_name(schema::Event::Which which);
 // The job an event belongs to; nullopt for server and worker events (and unknown types).
 std::optional<JobId> event_job(schema::Event::Reader event);
 
+// One task of a packed list of a taskTimes record: `start` or `end` is 0 in the lists that
+// hold only the other one.
+struct TaskTimeEntry {
+  TaskId task = 0;
+  InstanceId instance = 0;
+  int64_t start = 0;
+  int64_t end = 0;
+};
+// Which list of a taskTimes record, and so which times an entry has.
+enum class TaskTimesList { kStarted, kRan, kFinished };
+
+// Packs `entries` (sorted by task, then instance) into one list of a taskTimes record, its
+// times counted from `base` (the record's time).
+std::string pack_task_times(const std::vector<TaskTimeEntry>& entries, TaskTimesList list,
+                            int64_t base);
+// The entries of a packed list, in order; fails on bytes that do not decode (cut short, a
+// value too long, a task id beyond 32 bits, ids not increasing).
+Result<std::vector<TaskTimeEntry>> unpack_task_times(const uint8_t* data, size_t size,
+                                                     TaskTimesList list, int64_t base);
+
 void to_record(const JobDescriptionSpec& job, schema::JobDescription::Builder out);
 // Fails on a zero step or a reversed id range.
 Result<JobDescriptionSpec> from_record(schema::JobDescription::Reader job);

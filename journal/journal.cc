@@ -667,6 +667,8 @@ class JournalImpl final : public Journal {
   ~JournalImpl() override;
 
   Status open();
+  // Writes the format record of this version (FORMAT_MAJOR.FORMAT_MINOR), created at `created`.
+  Status write_format(int64_t created);
 
   const RecoveryInfo& recovery() const override { return recovery_; }
   Result<Seq> append(capnp::MessageBuilder& event) override;
@@ -840,12 +842,11 @@ Status JournalImpl::open() {
 
   rocksdb::ColumnFamilyOptions family_options;
   auto supported = rocksdb::GetSupportedCompressions();
-  // Flushes write plain tables, so that they keep up with bursts of events; the bottom level,
-  // where the bulk of the journal settles, is compressed by background compactions (LZ4: cores
-  // are scarcer than disk).
-  family_options.compression = rocksdb::kNoCompression;
+  // Every level is compressed with LZ4, flushes too: it costs little CPU next to the flush's
+  // write and halves a campaign's task records (their Cap'n Proto framing is mostly zeros).
   family_options.bottommost_compression =
       pick(supported, {rocksdb::kLZ4Compression, rocksdb::kSnappyCompression});
+  family_options.compression = family_options.bottommost_compression;
   family_options.level_compaction_dynamic_level_bytes = true;
   family_options.write_buffer_size = 16u << 20;
   family_options.max_write_buffer_number = 4;  // absorbs bursts while a flush runs
@@ -927,39 +928,35 @@ Status JournalImpl::open() {
     recovery_.format_minor = schema::FORMAT_MINOR;  // created, and never written
   } else if (s.IsNotFound()) {
     // A new journal (or one whose creator died before writing this record).
-    capnp::MallocMessageBuilder message(32);
-    auto format = message.initRoot<schema::Format>();
-    format.setMagic(schema::FORMAT_MAGIC.get());
-    format.setMajor(schema::FORMAT_MAJOR);
-    format.setMinor(schema::FORMAT_MINOR);
-    format.setCreated(unix_millis_now());
-    rocksdb::WriteOptions write;
-    write.sync = options_.sync;
-    s = db_->Put(write, meta_, kFormatKey, flat_bytes(message));
-    if (!s.ok()) return from_rocks(s, fmt::format("cannot create journal '{}'", path_.string()));
-    recovery_.format_minor = schema::FORMAT_MINOR;
+    if (Status written = write_format(unix_millis_now()); !written) return written;
   } else if (!s.ok()) {
     return from_rocks(s, fmt::format("cannot read journal '{}'", path_.string()));
   } else {
     std::string magic;
     uint16_t major = 0, minor = 0;
+    int64_t created = 0;
     Status read = read_meta(value, "format", [&](capnp::MessageReader& reader) {
       auto format = reader.getRoot<schema::Format>();
       magic = format.getMagic().cStr();
       major = format.getMajor();
       minor = format.getMinor();
+      created = format.getCreated();
     });
     if (!read || magic != schema::FORMAT_MAGIC.get().cStr()) {
       return Status::error(fmt::format("'{}' is not an hq journal (bad format record{})",
                                        path_.string(), read ? "" : ": " + read.message()));
     }
-    if (major != schema::FORMAT_MAJOR) {
+    if (major < schema::FORMAT_OLDEST_MAJOR || major > schema::FORMAT_MAJOR) {
       return Status::error(fmt::format(
-          "journal '{}' has format version {}.{}, but this hq reads version {}.x only: use the "
-          "hq release that wrote it",
-          path_.string(), major, minor, schema::FORMAT_MAJOR));
+          "journal '{}' has format version {}.{}, but this hq reads versions {}.x to {}.x only: "
+          "use the hq release that wrote it",
+          path_.string(), major, minor, schema::FORMAT_OLDEST_MAJOR, schema::FORMAT_MAJOR));
     }
     recovery_.format_minor = minor;
+    if (major < schema::FORMAT_MAJOR && !options_.read_only) {
+      // What this server appends an older hq would misread: from now on it refuses the journal.
+      if (Status written = write_format(created); !written) return written;
+    }
   }
 
   // The state record: where numbering continues.
@@ -1124,6 +1121,9 @@ Result<Seq> JournalImpl::append(capnp::MessageBuilder& message) {
       break;
     case schema::Event::TASKS_STARTED:
       max_worker_ = std::max(max_worker_, event.getTasksStarted().getWorker());
+      break;
+    case schema::Event::TASK_TIMES:
+      max_worker_ = std::max(max_worker_, event.getTaskTimes().getWorker());
       break;
     case schema::Event::WORKER_CONNECTED:
       max_worker_ = std::max(max_worker_, event.getWorkerConnected().getWorker());
@@ -1580,6 +1580,21 @@ Result<ReplayStats> JournalImpl::replay(const ReplayOptions& options, const Repl
 }
 
 }  // namespace
+
+Status JournalImpl::write_format(int64_t created) {
+  capnp::MallocMessageBuilder message(32);
+  auto format = message.initRoot<schema::Format>();
+  format.setMagic(schema::FORMAT_MAGIC.get());
+  format.setMajor(schema::FORMAT_MAJOR);
+  format.setMinor(schema::FORMAT_MINOR);
+  format.setCreated(created);
+  rocksdb::WriteOptions write;
+  write.sync = options_.sync;
+  rocksdb::Status s = db_->Put(write, meta_, kFormatKey, flat_bytes(message));
+  if (!s.ok()) return from_rocks(s, fmt::format("cannot write journal '{}'", path_.string()));
+  recovery_.format_minor = schema::FORMAT_MINOR;
+  return Status::ok();
+}
 
 Result<std::unique_ptr<Journal>> Journal::open(const fs::path& path, Options options) {
   auto journal = std::make_unique<JournalImpl>(path, std::move(options));

@@ -99,38 +99,68 @@ void Server::flush_task_batches() {
     for (auto& tasks : pending_tasks_) tasks.clear();
   };
   if (!journal_ || journal_broken_) return clear();
+  if (pending_tasks_[0].empty() && pending_tasks_[1].empty()) return;
+  // One taskTimes record per job and worker: a task started and finished since the last flush
+  // is one entry of `ran`, the others are entries of `started` or `finished`.
+  struct Item {
+    PendingTask t;
+    int kind;
+  };
+  std::vector<Item> items;
+  items.reserve(pending_tasks_[0].size() + pending_tasks_[1].size());
   for (int kind = 0; kind < 2; ++kind) {
-    auto& tasks = pending_tasks_[kind];
-    // One record per job and worker, in the order of their first task.
-    std::stable_sort(tasks.begin(), tasks.end(), [](const PendingTask& a, const PendingTask& b) {
-      return std::tie(a.key.job, a.worker) < std::tie(b.key.job, b.worker);
-    });
-    for (size_t begin = 0; begin < tasks.size();) {
-      size_t end = begin;
-      while (end < tasks.size() && tasks[end].key.job == tasks[begin].key.job &&
-             tasks[end].worker == tasks[begin].worker) {
-        ++end;
+    for (const PendingTask& t : pending_tasks_[kind]) items.push_back({t, kind});
+  }
+  clear();
+  std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    return std::tie(a.t.key.job, a.t.worker, a.t.key.task, a.t.key.instance, a.kind) <
+           std::tie(b.t.key.job, b.t.worker, b.t.key.task, b.t.key.instance, b.kind);
+  });
+  using journal::TaskTimeEntry;
+  using journal::TaskTimesList;
+  std::vector<TaskTimeEntry> lists[3];  // by TaskTimesList
+  for (size_t begin = 0; begin < items.size();) {
+    const JobId job = items[begin].t.key.job;
+    const WorkerId worker = items[begin].t.worker;
+    int64_t base = 0;
+    for (auto& list : lists) list.clear();
+    size_t end = begin;
+    for (; end < items.size() && items[end].t.key.job == job && items[end].t.worker == worker;
+         ++end) {
+      const Item& it = items[end];
+      base = std::max(base, it.t.time);
+      if (it.kind == 1) {
+        auto& ran = lists[static_cast<int>(TaskTimesList::kRan)];
+        if (end > begin && items[end - 1].kind == 0 && items[end - 1].t.key == it.t.key) {
+          lists[static_cast<int>(TaskTimesList::kStarted)].pop_back();
+          ran.push_back({it.t.key.task, it.t.key.instance, items[end - 1].t.time, it.t.time});
+        } else {
+          lists[static_cast<int>(TaskTimesList::kFinished)].push_back(
+              {it.t.key.task, it.t.key.instance, 0, it.t.time});
+        }
+      } else {
+        lists[static_cast<int>(TaskTimesList::kStarted)].push_back(
+            {it.t.key.task, it.t.key.instance, it.t.time, 0});
       }
-      journal::EventMessage message(tasks[end - 1].time);
-      auto e = message.event();
-      auto batch = kind == 0 ? e.initTasksStarted() : e.initTasksFinished();
-      batch.setJob(tasks[begin].key.job);
-      batch.setWorker(tasks[begin].worker);
-      auto list = batch.initTasks(static_cast<unsigned>(end - begin));
-      for (size_t i = begin; i < end; ++i) {
-        list[i - begin].setTask(tasks[i].key.task);
-        list[i - begin].setInstance(tasks[i].key.instance);
-        list[i - begin].setTime(tasks[i].time);
-      }
-      auto seq = journal_->append(message.message());
-      if (!seq) {
-        clear();
-        return fail_journal(seq.message());
-      }
-      appended_seq_ = *seq;
-      begin = end;
     }
-    tasks.clear();
+    journal::EventMessage message(base);
+    auto record = message.event().initTaskTimes();
+    record.setJob(job);
+    record.setWorker(worker);
+    auto set = [&](TaskTimesList which, auto setter) {
+      const auto& list = lists[static_cast<int>(which)];
+      if (list.empty()) return;
+      const std::string bytes = journal::pack_task_times(list, which, base);
+      (record.*
+       setter)(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+    };
+    set(TaskTimesList::kStarted, &journal::schema::TaskTimes::Builder::setStarted);
+    set(TaskTimesList::kRan, &journal::schema::TaskTimes::Builder::setRan);
+    set(TaskTimesList::kFinished, &journal::schema::TaskTimes::Builder::setFinished);
+    auto seq = journal_->append(message.message());
+    if (!seq) return fail_journal(seq.message());
+    appended_seq_ = *seq;
+    begin = end;
   }
 }
 

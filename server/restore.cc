@@ -158,6 +158,35 @@ void Restore::apply(journal::Seq seq, schema::Event::Reader e) {
       note_end(batch.getJob(), last);
       return;
     }
+    case schema::Event::TASK_TIMES: {
+      auto r = e.getTaskTimes();
+      const JobId job = r.getJob();
+      const WorkerId worker = r.getWorker();
+      auto each = [&](capnp::Data::Reader data, journal::TaskTimesList list, auto fn) {
+        // Checked when the record was decoded.
+        auto entries = journal::unpack_task_times(data.begin(), data.size(), list, time);
+        if (entries) {
+          for (const journal::TaskTimeEntry& t : *entries) fn(t);
+        }
+      };
+      int64_t last = 0;
+      auto start = [&](const journal::TaskTimeEntry& t) {
+        scheduler_.restore_started({job, t.task, t.instance}, worker, t.start);
+      };
+      auto finish = [&](const journal::TaskTimeEntry& t) {
+        scheduler_.restore_ended({job, t.task, t.instance}, sched::TaskState::kFinished, t.end, {},
+                                 worker);
+        last = std::max(last, t.end);
+      };
+      each(r.getStarted(), journal::TaskTimesList::kStarted, start);
+      each(r.getRan(), journal::TaskTimesList::kRan, [&](const journal::TaskTimeEntry& t) {
+        start(t);
+        finish(t);
+      });
+      each(r.getFinished(), journal::TaskTimesList::kFinished, finish);
+      if (last != 0) note_end(job, last);
+      return;
+    }
     case schema::Event::TASK_FAILED:
       return ended(e.getTaskFailed(), sched::TaskState::kFailed,
                    e.getTaskFailed().getError().cStr(), e.getTaskFailed().getWorker());

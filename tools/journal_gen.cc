@@ -1,11 +1,14 @@
 // Writes a synthetic journal as a server would after running a large array job, for the restart
-// benchmark of tools/bench-journal: one job of N tasks, then tasksStarted and tasksFinished
-// records in batches of B tasks (one worker message each), all synced in large groups.
+// benchmark of tools/bench-journal: one job of N tasks, then taskTimes records of B tasks each
+// (the tasks of one worker message, started and finished between two commits), all synced in
+// large groups.
 //
 //   journal-gen DIR TASKS [BATCH]
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "common/id_set.h"
 #include "common/job_spec.h"
@@ -65,24 +68,27 @@ int main(int argc, char** argv) {
   journal::to_record(job, submitted.event().getJobSubmitted().initDescription());
   check(j.append(submitted.message()).status());
 
-  auto write_batch = [&](bool start, long first, long count) {
-    journal::EventMessage message(t0 + first);
-    auto b = start ? message.event().initTasksStarted() : message.event().initTasksFinished();
-    b.setJob(1);
-    b.setWorker(1);
-    auto list = b.initTasks(static_cast<unsigned>(count));
+  // One taskTimes record per batch, as the server writes the tasks of one worker message that
+  // it started and finished between two commits.
+  auto write_batch = [&](long first, long count) {
+    const int64_t base = t0 + first + count;
+    std::vector<journal::TaskTimeEntry> ran;
     for (long i = 0; i < count; ++i) {
-      list[i].setTask(static_cast<uint32_t>(first + i));
-      list[i].setInstance(0);
-      list[i].setTime(t0 + first + i);
+      const int64_t start = t0 + first + i;
+      ran.push_back({static_cast<uint32_t>(first + i), 0, start, start + 1 + i % 4});
     }
+    const std::string bytes = journal::pack_task_times(ran, journal::TaskTimesList::kRan, base);
+    journal::EventMessage message(base);
+    auto r = message.event().initTaskTimes();
+    r.setJob(1);
+    r.setWorker(1);
+    r.setRan(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
     check(j.append(message.message()).status());
   };
   long since_commit = 0;
   for (long first = 0; first < tasks; first += batch) {
     const long count = std::min(batch, tasks - first);
-    write_batch(true, first, count);
-    write_batch(false, first, count);
+    write_batch(first, count);
     if ((since_commit += count) >= 50'000) {
       j.commit({});
       since_commit = 0;

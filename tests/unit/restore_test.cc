@@ -175,6 +175,79 @@ TEST(Restore, FoldsAsAServerRestarts) {
   f.scheduler.check_invariants();
 }
 
+// Task starts and ends as the server writes them (taskTimes, packed) and as earlier servers did
+// (tasksStarted and tasksFinished batches): both fold into the same states, workers and times.
+TEST(Restore, PackedAndBatchedTaskTimesFoldAlike) {
+  Fold f;
+  f.submit(1, job_with(IdSet::range(1, 6)));
+  f.event([](Event::Builder e) {
+    e.setTime(5000);
+    auto r = e.initTaskTimes();
+    r.setJob(1);
+    r.setWorker(4);
+    auto set = [](std::vector<journal::TaskTimeEntry> list, journal::TaskTimesList which,
+                  auto setter) {
+      const std::string bytes = journal::pack_task_times(list, which, 5000);
+      setter(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+    };
+    set({{3, 0, 4990, 0}}, journal::TaskTimesList::kStarted,
+        [&](capnp::Data::Reader d) { r.setStarted(d); });
+    set({{1, 0, 4000, 4500}, {2, 0, 4100, 4999}}, journal::TaskTimesList::kRan,
+        [&](capnp::Data::Reader d) { r.setRan(d); });
+  });
+  f.event([](Event::Builder e) {
+    e.setTime(6000);
+    auto r = e.initTaskTimes();
+    r.setJob(1);
+    r.setWorker(4);
+    const std::string bytes =
+        journal::pack_task_times({{3, 0, 0, 5900}}, journal::TaskTimesList::kFinished, 6000);
+    r.setFinished(
+        capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+  });
+  // The batched forms of an older journal: task 4 started and finished, task 5 started.
+  f.event([](Event::Builder e) {
+    auto b = e.initTasksStarted();
+    b.setJob(1);
+    b.setWorker(2);
+    auto list = b.initTasks(2);
+    list[0].setTask(4);
+    list[0].setTime(7000);
+    list[1].setTask(5);
+    list[1].setTime(7001);
+  });
+  f.event([](Event::Builder e) {
+    auto b = e.initTasksFinished();
+    b.setJob(1);
+    b.setWorker(2);
+    auto list = b.initTasks(1);
+    list[0].setTask(4);
+    list[0].setTime(7100);
+  });
+  f.restore.finish();
+  ASSERT_TRUE(f.restore.status()) << f.restore.status().message();
+  struct Want {
+    TaskId task;
+    int64_t start, end;
+    WorkerId worker;
+  };
+  for (const Want& w : {Want{1, 4000, 4500, 4}, Want{2, 4100, 4999, 4}, Want{3, 4990, 5900, 4},
+                        Want{4, 7000, 7100, 2}}) {
+    auto v = f.scheduler.task(1, w.task);
+    ASSERT_TRUE(v);
+    EXPECT_EQ(v->state, sched::TaskState::kFinished) << w.task;
+    EXPECT_EQ(v->start_time, w.start) << w.task;
+    EXPECT_EQ(v->end_time, w.end) << w.task;
+    EXPECT_EQ(v->worker, w.worker) << w.task;
+  }
+  // Task 5 was running at the stop: it waits again as a new instance; task 6 never ran.
+  EXPECT_EQ(f.scheduler.task(1, 5)->state, sched::TaskState::kWaiting);
+  EXPECT_EQ(f.scheduler.task(1, 5)->instance, 1u);
+  EXPECT_EQ(f.scheduler.task(1, 6)->instance, 0u);
+  EXPECT_EQ(f.jobs.at(1).end_time, 0);  // not complete
+  f.scheduler.check_invariants();
+}
+
 // The bytes an allocQueueAdded record carries for a queue named `name`.
 std::string queue_params(const std::string& name) {
   capnp::MallocMessageBuilder message;
