@@ -108,19 +108,49 @@ int wait_for(const GlobalOptions& g, Client& client, const std::string& selector
 
 // The tasks of a job as JSON, each with its resolved directory and output files: from its own
 // body in a job file's job (when the server sent the bodies: up to 1,000 tasks), else the job's.
-json job_tasks_json(Client& client, JobId job, wire::JobDescription::Reader description,
-                    const std::string& tasks = "",
-                    const std::vector<wire::TaskState>& states = {}) {
+// Calls fn(json) for each task of the job (HyperQueue's task shape), page by page.
+template <typename Fn>
+void for_each_task_json(Client& client, JobId job, wire::JobDescription::Reader description,
+                        const std::string& tasks, const std::vector<wire::TaskState>& states,
+                        Fn&& fn) {
   auto spec = net::from_wire(description);
-  json out = json::array();
   for_each_task(client, job, tasks, states, [&](wire::TaskInfo::Reader t) {
-    if (!spec) return out.push_back(task_json(t, nullptr));
+    if (!spec) return fn(task_json(t, nullptr));
     TaskPaths paths = task_paths(task_body(*spec, t.getId()), job, t.getId(), t.getInstance(),
                                  client.server_uid());
-    out.push_back(task_json(t, &paths));
+    fn(task_json(t, &paths));
   });
+}
+
+json job_tasks_json(Client& client, JobId job, wire::JobDescription::Reader description) {
+  json out = json::array();
+  for_each_task_json(client, job, description, "", {},
+                     [&](json t) { out.push_back(std::move(t)); });
   return out;
 }
+
+// Prints a JSON array element by element, exactly as print_json() prints it whole when it sits
+// `depth` levels deep: any number of tasks in bounded memory.
+class JsonArrayPrinter {
+ public:
+  explicit JsonArrayPrinter(int depth) : pad_(2 * (depth + 1), ' ') {}
+  void add(const json& element) {
+    std::string text = element.dump(2, ' ', false, json::error_handler_t::replace);
+    std::string out = first_ ? "[\n" : ",\n";
+    first_ = false;
+    out += pad_;
+    for (char ch : text) {
+      out += ch;
+      if (ch == '\n') out += pad_;
+    }
+    std::cout << out;
+  }
+  void close() { std::cout << (first_ ? std::string("[]") : "\n" + pad_.substr(2) + "]"); }
+
+ private:
+  std::string pad_;
+  bool first_ = true;
+};
 
 JobDescriptionSpec make_job_description(const SubmitOptions& o, const std::string& submit_dir,
                                         std::vector<std::string>& warnings) {
@@ -562,21 +592,33 @@ int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_t
     auto response = must(client.call(request));
     auto details = response.root<wire::ClientResponse>().getJobDetails();
     if (details.size() == 0) throw no_job(std::to_string(job));
-    json out = job_tasks_json(client, job, details[0].getDescription(), tasks, states);
-    // HyperQueue's shapes: `task list` keys the tasks by job, `task info` lists them.
-    print_json(detailed ? out : json{{std::to_string(job), out}});
+    // HyperQueue's shapes: `task list` keys the tasks by job, `task info` lists them. Printed as
+    // the pages come: a job may have millions of tasks.
+    if (!detailed) std::cout << "{\n  " << json(std::to_string(job)).dump() << ": ";
+    JsonArrayPrinter printer(detailed ? 0 : 1);
+    for_each_task_json(client, job, details[0].getDescription(), tasks, states,
+                       [&](const json& t) { printer.add(t); });
+    printer.close();
+    std::cout << (detailed ? "\n" : "\n}\n");
     return 0;
   }
+  // Printed as the pages come, in bounded memory: a job may have millions of tasks.
+  constexpr size_t kRowsPerPrint = 4096;
   Table table({"TASK", "STATE", "WORKER", "INSTANCE", "STARTED", "DURATION", "ERROR"});
-  std::string text;
+  bool first = true;
   for_each_task(client, job, tasks, states, [&](wire::TaskInfo::Reader t) {
     if (g.mode() != OutputMode::kCli) return;
     std::string worker = t.getWorker() ? std::to_string(t.getWorker()) : "";
-    table.add({std::to_string(t.getId()), state_name(t.getState()), worker,
-               std::to_string(t.getInstance()), time_text(t.getStartTime()),
-               duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
-    if (!text.empty()) text += "\n";
-    text += render_pairs(
+    if (!detailed) {
+      table.add({std::to_string(t.getId()), state_name(t.getState()), worker,
+                 std::to_string(t.getInstance()), time_text(t.getStartTime()),
+                 duration_text(t.getStartTime(), t.getEndTime()), t.getError().cStr()});
+      if (table.pending() >= kRowsPerPrint) std::cout << table.render_more();
+      return;
+    }
+    std::cout << (first ? "" : "\n");
+    first = false;
+    std::cout << render_pairs(
         {{"Job", std::to_string(job)},
          {"Task", std::to_string(t.getId())},
          {"State", state_name(t.getState())},
@@ -591,7 +633,7 @@ int print_tasks(const GlobalOptions& g, Client& client, const std::string& job_t
          {"Dependencies", deps_text(t.getDeps())},
          {"Error", t.getError().cStr()}});
   });
-  if (g.mode() == OutputMode::kCli) std::cout << (detailed ? text : table.render());
+  if (g.mode() == OutputMode::kCli && !detailed) std::cout << table.render_more();
   return 0;
 }
 

@@ -11,26 +11,44 @@
 
 namespace hq::cli {
 
+namespace {
+
+void measure(const std::vector<std::string>& row, std::vector<size_t>& width) {
+  for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
+    width[i] = std::max(width[i], row[i].size());
+  }
+}
+
+void print_line(const std::vector<std::string>& row, const std::vector<size_t>& width,
+                std::string& out) {
+  for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
+    out += row[i];
+    if (i + 1 < row.size()) out.append(width[i] - row[i].size() + 2, ' ');
+  }
+  out += '\n';
+}
+
+}  // namespace
+
 std::string Table::render() const {
   std::vector<size_t> width(header_.size(), 0);
-  auto measure = [&](const std::vector<std::string>& row) {
-    for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
-      width[i] = std::max(width[i], row[i].size());
-    }
-  };
-  measure(header_);
-  for (const auto& row : rows_) measure(row);
-  auto line = [&](const std::vector<std::string>& row) {
-    std::string out;
-    for (size_t i = 0; i < row.size() && i < width.size(); ++i) {
-      out += row[i];
-      if (i + 1 < row.size()) out += std::string(width[i] - row[i].size() + 2, ' ');
-    }
-    out += '\n';
-    return out;
-  };
-  std::string out = line(header_);
-  for (const auto& row : rows_) out += line(row);
+  measure(header_, width);
+  for (const auto& row : rows_) measure(row, width);
+  std::string out;
+  print_line(header_, width, out);
+  for (const auto& row : rows_) print_line(row, width, out);
+  return out;
+}
+
+std::string Table::render_more() {
+  if (width_.empty()) width_.assign(header_.size(), 0);
+  measure(header_, width_);
+  for (const auto& row : rows_) measure(row, width_);
+  std::string out;
+  if (!header_done_) print_line(header_, width_, out);
+  header_done_ = true;
+  for (const auto& row : rows_) print_line(row, width_, out);
+  rows_.clear();
   return out;
 }
 

@@ -14,11 +14,18 @@ class Table {
  public:
   explicit Table(std::vector<std::string> header) : header_(std::move(header)) {}
   void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  size_t pending() const { return rows_.size(); }
   std::string render() const;
+  // The rows added since the last call (after the header, on the first), and forgets them: a
+  // long listing prints in bounded memory. Column widths only grow from one call to the next,
+  // so rows stay aligned unless a later one is wider than all before it.
+  std::string render_more();
 
  private:
   std::vector<std::string> header_;
   std::vector<std::vector<std::string>> rows_;
+  std::vector<size_t> width_;  // of what render_more() printed
+  bool header_done_ = false;
 };
 
 // "key: value" lines, keys aligned.
