@@ -45,7 +45,8 @@ unit:
 	ctest --test-dir $(TEST_BUILD) --output-on-failure -j $(JOBS)
 
 integration:
-	HQ_BIN=$(abspath $(TEST_BUILD))/hq $(PYTHON) -m pytest tests/integration -q -ra
+	HQ_BIN=$(abspath $(TEST_BUILD))/hq $(PYTHON) -m pytest tests/integration -q -ra \
+	  -n $(JOBS) --dist loadgroup
 
 bench: build
 	tools/bench-throughput --hq $(BUILD)/hq --baseline $(BUILD)/tools/spawn-baseline

@@ -5,7 +5,11 @@ idle, and nothing is left in SLURM."""
 import json
 import time
 
+import pytest
 from conftest import wait_until
+
+# The one local SLURM cluster is shared: its tests run in one xdist worker, one at a time.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def slurm_server(hq_env, slurm):

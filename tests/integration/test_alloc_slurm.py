@@ -6,7 +6,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import HQ_BIN, wait_until
+
+# The one local SLURM cluster is shared: its tests run in one xdist worker, one at a time.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 PROBE = str(Path(HQ_BIN).parent / "tools" / "alloc-probe")
 

@@ -1,6 +1,10 @@
 """The local SLURM cluster that the allocation tests run against (tools/local-slurm)."""
 
+import pytest
 from conftest import wait_until
+
+# The one local SLURM cluster is shared: its tests run in one xdist worker, one at a time.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def test_sbatch_runs_a_job_on_the_local_cluster(slurm, tmp_path):
