@@ -1,6 +1,7 @@
 #include "worker/reaper.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -10,6 +11,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -24,8 +26,9 @@ struct Message {
 };
 
 constexpr int kReaperFd = 3;
+constexpr long kDrainIntervalNs = 10'000'000;  // 10 ms
 
-void on_parent_death(int) {}  // only interrupts recv()
+void on_parent_death(int) {}  // only interrupts poll() and the sleep
 
 // The reaper's whole life. Runs in the forked child, which owns nothing else of the worker.
 [[noreturn]] void reaper_main(int fd, pid_t parent) {
@@ -36,7 +39,7 @@ void on_parent_death(int) {}  // only interrupts recv()
   ::signal(SIGHUP, SIG_IGN);
   ::signal(SIGPIPE, SIG_IGN);
   struct sigaction sa {};
-  sa.sa_handler = on_parent_death;  // no SA_RESTART: recv() returns EINTR
+  sa.sa_handler = on_parent_death;  // no SA_RESTART: poll() and nanosleep() return EINTR
   ::sigaction(SIGUSR1, &sa, nullptr);
   sigset_t mask;
   sigemptyset(&mask);
@@ -51,20 +54,42 @@ void on_parent_death(int) {}  // only interrupts recv()
   }
 
   std::unordered_set<pid_t> groups;
-  while (::getppid() == parent) {
-    Message m{};
-    ssize_t n = ::recv(kReaperFd, &m, sizeof(m), 0);
-    if (n == static_cast<ssize_t>(sizeof(m))) {
-      if (m.op == 'A') {
-        groups.insert(m.pgid);
-      } else if (m.op == 'R') {
-        groups.erase(m.pgid);
+  // Applies everything the socket holds; false at end-of-file (the worker is gone) or on a
+  // broken socket, which means the same.
+  auto drain = [&groups] {
+    for (;;) {
+      Message m{};
+      ssize_t n = ::recv(kReaperFd, &m, sizeof(m), MSG_DONTWAIT);
+      if (n == static_cast<ssize_t>(sizeof(m))) {
+        if (m.op == 'A') {
+          groups.insert(m.pgid);
+        } else if (m.op == 'R') {
+          groups.erase(m.pgid);
+        }
+        continue;
       }
-      continue;
+      if (n < 0 && errno == EINTR) continue;
+      return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
     }
-    if (n < 0 && errno == EINTR) continue;
-    break;  // end-of-file: the worker is gone; or a broken socket, which means the same
+  };
+  bool gone = false;
+  while (!gone && ::getppid() == parent) {
+    pollfd p{kReaperFd, POLLIN, 0};
+    if (::poll(&p, 1, -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    gone = !drain();
+    // The messages of a busy worker gather in the socket meanwhile, so that its sends wake this
+    // process once per interval, not twice per task (each wake-up is a context switch on a core
+    // the tasks need). What is sent stays in the socket if the worker dies: SIGUSR1 (its death)
+    // cuts the sleep short, and the loop reads the rest before killing.
+    if (!gone) {
+      timespec interval{0, kDrainIntervalNs};
+      ::nanosleep(&interval, nullptr);
+    }
   }
+  if (!gone) drain();  // orphaned: what the worker sent before it died
   for (pid_t pgid : groups) ::kill(-pgid, SIGKILL);
   ::_exit(0);
 }
