@@ -53,6 +53,9 @@ bench: build
 	tools/bench-throughput --hq $(BUILD)/hq --zero-work --cpus 64 --repeat 2
 	tools/bench-startup --hq $(BUILD)/hq
 	tools/bench-journal --hq $(BUILD)/hq --tools $(BUILD)/tools
+	tools/bench-journal --bytes-only --hq $(BUILD)/hq --cpus 2
+	tools/bench-memory --hq $(BUILD)/hq
+	$(BUILD)/tools/scheduler_bench
 	tools/bench-graph --hq $(BUILD)/hq --repeat 1
 
 # libFuzzer targets (clang, ASan + UBSan), each run for FUZZ_SECONDS.

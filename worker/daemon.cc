@@ -77,6 +77,10 @@ constexpr Millis kStreamFlushInterval{1000};
 // a short task then travels with its end, in one message instead of two (the server knows the
 // task is on this worker already; only `hq task list` sees it running a little later).
 constexpr Millis kStartReportDelay{20};
+// A task's end is reported at once when this worker has no queued task left to start (the
+// server must send more before a CPU idles), else with the next batch or after this long: the
+// ends of short tasks then share a message, and the server a round of scheduling.
+constexpr Millis kEndReportDelay{5};
 // Ended tasks whose results a reattaching worker presents again: the server may have lost the
 // last ones it was sent (unsynced when it crashed). Results older than these many ends are
 // taken as recorded.
@@ -205,7 +209,7 @@ class Worker {
         lifetime_timer_(io),
         reconnect_timer_(io),
         stream_flush_timer_(io),
-        start_report_timer_(io) {}
+        report_timer_(io) {}
 
   Status start() {
     auto resources = worker_resources(options_);
@@ -973,12 +977,17 @@ class Worker {
                                                : describe_exit(status);
       reports.failed.push_back({task.key, now, std::move(error), written, task.start_time});
     }
-    flush_soon();
     if (draining_) {
+      flush_soon();
       if (running_.empty()) shutdown(drain_reason_ + "; its running tasks ended", 1);
       return;
     }
     start_queued();
+    if (queue_.empty()) {
+      flush_soon();
+    } else {
+      flush_later(kEndReportDelay);
+    }
     update_idle();
   }
 
@@ -1004,14 +1013,17 @@ class Worker {
     asio::post(io_, [this] { flush(); });
   }
 
-  // The batch goes out with the next flush, or after kStartReportDelay.
-  void flush_later() {
-    if (flush_pending_ || start_report_armed_) return;
-    start_report_armed_ = true;
-    start_report_timer_.expires_after(kStartReportDelay);
-    start_report_timer_.async_wait([this](const std::error_code& error) {
-      if (error || !start_report_armed_) return;
-      start_report_armed_ = false;
+  // The batch goes out with the next flush, or after `delay` (sooner if an earlier call asked).
+  void flush_later(Millis delay = kStartReportDelay) {
+    if (flush_pending_) return;
+    const auto deadline = std::chrono::steady_clock::now() + delay;
+    if (report_armed_ && report_deadline_ <= deadline) return;
+    report_armed_ = true;
+    report_deadline_ = deadline;
+    report_timer_.expires_at(deadline);  // a wait armed before ends with operation_aborted
+    report_timer_.async_wait([this](const std::error_code& error) {
+      if (error || !report_armed_) return;
+      report_armed_ = false;
       flush();
     });
   }
@@ -1019,9 +1031,9 @@ class Worker {
   // Sends what the turn gathered, once the streams of the ended tasks are synced.
   void flush() {
     flush_pending_ = false;
-    if (start_report_armed_) {
-      start_report_armed_ = false;
-      start_report_timer_.cancel();
+    if (report_armed_) {
+      report_armed_ = false;
+      report_timer_.cancel();
     }
     if (!connection_ || !connection_->is_open()) return;
     auto broken = reports_.flush([this](const ReportBatch& batch) { send(batch); });
@@ -1101,7 +1113,7 @@ class Worker {
     lifetime_timer_.cancel();
     stream_flush_timer_.cancel();
     reconnect_timer_.cancel();
-    start_report_timer_.cancel();
+    report_timer_.cancel();
     if (!connection_ || !connection_->is_open()) return io_.stop();
     if (why) {
       capnp::MallocMessageBuilder message;
@@ -1139,7 +1151,7 @@ class Worker {
   bool serving_ = false;  // a secondary node of a multi-node task
   std::string drain_reason_;
   asio::steady_timer stream_flush_timer_;
-  asio::steady_timer start_report_timer_;
+  asio::steady_timer report_timer_;
   std::shared_ptr<net::Connection> connection_;
   WorkerId worker_id_ = 0;
   std::string server_uid_;
@@ -1164,7 +1176,8 @@ class Worker {
   uint32_t cpus_id_ = 0, nvidia_id_ = 0, amd_id_ = 0;
   Reports reports_;
   bool flush_pending_ = false;
-  bool start_report_armed_ = false;  // start_report_timer_ waits to flush
+  bool report_armed_ = false;                                // report_timer_ waits to flush
+  std::chrono::steady_clock::time_point report_deadline_{};  // of report_timer_, when armed
   bool sent_since_heartbeat_ = false;
   bool idle_armed_ = false;
   bool stream_flush_armed_ = false;
