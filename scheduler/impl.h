@@ -58,7 +58,8 @@ struct QueuedTask {
 struct WorkerSlot {
   WorkerId id = 0;
   uint32_t cpus = 0;
-  uint32_t limit = 0;  // CPUs it may hold: cpus + floor(queue_factor * cpus)
+  uint32_t limit = 0;       // CPUs it may hold: cpus + floor(factor * cpus), the larger factor
+  uint32_t base_limit = 0;  // the same with queue_factor: the limit of jobs of long tasks
   bool connected = true;
   bool in_free_list = false;
   bool in_overloaded_list = false;
@@ -95,6 +96,12 @@ struct WorkerSlot {
   }
   // CPUs of tasks it may still hold, queued or placed: held_cpus never exceeds limit.
   uint32_t queue_room() const { return serves_job || multi_held ? 0 : limit - held_cpus; }
+  // Whether it may queue one more task of `job`: up to its limit for short tasks, its base
+  // limit for others.
+  bool may_queue(const Job& job) const {
+    return cost(job) <= queue_room() &&
+           held_cpus + cost(job) <= (job.short_tasks() ? limit : base_limit);
+  }
   // Whether the worker lives long enough for a task of `job` started at `now`.
   bool lives_for(const Job& job, int64_t now) const {
     return end_time == 0 || job.time_request_ms == 0 ||
@@ -482,6 +489,7 @@ struct Scheduler::Impl {
     } else {
       abort_dependants(*h->job, h->index, time);
     }
+    if (to == TaskState::kFinished) h->job->note_run(time - s.start_time);
     if (to == TaskState::kFailed) check_max_fails(h->job->owner, time);
     note_completion(h->job->owner);
     return true;
@@ -675,8 +683,8 @@ struct Scheduler::Impl {
       if (reserved_against(*w, job) || !cpu_only[job.request] || !job.variants.empty()) {
         return -1;
       }
-      const bool fits = w->cost(job) <= w->queue_room() && w->lives_for(job, now) &&
-                        w->pool.could_fit(request_of(job));
+      const bool fits =
+          w->may_queue(job) && w->lives_for(job, now) && w->pool.could_fit(request_of(job));
       return fits ? 0 : -1;
     };
     candidates.clear();

@@ -238,8 +238,10 @@ void Scheduler::Impl::check() const {
   for (const auto& [id, holder] : workers) {
     const WorkerSlot& w = *holder;
     HQ_SCHED_CHECK(w.id == id, "worker {} is filed under id {}", w.id, id);
-    HQ_SCHED_CHECK(w.limit == worker_limit(w.cpus, config.queue_factor),
-                   "worker {}: limit {} is stale", id, w.limit);
+    HQ_SCHED_CHECK(w.base_limit == worker_limit(w.cpus, config.queue_factor) &&
+                       w.limit == worker_limit(w.cpus, std::max(config.queue_factor,
+                                                                config.short_task_queue_factor)),
+                   "worker {}: limits {} and {} are stale", id, w.base_limit, w.limit);
     uint64_t cpus = 0, retracting = 0, queued = 0;
     uint32_t running = 0, outside = 0;
     std::vector<ResourceAmount> used(names.size(), 0);

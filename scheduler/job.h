@@ -3,6 +3,7 @@
 // its task records (task_table.h: nothing per waiting task, 32 bytes per task in flight, a few
 // bytes per ended one) and an error string for each failed task.
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -82,6 +83,20 @@ class Job {
   TaskCounts counts;  // of this part (the owner counts the whole job)
   std::unordered_map<uint32_t, std::string> errors;  // by index, failed tasks only
   bool in_ready_set = false;                         // owned by the scheduler's ready set
+
+  // A task of this part finished after running `ms` (its start to its end as reported).
+  void note_run(int64_t ms) {
+    const double d = static_cast<double>(std::max<int64_t>(ms, 0));
+    mean_run_ms = runs == 0 ? d : mean_run_ms + (d - mean_run_ms) / 8;  // the last few weigh most
+    if (runs < kShortTaskRuns) ++runs;
+  }
+  // Whether its tasks are short: kShortTaskRuns of them finished, in under kShortTaskMs on
+  // average lately (SchedulerConfig::short_task_queue_factor).
+  bool short_tasks() const { return runs >= kShortTaskRuns && mean_run_ms < kShortTaskMs; }
+  static constexpr uint32_t kShortTaskRuns = 8;
+  static constexpr double kShortTaskMs = 50;
+  uint32_t runs = 0;  // finished tasks, up to kShortTaskRuns
+  double mean_run_ms = 0;
 
   // Whether the task may be queued and handed to a worker as far as dependencies go.
   bool deps_done(uint32_t index) const;

@@ -143,7 +143,9 @@ Status Scheduler::add_worker(WorkerId id, const ResourceDescriptor& resources, i
   auto w = std::make_unique<WorkerSlot>();
   w->id = id;
   w->cpus = cpus->size();
-  w->limit = worker_limit(w->cpus, impl_->config.queue_factor);
+  w->base_limit = worker_limit(w->cpus, impl_->config.queue_factor);
+  w->limit = worker_limit(
+      w->cpus, std::max(impl_->config.queue_factor, impl_->config.short_task_queue_factor));
   w->end_time = end_time;
   w->group = std::move(group);
   w->resources = resources;

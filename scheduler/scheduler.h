@@ -155,6 +155,11 @@ struct SchedulerConfig {
   // A worker may hold queued tasks up to this many CPUs beyond its own count, so that it never
   // idles waiting for a round trip. 1.0: as many as it has.
   double queue_factor = 1.0;
+  // The same for a job whose tasks are short (Job::short_tasks(): finished in under
+  // kShortTaskMs on average): a deeper queue lets each round trip carry several ends and
+  // assignments, and a job behind it waits a few short tasks longer at most. At most
+  // queue_factor (the default): off.
+  double short_task_queue_factor = 0.0;
 };
 
 // A worker that an allocation queue would start (`hq alloc add`'s worker options).

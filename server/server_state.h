@@ -283,7 +283,8 @@ class Server {
   uint64_t restored_tasks_ = 0;
   uint32_t replay_ms_ = 0;
 
-  sched::Scheduler scheduler_;
+  // Jobs of short tasks queue deeper on workers (SchedulerConfig::short_task_queue_factor).
+  sched::Scheduler scheduler_{sched::SchedulerConfig{1.0, 3.0}};
   std::unique_ptr<Allocator> allocator_;  // asks scheduler_ for demand
   std::map<JobId, JobRecord> jobs_;
   std::map<WorkerId, WorkerRecord> workers_;

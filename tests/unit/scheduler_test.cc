@@ -850,8 +850,10 @@ TEST(SchedulerTest, LargeArrayJob) {
 // worker holds, and checks every decision against it.
 class RandomSim {
  public:
-  explicit RandomSim(uint32_t seed, double queue_factor) : sim_({queue_factor}), rng_(seed) {
+  RandomSim(uint32_t seed, double queue_factor, double short_factor = 0)
+      : sim_({queue_factor, short_factor}), rng_(seed) {
     factor_ = queue_factor;
+    short_factor_ = short_factor;
   }
 
   void run(int steps) {
@@ -1046,8 +1048,10 @@ class RandomSim {
     for (auto& [id, w] : workers_) {
       if (!w.connected) continue;
       uint32_t held = held_cpus(w);
+      // Jobs of short tasks may queue up to the deeper limit, every job up to the base one.
       uint32_t limit = w.cpus + static_cast<uint32_t>(factor_ * w.cpus);
-      EXPECT_LE(held, limit) << "worker " << id;
+      uint32_t deep = w.cpus + static_cast<uint32_t>(std::max(factor_, short_factor_) * w.cpus);
+      EXPECT_LE(held, deep) << "worker " << id;
       // A worker kept free for a blocked job ahead takes nothing from the jobs behind it.
       if (sim_.s.reserved_for(id) != 0) continue;
       for (auto [cpus, unused] : ready_cpus) {
@@ -1165,6 +1169,7 @@ class RandomSim {
   Sim sim_;
   std::mt19937 rng_;
   double factor_;
+  double short_factor_;
   int64_t now_ = 1000;
   WorkerId last_worker_ = 0;
   JobId last_job_ = 0;
@@ -1185,6 +1190,65 @@ TEST(SchedulerTest, RandomizedSimulation) {
   }
   EXPECT_GT(retractions, 0u) << "the simulation never exercised retraction";
   RecordProperty("assignments", std::to_string(assignments));
+}
+
+// The same with deeper queues for jobs of short tasks (SchedulerConfig::short_task_queue_factor).
+TEST(SchedulerTest, RandomizedSimulationWithDeepQueuesForShortTasks) {
+  for (uint32_t seed = 21; seed <= 26; ++seed) {
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    RandomSim sim(seed, seed % 2 == 0 ? 1.0 : 0.0, 3.0);
+    sim.run(1500);
+    if (HasFailure()) break;
+  }
+}
+
+}  // namespace
+}  // namespace hq::sched
+
+namespace hq::sched {
+namespace {
+
+// Runs one round: schedules at `now`, then every held task that `start` allows starts and ends
+// `run_ms` later; returns how many tasks the worker held after the schedule.
+uint32_t round_with(Scheduler& s, int64_t& now, int64_t run_ms) {
+  Decisions d = s.schedule(now);
+  const uint32_t held = s.held_tasks(1);
+  for (const Assignment& a : d.assign) {
+    EXPECT_TRUE(s.task_started(1, a.key, now));
+    EXPECT_TRUE(s.task_finished(1, a.key, now + run_ms));
+  }
+  now += run_ms + 1;
+  s.check_invariants();
+  return held;
+}
+
+// SchedulerConfig::short_task_queue_factor: a job whose tasks finish in a few milliseconds
+// queues deeper once enough of them finished; a job of long tasks keeps the usual queue, also
+// on the same worker afterwards.
+TEST(SchedulerTest, ShortTasksQueueDeeperOnceSeen) {
+  Scheduler s(SchedulerConfig{1.0, 3.0});
+  ASSERT_TRUE(s.add_worker(1, 2).is_ok());
+  ASSERT_TRUE(s.add_job({1, IdSet::range(1, 1000), 1, 0}).is_ok());
+  int64_t now = 1000;
+  EXPECT_EQ(round_with(s, now, 2), 4u);  // 2 CPUs and a queue as deep, nothing seen yet
+  uint32_t most = 0;
+  for (int i = 0; i < 10; ++i) most = std::max(most, round_with(s, now, 2));
+  EXPECT_EQ(most, 8u);  // 2 CPUs and 3 times as many queued
+
+  Scheduler t(SchedulerConfig{1.0, 3.0});
+  ASSERT_TRUE(t.add_worker(1, 2).is_ok());
+  ASSERT_TRUE(t.add_job({1, IdSet::range(1, 1000), 1, 0}).is_ok());
+  most = 0;
+  for (int i = 0; i < 10; ++i) most = std::max(most, round_with(t, now, 60'000));
+  EXPECT_EQ(most, 4u);
+
+  // Off by default: the same short tasks keep the usual queue.
+  Scheduler u;
+  ASSERT_TRUE(u.add_worker(1, 2).is_ok());
+  ASSERT_TRUE(u.add_job({1, IdSet::range(1, 1000), 1, 0}).is_ok());
+  most = 0;
+  for (int i = 0; i < 10; ++i) most = std::max(most, round_with(u, now, 2));
+  EXPECT_EQ(most, 4u);
 }
 
 }  // namespace
