@@ -1053,24 +1053,27 @@ struct RawDb {
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
 };
 
+// Overwrites the journal's format record.
+void put_format(const fs::path& path, uint16_t major, uint16_t minor, int64_t created) {
+  RawDb raw(path);
+  capnp::MallocMessageBuilder message;
+  auto format = message.initRoot<schema::Format>();
+  format.setMagic(schema::FORMAT_MAGIC.get());
+  format.setMajor(major);
+  format.setMinor(minor);
+  format.setCreated(created);
+  auto words = capnp::messageToFlatArray(message);
+  auto bytes = words.asBytes();
+  ASSERT_TRUE(raw.db
+                  ->Put(rocksdb::WriteOptions(), raw.family("default"), "format",
+                        rocksdb::Slice(reinterpret_cast<const char*>(bytes.begin()), bytes.size()))
+                  .ok());
+}
+
 TEST(Journal, UnknownMajorVersionIsRefused) {
   TempDir dir;
   { Harness h(dir.path()); }
-  {
-    RawDb raw(dir.path());
-    capnp::MallocMessageBuilder message;
-    auto format = message.initRoot<schema::Format>();
-    format.setMagic(schema::FORMAT_MAGIC.get());
-    format.setMajor(99);
-    format.setMinor(4);
-    auto words = capnp::messageToFlatArray(message);
-    auto bytes = words.asBytes();
-    ASSERT_TRUE(
-        raw.db
-            ->Put(rocksdb::WriteOptions(), raw.family("default"), "format",
-                  rocksdb::Slice(reinterpret_cast<const char*>(bytes.begin()), bytes.size()))
-            .ok());
-  }
+  put_format(dir.path(), 99, 4, 0);
   auto opened = Journal::open(dir.path(), Options());
   ASSERT_FALSE(opened);
   EXPECT_NE(opened.message().find("format version 99.4"), std::string::npos) << opened.message();
@@ -1099,22 +1102,7 @@ TEST(Journal, AnOlderMajorVersionIsReadAndUpgradedOnTheFirstWrite) {
     h.append(submitted(4));
     ASSERT_TRUE(h.commit());
   }
-  {
-    RawDb raw(dir.path());
-    capnp::MallocMessageBuilder message;
-    auto format = message.initRoot<schema::Format>();
-    format.setMagic(schema::FORMAT_MAGIC.get());
-    format.setMajor(1);
-    format.setMinor(0);
-    format.setCreated(12345);
-    auto words = capnp::messageToFlatArray(message);
-    auto bytes = words.asBytes();
-    ASSERT_TRUE(
-        raw.db
-            ->Put(rocksdb::WriteOptions(), raw.family("default"), "format",
-                  rocksdb::Slice(reinterpret_cast<const char*>(bytes.begin()), bytes.size()))
-            .ok());
-  }
+  put_format(dir.path(), 1, 0, 12345);
   {
     Options read_only;
     read_only.read_only = true;

@@ -206,24 +206,18 @@ TEST(Restore, PackedAndBatchedTaskTimesFoldAlike) {
         capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
   });
   // The batched forms of an older journal: task 4 started and finished, task 5 started.
-  f.event([](Event::Builder e) {
-    auto b = e.initTasksStarted();
+  auto batch = [](journal::schema::TaskBatch::Builder b,
+                  std::vector<std::pair<TaskId, int64_t>> tasks) {
     b.setJob(1);
     b.setWorker(2);
-    auto list = b.initTasks(2);
-    list[0].setTask(4);
-    list[0].setTime(7000);
-    list[1].setTask(5);
-    list[1].setTime(7001);
-  });
-  f.event([](Event::Builder e) {
-    auto b = e.initTasksFinished();
-    b.setJob(1);
-    b.setWorker(2);
-    auto list = b.initTasks(1);
-    list[0].setTask(4);
-    list[0].setTime(7100);
-  });
+    auto list = b.initTasks(static_cast<unsigned>(tasks.size()));
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      list[i].setTask(tasks[i].first);
+      list[i].setTime(tasks[i].second);
+    }
+  };
+  f.event([&](Event::Builder e) { batch(e.initTasksStarted(), {{4, 7000}, {5, 7001}}); });
+  f.event([&](Event::Builder e) { batch(e.initTasksFinished(), {{4, 7100}}); });
   f.restore.finish();
   ASSERT_TRUE(f.restore.status()) << f.restore.status().message();
   struct Want {

@@ -367,18 +367,13 @@ void BM_MemoryPerWaitingTask(benchmark::State& state) {
   constexpr uint32_t kTasks = 10'000'000;
   double per_task = 0;
   for (auto _ : state) {
-    // Small blocks (uordblks) plus large mmap'ed ones (hblkhd).
-    auto heap = [] {
-      struct mallinfo2 m = mallinfo2();
-      return m.uordblks + m.hblkhd;
-    };
-    size_t before = heap();
+    size_t before = heap_bytes();
     auto s = std::make_unique<Scheduler>();
     // 10,000 ranges of 1,000 ids with gaps.
     std::vector<IdRange> ranges;
     for (uint32_t r = 0; r < kTasks / 1000; ++r) ranges.push_back({r * 1500, r * 1500 + 999, 1});
     if (!s->add_job({1, IdSet(std::move(ranges)), 1, 0}).is_ok()) std::abort();
-    size_t after = heap();
+    size_t after = heap_bytes();
     per_task = static_cast<double>(after - before) / kTasks;
     benchmark::DoNotOptimize(s->waiting_tasks());
   }
@@ -394,16 +389,12 @@ void BM_MemoryPerEndedTask(benchmark::State& state) {
   constexpr uint32_t kTasks = 2'000'000;
   double per_task = 0;
   for (auto _ : state) {
-    auto heap = [] {
-      struct mallinfo2 m = mallinfo2();
-      return m.uordblks + m.hblkhd;
-    };
     auto s = std::make_unique<Scheduler>();
     for (WorkerId w = 1; w <= 2; ++w) {
       if (!s->add_worker(w, 64).is_ok()) std::abort();
     }
     s->schedule();
-    size_t before = heap();
+    size_t before = heap_bytes();
     if (!s->add_job({1, IdSet::range(1, kTasks), 1, 0}).is_ok()) std::abort();
     int64_t now = 1'700'000'000'000;
     uint32_t ended = 0;
@@ -419,7 +410,7 @@ void BM_MemoryPerEndedTask(benchmark::State& state) {
       }
     }
     s->schedule(now);
-    size_t after = heap();
+    size_t after = heap_bytes();
     per_task = static_cast<double>(after - before) / kTasks;
     benchmark::DoNotOptimize(s->waiting_tasks());
   }
