@@ -217,9 +217,9 @@ std::string pack_task_times(const std::vector<TaskTimeEntry>& entries, TaskTimes
     prev_task = e.task;
     put_varint(out, e.instance);
     const int64_t time = list == TaskTimesList::kFinished ? e.end : e.start;
-    put_varint(out, zigzag(time - prev_time));
+    put_varint(out, zigzag(wrap_sub(time, prev_time)));
     prev_time = time;
-    if (list == TaskTimesList::kRan) put_varint(out, zigzag(e.end - e.start));
+    if (list == TaskTimesList::kRan) put_varint(out, zigzag(wrap_sub(e.end, e.start)));
   }
   return out;
 }
@@ -238,6 +238,10 @@ Result<std::vector<TaskTimeEntry>> unpack_task_times(const uint8_t* data, size_t
     auto run = time && list == TaskTimesList::kRan ? get_varint(data, size, pos)
                                                    : std::optional<uint64_t>(0);
     if (!time || !run) return Error{fmt::format("packed task times cut short at byte {}", at)};
+    if (*delta > UINT32_MAX) {
+      return Error{fmt::format(
+          "packed task times: a task id step of {} (beyond 32 bits) at byte {}", *delta, at)};
+    }
     task += *delta;
     if (task > UINT32_MAX || *instance > UINT32_MAX) {
       return Error{fmt::format("packed task times: task {} instance {} beyond 32 bits at byte {}",
@@ -246,16 +250,14 @@ Result<std::vector<TaskTimeEntry>> unpack_task_times(const uint8_t* data, size_t
     TaskTimeEntry e;
     e.task = static_cast<TaskId>(task);
     e.instance = static_cast<InstanceId>(*instance);
-    const int64_t t = static_cast<int64_t>(static_cast<uint64_t>(prev_time) +
-                                           static_cast<uint64_t>(unzigzag(*time)));
+    const int64_t t = wrap_add(prev_time, unzigzag(*time));
     prev_time = t;
     if (list == TaskTimesList::kFinished) {
       e.end = t;
     } else {
       e.start = t;
       if (list == TaskTimesList::kRan) {
-        e.end =
-            static_cast<int64_t>(static_cast<uint64_t>(t) + static_cast<uint64_t>(unzigzag(*run)));
+        e.end = wrap_add(t, unzigzag(*run));
       }
     }
     out.push_back(e);

@@ -86,7 +86,7 @@ enum class TaskTimesList { kStarted, kRan, kFinished };
 std::string pack_task_times(const std::vector<TaskTimeEntry>& entries, TaskTimesList list,
                             int64_t base);
 // The entries of a packed list, in order; fails on bytes that do not decode (cut short, a
-// value too long, a task id beyond 32 bits, ids not increasing).
+// value too long, a task id or instance beyond 32 bits).
 Result<std::vector<TaskTimeEntry>> unpack_task_times(const uint8_t* data, size_t size,
                                                      TaskTimesList list, int64_t base);
 

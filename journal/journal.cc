@@ -667,7 +667,9 @@ class JournalImpl final : public Journal {
   ~JournalImpl() override;
 
   Status open();
-  // Writes the format record of this version (FORMAT_MAJOR.FORMAT_MINOR), created at `created`.
+  // The format record of this version (FORMAT_MAJOR.FORMAT_MINOR), created at `created`.
+  static std::string format_bytes(int64_t created);
+  // Writes it.
   Status write_format(int64_t created);
 
   const RecoveryInfo& recovery() const override { return recovery_; }
@@ -754,6 +756,8 @@ class JournalImpl final : public Journal {
 
   // Journal thread.
   rocksdb::WriteBatch batch_;
+  // An older journal's new format record, written with the first batch (journal thread).
+  std::string upgraded_format_;
   rocksdb::DBOptions db_options_;  // as open() opened the database, for reopen()
   std::vector<rocksdb::ColumnFamilyDescriptor> families_;
 
@@ -954,8 +958,10 @@ Status JournalImpl::open() {
     }
     recovery_.format_minor = minor;
     if (major < schema::FORMAT_MAJOR && !options_.read_only) {
-      // What this server appends an older hq would misread: from now on it refuses the journal.
-      if (Status written = write_format(created); !written) return written;
+      // What this server appends an older hq would misread: the first batch written stamps the
+      // journal with this version, so that an older hq refuses it from then on. A journal
+      // opened and never written to stays as it was.
+      upgraded_format_ = format_bytes(created);
     }
   }
 
@@ -1291,10 +1297,14 @@ void JournalImpl::write_groups(std::deque<Item>& items, size_t begin, size_t end
     state.setGlobalPrunedBefore(last.global_pruned_before);
     if (last.server_uid) state.setServerUid(*last.server_uid);
     if (result) result = from_rocks(batch_.Put(meta_, kStateKey, flat_bytes(message)), "batch");
+    if (result && !upgraded_format_.empty()) {
+      result = from_rocks(batch_.Put(meta_, kFormatKey, upgraded_format_), "batch");
+    }
     if (result) {
       result = write_batch();
       if (!result) result = retry_write(result);
     }
+    if (result) upgraded_format_.clear();
     if (result) {
       batches_.fetch_add(1, std::memory_order_relaxed);
       commits_.fetch_add(end - begin, std::memory_order_relaxed);
@@ -1581,16 +1591,20 @@ Result<ReplayStats> JournalImpl::replay(const ReplayOptions& options, const Repl
 
 }  // namespace
 
-Status JournalImpl::write_format(int64_t created) {
+std::string JournalImpl::format_bytes(int64_t created) {
   capnp::MallocMessageBuilder message(32);
   auto format = message.initRoot<schema::Format>();
   format.setMagic(schema::FORMAT_MAGIC.get());
   format.setMajor(schema::FORMAT_MAJOR);
   format.setMinor(schema::FORMAT_MINOR);
   format.setCreated(created);
+  return flat_bytes(message);
+}
+
+Status JournalImpl::write_format(int64_t created) {
   rocksdb::WriteOptions write;
   write.sync = options_.sync;
-  rocksdb::Status s = db_->Put(write, meta_, kFormatKey, flat_bytes(message));
+  rocksdb::Status s = db_->Put(write, meta_, kFormatKey, format_bytes(created));
   if (!s.ok()) return from_rocks(s, fmt::format("cannot write journal '{}'", path_.string()));
   recovery_.format_minor = schema::FORMAT_MINOR;
   return Status::ok();

@@ -128,6 +128,8 @@ struct PreparedPart {
 
 struct Scheduler::Impl {
   SchedulerConfig config;
+  // Whether jobs of short tasks queue deeper than others (SchedulerConfig).
+  bool deep_queues() const { return config.short_task_queue_factor > config.queue_factor; }
   std::map<JobId, std::unique_ptr<UserJob>> jobs;  // owns them, in id order
   std::unordered_map<JobId, UserJob*> job_index;   // the same, for O(1) lookups by reports
   std::unordered_map<WorkerId, std::unique_ptr<WorkerSlot>> workers;
@@ -160,6 +162,9 @@ struct Scheduler::Impl {
   // Scratch space of schedule(), kept to avoid reallocating.
   std::vector<WorkerSlot*> candidates;
   std::vector<uint64_t> unfit_pass;  // by request: the fill pass in which it fit nowhere
+  // The same for jobs of long tasks only, which queue less deep (WorkerSlot::base_limit): where
+  // one of them fits nowhere, a job of short tasks with the same request may still.
+  std::vector<uint64_t> unfit_long_pass;
   uint64_t pass = 0;
   int64_t now = 0;  // of the running schedule()
   struct Retractable {
@@ -198,6 +203,7 @@ struct Scheduler::Impl {
       }));
       request_specs.push_back(r);
       unfit_pass.push_back(0);
+      unfit_long_pass.push_back(0);
     }
     return it->second;
   }
@@ -697,7 +703,9 @@ struct Scheduler::Impl {
     for (auto it = ready.begin(); it != ready.end() && full < candidates.size();) {
       Job& job = **it;
       // (A job with alternatives is not held back by its first one.)
-      if (job.nodes > 1 || (job.variants.empty() && unfit_pass[job.request] == pass)) {
+      const bool unfit = unfit_pass[job.request] == pass ||
+                         (!job.short_tasks() && unfit_long_pass[job.request] == pass);
+      if (job.nodes > 1 || (job.variants.empty() && unfit)) {
         // Multi-node jobs have their own pass; or another job with this request fit nowhere.
         ++it;
         continue;
@@ -719,7 +727,10 @@ struct Scheduler::Impl {
         // A time request narrows the workers beyond the request: only jobs without one speak
         // for every job of their request.
         // Nor do jobs with alternatives: another variant may fit where the first does not.
-        if (job.time_request_ms == 0 && job.variants.empty()) unfit_pass[job.request] = pass;
+        if (job.time_request_ms == 0 && job.variants.empty()) {
+          const bool deeper_for_short = !real && !job.short_tasks() && deep_queues();
+          (deeper_for_short ? unfit_long_pass : unfit_pass)[job.request] = pass;
+        }
         if (real) reserve(job);
       }
       if (full * 2 > candidates.size()) {

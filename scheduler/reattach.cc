@@ -51,7 +51,8 @@ std::vector<TaskKey> Scheduler::end_reattach() {
     for (auto& part : owner->parts) {
       Job& job = *part;
       for (uint32_t i = 0; i < job.size(); ++i) {
-        if (!(job.tasks.get(i).flags & kOrphan)) continue;
+        const TaskSlot now = job.tasks.get(i);
+        if (!(now.flags & kOrphan) || ended(now.state)) continue;
         TaskSlot& s = job.task(i);
         if (s.state == TaskState::kRunning) job.set_state(i, s, TaskState::kWaiting);
         s.flags = 0;

@@ -54,12 +54,16 @@ bool Scheduler::restore_ended(TaskKey key, TaskState state, int64_t time, std::s
   f->job->set_state(f->index, s, state);
   s.instance = key.instance;
   s.end_time = time;
+  s.flags &= ~kOrphan;  // ended: no worker may claim it (as a cancel does live)
   if (worker != 0) s.worker = worker;
   if (state == TaskState::kFailed) {
     f->job->errors[f->index] = std::move(error);
   } else {
     f->job->errors.erase(f->index);
   }
+  // Chunks whose tasks all ended are packed as the replay goes, not after it: a campaign's
+  // history must not need 32 bytes a task to come back.
+  impl_->pack_ended();
   return true;
 }
 
@@ -115,7 +119,7 @@ void for_each_maybe_running(UserJob& owner, F fn) {
       for (uint32_t i = 0; i < job.size(); ++i) {
         const TaskSlot s = job.tasks.get(i);
         const bool maybe_ran =
-            s.state == TaskState::kRunning || (s.flags & kOrphan) ||
+            s.state == TaskState::kRunning || (!ended(s.state) && (s.flags & kOrphan)) ||
             (s.state == TaskState::kWaiting && deps_finished(owner, job.base + i));
         if (maybe_ran) fn(job, job.task(i), i);
       }
@@ -126,7 +130,8 @@ void for_each_maybe_running(UserJob& owner, F fn) {
     // anywhere below their run's reservation, so the walk cannot stop at this one's.
     for (uint32_t i = 0; i < job.size(); ++i) {
       const TaskSlot s = job.tasks.get(i);
-      const bool maybe_ran = s.state == TaskState::kRunning || (s.flags & kOrphan) ||
+      const bool maybe_ran = s.state == TaskState::kRunning ||
+                             (!ended(s.state) && (s.flags & kOrphan)) ||
                              (s.state == TaskState::kWaiting && i < reserved);
       if (maybe_ran) fn(job, job.task(i), i);
     }
@@ -174,7 +179,8 @@ uint64_t Scheduler::restore_reattach_ended() {
     for (auto& part : owner->parts) {
       Job& job = *part;
       for (uint32_t i = 0; i < job.size(); ++i) {
-        if (!(job.tasks.get(i).flags & kOrphan)) continue;
+        const TaskSlot now = job.tasks.get(i);
+        if (!(now.flags & kOrphan) || ended(now.state)) continue;
         TaskSlot& s = job.task(i);
         if (s.state == TaskState::kRunning) job.set_state(i, s, TaskState::kWaiting);
         s.flags &= ~kOrphan;
@@ -230,6 +236,7 @@ uint64_t Scheduler::finish_restore(bool reattach) {
     owner.completion_noted = owner.done();
     m.completed.erase(id);
   }
+  m.pack_ended();
   return back;
 }
 

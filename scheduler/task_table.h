@@ -5,7 +5,8 @@
 //            together, as when a job is canceled before its tasks ran). Costs no per-task byte.
 //   dense:   a TaskSlot per task (32 bytes), while any of its tasks is held, has run or changes.
 //   packed:  every task ended and none held: the records as a few bytes each (varints of time
-//            and worker deltas, see task_table.cc), read back through a decoding cache.
+//            and worker deltas in blocks of 64, see task_table.cc), read back a block at a
+//            time through a small cache.
 // So a job costs O(chunks) while it waits, 32 bytes per task only where tasks are in flight,
 // and a few bytes per ended task. Any change goes through at(), which makes the chunk dense; a
 // dense chunk whose tasks have all ended is packed again by pack() at a safe point (no
@@ -81,7 +82,7 @@ class TaskTable {
     const Chunk& c = chunks_[index >> kChunkShift];
     if (c.dense) return c.dense[index & (kChunkSize - 1)];
     if (!c.packed) return c.uniform;
-    return decoded(index >> kChunkShift)[index & (kChunkSize - 1)];
+    return decoded(index);
   }
 
   uint32_t chunks() const { return static_cast<uint32_t>(chunks_.size()); }
@@ -120,7 +121,8 @@ class TaskTable {
     TaskSlot uniform;    // the record of all tasks when neither dense nor packed
   };
   void unpack(uint32_t c);
-  const TaskSlot* decoded(uint32_t c) const;
+  // The record of a task of a packed chunk, through a small cache of decoded blocks.
+  const TaskSlot& decoded(uint32_t index) const;
 
   uint32_t size_ = 0;
   uint64_t serial_ = 0;  // names the table in the decoding cache

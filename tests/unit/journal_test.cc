@@ -1093,8 +1093,9 @@ std::tuple<uint16_t, uint16_t, int64_t> stored_format(const fs::path& path) {
 }
 
 // A journal of the previous major version (task times in tasksStarted/tasksFinished) is read, and
-// becomes this version when a server opens it for writing, so that an older hq, which would skip
-// the taskTimes records appended from then on, refuses it instead.
+// becomes this version with the first batch a server writes to it, so that an older hq, which
+// would skip the taskTimes records appended from then on, refuses it instead; a server that
+// refuses it or writes nothing leaves it to the release that wrote it.
 TEST(Journal, AnOlderMajorVersionIsReadAndUpgradedOnTheFirstWrite) {
   TempDir dir;
   {
@@ -1111,11 +1112,18 @@ TEST(Journal, AnOlderMajorVersionIsReadAndUpgradedOnTheFirstWrite) {
   }
   EXPECT_EQ(stored_format(dir.path()), std::make_tuple(uint16_t{1}, uint16_t{0}, int64_t{12345}));
   {
-    Harness h(dir.path());
+    Harness h(dir.path());  // opened for writing, replayed, nothing written
     ASSERT_TRUE(h.journal);
     auto events = replay_all(*h.journal);
     ASSERT_EQ(events.size(), 1u);
     EXPECT_EQ(events[0].which, Event::JOB_SUBMITTED);
+  }
+  EXPECT_EQ(stored_format(dir.path()), std::make_tuple(uint16_t{1}, uint16_t{0}, int64_t{12345}));
+  {
+    Harness h(dir.path());
+    h.append(submitted(5));
+    ASSERT_TRUE(h.commit());
+    EXPECT_EQ(replay_all(*h.journal).size(), 2u);
   }
   EXPECT_EQ(stored_format(dir.path()),
             std::make_tuple(uint16_t{schema::FORMAT_MAJOR}, uint16_t{schema::FORMAT_MINOR},

@@ -209,3 +209,27 @@ TEST(SchedulerReattachTest, ARestoreWithoutReattachBumpsOrphansToo) {
 
 }  // namespace
 }  // namespace hq::sched
+
+namespace hq::sched {
+namespace {
+
+// An orphan canceled during the grace, then a second crash before the grace ended: the replay
+// meets the orphan mark of the first restart and then the cancel. The task stays canceled, is
+// no orphan, and the end of the grace does not queue it again.
+TEST(SchedulerReattachTest, AnOrphanCanceledBeforeASecondCrashStaysCanceled) {
+  Scheduler s;
+  ASSERT_TRUE(s.add_job({1, IdSet::range(0, 1), 1, 0}).is_ok());
+  ASSERT_TRUE(s.restore_started({1, 0, 0}, 1, 10));
+  EXPECT_EQ(s.restore_orphans(), 1u);  // the first restart, with reattach
+  ASSERT_TRUE(s.restore_ended({1, 0, 0}, TaskState::kCanceled, 30));
+  s.finish_restore(/*reattach=*/true);
+  s.check_invariants();
+  EXPECT_EQ(s.orphan_count(), 0u);
+  EXPECT_TRUE(s.end_reattach().empty());
+  s.check_invariants();
+  EXPECT_EQ(s.task(1, 0)->state, TaskState::kCanceled);
+  EXPECT_EQ(s.task(1, 0)->end_time, 30);
+}
+
+}  // namespace
+}  // namespace hq::sched
