@@ -12,12 +12,15 @@
 #include <openssl/rand.h>
 #include <nlohmann/json.hpp>
 
+#include "net/tls.h"
+
 namespace hq::net {
 namespace {
 
 std::string random_uid() {
   static const char kAlphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   unsigned char bytes[6];
+  set_up_openssl();
   if (RAND_bytes(bytes, sizeof(bytes)) != 1) throw std::runtime_error("RAND_bytes failed");
   std::string uid;
   for (unsigned char b : bytes) uid += kAlphabet[b % (sizeof(kAlphabet) - 1)];

@@ -65,6 +65,7 @@ std::string exception_text(const kj::Exception& e) { return e.getDescription().c
 
 Key random_key() {
   Key key;
+  set_up_openssl();
   if (RAND_bytes(key.data(), static_cast<int>(key.size())) != 1) {
     throw std::runtime_error("OpenSSL's random generator failed");
   }

@@ -76,11 +76,23 @@ int find_psk(SSL* ssl, const unsigned char* identity, size_t identity_len, SSL_S
   return *session == nullptr ? 0 : 1;
 }
 
+// Returns the method it is given, so that the set-up runs in an initializer list.
+asio::ssl::context::method set_up(asio::ssl::context::method method) {
+  set_up_openssl();
+  return method;
+}
+
 }  // namespace
 
+void set_up_openssl() {
+  static const int ok =
+      OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ATEXIT, nullptr);
+  (void)ok;  // a failure shows again, with its reason, where OpenSSL is used next
+}
+
 PskContext::PskContext(Token, Side side, wire::Role role, const Key& key)
-    : ssl_(side == Side::kConnect ? asio::ssl::context::tls_client
-                                  : asio::ssl::context::tls_server),
+    : ssl_(set_up(side == Side::kConnect ? asio::ssl::context::tls_client
+                                         : asio::ssl::context::tls_server)),
       secret_{role, key} {
   SSL_CTX* ctx = ssl_.native_handle();
   auto check = [](int ok, const char* what) {

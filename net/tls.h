@@ -12,6 +12,13 @@
 
 namespace hq::net {
 
+// OpenSSL sets itself up on its first use: by default it reads the system's openssl.cnf and
+// registers a cleanup to run at exit. hq's TLS is pinned (TLS 1.3, one suite, an external PSK),
+// so nothing in that file applies to it, and the cleanup frees only what the exit frees anyway;
+// for a short command such as `hq submit` the two were a tenth of its run (docs/benchmarks.md).
+// Called before any other use of OpenSSL; only the first call does anything.
+void set_up_openssl();
+
 // An asio::ssl::context for one side of connections of one role, holding its key. The SSL_CTX
 // points at the key stored here, so this object must outlive every handshake started with
 // ssl(); after a handshake the stream no longer needs it (no tickets, no renegotiation in 1.3).
