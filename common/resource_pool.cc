@@ -207,6 +207,19 @@ void ResourcePool::take(Resource& r, uint32_t id, const PoolEntry& e, Allocation
 bool ResourcePool::allocate(const PoolRequest& request, Allocation& out) {
   out.clear();
   if (!fits(request)) return false;
+  // One entry per unit taken (and one for a share or a sum): room for all of them at once.
+  uint32_t entries = 0;
+  for (const PoolEntry& e : request) {
+    const Resource& r = resources_[e.resource];
+    if (r.kind == ResourceKind::kSum) {
+      entries += 1;
+    } else if (e.policy == AllocationPolicy::kAll) {
+      entries += static_cast<uint32_t>(r.free.size());
+    } else {
+      entries += static_cast<uint32_t>(e.amount / kAmountUnit) + (e.amount % kAmountUnit != 0);
+    }
+  }
+  out.reserve(entries);
   for (const PoolEntry& e : request) take(resources_[e.resource], e.resource, e, out);
   return true;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "common/resources.h"
+#include "common/small_vector.h"
 
 namespace hq {
 
@@ -45,7 +46,8 @@ struct AllocationEntry {
   ResourceAmount amount = 0;
 };
 inline constexpr uint32_t kSumUnit = UINT32_MAX;
-using Allocation = std::vector<AllocationEntry>;
+// Inline for up to four entries (one per unit, or per sum resource): most tasks' allocations.
+using Allocation = SmallVector<AllocationEntry, 4>;
 
 class ResourcePool {
  public:
