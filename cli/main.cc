@@ -25,9 +25,6 @@
 #include "worker/hwdetect.h"
 
 namespace hq::cli {
-
-std::string named_command(const std::vector<std::string>& args);
-
 namespace {
 
 // Parses a duration option's text or fails with a message naming the flag.
@@ -173,6 +170,29 @@ std::vector<std::string> rewrite_output_log(std::vector<std::string> args) {
   }
   out.insert(out.end(), rest.begin(), rest.end());
   return out;
+}
+
+// The command group the arguments name (`hq [GLOBAL OPTIONS] GROUP ...`) when it is one of those
+// whose parts of the command tree are built alone, or "--version"; empty otherwise.
+std::string named_command(const std::vector<std::string>& args) {
+  for (size_t i = 1; i < args.size(); ++i) {
+    const std::string& arg = args[i];
+    if (arg == "--") return {};
+    // Nothing but the version: no group is needed.
+    if (arg == "--version") return arg;
+    if (arg.starts_with("-")) {
+      const bool takes_value = arg == "--server-dir" || arg == "--output-mode" ||
+                               arg == "--log-level" || arg == "--colors";
+      if (takes_value) ++i;
+      continue;
+    }
+    for (const char* group :
+         {"server", "worker", "submit", "job", "task", "journal", "output", "alloc"}) {
+      if (arg == group) return arg;
+    }
+    return {};
+  }
+  return {};
 }
 
 int run(int argc, char** argv) {
@@ -611,36 +631,13 @@ int run(int argc, char** argv) {
 }
 
 }  // namespace
-
-// The command group the arguments name (`hq [GLOBAL OPTIONS] GROUP ...`) when it is one of those
-// whose parts of the command tree are built alone, or "--version"; empty otherwise.
-std::string named_command(const std::vector<std::string>& args) {
-  for (size_t i = 1; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "--") return {};
-    // Nothing but the version: no group is needed.
-    if (arg == "--version") return arg;
-    if (arg.starts_with("-")) {
-      const bool takes_value = arg == "--server-dir" || arg == "--output-mode" ||
-                               arg == "--log-level" || arg == "--colors";
-      if (takes_value) ++i;
-      continue;
-    }
-    for (const char* group :
-         {"server", "worker", "submit", "job", "task", "journal", "output", "alloc"}) {
-      if (arg == group) return arg;
-    }
-    return {};
-  }
-  return {};
-}
-
 }  // namespace hq::cli
 
 int main(int argc, char** argv) {
-  // `hq --version` answers before logging and the command tree are set up: it is the measure of
-  // the process's own start (docs/benchmarks.md), and CLI11 reports the version by an exception.
-  if (hq::cli::named_command({argv, argv + argc}) == "--version") {
+  // `hq --version` alone answers before logging and the command tree are set up: it is the
+  // measure of the process's own start (docs/benchmarks.md), and CLI11 reports the version by an
+  // exception. With other options too, CLI11 checks them first, as before.
+  if (argc == 2 && std::string_view(argv[1]) == "--version") {
     std::cout << "hq " HQ_VERSION "\n";
     return 0;
   }

@@ -4,6 +4,7 @@
 // from a worker's pool (one to four entries for most tasks): a std::vector there cost one heap
 // block per task, 13% of the scheduler benchmark (docs/benchmarks.md).
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -62,8 +63,13 @@ class SmallVector {
 
   void clear() { size_ = 0; }
   void push_back(const T& value) {
-    if (size_ == capacity_) grow(capacity_ * 2);
-    new (data() + size_) T(value);
+    if (size_ == capacity_) {
+      const T copy = value;  // `value` may be an entry of this vector, which grow() frees
+      grow(capacity_ > UINT32_MAX / 2 ? UINT32_MAX : capacity_ * 2);
+      new (data() + size_) T(copy);
+    } else {
+      new (data() + size_) T(value);
+    }
     ++size_;
   }
   void reserve(uint32_t capacity) {
@@ -81,6 +87,7 @@ class SmallVector {
  private:
   bool on_heap() const { return capacity_ > N; }
   void grow(uint32_t capacity) {
+    if (capacity <= size_ || capacity > SIZE_MAX / sizeof(T)) throw std::bad_alloc();
     T* block = static_cast<T*>(std::malloc(sizeof(T) * capacity));
     if (block == nullptr) throw std::bad_alloc();
     if (size_ > 0) std::memcpy(static_cast<void*>(block), data(), sizeof(T) * size_);

@@ -66,6 +66,20 @@ TEST(SmallVector, CopiesAndMovesInlineAndHeapContents) {
   }
 }
 
+TEST(SmallVector, AppendsItsOwnEntryWhileGrowing) {
+  // Full inline (the heap pointer takes the inline bytes) and full on the heap (the old block is
+  // freed): the value pushed is one of the vector's own entries.
+  for (uint32_t n : {2u, 4u}) {
+    Small v = filled(n);
+    ASSERT_EQ(v.size(), v.capacity());
+    v.push_back(v[0]);
+    v.push_back(v[n]);
+    EXPECT_EQ(v[n], (Entry{0, 0})) << n;
+    EXPECT_EQ(v[n + 1], (Entry{0, 0})) << n;
+    EXPECT_EQ(v[1], (Entry{1, 10})) << n;
+  }
+}
+
 TEST(SmallVector, BuildsFromAListAndReservesAhead) {
   Small v{{1, 2}, {3, 4}, {5, 6}};
   EXPECT_EQ(contents(v), (std::vector<Entry>{{1, 2}, {3, 4}, {5, 6}}));
