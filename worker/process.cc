@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -31,6 +30,7 @@
 #include <spdlog/spdlog.h>
 
 #include "worker/reaper.h"
+#include "worker/spawn.h"
 
 extern char** environ;
 
@@ -71,30 +71,6 @@ class UniqueFd {
   int fd_ = -1;
 };
 
-class SpawnFileActions {
- public:
-  SpawnFileActions() { posix_spawn_file_actions_init(&actions_); }
-  ~SpawnFileActions() { posix_spawn_file_actions_destroy(&actions_); }
-  SpawnFileActions(const SpawnFileActions&) = delete;
-  SpawnFileActions& operator=(const SpawnFileActions&) = delete;
-  posix_spawn_file_actions_t* get() { return &actions_; }
-
- private:
-  posix_spawn_file_actions_t actions_;
-};
-
-class SpawnAttr {
- public:
-  SpawnAttr() { posix_spawnattr_init(&attr_); }
-  ~SpawnAttr() { posix_spawnattr_destroy(&attr_); }
-  SpawnAttr(const SpawnAttr&) = delete;
-  SpawnAttr& operator=(const SpawnAttr&) = delete;
-  posix_spawnattr_t* get() { return &attr_; }
-
- private:
-  posix_spawnattr_t attr_;
-};
-
 // A CPU set of any size (CPU_ALLOC), for machines with more than CPU_SETSIZE CPUs.
 class CpuSet {
  public:
@@ -115,55 +91,6 @@ class CpuSet {
   };
   std::unique_ptr<cpu_set_t, Free> set_;
   size_t bytes_ = 0;
-};
-
-// Binds the calling thread to some CPUs until destroyed, then gives it back the affinity it had.
-//
-// This is how a child gets its CPU affinity (`--pin taskset`): glibc's posix_spawn has no
-// attribute for it, but the child it creates (clone) inherits the affinity of the spawning thread.
-// Binding that thread around the call pins the child from its first instruction on. Setting the
-// child's affinity after the spawn (sched_setaffinity(pid)) would leave a window in which the
-// program runs, and may start threads, elsewhere; a fork/exec path with the call in the child
-// would give up posix_spawn's speed (vfork semantics) for every pinned task. The price: the
-// worker's loop thread runs on the task's CPUs for the duration of one posix_spawn call.
-class ScopedThreadAffinity {
- public:
-  ScopedThreadAffinity() = default;
-  ScopedThreadAffinity(const ScopedThreadAffinity&) = delete;
-  ScopedThreadAffinity& operator=(const ScopedThreadAffinity&) = delete;
-  ~ScopedThreadAffinity() { restore(); }
-
-  // Fails (changing nothing) with errno's text when none of `cpus` is usable by this thread.
-  Status bind(const std::vector<uint32_t>& cpus) {
-    // The current affinity, in a set large enough for this machine's CPU count.
-    CpuSet saved;
-    for (size_t n = 1024;; n *= 2) {
-      saved = CpuSet(n);
-      if (::sched_getaffinity(0, saved.bytes(), saved.get()) == 0) break;
-      if (errno != EINVAL || n >= (size_t{1} << 22)) return Status::error(errno_text(errno));
-    }
-    uint32_t highest = *std::max_element(cpus.begin(), cpus.end());
-    CpuSet wanted(static_cast<size_t>(highest) + 1);
-    for (uint32_t cpu : cpus) CPU_SET_S(cpu, wanted.bytes(), wanted.get());
-    if (::sched_setaffinity(0, wanted.bytes(), wanted.get()) != 0) {
-      return Status::error(errno_text(errno));
-    }
-    saved_ = std::move(saved);
-    return Status::ok();
-  }
-
- private:
-  void restore() {
-    if (saved_.empty()) return;
-    if (::sched_setaffinity(0, saved_.bytes(), saved_.get()) != 0) {
-      // Later tasks would inherit the narrower affinity: say so loudly.
-      spdlog::error("cannot restore the worker's CPU affinity after pinning a task: {}",
-                    errno_text(errno));
-    }
-    saved_ = CpuSet();
-  }
-
-  CpuSet saved_;  // empty: not bound
 };
 
 // The command that runs the script `program` (a path, relative to `cwd` when not absolute)
@@ -214,6 +141,26 @@ Result<std::vector<std::string>> script_command(const std::string& program,
   if (std::string_view arg = trim(line.substr(end)); !arg.empty()) command.emplace_back(arg);
   command.push_back(program);
   return command;
+}
+
+const char* step_name(ChildStep step) {
+  switch (step) {
+    case ChildStep::kStart:
+      return "creating its process";
+    case ChildStep::kGroup:
+      return "making its process group";
+    case ChildStep::kAffinity:
+      return "setting its CPU affinity";
+    case ChildStep::kDescriptors:
+      return "setting up its standard input and outputs";
+    case ChildStep::kDirectory:
+      return "entering its working directory";
+    case ChildStep::kSignals:
+      return "resetting its signals";
+    case ChildStep::kExec:
+      return "running the program";
+  }
+  return "starting";
 }
 
 std::string join_cpus(const std::vector<uint32_t>& cpus) {
@@ -320,8 +267,6 @@ std::vector<char*> build_environment(const std::vector<std::pair<std::string, st
   envp.push_back(nullptr);
   return envp;
 }
-
-int pidfd_open(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
 // Reaps `pid` without blocking. Returns nullopt while it is still running.
 std::optional<ExitStatus> try_reap(pid_t pid) {
@@ -439,6 +384,7 @@ struct ProcessRunner::Impl {
   std::unordered_map<uint64_t, std::unique_ptr<Child>> children;
   std::unordered_map<pid_t, uint64_t> live;
   std::vector<uint8_t> buffer = std::vector<uint8_t>(kCaptureChunkBytes);
+  Spawner spawner;
 };
 
 ProcessRunner::Impl::~Impl() {
@@ -497,14 +443,6 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
     }
   }
 
-  if (!spec.cwd.empty()) {
-    std::error_code ec;
-    fs::create_directories(spec.cwd, ec);
-    if (ec) {
-      return Error{fmt::format("cannot create working directory '{}': {}", spec.cwd, ec.message())};
-    }
-  }
-
   // The descriptors the child gets as stdout and stderr (when not /dev/null), and the read ends
   // of the captured channels.
   UniqueFd out_fd;
@@ -547,41 +485,22 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
           fmt::format("cannot prepare the standard input of '{}': {}", program, fd.message())};
     in_fd = std::move(*fd);
   }
-  SpawnFileActions actions;
-  if (in_fd.valid()) {
-    posix_spawn_file_actions_adddup2(actions.get(), in_fd.get(), STDIN_FILENO);
-  } else {
-    posix_spawn_file_actions_addopen(actions.get(), STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  ChildSetup setup;
+  setup.stdio[0] = in_fd.get();
+  setup.stdio[1] = out_fd.get();
+  setup.stdio[2] = shared_output ? out_fd.get() : err_fd.get();
+  // The task inherits no other descriptor of the worker's (Spawner closes them): an inherited
+  // server socket would keep a dead worker's connection open, and the server would not notice
+  // its death.
+  if (!spec.cwd.empty()) setup.cwd = spec.cwd.c_str();
+  CpuSet pinned;
+  if (!spec.cpu_affinity.empty()) {
+    uint32_t highest = *std::max_element(spec.cpu_affinity.begin(), spec.cpu_affinity.end());
+    pinned = CpuSet(static_cast<size_t>(highest) + 1);
+    for (uint32_t cpu : spec.cpu_affinity) CPU_SET_S(cpu, pinned.bytes(), pinned.get());
+    setup.affinity = pinned.get();
+    setup.affinity_bytes = pinned.bytes();
   }
-  if (out_fd.valid()) {
-    posix_spawn_file_actions_adddup2(actions.get(), out_fd.get(), STDOUT_FILENO);
-  } else {
-    posix_spawn_file_actions_addopen(actions.get(), STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  }
-  if (shared_output) {
-    posix_spawn_file_actions_adddup2(actions.get(), out_fd.get(), STDERR_FILENO);
-  } else if (err_fd.valid()) {
-    posix_spawn_file_actions_adddup2(actions.get(), err_fd.get(), STDERR_FILENO);
-  } else {
-    posix_spawn_file_actions_addopen(actions.get(), STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-  }
-  if (!spec.cwd.empty()) posix_spawn_file_actions_addchdir_np(actions.get(), spec.cwd.c_str());
-  // The task inherits nothing else of the worker's: an inherited server socket would keep a dead
-  // worker's connection open, and the server would not notice its death.
-  posix_spawn_file_actions_addclosefrom_np(actions.get(), STDERR_FILENO + 1);
-
-  // The worker blocks or handles SIGCHLD, SIGINT and SIGTERM; the task starts with an empty mask
-  // and default dispositions, in a process group of its own.
-  SpawnAttr attr;
-  sigset_t empty_mask;
-  sigset_t all_signals;
-  sigemptyset(&empty_mask);
-  sigfillset(&all_signals);
-  posix_spawnattr_setflags(attr.get(),
-                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(attr.get(), 0);
-  posix_spawnattr_setsigmask(attr.get(), &empty_mask);
-  posix_spawnattr_setsigdefault(attr.get(), &all_signals);
 
   std::vector<char*> argv;
   argv.reserve(spec.argv.size() + 1);
@@ -589,42 +508,60 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
   argv.push_back(nullptr);
   std::vector<std::string> env_storage;
   std::vector<char*> envp = build_environment(spec.env, env_storage);
+  setup.program = program.c_str();
+  setup.argv = argv.data();
+  setup.envp = envp.data();
 
-  pid_t pid = 0;
-  int err;
-  {
-    // The child inherits this thread's affinity (see ScopedThreadAffinity).
-    ScopedThreadAffinity pinned;
-    if (!spec.cpu_affinity.empty()) {
-      if (auto st = pinned.bind(spec.cpu_affinity); !st) {
-        return Error{
-            fmt::format("cannot pin '{}' to CPUs {}: {} (are they CPUs this worker may use?)",
-                        program, join_cpus(spec.cpu_affinity), st.message())};
-      }
+  SpawnOutcome started = spawner.start(setup);
+  if (!started.ok() && started.failed == ChildStep::kDirectory &&
+      (started.error == ENOENT || started.error == ENOTDIR)) {
+    // Made on first use (mostly it exists: the submit directory), then the start is retried.
+    std::error_code ec;
+    fs::create_directories(spec.cwd, ec);
+    if (ec) {
+      return Error{fmt::format("cannot create working directory '{}': {}", spec.cwd, ec.message())};
     }
-    // glibc's posix_spawnp waits for the exec and returns its errno.
-    err = posix_spawnp(&pid, program.c_str(), actions.get(), attr.get(), argv.data(), envp.data());
-    if (err == EACCES && program.find('/') != std::string::npos) {
-      // Not executable: a script with a shebang runs through its interpreter, as HyperQueue's
-      // users expect of `hq submit ./job.sh`. Only this failure path reads the file.
-      auto script = script_command(program, spec.cwd);
-      if (!script) return Error{fmt::format("cannot start '{}': {}", program, script.message())};
-      std::vector<char*> script_argv;
-      for (std::string& arg : *script) script_argv.push_back(arg.data());
-      for (size_t i = 1; i < spec.argv.size(); ++i) script_argv.push_back(argv[i]);
-      script_argv.push_back(nullptr);
-      err = posix_spawn(&pid, script_argv[0], actions.get(), attr.get(), script_argv.data(),
-                        envp.data());
-      if (err != 0) {
-        return Error{fmt::format("cannot start '{}' through its interpreter '{}': {}", program,
-                                 (*script)[0], errno_text(err))};
-      }
+    started = spawner.start(setup);
+  }
+  if (!started.ok() && started.failed == ChildStep::kExec && started.error == EACCES &&
+      program.find('/') != std::string::npos) {
+    // Not executable: a script with a shebang runs through its interpreter, as HyperQueue's
+    // users expect of `hq submit ./job.sh`. Only this failure path reads the file.
+    auto script = script_command(program, spec.cwd);
+    if (!script) return Error{fmt::format("cannot start '{}': {}", program, script.message())};
+    std::vector<char*> script_argv;
+    for (std::string& arg : *script) script_argv.push_back(arg.data());
+    for (size_t i = 1; i < spec.argv.size(); ++i) script_argv.push_back(argv[i]);
+    script_argv.push_back(nullptr);
+    setup.program = script_argv[0];
+    setup.argv = script_argv.data();
+    started = spawner.start(setup);
+    if (!started.ok() && started.failed == ChildStep::kExec) {
+      return Error{fmt::format("cannot start '{}' through its interpreter '{}': {}", program,
+                               (*script)[0], errno_text(started.error))};
     }
   }
-  if (err != 0) return Error{fmt::format("cannot start '{}': {}", program, errno_text(err))};
+  if (!started.ok()) {
+    switch (started.failed) {
+      case ChildStep::kAffinity:
+        return Error{
+            fmt::format("cannot pin '{}' to CPUs {}: {} (are they CPUs this worker may use?)",
+                        program, join_cpus(spec.cpu_affinity), errno_text(started.error))};
+      case ChildStep::kDirectory:
+        return Error{fmt::format("cannot start '{}' in its working directory '{}': {}", program,
+                                 spec.cwd, errno_text(started.error))};
+      case ChildStep::kExec:
+        return Error{fmt::format("cannot start '{}': {}", program, errno_text(started.error))};
+      default:
+        return Error{fmt::format("cannot start '{}' (while {}): {}", program,
+                                 step_name(started.failed), errno_text(started.error))};
+    }
+  }
+  const pid_t pid = started.pid;
+  UniqueFd pidfd(started.pidfd);
 
   // Registered at once: from here on the child's group dies with the worker. (The child could
-  // outlive a worker killed between the exec and this call, a few microseconds: posix_spawn
+  // outlive a worker killed between the exec and this call, a few microseconds: the spawn
   // gives no earlier moment at which its pid is known.)
   lingering.erase(pid);  // a group of that id is gone if the id names a new child
   if (reaper) {
@@ -644,15 +581,13 @@ Result<pid_t> ProcessRunner::Impl::spawn(const SpawnSpec& spec, ExitHandler on_e
   out_fd.reset();
   err_fd.reset();
   in_fd.reset();
-  int pidfd = pidfd_open(pid);
-  if (pidfd < 0) return fail_watch(errno_text(errno));
   std::unique_ptr<Child> child;
   uint64_t serial = next_serial++;
   try {
-    child =
-        std::make_unique<Child>(io, serial, pid, pidfd, std::move(on_exit), std::move(on_output));
+    child = std::make_unique<Child>(io, serial, pid, pidfd.get(), std::move(on_exit),
+                                    std::move(on_output));
+    pidfd.release();
   } catch (const std::system_error& e) {
-    ::close(pidfd);
     return fail_watch(e.code().message());
   }
   for (int i = 0; i < 2; ++i) {

@@ -65,7 +65,7 @@ class ProcessRunner {
   // `drain_grace`: how long after a child's exit the runner keeps reading its captured pipes
   // while something else (a descendant that inherited them) holds them open.
   // `reaper` (when given; it must outlive the runner) is told each child's process group from
-  // the moment posix_spawn returns until the group is gone (its leader reaped and no member left,
+  // the moment its spawn returns until the group is gone (its leader reaped and no member left,
   // checked at the leader's exit and then every second), so that the groups die with this
   // process however it dies. A child whose group cannot be registered is killed, and its spawn
   // fails.

@@ -445,7 +445,7 @@ TEST_F(ProcessTest, ChildStartsWithDefaultSignalsAndEmptyMask) {
   ::sigaction(SIGINT, &old_int, nullptr);
   ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
 
-  // posix_spawn returns after the exec, so the dispositions are already the child's own.
+  // The spawn returns after the exec, so the dispositions are already the child's own.
   ASSERT_EQ(::kill(a, SIGINT), 0);
   ASSERT_EQ(::kill(b, SIGTERM), 0);
   ASSERT_TRUE(run_until([&] { return by_int && by_term; }));
