@@ -96,11 +96,14 @@ struct WorkerSlot {
   }
   // CPUs of tasks it may still hold, queued or placed: held_cpus never exceeds limit.
   uint32_t queue_room() const { return serves_job || multi_held ? 0 : limit - held_cpus; }
-  // Whether it may queue one more task of `job`: up to its limit for short tasks, its base
-  // limit for others.
+  // Whether it may queue one more task of `job`: up to its base limit, and for short tasks up to
+  // its limit or Job::kQueuedWorkMs of queued work per CPU, whichever is less.
   bool may_queue(const Job& job) const {
-    return cost(job) <= queue_room() &&
-           held_cpus + cost(job) <= (job.short_tasks() ? limit : base_limit);
+    if (cost(job) > queue_room()) return false;
+    const uint64_t held = uint64_t{held_cpus} + cost(job);
+    if (held <= base_limit) return true;
+    return job.short_tasks() &&
+           held <= std::min<uint64_t>(limit, cpus + uint64_t{cpus} * job.queued_per_cpu);
   }
   // Whether the worker lives long enough for a task of `job` started at `now`.
   bool lives_for(const Job& job, int64_t now) const {

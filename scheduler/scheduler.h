@@ -157,8 +157,9 @@ struct SchedulerConfig {
   double queue_factor = 1.0;
   // The same for a job whose tasks are short (Job::short_tasks(): finished in under
   // kShortTaskMs on average): a deeper queue lets each round trip carry several ends and
-  // assignments, and a job behind it waits a few short tasks longer at most. At most
-  // queue_factor (the default): off.
+  // assignments. Within it a CPU queues only Job::kQueuedWorkMs of such tasks' work, so that a
+  // job behind them waits about that much longer at most. At most queue_factor (the default):
+  // off.
   double short_task_queue_factor = 0.0;
 };
 

@@ -284,7 +284,7 @@ class Server {
   uint32_t replay_ms_ = 0;
 
   // Jobs of short tasks queue deeper on workers (SchedulerConfig::short_task_queue_factor).
-  sched::Scheduler scheduler_{sched::SchedulerConfig{1.0, 3.0}};
+  sched::Scheduler scheduler_{sched::SchedulerConfig{1.0, 8.0}};
   std::unique_ptr<Allocator> allocator_;  // asks scheduler_ for demand
   std::map<JobId, JobRecord> jobs_;
   std::map<WorkerId, WorkerRecord> workers_;

@@ -73,7 +73,7 @@ constexpr Millis kStartReportDelay{20};
 // A task's end is reported at once when this worker has no queued task left to start (the
 // server must send more before a CPU idles), else with the next batch or after this long: the
 // ends of short tasks then share a message, and the server a round of scheduling.
-constexpr Millis kEndReportDelay{5};
+constexpr Millis kEndReportDelay{20};
 // Ended tasks whose results a reattaching worker presents again: the server may have lost the
 // last ones it was sent (unsynced when it crashed). Results older than these many ends are
 // taken as recorded.

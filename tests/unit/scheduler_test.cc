@@ -1242,6 +1242,21 @@ TEST(SchedulerTest, ShortTasksQueueDeeperOnceSeen) {
   for (int i = 0; i < 10; ++i) most = std::max(most, round_with(t, now, 60'000));
   EXPECT_EQ(most, 4u);
 
+  // The deeper queue holds about Job::kQueuedWorkMs of work per CPU: tasks of 20 ms queue two
+  // per CPU beyond the one running, however deep the worker's limit.
+  Scheduler v(SchedulerConfig{1.0, 8.0});
+  ASSERT_TRUE(v.add_worker(1, 2).is_ok());
+  ASSERT_TRUE(v.add_job({1, IdSet::range(1, 1000), 1, 0}).is_ok());
+  most = 0;
+  for (int i = 0; i < 12; ++i) most = std::max(most, round_with(v, now, 20));
+  EXPECT_EQ(most, 6u);
+  Scheduler w(SchedulerConfig{1.0, 8.0});
+  ASSERT_TRUE(w.add_worker(1, 2).is_ok());
+  ASSERT_TRUE(w.add_job({1, IdSet::range(1, 1000), 1, 0}).is_ok());
+  most = 0;
+  for (int i = 0; i < 12; ++i) most = std::max(most, round_with(w, now, 2));
+  EXPECT_EQ(most, 18u);  // the limit: 2 CPUs and 8 times as many queued
+
   // Off by default: the same short tasks keep the usual queue.
   Scheduler u;
   ASSERT_TRUE(u.add_worker(1, 2).is_ok());
