@@ -103,7 +103,7 @@ struct WorkerSlot {
     const uint64_t held = uint64_t{held_cpus} + cost(job);
     if (held <= base_limit) return true;
     return job.short_tasks() &&
-           held <= std::min<uint64_t>(limit, cpus + uint64_t{cpus} * job.queued_per_cpu);
+           held <= std::min<uint64_t>(limit, cpus + uint64_t{cpus} * job.queued_per_cpu());
   }
   // Whether the worker lives long enough for a task of `job` started at `now`.
   bool lives_for(const Job& job, int64_t now) const {

@@ -89,8 +89,6 @@ class Job {
     const double d = static_cast<double>(std::max<int64_t>(ms, 0));
     mean_run_ms = runs == 0 ? d : mean_run_ms + (d - mean_run_ms) / 8;  // the last few weigh most
     if (runs < kShortTaskRuns) ++runs;
-    queued_per_cpu = static_cast<uint32_t>(
-        std::min(kQueuedWorkMs / std::max(mean_run_ms, 0.01), double{kMaxQueuedPerCpu}));
   }
   // Whether its tasks are short: kShortTaskRuns of them finished, in under kShortTaskMs on
   // average lately (SchedulerConfig::short_task_queue_factor).
@@ -102,9 +100,12 @@ class Job {
   // waits about that long at most.
   static constexpr double kQueuedWorkMs = 50;
   static constexpr uint32_t kMaxQueuedPerCpu = 1024;
+  uint32_t queued_per_cpu() const {
+    return static_cast<uint32_t>(
+        std::min(kQueuedWorkMs / std::max(mean_run_ms, 0.01), double{kMaxQueuedPerCpu}));
+  }
   uint32_t runs = 0;  // finished tasks, up to kShortTaskRuns
   double mean_run_ms = 0;
-  uint32_t queued_per_cpu = 0;  // from mean_run_ms
 
   // Whether the task may be queued and handed to a worker as far as dependencies go.
   bool deps_done(uint32_t index) const;
