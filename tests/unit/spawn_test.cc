@@ -69,8 +69,8 @@ class SpawnTest : public ::testing::Test {
     return setup;
   }
 
-  // Runs `command` to its end with stdout into out_; its exit code.
-  int run(Command& command, ChildSetup setup) {
+  // Runs `setup` to its end (its stdout into out_ unless it says otherwise); its exit code.
+  int run(const ChildSetup& setup) {
     SpawnOutcome started = spawner_.start(setup);
     EXPECT_TRUE(started.ok()) << "step " << static_cast<int>(started.failed) << ": "
                               << std::strerror(started.error);
@@ -78,10 +78,9 @@ class SpawnTest : public ::testing::Test {
     EXPECT_GE(started.pidfd, 0);
     EXPECT_EQ(::fcntl(started.pidfd, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
     ::close(started.pidfd);
-    (void)command;
     return wait_exit_code(started.pid);
   }
-  int run(Command& command) { return run(command, setup_for(command)); }
+  int run(Command& command) { return run(setup_for(command)); }
 
   std::string output() const {
     std::ifstream in(out_path_);
@@ -108,7 +107,7 @@ TEST_F(SpawnTest, RunsTheProgramWithItsArgumentsAndEnvironment) {
   char* envp[] = {variable.data(), nullptr};
   ChildSetup setup = setup_for(command);
   setup.envp = envp;
-  EXPECT_EQ(run(command, setup), 0);
+  EXPECT_EQ(run(setup), 0);
   EXPECT_EQ(output(), "a b value\n");
 }
 
@@ -215,7 +214,7 @@ TEST_F(SpawnTest, EmptyPathEntryIsTheWorkingDirectory) {
   ChildSetup setup = setup_for(command);
   const std::string cwd = dir_.string();
   setup.cwd = cwd.c_str();
-  EXPECT_EQ(run(command, setup), 0);
+  EXPECT_EQ(run(setup), 0);
   EXPECT_EQ(output(), "here\n");
 }
 
@@ -257,7 +256,7 @@ TEST_F(SpawnTest, ChildRunsOnlyOnTheCpusItWasGiven) {
   ChildSetup setup = setup_for(command);
   setup.affinity = &one;
   setup.affinity_bytes = sizeof(one);
-  EXPECT_EQ(run(command, setup), 0);
+  EXPECT_EQ(run(setup), 0);
   EXPECT_EQ(output(), std::to_string(first) + "\n");
   // The worker's own affinity is untouched.
   cpu_set_t after;
