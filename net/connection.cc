@@ -625,11 +625,13 @@ namespace {
 class Connecting : public std::enable_shared_from_this<Connecting> {
  public:
   Connecting(asio::io_context& io, const std::string& host, uint16_t port, wire::Role role,
-             std::shared_ptr<PskContext> tls, std::function<void(Result<Connected>)> done)
+             Resolve resolve, std::shared_ptr<PskContext> tls,
+             std::function<void(Result<Connected>)> done)
       : host_(host),
         port_(port),
         where_(fmt::format("{}:{}", host, port)),
         role_(role),
+        resolve_(resolve),
         tls_(std::move(tls)),
         done_(std::move(done)),
         resolver_(io),
@@ -644,22 +646,41 @@ class Connecting : public std::enable_shared_from_this<Connecting> {
                                        kHandshakeTimeout.count(), self->where_)});
       }
     });
+    // An address needs no lookup; a name is looked up here when the caller may block (asio's
+    // asynchronous lookup starts a thread, which costs a short-lived client more than the
+    // lookup itself).
+    asio::error_code ec;
+    const asio::ip::address address = asio::ip::make_address(host_, ec);
+    if (!ec) {
+      endpoints_.emplace_back(address, port_);
+      asio::post(resolver_.get_executor(),
+                 [self = shared_from_this()] { self->on_resolved(asio::error_code()); });
+      return;
+    }
+    if (resolve_ == Resolve::kInline) {
+      auto results = resolver_.resolve(host_, std::to_string(port_), ec);
+      endpoints_.assign(results.begin(), results.end());
+      asio::post(resolver_.get_executor(),
+                 [self = shared_from_this(), ec] { self->on_resolved(ec); });
+      return;
+    }
     resolver_.async_resolve(host_, std::to_string(port_),
-                            [self = shared_from_this()](const asio::error_code& ec,
+                            [self = shared_from_this()](const asio::error_code& resolve_ec,
                                                         tcp::resolver::results_type results) {
-                              self->on_resolved(ec, std::move(results));
+                              self->endpoints_.assign(results.begin(), results.end());
+                              self->on_resolved(resolve_ec);
                             });
   }
 
  private:
-  void on_resolved(const asio::error_code& ec, tcp::resolver::results_type results) {
+  void on_resolved(const asio::error_code& ec) {
     if (finished_) return;
-    if (ec) {
-      finish(Error{fmt::format("cannot resolve {}: {}", host_, ec.message())});
+    if (ec || endpoints_.empty()) {
+      finish(Error{fmt::format("cannot resolve {}: {}", host_, ec ? ec.message() : "no address")});
       return;
     }
     asio::async_connect(
-        stream_->next_layer(), results,
+        stream_->next_layer(), endpoints_,
         [self = shared_from_this()](const asio::error_code& connect_ec, const tcp::endpoint&) {
           self->on_connected(connect_ec);
         });
@@ -766,9 +787,11 @@ class Connecting : public std::enable_shared_from_this<Connecting> {
   uint16_t port_;
   std::string where_;
   wire::Role role_;
+  Resolve resolve_;
   std::shared_ptr<PskContext> tls_;
   std::function<void(Result<Connected>)> done_;
   tcp::resolver resolver_;
+  std::vector<tcp::endpoint> endpoints_;
   std::unique_ptr<TlsStream> stream_;
   asio::steady_timer timer_;
   FrameDecoder decoder_;
@@ -780,13 +803,14 @@ class Connecting : public std::enable_shared_from_this<Connecting> {
 }  // namespace
 
 void async_connect(asio::io_context& io, const std::string& host, uint16_t port, wire::Role role,
-                   const Key& key, std::function<void(Result<Connected>)> done) {
+                   const Key& key, std::function<void(Result<Connected>)> done, Resolve resolve) {
   auto tls = PskContext::create(PskContext::Side::kConnect, role, key);
   if (!tls) {
     asio::post(io, [done = std::move(done), error = tls.error()]() mutable { done(error); });
     return;
   }
-  std::make_shared<Connecting>(io, host, port, role, std::move(*tls), std::move(done))->start();
+  std::make_shared<Connecting>(io, host, port, role, resolve, std::move(*tls), std::move(done))
+      ->start();
 }
 
 // --- SyncClient ---------------------------------------------------------------------------------
@@ -812,8 +836,10 @@ Result<std::unique_ptr<SyncClient>> SyncClient::connect(const std::string& host,
                                                         wire::Role role, const Key& key) {
   auto impl = std::make_unique<Impl>();
   std::optional<Result<Connected>> outcome;
-  async_connect(impl->io, host, port, role, key,
-                [&outcome](Result<Connected> result) { outcome.emplace(std::move(result)); });
+  async_connect(
+      impl->io, host, port, role, key,
+      [&outcome](Result<Connected> result) { outcome.emplace(std::move(result)); },
+      Resolve::kInline);
   impl->io.run();  // the handshake is the only work: run() returns once it is done
   if (!outcome) return Error{fmt::format("connecting to {}:{} did not complete", host, port)};
   if (!*outcome) return outcome->error();

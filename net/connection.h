@@ -133,12 +133,17 @@ struct Connected {
   std::string server_uid;
 };
 
+// How a host name is looked up (an address is used as it is): on asio's lookup thread, so that
+// the event loop goes on meanwhile, or in the calling thread, for callers that wait anyway.
+enum class Resolve { kAsync, kInline };
+
 // Connects, does the TLS handshake and the Hello exchange; `done` gets the connection or an
 // error that names the problem (refused, wrong key, version mismatch, timeout). `done` runs on
 // `io`, never from inside async_connect; the connection is not started yet. The whole exchange
-// is bounded by a 10 s timeout.
+// is bounded by a 10 s timeout (an inline lookup is not cut short by it).
 void async_connect(asio::io_context& io, const std::string& host, uint16_t port, wire::Role role,
-                   const Key& key, std::function<void(Result<Connected>)> done);
+                   const Key& key, std::function<void(Result<Connected>)> done,
+                   Resolve resolve = Resolve::kAsync);
 
 // A blocking request/response client for the CLI, built on the same pieces.
 class SyncClient {

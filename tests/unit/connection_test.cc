@@ -3,6 +3,7 @@
 #include <cctype>
 #include <chrono>
 #include <condition_variable>
+#include <filesystem>
 #include <future>
 #include <mutex>
 #include <string>
@@ -516,6 +517,65 @@ TEST(SyncClientTest, CallsAndClosesCleanly) {
   // The client's destructor closed the connection in order: the server saw no error.
   EXPECT_EQ(server.wait_for_close(""), "");
   EXPECT_EQ(server.accepted(), 1);
+}
+
+// Threads of this process now.
+size_t thread_count() {
+  size_t n = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator("/proc/self/task")) {
+    ++n;
+  }
+  return n;
+}
+
+TEST(SyncClientTest, LooksUpANameWithoutALookupThread) {
+  Keys keys;
+  EchoServer server(wire::Role::CLIENT, keys.client);
+  const size_t before = thread_count();
+  {
+    // "localhost" is a name (looked up, to ::1 and 127.0.0.1 or one of them); the listener is
+    // on 127.0.0.1 only, so the connect goes through every address the lookup gave.
+    auto client = SyncClient::connect("localhost", server.port(), wire::Role::CLIENT, keys.client);
+    ASSERT_TRUE(client) << client.message();
+    capnp::MallocMessageBuilder request;
+    request.initRoot<wire::ClientRequest>().setWorkerInfo(7);
+    auto reply = (*client)->call(request);
+    ASSERT_TRUE(reply) << reply.message();
+    EXPECT_EQ(reply->root<wire::ClientResponse>().getSubmitted(), 1007u);
+    // asio's asynchronous lookup would have left its thread running while the client lives.
+    EXPECT_EQ(thread_count(), before);
+  }
+  EXPECT_EQ(server.wait_for_close(""), "");
+}
+
+TEST(ConnectionTest, AnAddressNeedsNoLookupAndANameIsLookedUpAsynchronously) {
+  Keys keys;
+  asio::io_context io;
+  auto listener = Listener::bind(io, "127.0.0.1", 0, wire::Role::CLIENT, keys.client, kServerUid);
+  ASSERT_TRUE(listener) << listener.message();
+  std::vector<std::shared_ptr<Connection>> accepted;
+  (*listener)->start([&](std::shared_ptr<Connection> c) { accepted.push_back(std::move(c)); });
+  const size_t before = thread_count();
+  std::vector<std::string> outcomes;
+  auto connect = [&](const std::string& host, auto then) {
+    async_connect(io, host, (*listener)->port(), wire::Role::CLIENT, keys.client,
+                  [&outcomes, then](Result<Connected> connected) {
+                    outcomes.push_back(connected ? "connected" : connected.message());
+                    if (connected) connected->connection->close();
+                    then();
+                  });
+  };
+  size_t threads_after_address = 0;
+  connect("127.0.0.1", [&] {
+    threads_after_address = thread_count();
+    connect("localhost", [&] { (*listener)->stop(); });
+  });
+  io.run_for(kDeadline);
+  EXPECT_EQ(outcomes, (std::vector<std::string>{"connected", "connected"}));
+  EXPECT_EQ(threads_after_address, before);
+  // The name went through asio's lookup, which runs on a thread of its own.
+  EXPECT_EQ(thread_count(), before + 1);
 }
 
 TEST(SyncClientTest, WrongKeyIsAnError) {
