@@ -639,29 +639,29 @@ class Connecting : public std::enable_shared_from_this<Connecting> {
         timer_(io) {}
 
   void start() {
-    timer_.expires_after(kHandshakeTimeout);
-    timer_.async_wait([self = shared_from_this()](const asio::error_code& ec) {
-      if (!ec) {
-        self->finish(Error{fmt::format("timed out after {} s connecting to {}",
-                                       kHandshakeTimeout.count(), self->where_)});
-      }
-    });
     // An address needs no lookup; a name is looked up here when the caller may block (asio's
     // asynchronous lookup starts a thread, which costs a short-lived client more than the
-    // lookup itself).
+    // lookup itself). The timeout starts after an inline lookup: its time is not the
+    // handshake's.
     asio::error_code ec;
     const asio::ip::address address = asio::ip::make_address(host_, ec);
     if (!ec) {
       endpoints_.emplace_back(address, port_);
-      asio::post(resolver_.get_executor(),
-                 [self = shared_from_this()] { self->on_resolved(asio::error_code()); });
-      return;
-    }
-    if (resolve_ == Resolve::kInline) {
+    } else if (resolve_ == Resolve::kInline) {
       auto results = resolver_.resolve(host_, std::to_string(port_), ec);
       endpoints_.assign(results.begin(), results.end());
-      asio::post(resolver_.get_executor(),
-                 [self = shared_from_this(), ec] { self->on_resolved(ec); });
+    }
+    timer_.expires_after(kHandshakeTimeout);
+    timer_.async_wait([self = shared_from_this()](const asio::error_code& timer_ec) {
+      if (!timer_ec) {
+        self->finish(Error{fmt::format("timed out after {} s connecting to {}",
+                                       kHandshakeTimeout.count(), self->where_)});
+      }
+    });
+    if (!endpoints_.empty() || resolve_ == Resolve::kInline) {
+      asio::post(resolver_.get_executor(), [self = shared_from_this(), ec] {
+        self->on_resolved(self->endpoints_.empty() ? ec : asio::error_code());
+      });
       return;
     }
     resolver_.async_resolve(host_, std::to_string(port_),

@@ -140,7 +140,7 @@ enum class Resolve { kAsync, kInline };
 // Connects, does the TLS handshake and the Hello exchange; `done` gets the connection or an
 // error that names the problem (refused, wrong key, version mismatch, timeout). `done` runs on
 // `io`, never from inside async_connect; the connection is not started yet. The whole exchange
-// is bounded by a 10 s timeout (an inline lookup is not cut short by it).
+// is bounded by a 10 s timeout (an inline lookup is neither cut short by it nor counted in it).
 void async_connect(asio::io_context& io, const std::string& host, uint16_t port, wire::Role role,
                    const Key& key, std::function<void(Result<Connected>)> done,
                    Resolve resolve = Resolve::kAsync);
