@@ -6,6 +6,7 @@
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 
 namespace hq::net {
@@ -16,6 +17,7 @@ namespace {
 // OpenSSL 3 prefers this one; both sides also pin it so nothing else can be negotiated.
 constexpr unsigned char kCipherId[2] = {0x13, 0x02};
 constexpr const char* kCipherName = "TLS_AES_256_GCM_SHA384";
+constexpr const char* kCipherHash = "SHA2-384";
 
 // Slot in each SSL_CTX that points at its PskContext::Secret. Asio keeps its own data in the
 // SSL_CTX app data slot, so ours needs an index of its own. The index is process-wide; the
@@ -51,11 +53,10 @@ int use_psk(SSL* ssl, const EVP_MD* md, const unsigned char** id, size_t* id_len
   *session = nullptr;
   const PskContext::Secret* secret = secret_of(ssl);
   if (secret == nullptr) return 0;
-  const SSL_CIPHER* cipher = SSL_CIPHER_find(ssl, kCipherId);
   // After a HelloRetryRequest, md is the hash the server chose; a PSK of another hash is useless.
-  if (md != nullptr && cipher != nullptr && md != SSL_CIPHER_get_handshake_digest(cipher)) {
-    return 1;
-  }
+  // (By name: md is fetched from the provider, never the legacy object that
+  // SSL_CIPHER_get_handshake_digest returns, and without the legacy tables that returns null.)
+  if (md != nullptr && EVP_MD_is_a(md, kCipherHash) != 1) return 1;
   *session = psk_session(ssl, secret->key);
   if (*session == nullptr) return 0;
   const char* identity = role_name(secret->role);
@@ -85,8 +86,14 @@ asio::ssl::context::method set_up(asio::ssl::context::method method) {
 }  // namespace
 
 void set_up_openssl() {
-  static const int ok =
-      OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ATEXIT, nullptr);
+  static const int ok = [] {
+    // First, so that libssl's own set-up cannot add the legacy tables: the "no" forms take the
+    // places of the "add" ones, which then do nothing.
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_ADD_ALL_CIPHERS | OPENSSL_INIT_NO_ADD_ALL_DIGESTS |
+                            OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ATEXIT,
+                        nullptr);
+    return OPENSSL_init_ssl(OPENSSL_INIT_NO_LOAD_CONFIG | OPENSSL_INIT_NO_ATEXIT, nullptr);
+  }();
   (void)ok;  // a failure shows again, with its reason, where OpenSSL is used next
 }
 

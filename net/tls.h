@@ -16,6 +16,9 @@ namespace hq::net {
 // registers a cleanup to run at exit. hq's TLS is pinned (TLS 1.3, one suite, an external PSK),
 // so nothing in that file applies to it, and the cleanup frees only what the exit frees anyway;
 // for a short command such as `hq submit` the two were a tenth of its run (docs/benchmarks.md).
+// Nor does it fill the legacy tables of every cipher and digest by name (which OpenSSL 3 then
+// copies into its name map, a quarter of the first SSL_CTX_new): hq fetches what it uses from
+// the provider.
 // Called before any other use of OpenSSL; only the first call does anything.
 void set_up_openssl();
 
